@@ -1,0 +1,51 @@
+/** Domain vocabulary shared by every package (DESIGN.md, "The words"). Wire enums map onto these at the edges. */
+
+export const POOL_KINDS = ["dir", "lvm", "lvmthin", "netfs", "rbd"] as const;
+export type PoolKind = (typeof POOL_KINDS)[number];
+
+export const VOLUME_FORMATS = ["raw", "qcow2"] as const;
+export type VolumeFormat = (typeof VOLUME_FORMATS)[number];
+
+/** Formats each pool kind can hold. Block pools (LVM, RBD) hold raw only. */
+export const FORMATS_BY_KIND: Record<PoolKind, readonly VolumeFormat[]> = {
+  dir: ["qcow2", "raw"],
+  netfs: ["qcow2", "raw"],
+  lvm: ["raw"],
+  lvmthin: ["raw"],
+  rbd: ["raw"],
+};
+
+/** Thin kinds may be overcommitted; thick kinds are bounded by free physical bytes. */
+export const THIN_KINDS: ReadonlySet<PoolKind> = new Set(["lvmthin", "rbd"]);
+
+export const PREALLOCATIONS = ["off", "metadata", "falloc", "full"] as const;
+export type Preallocation = (typeof PREALLOCATIONS)[number];
+export const COMPRESSION_TYPES = ["zlib", "zstd"] as const;
+export type CompressionType = (typeof COMPRESSION_TYPES)[number];
+
+export interface Qcow2Options {
+  clusterSize?: number;
+  preallocation?: Preallocation;
+  lazyRefcounts?: boolean;
+  compressionType?: CompressionType;
+  extendedL2?: boolean;
+}
+
+export const OPERATION_KINDS = [
+  "create_volume",
+  "delete_volume",
+  "resize_volume",
+  "clone_volume",
+  "create_snapshot",
+  "delete_snapshot",
+  "revert_snapshot",
+  "create_export",
+  "delete_export",
+  "copy_volume",
+] as const;
+export type OperationKind = (typeof OPERATION_KINDS)[number];
+
+export const OPERATION_STATES = ["pending", "sent", "succeeded", "failed"] as const;
+export type OperationState = (typeof OPERATION_STATES)[number];
+
+export type HostState = "up" | "down";

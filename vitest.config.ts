@@ -1,0 +1,21 @@
+import { readdirSync } from "node:fs";
+import { resolve } from "node:path";
+import { defineConfig } from "vitest/config";
+
+// Tests import workspace packages from their sources, so no build is needed for unit tests.
+const alias = Object.fromEntries(
+  readdirSync(resolve(import.meta.dirname, "packages")).map((p) => [
+    `@stowage/${p}`,
+    resolve(import.meta.dirname, "packages", p, "src/index.ts"),
+  ]),
+);
+
+export default defineConfig({
+  resolve: { alias },
+  test: {
+    include: ["packages/*/src/**/*.test.ts", "apps/*/src/**/*.test.ts", "test/**/*.test.ts"],
+    testTimeout: 30_000,
+    hookTimeout: 120_000,
+    pool: "forks",
+  },
+});
