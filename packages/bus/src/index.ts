@@ -1,1 +1,3 @@
-export {};
+export * from "./connection.js";
+export * from "./consume.js";
+export * from "./subjects.js";

@@ -1,1 +1,5 @@
-export {};
+export * from "./capacity.js";
+export * from "./filters.js";
+export * from "./place.js";
+export * from "./scorers.js";
+export * from "./types.js";

@@ -1,1 +1,10 @@
-export {};
+export * from "./audit.js";
+export * from "./db.js";
+export * from "./findings.js";
+export * from "./hosts.js";
+export * from "./ledger.js";
+export * from "./migrate.js";
+export * from "./operations.js";
+export * from "./pools.js";
+export * from "./rows.js";
+export * from "./volumes.js";

@@ -1,0 +1,46 @@
+import { startAgent } from "./agent.js";
+import { loadAgentConfig } from "./config.js";
+
+const HELP = `stowage-agent: runs Stowage operations on this host.
+
+Usage: stowage-agent --config /etc/stowage/agent.json
+       (or STOWAGE_AGENT_CONFIG=/etc/stowage/agent.json stowage-agent)
+
+The config is JSON: hostName, zone, labels, controllerUrl, natsUrl, sysfsRoot, metricsListen and pools, e.g.
+  { "hostName": "node1", "controllerUrl": "http://127.0.0.1:7480", "natsUrl": "nats://127.0.0.1:4222",
+    "pools": [ { "name": "default", "kind": "dir", "path": "/var/lib/stowage/pools/default" } ] }
+See deploy/examples/agent.json.
+`;
+
+const args = process.argv.slice(2);
+if (args.includes("--help") || args.includes("-h")) {
+  process.stdout.write(HELP);
+  process.exit(0);
+}
+const i = args.indexOf("--config");
+const path = i >= 0 ? args[i + 1] : process.env.STOWAGE_AGENT_CONFIG;
+if (!path) {
+  process.stderr.write(
+    "stowage-agent: no config: pass --config FILE or set STOWAGE_AGENT_CONFIG (see --help)\n",
+  );
+  process.exit(2);
+}
+
+try {
+  const agent = await startAgent(loadAgentConfig(path));
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    process.stderr.write(`stowage-agent: ${signal}, stopping\n`);
+    const force = setTimeout(() => process.exit(1), 10_000);
+    force.unref();
+    await agent.stop();
+    process.exit(0);
+  };
+  process.on("SIGINT", () => void stop("SIGINT"));
+  process.on("SIGTERM", () => void stop("SIGTERM"));
+} catch (err) {
+  process.stderr.write(`stowage-agent: ${(err as Error).message}\n`);
+  process.exit(1);
+}

@@ -1,0 +1,88 @@
+import { counter, createRegistry, gauge, histogram, type Registry } from "@stowage/telemetry";
+
+export type AgentMetrics = ReturnType<typeof createAgentMetrics>;
+
+export interface PoolSample {
+  pool: string;
+  kind: string;
+  totalBytes: bigint;
+  usedBytes: bigint;
+  freeBytes: bigint;
+  provisionedBytes: bigint;
+  dataPercent?: number;
+  metadataPercent?: number;
+  healthy: boolean;
+  volumes: number;
+}
+
+/** The agent's metrics; pool gauges show the last inventory (refreshed every few seconds and after operations). */
+export function createAgentMetrics(host: string, pools: () => PoolSample[]) {
+  const registry: Registry = createRegistry({ labels: { host } });
+  const poolGauge = (name: string, help: string, pick: (p: PoolSample) => number | undefined) =>
+    gauge(registry, name, help, ["pool", "kind"], function () {
+      this.reset();
+      for (const p of pools()) {
+        const v = pick(p);
+        if (v !== undefined) this.set({ pool: p.pool, kind: p.kind }, v);
+      }
+    });
+  poolGauge(
+    "stowage_agent_pool_capacity_bytes",
+    "Usable size of the pool's backing store, as the backend reports it.",
+    (p) => Number(p.totalBytes),
+  );
+  poolGauge("stowage_agent_pool_used_bytes", "Physically used bytes in the pool.", (p) =>
+    Number(p.usedBytes),
+  );
+  poolGauge("stowage_agent_pool_free_bytes", "Physically free bytes in the pool.", (p) =>
+    Number(p.freeBytes),
+  );
+  poolGauge(
+    "stowage_agent_pool_provisioned_bytes",
+    "Sum of the virtual sizes of the volumes found in the pool.",
+    (p) => Number(p.provisionedBytes),
+  );
+  poolGauge(
+    "stowage_agent_pool_data_percent",
+    "Thin pools: data space used, in percent.",
+    (p) => p.dataPercent,
+  );
+  poolGauge(
+    "stowage_agent_pool_metadata_percent",
+    "Thin pools: metadata space used, in percent.",
+    (p) => p.metadataPercent,
+  );
+  poolGauge("stowage_agent_pool_healthy", "1 when the pool passes its health check.", (p) =>
+    p.healthy ? 1 : 0,
+  );
+  poolGauge("stowage_agent_pool_volumes", "Volumes owned by Stowage found in the pool.", (p) => p.volumes);
+  return {
+    registry,
+    operations: counter(
+      registry,
+      "stowage_agent_operations_total",
+      "Operations run by this agent, by kind, backend and result.",
+      ["kind", "backend", "result"],
+    ),
+    operationDuration: histogram(
+      registry,
+      "stowage_agent_operation_duration_seconds",
+      "Time to run one operation, by kind and backend.",
+      ["kind", "backend"],
+    ),
+    toolInvocations: counter(
+      registry,
+      "stowage_tool_invocations_total",
+      "External tool invocations, by tool and result (ok, failed, timeout).",
+      ["tool", "result"],
+    ),
+    toolDuration: histogram(registry, "stowage_tool_duration_seconds", "External tool run time, by tool.", [
+      "tool",
+    ]),
+    redeliveries: counter(
+      registry,
+      "stowage_agent_commands_redelivered_total",
+      "Commands delivered more than once by JetStream.",
+    ),
+  };
+}

@@ -1,0 +1,21 @@
+import type { Bus } from "@stowage/bus";
+import type { Database, Sql } from "@stowage/store";
+import type { Logger } from "@stowage/telemetry";
+import type { ControllerConfig } from "./config.js";
+import type { ControllerMetrics } from "./metrics.js";
+
+/** What every part of the controller works with. */
+export interface ControllerContext {
+  config: ControllerConfig;
+  db: Database;
+  sql: Sql;
+  bus: Bus;
+  log: Logger;
+  metrics: ControllerMetrics;
+  /** Wakes the relay at once (after a transaction wrote to the outbox). */
+  kickRelay(): void;
+  /** Wakes watchers at once (after a change they may care about). */
+  notifyChange(): void;
+  /** Resolves at the next change notification, or after `ms`. */
+  waitForChange(ms: number, signal?: AbortSignal): Promise<void>;
+}

@@ -1,0 +1,218 @@
+import { EventEmitter } from "node:events";
+import http2 from "node:http2";
+import { ConnectError, type Interceptor } from "@connectrpc/connect";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { type Bus, connectBus, ensureStreams } from "@stowage/bus";
+import { type Database, migrate, openDatabase } from "@stowage/store";
+import { createLogger, startOpsServer } from "@stowage/telemetry";
+import { subscribeAgentTraffic } from "./agents.js";
+import { createRoutes } from "./api.js";
+import { createAuthInterceptor, parseTokens } from "./auth.js";
+import { type ControllerConfig, splitHostPort } from "./config.js";
+import type { ControllerContext } from "./context.js";
+import { errorInterceptor } from "./errors.js";
+import { createControllerMetrics } from "./metrics.js";
+import { reconcileOnce } from "./reconciler.js";
+import { relayOnce } from "./relay.js";
+import { runResultConsumer } from "./results.js";
+
+export interface ControllerHandle {
+  grpcPort: number;
+  metricsPort: number;
+  context: ControllerContext;
+  stop(): Promise<void>;
+}
+
+/** Runs `fn` every `ms` (and whenever kicked) until stopped; one run at a time; errors are logged, not fatal. */
+function loop(name: string, ms: number, fn: () => Promise<unknown>, log: ControllerContext["log"]) {
+  let timer: NodeJS.Timeout | undefined;
+  let running = false;
+  let again = false;
+  let stopped = false;
+  let current: Promise<void> = Promise.resolve();
+  const run = () => {
+    if (stopped) return;
+    if (running) {
+      again = true;
+      return;
+    }
+    running = true;
+    clearTimeout(timer);
+    current = fn()
+      .then(() => {})
+      .catch((err) => log.warn({ err, loop: name }, "loop iteration failed"))
+      .finally(() => {
+        running = false;
+        if (stopped) return;
+        if (again) {
+          again = false;
+          setImmediate(run);
+        } else timer = setTimeout(run, ms);
+      });
+  };
+  timer = setTimeout(run, 0);
+  return {
+    kick: run,
+    stop: async () => {
+      stopped = true;
+      clearTimeout(timer);
+      await current;
+    },
+  };
+}
+
+export async function startController(config: ControllerConfig): Promise<ControllerHandle> {
+  const log = createLogger("stowage-controller", config.logLevel);
+  let db: Database | undefined;
+  const metrics = createControllerMetrics(() => db?.sql);
+  db = await openDatabase(config.databaseUrl ? { url: config.databaseUrl } : { dataDir: config.dataDir });
+  const { applied } = await migrate(db.sql);
+  log.info({ database: db.kind, applied }, "database ready");
+
+  let bus: Bus;
+  try {
+    bus = await connectBus({
+      servers: config.natsUrl,
+      name: "stowage-controller",
+      user: config.natsUser,
+      pass: config.natsPass,
+    });
+  } catch (err) {
+    await db.close();
+    throw new Error(
+      `cannot connect to NATS at ${config.natsUrl}: ${(err as Error).message}. Is nats-server running with JetStream (-js)?`,
+    );
+  }
+  await ensureStreams(bus.jsm);
+
+  const changes = new EventEmitter();
+  changes.setMaxListeners(0);
+  const ctx: ControllerContext = {
+    config,
+    db,
+    sql: db.sql,
+    bus,
+    log,
+    metrics,
+    kickRelay: () => relay.kick(),
+    notifyChange: () => changes.emit("change"),
+    waitForChange: (ms, signal) =>
+      new Promise<void>((resolve) => {
+        const done = () => {
+          clearTimeout(t);
+          changes.off("change", done);
+          signal?.removeEventListener("abort", done);
+          resolve();
+        };
+        const t = setTimeout(done, ms);
+        changes.once("change", done);
+        signal?.addEventListener("abort", done, { once: true });
+      }),
+  };
+  const relay = loop("relay", config.relayIntervalMs, () => relayOnce(ctx), log);
+  const reconciler = loop("reconciler", config.reconcileIntervalMs, () => reconcileOnce(ctx), log);
+  const abort = new AbortController();
+  const resultsDone = runResultConsumer(ctx, bus, abort.signal).catch((err) =>
+    log.error({ err }, "result consumer stopped"),
+  );
+  const unsubscribe = subscribeAgentTraffic(ctx, bus);
+
+  const observe: Interceptor = (next) => async (req) => {
+    const t0 = performance.now();
+    const method = req.method.name;
+    try {
+      const res = await next(req);
+      metrics.apiRequests.inc({ method, code: "ok" });
+      return res;
+    } catch (err) {
+      metrics.apiRequests.inc({
+        method,
+        code: err instanceof ConnectError ? codeName(err.code) : "internal",
+      });
+      throw err;
+    } finally {
+      metrics.apiDuration.observe({ method }, (performance.now() - t0) / 1000);
+    }
+  };
+  const handler = connectNodeAdapter({
+    routes: createRoutes(ctx),
+    interceptors: [observe, errorInterceptor, createAuthInterceptor(parseTokens(config.apiTokens))],
+    grpc: true,
+    grpcWeb: false,
+    connect: true,
+  });
+  const server = http2.createServer(handler);
+  const sessions = new Set<http2.ServerHttp2Session>();
+  server.on("session", (s) => {
+    sessions.add(s);
+    s.on("close", () => sessions.delete(s));
+  });
+  const { host, port } = splitHostPort(config.grpcListen);
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, host, () => resolve());
+  });
+  const grpcPort = (server.address() as { port: number }).port;
+  const mAddr = splitHostPort(config.metricsListen);
+  const ops = await startOpsServer({
+    host: mAddr.host,
+    port: mAddr.port,
+    registry: metrics.registry,
+    ready: async () => {
+      let database = false;
+      try {
+        await db!.sql`select 1`;
+        database = true;
+      } catch {}
+      const nats = !bus.nc.isClosed();
+      return { ok: database && nats, detail: { database, nats } };
+    },
+  });
+  log.info(
+    { grpc: `${host}:${grpcPort}`, metrics: `${mAddr.host}:${ops.port}`, database: db.kind },
+    "controller listening",
+  );
+
+  return {
+    grpcPort,
+    metricsPort: ops.port,
+    context: ctx,
+    async stop() {
+      abort.abort();
+      unsubscribe();
+      for (const s of sessions) s.close();
+      await new Promise<void>((r) => server.close(() => r()));
+      await ops.close();
+      await relay.stop();
+      await reconciler.stop();
+      await resultsDone;
+      await bus.close();
+      await db!.close();
+      log.info("controller stopped");
+    },
+  };
+}
+
+function codeName(code: number): string {
+  return (
+    [
+      "ok",
+      "canceled",
+      "unknown",
+      "invalid_argument",
+      "deadline_exceeded",
+      "not_found",
+      "already_exists",
+      "permission_denied",
+      "resource_exhausted",
+      "failed_precondition",
+      "aborted",
+      "out_of_range",
+      "unimplemented",
+      "internal",
+      "unavailable",
+      "data_loss",
+      "unauthenticated",
+    ][code] ?? "unknown"
+  );
+}

@@ -1,0 +1,78 @@
+import { notFound, type PoolKind, THIN_KINDS } from "@stowage/core";
+import {
+  type ClusterView,
+  type PlacementDecision,
+  type PlacementRequest,
+  type PoolCandidate,
+  placeVolume,
+} from "@stowage/scheduler";
+import { getHost, getPool, loadSchedulingView, type Queryable } from "@stowage/store";
+import type { ControllerContext } from "./context.js";
+
+/** Builds the scheduler's in-memory view from the database (pools, ledger numbers, hosts, NUMA, groups). */
+export async function loadClusterView(sql: Queryable): Promise<ClusterView> {
+  const rows = await loadSchedulingView(sql);
+  const pools: PoolCandidate[] = rows.map(({ pool, hostState, hostSchedulable, zone }) => ({
+    id: pool.id,
+    hostId: pool.hostId,
+    kind: pool.kind,
+    zone,
+    numaNode: pool.numaNode,
+    labels: pool.labels,
+    formats: pool.formats,
+    healthy: pool.healthy,
+    draining: pool.draining,
+    hostUp: hostState === "up",
+    hostSchedulable,
+    totalBytes: pool.totalBytes,
+    usedBytes: pool.usedBytes,
+    freeBytes: pool.freeBytes,
+    allocatedBytes: pool.allocatedBytes,
+    reservedBytes: pool.reservedBytes,
+    overcommitRatio: pool.overcommitRatio,
+    maxUsedPercent: pool.maxUsedPercent,
+    volumeCount: pool.volumeCount,
+  }));
+  const hosts = await sql<
+    { id: string; numaNodes: { id: number; cpuList: string }[] }[]
+  >`select id, numa_nodes from hosts`;
+  const numa = new Map(hosts.map((h) => [h.id, h.numaNodes.map((n) => ({ id: n.id, cpuList: n.cpuList }))]));
+  const groupRows = await sql<{ antiAffinityGroup: string; hostId: string; zone: string }[]>`
+    select v.anti_affinity_group, v.host_id, h.zone from volumes v join hosts h on h.id = v.host_id
+    where v.anti_affinity_group <> '' and v.state <> 'deleted'`;
+  const groups = new Map<string, { hostId: string; zone: string }[]>();
+  for (const g of groupRows) {
+    const list = groups.get(g.antiAffinityGroup) ?? [];
+    list.push({ hostId: g.hostId, zone: g.zone });
+    groups.set(g.antiAffinityGroup, list);
+  }
+  return { pools, numa, groups };
+}
+
+/** Checks that hosts and pools named in constraints exist, so a typo gets NOT_FOUND rather than "no capacity". */
+export async function checkConstraintTargets(sql: Queryable, req: PlacementRequest): Promise<void> {
+  const c = req.constraints;
+  if (c.poolId && !(await getPool(sql, c.poolId))) {
+    throw notFound(`pool ${c.poolId} not found: list pools with \`stowctl pool list\``, { field: "pool" });
+  }
+  if (c.hostId && !(await getHost(sql, c.hostId))) {
+    throw notFound(`host ${c.hostId} not found: list hosts with \`stowctl host list\``, { field: "host" });
+  }
+  if (c.numa?.hostId && !(await getHost(sql, c.numa.hostId))) {
+    throw notFound(`host ${c.numa.hostId} (the VM's host) not found`, { field: "numa.host" });
+  }
+}
+
+/** Places a volume against a fresh view, recording metrics. */
+export async function decide(ctx: ControllerContext, req: PlacementRequest): Promise<PlacementDecision> {
+  const view = await loadClusterView(ctx.sql);
+  const t0 = performance.now();
+  const decision = placeVolume(view, req);
+  ctx.metrics.schedulerDuration.observe((performance.now() - t0) / 1000);
+  ctx.metrics.schedulerDecisions.inc({ result: decision.feasible ? "placed" : "refused" });
+  for (const c of decision.candidates)
+    if (!c.feasible) ctx.metrics.schedulerRefusals.inc({ filter: c.refusedBy });
+  return decision;
+}
+
+export const isThinKind = (kind: PoolKind) => THIN_KINDS.has(kind);

@@ -1,0 +1,130 @@
+import {
+  invalidArgument,
+  isId,
+  POOL_KINDS,
+  type PoolKind,
+  type Qcow2Options,
+  type VolumeFormat,
+  validateLabels,
+  validateName,
+  validateVolumeSize,
+} from "@stowage/core";
+import type { VolumeRequirements, PlacementConstraints as WireConstraints } from "@stowage/proto";
+import { AntiAffinityScope, PlacementStrategy } from "@stowage/proto";
+import type { PlacementConstraints, PlacementRequest } from "@stowage/scheduler";
+import { formats, poolKinds } from "./convert.js";
+
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+export function validateRequestId(id: string): string | null {
+  if (id === "") return null;
+  if (!REQUEST_ID.test(id))
+    throw invalidArgument("request_id must be 1-128 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-'", {
+      field: "request_id",
+    });
+  return id;
+}
+
+export function validatePoolRef(ref: string, field = "pool"): string {
+  const m = /^([^/]+)\/([^/]+)$/.exec(ref);
+  if (!m)
+    throw invalidArgument(
+      `${field} ${JSON.stringify(ref.slice(0, 80))} is not valid: write it as HOST/POOL, for example node1/default`,
+      { field },
+    );
+  validateName(`${field} host`, m[1]!);
+  validateName(`${field} name`, m[2]!);
+  return ref;
+}
+
+/** Turns wire constraints into the scheduler's, refusing anything malformed. */
+export function constraintsFromWire(c: WireConstraints | undefined): PlacementConstraints {
+  if (!c) return {};
+  const out: PlacementConstraints = {};
+  if (c.poolKinds.length) {
+    out.poolKinds = c.poolKinds.map((k) => {
+      const d = poolKinds.domain(k);
+      if (!d)
+        throw invalidArgument(`pool kind ${k} is not known: use one of ${POOL_KINDS.join(", ")}`, {
+          field: "constraints.pool_kinds",
+        });
+      return d;
+    });
+  }
+  if (c.hostId) out.hostId = validateName("host", c.hostId);
+  if (c.poolId) out.poolId = validatePoolRef(c.poolId);
+  if (c.zone) out.zone = validateName("zone", c.zone);
+  if (Object.keys(c.poolLabels).length) out.poolLabels = validateLabels(c.poolLabels);
+  if (c.numa && (c.numa.hostId || c.numa.numaNode !== undefined)) {
+    if (!c.numa.hostId)
+      throw invalidArgument(
+        "numa.host_id is required with numa.numa_node: the node is a node of the VM's host",
+        { field: "constraints.numa" },
+      );
+    validateName("numa host", c.numa.hostId);
+    if (c.numa.numaNode !== undefined && c.numa.numaNode > 1023)
+      throw invalidArgument("numa node must be 0..1023", { field: "constraints.numa" });
+    out.numa = {
+      hostId: c.numa.hostId,
+      required: c.numa.required,
+      ...(c.numa.numaNode === undefined ? {} : { node: c.numa.numaNode }),
+    };
+  }
+  if (c.antiAffinityGroup) {
+    out.antiAffinityGroup = validateName("anti-affinity group", c.antiAffinityGroup);
+    out.antiAffinityScope = c.antiAffinityScope === AntiAffinityScope.ZONE ? "zone" : "host";
+  }
+  if (c.strategy === PlacementStrategy.BINPACK) out.strategy = "binpack";
+  return out;
+}
+
+/** The default format: qcow2 when a file pool may take the volume, raw when only block pools may. */
+export function defaultFormat(kinds: readonly PoolKind[] | undefined): VolumeFormat {
+  if (!kinds || kinds.length === 0 || kinds.includes("dir") || kinds.includes("netfs")) return "qcow2";
+  return "raw";
+}
+
+export function validateQcow2(format: VolumeFormat, q: Qcow2Options): Qcow2Options {
+  const given = Object.keys(q).length > 0;
+  if (format !== "qcow2") {
+    if (given)
+      throw invalidArgument("qcow2 options were given for a raw volume: drop them or use --format qcow2", {
+        field: "qcow2",
+      });
+    return {};
+  }
+  if (q.clusterSize !== undefined) {
+    const c = q.clusterSize;
+    if (c < 512 || c > 2 * 1024 * 1024 || (c & (c - 1)) !== 0) {
+      throw invalidArgument(`qcow2 cluster size ${c} is not valid: use a power of two from 512 to 2M`, {
+        field: "qcow2.cluster_size_bytes",
+      });
+    }
+  }
+  if (q.extendedL2 && (q.clusterSize ?? 65536) < 16384) {
+    throw invalidArgument("qcow2 extended_l2 needs a cluster size of at least 16K", {
+      field: "qcow2.extended_l2",
+    });
+  }
+  return q;
+}
+
+/** Validates what the scheduler needs to place one volume. */
+export function placementRequestFromWire(v: VolumeRequirements | undefined): PlacementRequest {
+  if (!v) throw invalidArgument("volume is required");
+  const constraints = constraintsFromWire(v.constraints);
+  const format = formats.domain(v.format) ?? defaultFormat(constraints.poolKinds);
+  return {
+    name: v.name ? validateName("volume name", v.name) : "(dry run)",
+    sizeBytes: validateVolumeSize(v.sizeBytes, "size_bytes"),
+    format,
+    constraints,
+  };
+}
+
+/** A reference to a volume: its id or its name. */
+export function validateVolumeRef(ref: string): { id?: string; name?: string } {
+  if (ref === "") throw invalidArgument("volume is required: give its id or name", { field: "volume" });
+  if (isId(ref, "vol")) return { id: ref };
+  return { name: validateName("volume", ref) };
+}

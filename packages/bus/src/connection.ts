@@ -1,0 +1,141 @@
+import {
+  AckPolicy,
+  DeliverPolicy,
+  type JetStreamClient,
+  type JetStreamManager,
+  jetstream,
+  jetstreamManager,
+  RetentionPolicy,
+  StorageType,
+} from "@nats-io/jetstream";
+import { connect, type NatsConnection, nanos } from "@nats-io/transport-node";
+import {
+  ALL_RESULTS,
+  agentConsumerName,
+  COMMAND_STREAM,
+  commandSubject,
+  RESULT_CONSUMER,
+  RESULT_STREAM,
+} from "./subjects.js";
+
+export interface BusOptions {
+  servers: string | string[];
+  /** Connection name shown by the server (`nats-server` monitoring). */
+  name: string;
+  user?: string;
+  pass?: string;
+  token?: string;
+}
+
+export interface Bus {
+  nc: NatsConnection;
+  js: JetStreamClient;
+  jsm: JetStreamManager;
+  close(): Promise<void>;
+}
+
+export async function connectBus(opts: BusOptions): Promise<Bus> {
+  const nc = await connect({
+    servers: opts.servers,
+    name: opts.name,
+    user: opts.user,
+    pass: opts.pass,
+    token: opts.token,
+    maxReconnectAttempts: -1,
+    reconnectTimeWait: 500,
+  });
+  const jsm = await jetstreamManager(nc);
+  const js = jetstream(nc);
+  return {
+    nc,
+    js,
+    jsm,
+    close: async () => {
+      if (!nc.isClosed()) await nc.drain().catch(() => nc.close());
+    },
+  };
+}
+
+/** How long JetStream remembers a message id to drop duplicates of it. */
+export const DUPLICATE_WINDOW_MS = 120_000;
+/** How long an agent may hold a command without acking before it is redelivered (agents signal progress). */
+export const COMMAND_ACK_WAIT_MS = 60_000;
+
+async function ensureStream(jsm: JetStreamManager, name: string, subjects: string[]): Promise<void> {
+  const config = {
+    name,
+    subjects,
+    retention: RetentionPolicy.Workqueue,
+    storage: StorageType.File,
+    duplicate_window: nanos(DUPLICATE_WINDOW_MS),
+    max_age: nanos(7 * 24 * 3600_000),
+  };
+  try {
+    await jsm.streams.info(name);
+    await jsm.streams.update(name, config);
+  } catch (err) {
+    if (!/stream not found/i.test(String(err))) throw err;
+    try {
+      await jsm.streams.add(config);
+    } catch (addErr) {
+      // Another process created it in between.
+      if (!/already in use|already exists/i.test(String(addErr))) throw addErr;
+    }
+  }
+}
+
+/** Creates (or updates) the command and result work-queue streams. Idempotent; any process may call it. */
+export async function ensureStreams(jsm: JetStreamManager): Promise<void> {
+  await ensureStream(jsm, COMMAND_STREAM, ["stowage.cmd.*"]);
+  await ensureStream(jsm, RESULT_STREAM, ["stowage.result.*"]);
+}
+
+async function ensureConsumer(
+  jsm: JetStreamManager,
+  stream: string,
+  durable: string,
+  filter: string,
+  ackWaitMs: number,
+) {
+  const config = {
+    durable_name: durable,
+    ack_policy: AckPolicy.Explicit,
+    deliver_policy: DeliverPolicy.All,
+    filter_subject: filter,
+    ack_wait: nanos(ackWaitMs),
+    max_deliver: -1,
+    max_ack_pending: 64,
+  };
+  try {
+    await jsm.consumers.info(stream, durable);
+  } catch {
+    try {
+      await jsm.consumers.add(stream, config);
+    } catch (err) {
+      if (!/already in use|already exists/i.test(String(err))) throw err;
+    }
+  }
+}
+
+/** The durable consumer an agent reads its commands from (one per host; Debian's 2.9 server: one filter subject). */
+export async function ensureAgentConsumer(jsm: JetStreamManager, hostId: string): Promise<string> {
+  const durable = agentConsumerName(hostId);
+  await ensureConsumer(jsm, COMMAND_STREAM, durable, commandSubject(hostId), COMMAND_ACK_WAIT_MS);
+  return durable;
+}
+
+/** The durable consumer controllers share to read operation results. */
+export async function ensureResultConsumer(jsm: JetStreamManager): Promise<string> {
+  await ensureConsumer(jsm, RESULT_STREAM, RESULT_CONSUMER, ALL_RESULTS, 30_000);
+  return RESULT_CONSUMER;
+}
+
+/** Messages still waiting in a host's command subject (operations pending per host). */
+export async function pendingCommands(jsm: JetStreamManager, hostId: string): Promise<number> {
+  try {
+    const info = await jsm.consumers.info(COMMAND_STREAM, agentConsumerName(hostId));
+    return info.num_pending + info.num_ack_pending;
+  } catch {
+    return 0;
+  }
+}

@@ -1,0 +1,70 @@
+import type { Consumer, JsMsg } from "@nats-io/jetstream";
+
+export interface ConsumeLoopOptions {
+  /** Stops the loop (the current message is finished first). */
+  signal: AbortSignal;
+  /** Called when the handler throws; the message is then nak'ed with a delay and redelivered. */
+  onError?: (err: unknown, msg: JsMsg) => void;
+  /** How long to wait before a failed message is redelivered. */
+  retryDelayMs?: number;
+  /** Sends "working" to JetStream while the handler runs, so long operations are not redelivered mid-way. */
+  progressIntervalMs?: number;
+}
+
+/**
+ * Handles a durable consumer's messages one at a time, acking after the handler returns. A message is never
+ * acked before its effect is durable; a handler that throws gets the message redelivered.
+ */
+export async function consumeLoop(
+  consumer: Consumer,
+  handle: (msg: JsMsg) => Promise<void>,
+  opts: ConsumeLoopOptions,
+): Promise<void> {
+  while (!opts.signal.aborted) {
+    let messages: Awaited<ReturnType<Consumer["consume"]>>;
+    try {
+      messages = await consumer.consume({ max_messages: 16, expires: 2000 });
+    } catch (err) {
+      opts.onError?.(err, undefined as never);
+      await sleep(1000, opts.signal);
+      continue;
+    }
+    const stop = () => void messages.close();
+    opts.signal.addEventListener("abort", stop, { once: true });
+    try {
+      for await (const msg of messages) {
+        const timer = setInterval(() => msg.working(), opts.progressIntervalMs ?? 15_000);
+        try {
+          await handle(msg);
+          msg.ack();
+        } catch (err) {
+          opts.onError?.(err, msg);
+          msg.nak(opts.retryDelayMs ?? 1000);
+        } finally {
+          clearInterval(timer);
+        }
+        if (opts.signal.aborted) break;
+      }
+    } catch (err) {
+      if (!opts.signal.aborted) opts.onError?.(err, undefined as never);
+    } finally {
+      opts.signal.removeEventListener("abort", stop);
+      await messages.close()?.catch(() => {});
+    }
+    if (!opts.signal.aborted) await sleep(250, opts.signal);
+  }
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const t = setTimeout(resolve, ms);
+    signal.addEventListener(
+      "abort",
+      () => {
+        clearTimeout(t);
+        resolve();
+      },
+      { once: true },
+    );
+  });
+}

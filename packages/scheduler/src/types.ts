@@ -1,0 +1,88 @@
+import type { PoolKind, VolumeFormat } from "@stowage/core";
+
+/** One pool as the scheduler sees it: the agent's report, the ledger's numbers and its host's state. */
+export interface PoolCandidate {
+  id: string;
+  hostId: string;
+  kind: PoolKind;
+  zone: string;
+  numaNode: number | null;
+  labels: Record<string, string>;
+  formats: readonly VolumeFormat[];
+  healthy: boolean;
+  draining: boolean;
+  hostUp: boolean;
+  hostSchedulable: boolean;
+  totalBytes: bigint;
+  usedBytes: bigint;
+  freeBytes: bigint;
+  allocatedBytes: bigint;
+  reservedBytes: bigint;
+  overcommitRatio: number;
+  /** Thin pools: physical use must stay at or under this percentage of total. */
+  maxUsedPercent: number;
+  volumeCount: number;
+}
+
+export interface NumaNodeInfo {
+  id: number;
+  cpuList: string;
+}
+
+/** The cluster at one instant: the scheduler's in-memory view. The ledger in PostgreSQL remains the truth. */
+export interface ClusterView {
+  pools: readonly PoolCandidate[];
+  /** NUMA nodes per host, for the CPU set of the answer. */
+  numa: ReadonlyMap<string, readonly NumaNodeInfo[]>;
+  /** Where the live volumes of each anti-affinity group are: host ids and zones. */
+  groups: ReadonlyMap<string, readonly { hostId: string; zone: string }[]>;
+}
+
+export type AntiAffinityScope = "host" | "zone";
+export type Strategy = "spread" | "binpack";
+
+export interface PlacementConstraints {
+  poolKinds?: readonly PoolKind[];
+  hostId?: string;
+  poolId?: string;
+  zone?: string;
+  poolLabels?: Record<string, string>;
+  numa?: { hostId: string; node?: number; required: boolean };
+  antiAffinityGroup?: string;
+  antiAffinityScope?: AntiAffinityScope;
+  strategy?: Strategy;
+}
+
+export interface PlacementRequest {
+  name: string;
+  sizeBytes: bigint;
+  format: VolumeFormat;
+  constraints: PlacementConstraints;
+}
+
+export interface ScoreComponent {
+  scorer: string;
+  value: number;
+  weight: number;
+}
+
+export interface CandidateVerdict {
+  poolId: string;
+  hostId: string;
+  feasible: boolean;
+  refusedBy: string;
+  reason: string;
+  score: number;
+  scores: ScoreComponent[];
+}
+
+export interface PlacementDecision {
+  feasible: boolean;
+  poolId: string;
+  hostId: string;
+  numaNode: number | null;
+  cpuSet: string;
+  /** Feasible candidates best first, then the refused ones. */
+  candidates: CandidateVerdict[];
+  summary: string;
+}

@@ -1,0 +1,78 @@
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import postgres from "postgres";
+
+/** postgres.js with int8 as bigint and camelCase columns. */
+export type Sql = postgres.Sql<{ bigint: bigint }>;
+export type Tx = postgres.TransactionSql<{ bigint: bigint }>;
+/** Anything queries can run on: the pool or a transaction. */
+export type Queryable = Sql | Tx;
+
+export interface Database {
+  readonly sql: Sql;
+  /** "postgres" for a server, "pglite" for the embedded default. */
+  readonly kind: "postgres" | "pglite";
+  close(): Promise<void>;
+}
+
+export interface OpenDatabaseOptions {
+  /** A PostgreSQL URL. When absent, PGlite runs embedded in `dataDir`. */
+  url?: string;
+  /** Where the embedded PGlite keeps its files (required without `url`). */
+  dataDir?: string;
+  /** Connection pool size for PostgreSQL (PGlite always uses 1). */
+  max?: number;
+}
+
+const options = {
+  types: { bigint: postgres.BigInt },
+  transform: postgres.camel,
+  onnotice: () => {},
+} as const;
+
+export async function openDatabase(opts: OpenDatabaseOptions): Promise<Database> {
+  if (opts.url) {
+    const sql = postgres(opts.url, {
+      ...options,
+      max: opts.max ?? 10,
+      connect_timeout: 10,
+    }) as unknown as Sql;
+    await sql`select 1`;
+    return { sql, kind: "postgres", close: () => sql.end({ timeout: 5 }) };
+  }
+  if (!opts.dataDir) throw new Error("openDatabase needs a url or a dataDir");
+  return openPglite(opts.dataDir);
+}
+
+/**
+ * The embedded default: PGlite in `<dataDir>/pglite`, served on a unix socket inside the data directory through
+ * pglite-socket, so the same postgres.js code talks to it. PGlite is single-connection: pool size 1.
+ */
+async function openPglite(dataDir: string): Promise<Database> {
+  const { PGlite } = await import("@electric-sql/pglite");
+  const { PGLiteSocketServer } = await import("@electric-sql/pglite-socket");
+  mkdirSync(dataDir, { recursive: true });
+  const pg = await PGlite.create(join(dataDir, "pglite"));
+  const socketDir = join(dataDir, "run");
+  mkdirSync(socketDir, { recursive: true });
+  const server = new PGLiteSocketServer({ db: pg, path: join(socketDir, ".s.PGSQL.5432") });
+  await server.start();
+  const sql = postgres({
+    ...options,
+    host: socketDir,
+    port: 5432,
+    max: 1,
+    database: "postgres",
+    username: "postgres",
+  }) as unknown as Sql;
+  await sql`select 1`;
+  return {
+    sql,
+    kind: "pglite",
+    async close() {
+      await sql.end({ timeout: 5 });
+      await server.stop();
+      await pg.close();
+    },
+  };
+}

@@ -1,0 +1,94 @@
+import type { Queryable } from "./db.js";
+import type { ReservationRow } from "./rows.js";
+
+/**
+ * The capacity ledger. A pool's `allocated_bytes` (volumes that exist) and `reserved_bytes` (volumes being made)
+ * change only here, each by one conditional UPDATE, so concurrent controllers can never oversubscribe a pool:
+ *
+ *   allocated + reserved + request <= total x overcommit_ratio
+ *   thick pools also:  reserved + request <= free physical bytes
+ *   thin pools also:   used physical bytes stay under max_used_percent of total
+ */
+export async function reserveCapacity(
+  sql: Queryable,
+  r: { poolId: string; volumeId: string; bytes: bigint; ttlMs: number; thin: boolean },
+): Promise<boolean> {
+  const rows = await sql`
+    update pools set reserved_bytes = reserved_bytes + ${r.bytes}, volume_count = volume_count + 1, updated_at = now()
+    where id = ${r.poolId}
+      and allocated_bytes + reserved_bytes + ${r.bytes} <= floor(total_bytes::numeric * overcommit_ratio::numeric)
+      and (${r.thin} or reserved_bytes + ${r.bytes} <= free_bytes)
+      and (not ${r.thin} or used_bytes::numeric * 100 <= total_bytes::numeric * max_used_percent::numeric)
+    returning id`;
+  if (rows.length === 0) return false;
+  await sql`insert into reservations (volume_id, pool_id, bytes, state, expires_at)
+    values (${r.volumeId}, ${r.poolId}, ${r.bytes}, 'reserved', now() + make_interval(secs => ${r.ttlMs / 1000}))`;
+  return true;
+}
+
+/** Turns a volume's reservation into an allocation (the artefact exists). Idempotent. */
+export async function confirmReservation(sql: Queryable, volumeId: string): Promise<boolean> {
+  const [res] = await sql<ReservationRow[]>`
+    update reservations set state = 'allocated', updated_at = now()
+    where volume_id = ${volumeId} and state = 'reserved' returning *`;
+  if (!res) return false;
+  await sql`update pools set reserved_bytes = reserved_bytes - ${res.bytes}, allocated_bytes = allocated_bytes + ${res.bytes},
+    updated_at = now() where id = ${res.poolId}`;
+  return true;
+}
+
+/** Releases whatever a volume holds, reserved or allocated. Idempotent. */
+export async function releaseCapacity(sql: Queryable, volumeId: string): Promise<boolean> {
+  const [before] = await sql<
+    ReservationRow[]
+  >`select * from reservations where volume_id = ${volumeId} for update`;
+  if (!before || before.state === "released") return false;
+  await sql`update reservations set state = 'released', updated_at = now() where volume_id = ${volumeId}`;
+  const column = before.state === "reserved" ? sql`reserved_bytes` : sql`allocated_bytes`;
+  await sql`update pools set ${column} = ${column} - ${before.bytes}, volume_count = volume_count - 1, updated_at = now()
+    where id = ${before.poolId}`;
+  return true;
+}
+
+/** Reservations never confirmed within their time to live, oldest first. */
+export async function expiredReservations(sql: Queryable, limit = 100): Promise<ReservationRow[]> {
+  return sql<ReservationRow[]>`select * from reservations where state = 'reserved' and expires_at < now()
+    order by expires_at limit ${limit}`;
+}
+
+/** Checks that every pool's ledger columns equal the sum of its reservations (an invariant; used by tests). */
+export async function ledgerDiscrepancies(
+  sql: Queryable,
+): Promise<{ poolId: string; column: string; ledger: bigint; actual: bigint }[]> {
+  const rows = await sql<
+    {
+      poolId: string;
+      reservedBytes: bigint;
+      allocatedBytes: bigint;
+      volumeCount: number;
+      r: bigint;
+      a: bigint;
+      n: number;
+    }[]
+  >`
+    select p.id as pool_id, p.reserved_bytes, p.allocated_bytes, p.volume_count,
+      coalesce(sum(r.bytes) filter (where r.state = 'reserved'), 0)::int8 as r,
+      coalesce(sum(r.bytes) filter (where r.state = 'allocated'), 0)::int8 as a,
+      (count(*) filter (where r.state in ('reserved', 'allocated')))::int as n
+    from pools p left join reservations r on r.pool_id = p.id group by p.id`;
+  const out: { poolId: string; column: string; ledger: bigint; actual: bigint }[] = [];
+  for (const x of rows) {
+    if (x.reservedBytes !== x.r)
+      out.push({ poolId: x.poolId, column: "reserved_bytes", ledger: x.reservedBytes, actual: x.r });
+    if (x.allocatedBytes !== x.a)
+      out.push({ poolId: x.poolId, column: "allocated_bytes", ledger: x.allocatedBytes, actual: x.a });
+    if (x.volumeCount !== x.n)
+      out.push({
+        poolId: x.poolId,
+        column: "volume_count",
+        ledger: BigInt(x.volumeCount),
+        actual: BigInt(x.n),
+      });
+  }
+  return out;
+}

@@ -1,0 +1,101 @@
+import type { OperationKind } from "@stowage/core";
+import type { Queryable } from "./db.js";
+import type { ErrorRecord, OperationRow } from "./rows.js";
+
+export interface NewOperation {
+  id: string;
+  kind: OperationKind;
+  hostId: string;
+  poolId: string;
+  volumeId: string;
+  snapshotId?: string;
+  command: Uint8Array;
+  requestedBy: string;
+}
+
+/** Writes an operation in state `pending`: the outbox row that the relay will publish. */
+export async function insertOperation(sql: Queryable, op: NewOperation): Promise<OperationRow> {
+  const [row] = await sql<OperationRow[]>`
+    insert into operations (id, kind, state, host_id, pool_id, volume_id, snapshot_id, command, requested_by)
+    values (${op.id}, ${op.kind}, 'pending', ${op.hostId}, ${op.poolId}, ${op.volumeId}, ${op.snapshotId ?? ""},
+      ${Buffer.from(op.command)}, ${op.requestedBy})
+    returning *`;
+  return row!;
+}
+
+export async function getOperation(
+  sql: Queryable,
+  id: string,
+  forUpdate = false,
+): Promise<OperationRow | undefined> {
+  const [row] = forUpdate
+    ? await sql<OperationRow[]>`select * from operations where id = ${id} for update`
+    : await sql<OperationRow[]>`select * from operations where id = ${id}`;
+  return row;
+}
+
+/**
+ * Operations the relay should publish: pending ones, and sent ones with no result after `resendAfterMs` (the message
+ * or its result may have been lost with a broker). Only for hosts that are up.
+ */
+export async function operationsToPublish(
+  sql: Queryable,
+  resendAfterMs: number,
+  limit = 100,
+): Promise<OperationRow[]> {
+  return sql<OperationRow[]>`
+    select o.* from operations o join hosts h on h.id = o.host_id
+    where (o.state = 'pending' or (o.state = 'sent' and o.sent_at < now() - make_interval(secs => ${resendAfterMs / 1000})))
+      and h.state = 'up'
+    order by o.created_at limit ${limit}`;
+}
+
+export async function markOperationSent(sql: Queryable, id: string): Promise<void> {
+  await sql`update operations set state = 'sent', attempts = attempts + 1, sent_at = now(), updated_at = clock_timestamp()
+    where id = ${id} and state in ('pending', 'sent')`;
+}
+
+export async function finishOperation(
+  sql: Queryable,
+  id: string,
+  ok: boolean,
+  error: ErrorRecord | null,
+): Promise<OperationRow | undefined> {
+  const [row] = await sql<OperationRow[]>`
+    update operations set state = ${ok ? "succeeded" : "failed"}, error = ${error ? sql.json(error as never) : null},
+      finished_at = now(), updated_at = clock_timestamp()
+    where id = ${id} and state in ('pending', 'sent') returning *`;
+  return row;
+}
+
+export async function listOperations(
+  sql: Queryable,
+  f: { volumeId?: string; hostId?: string; state?: string; after?: string; limit: number },
+): Promise<OperationRow[]> {
+  return sql<OperationRow[]>`
+    select * from operations
+    where (${f.volumeId ?? ""} = '' or volume_id = ${f.volumeId ?? ""})
+      and (${f.hostId ?? ""} = '' or host_id = ${f.hostId ?? ""})
+      and (${f.state ?? ""} = '' or state = ${f.state ?? ""})
+      and id > ${f.after ?? ""}
+    order by id limit ${f.limit}`;
+}
+
+export async function operationsChangedSince(
+  sql: Queryable,
+  since: Date,
+  f: { id?: string; volumeId?: string },
+): Promise<OperationRow[]> {
+  return sql<OperationRow[]>`
+    select * from operations where updated_at > ${since}
+      and (${f.id ?? ""} = '' or id = ${f.id ?? ""})
+      and (${f.volumeId ?? ""} = '' or volume_id = ${f.volumeId ?? ""})
+    order by updated_at limit 1000`;
+}
+
+export async function countOperationsByState(
+  sql: Queryable,
+): Promise<{ hostId: string; state: string; n: number }[]> {
+  return sql<{ hostId: string; state: string; n: number }[]>`
+    select host_id, state, count(*)::int as n from operations where state in ('pending', 'sent') group by host_id, state`;
+}

@@ -1,0 +1,96 @@
+import type { PoolKind, VolumeFormat } from "@stowage/core";
+import type { Queryable } from "./db.js";
+import type { PoolRow } from "./rows.js";
+
+export interface PoolReportRecord {
+  name: string;
+  kind: PoolKind;
+  numaNode: number | null;
+  healthy: boolean;
+  healthMessage: string;
+  totalBytes: bigint;
+  usedBytes: bigint;
+  freeBytes: bigint;
+  provisionedBytes: bigint;
+  dataPercent: number | null;
+  metadataPercent: number | null;
+  overcommitRatio: number;
+  labels: Record<string, string>;
+  formats: VolumeFormat[];
+  shared: boolean;
+}
+
+export const poolId = (hostId: string, name: string) => `${hostId}/${name}`;
+
+/**
+ * Applies what an agent reports of its pools. The ledger columns (allocated, reserved, volume_count) are never
+ * touched here; pools the agent no longer reports are kept (volumes may live in them) but marked absent.
+ */
+export async function applyPoolReports(
+  sql: Queryable,
+  hostId: string,
+  reports: PoolReportRecord[],
+): Promise<void> {
+  for (const r of reports) {
+    await sql`
+      insert into pools (id, host_id, name, kind, numa_node, healthy, health_message, total_bytes, used_bytes, free_bytes,
+        reported_provisioned_bytes, data_percent, metadata_percent, overcommit_ratio, labels, formats, shared, present)
+      values (${poolId(hostId, r.name)}, ${hostId}, ${r.name}, ${r.kind}, ${r.numaNode}, ${r.healthy}, ${r.healthMessage},
+        ${r.totalBytes}, ${r.usedBytes}, ${r.freeBytes}, ${r.provisionedBytes}, ${r.dataPercent}, ${r.metadataPercent},
+        ${r.overcommitRatio}, ${sql.json(r.labels)}, ${sql.json(r.formats)}, ${r.shared}, true)
+      on conflict (id) do update set kind = excluded.kind, numa_node = excluded.numa_node, healthy = excluded.healthy,
+        health_message = excluded.health_message, total_bytes = excluded.total_bytes, used_bytes = excluded.used_bytes,
+        free_bytes = excluded.free_bytes, reported_provisioned_bytes = excluded.reported_provisioned_bytes,
+        data_percent = excluded.data_percent, metadata_percent = excluded.metadata_percent,
+        overcommit_ratio = excluded.overcommit_ratio, labels = excluded.labels, formats = excluded.formats,
+        shared = excluded.shared, present = true, updated_at = now()`;
+  }
+  const names = reports.map((r) => r.name);
+  await sql`update pools set present = false, healthy = false, health_message = 'not reported by the agent', updated_at = now()
+    where host_id = ${hostId} and present and not (name = any(${names}))`;
+}
+
+export async function getPool(sql: Queryable, id: string): Promise<PoolRow | undefined> {
+  const [row] = await sql<PoolRow[]>`select * from pools where id = ${id}`;
+  return row;
+}
+
+export async function listPools(
+  sql: Queryable,
+  f: { hostId?: string; kind?: string; after?: string; limit: number },
+): Promise<PoolRow[]> {
+  return sql<PoolRow[]>`
+    select * from pools
+    where present
+      and (${f.hostId ?? ""} = '' or host_id = ${f.hostId ?? ""})
+      and (${f.kind ?? ""} = '' or kind = ${f.kind ?? ""})
+      and id > ${f.after ?? ""}
+    order by id limit ${f.limit}`;
+}
+
+/** Every pool with its host's state, for the scheduler's in-memory view. */
+export async function loadSchedulingView(
+  sql: Queryable,
+): Promise<{ pool: PoolRow; hostState: string; hostSchedulable: boolean; zone: string }[]> {
+  const rows = await sql<(PoolRow & { hostState: string; hostSchedulable: boolean; hostZone: string })[]>`
+    select p.*, h.state as host_state, h.schedulable as host_schedulable, h.zone as host_zone
+    from pools p join hosts h on h.id = p.host_id
+    where p.present order by p.id`;
+  return rows.map(({ hostState, hostSchedulable, hostZone, ...pool }) => ({
+    pool: pool as PoolRow,
+    hostState,
+    hostSchedulable,
+    zone: hostZone,
+  }));
+}
+
+export async function setPoolDraining(
+  sql: Queryable,
+  id: string,
+  draining: boolean,
+): Promise<PoolRow | undefined> {
+  const [row] = await sql<
+    PoolRow[]
+  >`update pools set draining = ${draining}, updated_at = now() where id = ${id} returning *`;
+  return row;
+}

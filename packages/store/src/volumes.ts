@@ -1,0 +1,120 @@
+import type { VolumeState } from "@stowage/core";
+import type { Queryable } from "./db.js";
+import type { ErrorRecord, VolumeRow } from "./rows.js";
+
+export interface NewVolume {
+  id: string;
+  name: string;
+  sizeBytes: bigint;
+  format: string;
+  poolId: string;
+  hostId: string;
+  numaNode: number | null;
+  cpuSet: string;
+  labels: Record<string, string>;
+  qcow2: Record<string, unknown>;
+  requestId: string | null;
+  operationId: string;
+  antiAffinityGroup: string;
+}
+
+export async function insertVolume(sql: Queryable, v: NewVolume): Promise<VolumeRow> {
+  const [row] = await sql<VolumeRow[]>`
+    insert into volumes (id, name, size_bytes, format, pool_id, host_id, state, numa_node, cpu_set, labels, qcow2,
+      request_id, operation_id, anti_affinity_group)
+    values (${v.id}, ${v.name}, ${v.sizeBytes}, ${v.format}, ${v.poolId}, ${v.hostId}, 'creating', ${v.numaNode},
+      ${v.cpuSet}, ${sql.json(v.labels)}, ${sql.json(v.qcow2 as never)}, ${v.requestId}, ${v.operationId}, ${v.antiAffinityGroup})
+    returning *`;
+  return row!;
+}
+
+export async function getVolumeById(
+  sql: Queryable,
+  id: string,
+  forUpdate = false,
+): Promise<VolumeRow | undefined> {
+  const [row] = forUpdate
+    ? await sql<VolumeRow[]>`select * from volumes where id = ${id} for update`
+    : await sql<VolumeRow[]>`select * from volumes where id = ${id}`;
+  return row;
+}
+
+/** The live (not deleted) volume with this name. */
+export async function getVolumeByName(sql: Queryable, name: string): Promise<VolumeRow | undefined> {
+  const [row] = await sql<VolumeRow[]>`select * from volumes where name = ${name} and state <> 'deleted'`;
+  return row;
+}
+
+export async function getVolumeByRequestId(
+  sql: Queryable,
+  requestId: string,
+): Promise<VolumeRow | undefined> {
+  const [row] = await sql<VolumeRow[]>`select * from volumes where request_id = ${requestId}`;
+  return row;
+}
+
+export interface VolumeFilter {
+  poolId?: string;
+  hostId?: string;
+  state?: string;
+  namePrefix?: string;
+  labels?: Record<string, string>;
+  showDeleted?: boolean;
+  after?: string;
+  limit: number;
+}
+
+export async function listVolumes(sql: Queryable, f: VolumeFilter): Promise<VolumeRow[]> {
+  const prefix = (f.namePrefix ?? "").replace(/[\\%_]/g, (c) => `\\${c}`);
+  return sql<VolumeRow[]>`
+    select * from volumes
+    where (${f.poolId ?? ""} = '' or pool_id = ${f.poolId ?? ""})
+      and (${f.hostId ?? ""} = '' or host_id = ${f.hostId ?? ""})
+      and (${f.state ?? ""} = '' or state = ${f.state ?? ""})
+      and (${f.showDeleted ?? false} or ${f.state ?? ""} = 'deleted' or state <> 'deleted')
+      and name like ${`${prefix}%`}
+      and labels @> ${sql.json(f.labels ?? {})}
+      and id > ${f.after ?? ""}
+    order by id limit ${f.limit}`;
+}
+
+/** Volumes changed after `since`, for watches (they poll, so any controller replica sees every change). */
+export async function volumesChangedSince(
+  sql: Queryable,
+  since: Date,
+  f: { id?: string; poolId?: string },
+): Promise<VolumeRow[]> {
+  return sql<VolumeRow[]>`
+    select * from volumes where updated_at > ${since}
+      and (${f.id ?? ""} = '' or id = ${f.id ?? ""})
+      and (${f.poolId ?? ""} = '' or pool_id = ${f.poolId ?? ""})
+    order by updated_at limit 1000`;
+}
+
+export interface VolumeUpdate {
+  state?: VolumeState;
+  error?: ErrorRecord | null;
+  operationId?: string;
+  allocatedBytes?: bigint;
+  hostPath?: string;
+  sizeBytes?: bigint;
+}
+
+export async function updateVolume(sql: Queryable, id: string, u: VolumeUpdate): Promise<VolumeRow> {
+  const [row] = await sql<VolumeRow[]>`
+    update volumes set
+      state = coalesce(${u.state ?? null}, state),
+      error = case when ${u.error !== undefined} then ${u.error === undefined || u.error === null ? null : sql.json(u.error as never)}::jsonb else error end,
+      operation_id = coalesce(${u.operationId ?? null}, operation_id),
+      allocated_bytes = coalesce(${u.allocatedBytes ?? null}::int8, allocated_bytes),
+      host_path = coalesce(${u.hostPath ?? null}, host_path),
+      size_bytes = coalesce(${u.sizeBytes ?? null}::int8, size_bytes),
+      deleted_at = case when ${u.state ?? null} = 'deleted' then now() else deleted_at end,
+      updated_at = clock_timestamp()
+    where id = ${id} returning *`;
+  return row!;
+}
+
+export async function liveVolumesOnHost(sql: Queryable, hostId: string): Promise<VolumeRow[]> {
+  return sql<VolumeRow[]>`select * from volumes where host_id = ${hostId} and state <> 'deleted'`;
+}
