@@ -1,0 +1,338 @@
+import {
+  COMPRESSION_TYPES,
+  invalidArgument,
+  PREALLOCATIONS,
+  type Preallocation,
+  type Qcow2Options,
+  type VolumeFormat,
+  validateVolumeSize,
+} from "@stowage/core";
+import { z } from "zod";
+import { parseJsonOutput } from "./runner.js";
+
+/**
+ * qemu-img (7.2) output schemas, parsers and argv builders. The JSON keys are qemu's; what callers get back is
+ * camelCase with sizes as bigint, like every other size in Stowage.
+ */
+
+const size = z.number().int().nonnegative();
+
+const snapshotSchema = z.looseObject({
+  id: z.string(),
+  name: z.string(),
+  "vm-state-size": size,
+  "date-sec": z.number().int(),
+  "date-nsec": z.number().int(),
+  "vm-clock-sec": z.number().int(),
+  "vm-clock-nsec": z.number().int(),
+  icount: z.number().int().optional(),
+});
+
+const qcow2DataSchema = z.looseObject({
+  compat: z.string(),
+  "lazy-refcounts": z.boolean().optional(),
+  "compression-type": z.enum(COMPRESSION_TYPES).optional(),
+  "extended-l2": z.boolean().optional(),
+  "refcount-bits": z.number().int().optional(),
+  corrupt: z.boolean().optional(),
+  "data-file": z.string().optional(),
+});
+
+const formatSpecificSchema = z.union([
+  z.object({ type: z.literal("qcow2"), data: qcow2DataSchema }),
+  // Other formats (luks, vmdk, rbd, ...) carry their own data; we only need to know the type.
+  z.object({ type: z.string().refine((t) => t !== "qcow2"), data: z.unknown().optional() }),
+]);
+
+export const qemuImgInfoSchema = z.looseObject({
+  "virtual-size": size,
+  filename: z.string(),
+  format: z.string(),
+  // Absent for protocols that cannot say (rbd:, some nfs:// servers).
+  "actual-size": size.optional(),
+  "cluster-size": z.number().int().positive().optional(),
+  "dirty-flag": z.boolean().optional(),
+  "backing-filename": z.string().optional(),
+  "full-backing-filename": z.string().optional(),
+  "backing-filename-format": z.string().optional(),
+  snapshots: z.array(snapshotSchema).optional(),
+  "format-specific": formatSpecificSchema.optional(),
+});
+
+export const qemuImgCheckSchema = z.looseObject({
+  filename: z.string(),
+  format: z.string(),
+  "check-errors": z.number().int().nonnegative(),
+  "image-end-offset": size.optional(),
+  "total-clusters": z.number().int().nonnegative().optional(),
+  "allocated-clusters": z.number().int().nonnegative().optional(),
+  "fragmented-clusters": z.number().int().nonnegative().optional(),
+  "compressed-clusters": z.number().int().nonnegative().optional(),
+  corruptions: z.number().int().nonnegative().optional(),
+  leaks: z.number().int().nonnegative().optional(),
+  "corruptions-fixed": z.number().int().nonnegative().optional(),
+  "leaks-fixed": z.number().int().nonnegative().optional(),
+});
+
+export interface QemuImgSnapshot {
+  id: string;
+  name: string;
+  vmStateSize: bigint;
+  /** Creation time. */
+  date: Date;
+  vmClockNsec: bigint;
+}
+
+export interface Qcow2Info {
+  compat: string;
+  lazyRefcounts: boolean;
+  compressionType: "zlib" | "zstd";
+  extendedL2: boolean;
+  refcountBits: number | undefined;
+  corrupt: boolean;
+  dataFile: string | undefined;
+}
+
+export interface QemuImgInfo {
+  filename: string;
+  format: string;
+  virtualSize: bigint;
+  /** Bytes allocated on the host; undefined when the protocol cannot tell. */
+  actualSize: bigint | undefined;
+  clusterSize: number | undefined;
+  dirty: boolean;
+  backingFilename: string | undefined;
+  fullBackingFilename: string | undefined;
+  backingFormat: string | undefined;
+  snapshots: QemuImgSnapshot[];
+  formatSpecificType: string | undefined;
+  /** Present for qcow2 images only. */
+  qcow2: Qcow2Info | undefined;
+}
+
+export interface QemuImgCheck {
+  filename: string;
+  format: string;
+  checkErrors: number;
+  corruptions: number;
+  leaks: number;
+  corruptionsFixed: number;
+  leaksFixed: number;
+  imageEndOffset: bigint | undefined;
+  totalClusters: number | undefined;
+  allocatedClusters: number | undefined;
+  fragmentedClusters: number | undefined;
+  compressedClusters: number | undefined;
+  /** No errors, corruptions or leaks left. */
+  clean: boolean;
+}
+
+type RawInfo = z.output<typeof qemuImgInfoSchema>;
+
+function toInfo(raw: RawInfo): QemuImgInfo {
+  const fs = raw["format-specific"];
+  const q = fs?.type === "qcow2" ? (fs.data as z.output<typeof qcow2DataSchema>) : undefined;
+  const opt = (n: number | undefined) => (n === undefined ? undefined : BigInt(n));
+  return {
+    filename: raw.filename,
+    format: raw.format,
+    virtualSize: BigInt(raw["virtual-size"]),
+    actualSize: opt(raw["actual-size"]),
+    clusterSize: raw["cluster-size"],
+    dirty: raw["dirty-flag"] ?? false,
+    backingFilename: raw["backing-filename"],
+    fullBackingFilename: raw["full-backing-filename"],
+    backingFormat: raw["backing-filename-format"],
+    snapshots: (raw.snapshots ?? []).map((s) => ({
+      id: s.id,
+      name: s.name,
+      vmStateSize: BigInt(s["vm-state-size"]),
+      date: new Date(s["date-sec"] * 1000 + Math.floor(s["date-nsec"] / 1e6)),
+      vmClockNsec: BigInt(s["vm-clock-sec"]) * 1_000_000_000n + BigInt(s["vm-clock-nsec"]),
+    })),
+    formatSpecificType: fs?.type,
+    qcow2: q && {
+      compat: q.compat,
+      lazyRefcounts: q["lazy-refcounts"] ?? false,
+      // qemu before 5.1 did not print the field; zlib was then the only method.
+      compressionType: q["compression-type"] ?? "zlib",
+      extendedL2: q["extended-l2"] ?? false,
+      refcountBits: q["refcount-bits"],
+      corrupt: q.corrupt ?? false,
+      dataFile: q["data-file"],
+    },
+  };
+}
+
+/** Parses `qemu-img info --output=json` (a single image). `argv` is only for error messages. */
+export function parseQemuImgInfo(text: string, argv: readonly string[] = ["info"]): QemuImgInfo {
+  return toInfo(parseJsonOutput("qemu-img", argv, text, qemuImgInfoSchema));
+}
+
+/** Parses `qemu-img info --backing-chain --output=json`: the image first, then each backing layer. */
+export function parseQemuImgInfoChain(text: string, argv: readonly string[] = ["info"]): QemuImgInfo[] {
+  return parseJsonOutput("qemu-img", argv, text, z.array(qemuImgInfoSchema).min(1)).map(toInfo);
+}
+
+/** Parses `qemu-img check --output=json`. */
+export function parseQemuImgCheck(text: string, argv: readonly string[] = ["check"]): QemuImgCheck {
+  const r = parseJsonOutput("qemu-img", argv, text, qemuImgCheckSchema);
+  const corruptions = r.corruptions ?? 0;
+  const leaks = r.leaks ?? 0;
+  return {
+    filename: r.filename,
+    format: r.format,
+    checkErrors: r["check-errors"],
+    corruptions,
+    leaks,
+    corruptionsFixed: r["corruptions-fixed"] ?? 0,
+    leaksFixed: r["leaks-fixed"] ?? 0,
+    imageEndOffset: r["image-end-offset"] === undefined ? undefined : BigInt(r["image-end-offset"]),
+    totalClusters: r["total-clusters"],
+    allocatedClusters: r["allocated-clusters"],
+    fragmentedClusters: r["fragmented-clusters"],
+    compressedClusters: r["compressed-clusters"],
+    clean: r["check-errors"] === 0 && corruptions === 0 && leaks === 0,
+  };
+}
+
+/**
+ * `qemu-img check` exit codes: 0 clean, 2 corruptions, 3 leaks only. All three print the JSON report, so a
+ * runner call for check should allow 2 and 3 and let the parsed report speak. (1 = check could not finish,
+ * 63 = the format has no checks.)
+ */
+export const QEMU_IMG_CHECK_REPORT_EXIT_CODES = [2, 3] as const;
+
+export const MIN_CLUSTER_SIZE = 512;
+export const MAX_CLUSTER_SIZE = 2 * 1024 * 1024;
+/** qcow2 subclusters are cluster/32; qemu refuses extended L2 below 16 KiB clusters. */
+export const MIN_EXTENDED_L2_CLUSTER_SIZE = 16 * 1024;
+/** qemu's default qcow2 cluster size, which extended_l2 is checked against when none is given. */
+export const DEFAULT_CLUSTER_SIZE = 64 * 1024;
+
+const RAW_PREALLOCATIONS: readonly Preallocation[] = ["off", "falloc", "full"];
+
+/** Validates qcow2 options (and raw's preallocation) and returns them as qemu `-o key=value` pairs. */
+export function createOptions(format: VolumeFormat, opts: Qcow2Options = {}): string[] {
+  const out: string[] = [];
+  const pre = opts.preallocation;
+  if (pre !== undefined && !(PREALLOCATIONS as readonly string[]).includes(pre)) {
+    throw invalidArgument(
+      `preallocation ${JSON.stringify(pre)} is not valid: use ${PREALLOCATIONS.join(", ")}`,
+      {
+        field: "preallocation",
+      },
+    );
+  }
+  if (format === "raw") {
+    const qcow2Only = (["clusterSize", "lazyRefcounts", "compressionType", "extendedL2"] as const).filter(
+      (k) => opts[k] !== undefined,
+    );
+    if (qcow2Only.length > 0) {
+      throw invalidArgument(`option ${qcow2Only.join(", ")} applies to qcow2 volumes only, not raw`, {
+        field: qcow2Only[0],
+      });
+    }
+    if (pre !== undefined && !RAW_PREALLOCATIONS.includes(pre)) {
+      throw invalidArgument(
+        `preallocation ${pre} is not supported for raw volumes: use ${RAW_PREALLOCATIONS.join(", ")}`,
+        { field: "preallocation" },
+      );
+    }
+    if (pre !== undefined) out.push(`preallocation=${pre}`);
+    return out;
+  }
+  if (format !== "qcow2") {
+    throw invalidArgument(`volume format ${JSON.stringify(format)} is not valid: use qcow2 or raw`, {
+      field: "format",
+    });
+  }
+  const cs = opts.clusterSize;
+  if (cs !== undefined) {
+    if (!Number.isInteger(cs) || cs < MIN_CLUSTER_SIZE || cs > MAX_CLUSTER_SIZE || (cs & (cs - 1)) !== 0) {
+      throw invalidArgument(
+        `cluster size ${cs} is not valid: use a power of two from ${MIN_CLUSTER_SIZE} to ${MAX_CLUSTER_SIZE} bytes (64 KiB is qemu's default)`,
+        { field: "clusterSize" },
+      );
+    }
+    out.push(`cluster_size=${cs}`);
+  }
+  if (pre !== undefined) out.push(`preallocation=${pre}`);
+  if (opts.lazyRefcounts !== undefined) out.push(`lazy_refcounts=${opts.lazyRefcounts ? "on" : "off"}`);
+  if (opts.compressionType !== undefined) {
+    if (!(COMPRESSION_TYPES as readonly string[]).includes(opts.compressionType)) {
+      throw invalidArgument(
+        `compression type ${JSON.stringify(opts.compressionType)} is not valid: use ${COMPRESSION_TYPES.join(" or ")}`,
+        { field: "compressionType" },
+      );
+    }
+    out.push(`compression_type=${opts.compressionType}`);
+  }
+  if (opts.extendedL2 !== undefined) {
+    if (opts.extendedL2 && (cs ?? DEFAULT_CLUSTER_SIZE) < MIN_EXTENDED_L2_CLUSTER_SIZE) {
+      throw invalidArgument(
+        `extended L2 entries need a cluster size of at least ${MIN_EXTENDED_L2_CLUSTER_SIZE} bytes (got ${cs})`,
+        { field: "extendedL2" },
+      );
+    }
+    out.push(`extended_l2=${opts.extendedL2 ? "on" : "off"}`);
+  }
+  return out;
+}
+
+function assertAbsolutePath(path: string): void {
+  // Relative names could be read by qemu as "protocol:..." or as options; ours are always absolute.
+  if (!path.startsWith("/") || path.includes("\0")) {
+    throw invalidArgument(`image path ${JSON.stringify(path)} must be absolute`);
+  }
+}
+
+/** argv for `qemu-img create` (without the tool name). Validates size and options first. */
+export function qemuImgCreateArgv(
+  path: string,
+  format: VolumeFormat,
+  sizeBytes: bigint,
+  opts: Qcow2Options = {},
+): string[] {
+  assertAbsolutePath(path);
+  validateVolumeSize(sizeBytes);
+  const o = createOptions(format, opts);
+  return [
+    "create",
+    "-q",
+    "-f",
+    format,
+    ...(o.length > 0 ? ["-o", o.join(",")] : []),
+    "--",
+    path,
+    `${sizeBytes}`,
+  ];
+}
+
+/**
+ * argv for `qemu-img info --output=json`. The format is always given: letting qemu probe a raw image would
+ * trust whatever header a guest wrote into it (a fake qcow2 header could name a host file as backing file).
+ * `-U` reads images that a running VM holds locked; sizes it reports are still right.
+ */
+export function qemuImgInfoArgv(path: string, format: VolumeFormat): string[] {
+  assertAbsolutePath(path);
+  return ["info", "--output=json", "-U", "-f", format, "--", path];
+}
+
+/** argv for `qemu-img check --output=json`. */
+export function qemuImgCheckArgv(path: string, format: VolumeFormat): string[] {
+  assertAbsolutePath(path);
+  return ["check", "--output=json", "-f", format, "--", path];
+}
+
+/** argv for `qemu-img resize` to an absolute size; `--shrink` only when the caller accepted data loss. */
+export function qemuImgResizeArgv(
+  path: string,
+  format: VolumeFormat,
+  newSizeBytes: bigint,
+  opts: { shrink?: boolean } = {},
+): string[] {
+  assertAbsolutePath(path);
+  validateVolumeSize(newSizeBytes, "new size");
+  return ["resize", "-q", "-f", format, ...(opts.shrink ? ["--shrink"] : []), "--", path, `${newSizeBytes}`];
+}

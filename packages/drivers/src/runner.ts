@@ -1,0 +1,367 @@
+import { type ErrorCode, StowageError } from "@stowage/core";
+import { execa } from "execa";
+import type { z } from "zod";
+
+/**
+ * The single tool runner (DESIGN.md, "Tools"): every process Stowage starts goes through `run`, so that argv
+ * arrays (never a shell), `LC_ALL=C`, timeouts, bounded output and typed errors hold everywhere.
+ */
+
+export interface ToolInvocationEvent {
+  tool: string;
+  argv: readonly string[];
+  durationMs: number;
+  /** Undefined when the process never started or was killed by a signal. */
+  exitCode: number | undefined;
+  timedOut: boolean;
+  ok: boolean;
+}
+
+export interface ToolRunnerOptions {
+  /** Extra environment for every tool (merged over the agent's own; `LC_ALL` is always forced to `C`). */
+  env?: Record<string, string>;
+  /** Directories searched before `$PATH`. Tests put fake tools here. */
+  pathPrefix?: string[];
+  /** Default per-invocation timeout. */
+  defaultTimeoutMs?: number;
+  /** After the timeout's SIGTERM, how long a tool gets before SIGKILL. */
+  killGraceMs?: number;
+  /**
+   * Per-stream cap on captured stdout/stderr; a tool printing more fails instead of exhausting memory. (execa
+   * counts characters of the decoded text, so for non-ASCII output the byte bound is looser.)
+   */
+  maxOutputBytes?: number;
+  /** Called once per invocation, success or not (metrics and logs hang off this). */
+  onInvocation?: (e: ToolInvocationEvent) => void;
+}
+
+export interface RunOptions {
+  timeoutMs?: number;
+  /** Written to the tool's stdin; without it stdin is closed so a tool that prompts cannot hang. */
+  input?: string | Uint8Array;
+  /** Exit codes other than 0 that still count as success (e.g. `qemu-img check` reports leaks with 3). */
+  allowExitCodes?: number[];
+}
+
+export interface ToolResult {
+  stdout: string;
+  stderr: string;
+  exitCode: number;
+  durationMs: number;
+}
+
+export interface ToolRunner {
+  run(tool: string, argv: readonly string[], opts?: RunOptions): Promise<ToolResult>;
+}
+
+export const DEFAULT_TIMEOUT_MS = 60_000;
+export const DEFAULT_KILL_GRACE_MS = 2_000;
+export const DEFAULT_MAX_OUTPUT_BYTES = 16 * 1024 * 1024;
+/** How much of stderr an error carries: enough to diagnose, small enough for a log line or a gRPC status. */
+export const STDERR_TAIL_BYTES = 4096;
+
+/** Debian packages that provide the tools Stowage uses, for "install package Y" hints. */
+const PACKAGE_HINTS: Record<string, string> = {
+  "qemu-img": "qemu-utils",
+  "qemu-nbd": "qemu-utils",
+  lvs: "lvm2",
+  vgs: "lvm2",
+  pvs: "lvm2",
+  lvcreate: "lvm2",
+  lvremove: "lvm2",
+  lvextend: "lvm2",
+  lvreduce: "lvm2",
+  lvresize: "lvm2",
+  lvchange: "lvm2",
+  lvrename: "lvm2",
+  vgcreate: "lvm2",
+  pvcreate: "lvm2",
+  thin_check: "thin-provisioning-tools",
+  tgtadm: "tgt",
+  tgtd: "tgt",
+  rbd: "ceph-common",
+  ceph: "ceph-common",
+  rados: "ceph-common",
+  "nfs-ls": "libnfs-utils",
+  "nfs-cp": "libnfs-utils",
+  "iscsi-ls": "libiscsi-bin",
+  numactl: "numactl",
+};
+
+export interface ToolErrorFields {
+  tool: string;
+  argv: readonly string[];
+  exitCode: number | undefined;
+  stderr: string;
+  timedOut: boolean;
+}
+
+/** A tool failed: it could not start, exited badly, timed out, or printed too much. */
+export class ToolError extends StowageError {
+  readonly tool: string;
+  readonly argv: readonly string[];
+  readonly exitCode: number | undefined;
+  /** The last ≤ 4 KiB of stderr. */
+  readonly stderr: string;
+  readonly timedOut: boolean;
+
+  constructor(code: ErrorCode, message: string, fields: ToolErrorFields, options?: { cause?: unknown }) {
+    const stderr = tailBytes(fields.stderr, STDERR_TAIL_BYTES);
+    super(
+      code,
+      message,
+      {
+        tool: fields.tool,
+        argv: [...fields.argv],
+        exitCode: fields.exitCode,
+        stderr,
+        timedOut: fields.timedOut,
+      },
+      options,
+    );
+    this.tool = fields.tool;
+    this.argv = [...fields.argv];
+    this.exitCode = fields.exitCode;
+    this.stderr = stderr;
+    this.timedOut = fields.timedOut;
+  }
+}
+
+/** A tool succeeded but printed something we cannot trust (bad JSON, or JSON of an unexpected shape). */
+export class ToolOutputError extends ToolError {
+  /** The start of the offending output, for the log. */
+  readonly outputExcerpt: string;
+
+  constructor(tool: string, argv: readonly string[], reason: string, output: string) {
+    const excerpt = output.length > 200 ? `${output.slice(0, 200)}…` : output;
+    super(
+      "internal",
+      `${commandLabel(tool, argv)} printed output that is not the expected JSON: ${reason} (argv: ${formatArgv(argv)}; output starts ${JSON.stringify(excerpt)})`,
+      { tool, argv, exitCode: 0, stderr: "", timedOut: false },
+    );
+    this.outputExcerpt = excerpt;
+  }
+}
+
+/**
+ * Parses a tool's JSON output and checks its shape with zod. Anything unexpected becomes a `ToolOutputError`,
+ * so a tool upgrade that changes its output fails loudly instead of feeding `undefined` into capacity maths.
+ */
+export function parseJsonOutput<S extends z.ZodType>(
+  tool: string,
+  argv: readonly string[],
+  text: string,
+  schema: S,
+): z.output<S> {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (e) {
+    throw new ToolOutputError(tool, argv, (e as Error).message, text);
+  }
+  const parsed = schema.safeParse(value);
+  if (!parsed.success) {
+    const issues = parsed.error.issues
+      .slice(0, 3)
+      .map((i) => `${i.path.length > 0 ? i.path.join(".") : "(root)"}: ${i.message}`)
+      .join("; ");
+    throw new ToolOutputError(tool, argv, issues, text);
+  }
+  return parsed.data;
+}
+
+/**
+ * Process groups of tools still running. Detached children are not killed with the agent (execa's `cleanup`
+ * does not apply to them), so an exiting agent kills them itself rather than leave a qemu-img writing behind it.
+ */
+const liveGroups = new Set<number>();
+let exitHookInstalled = false;
+function trackGroup(pid: number): void {
+  if (!exitHookInstalled) {
+    exitHookInstalled = true;
+    process.once("exit", () => {
+      for (const pgid of liveGroups) {
+        try {
+          process.kill(-pgid, "SIGKILL");
+        } catch {
+          // Already gone.
+        }
+      }
+    });
+  }
+  liveGroups.add(pid);
+}
+
+/** Tools are looked up on PATH by bare name; a path here would bypass `pathPrefix` and the package hints. */
+const TOOL_NAME = /^[A-Za-z0-9][A-Za-z0-9._+-]*$/;
+
+export function createToolRunner(opts: ToolRunnerOptions = {}): ToolRunner {
+  const defaultTimeoutMs = opts.defaultTimeoutMs ?? DEFAULT_TIMEOUT_MS;
+  const killGraceMs = opts.killGraceMs ?? DEFAULT_KILL_GRACE_MS;
+  const maxOutputBytes = opts.maxOutputBytes ?? DEFAULT_MAX_OUTPUT_BYTES;
+  const basePath = process.env.PATH ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+  const PATH = [...(opts.pathPrefix ?? []), basePath].filter((p) => p !== "").join(":");
+  const env: Record<string, string> = { ...opts.env, PATH, LC_ALL: "C" };
+
+  const notify = (e: ToolInvocationEvent) => {
+    try {
+      opts.onInvocation?.(e);
+    } catch {
+      // A broken metrics hook must never turn a successful tool run into a failure.
+    }
+  };
+
+  async function run(tool: string, argvIn: readonly string[], runOpts: RunOptions = {}): Promise<ToolResult> {
+    const argv = [...argvIn];
+    if (!TOOL_NAME.test(tool)) {
+      throw new StowageError(
+        "invalid_argument",
+        `tool name ${JSON.stringify(tool)} must be a bare command name`,
+      );
+    }
+    for (const a of argv) {
+      if (typeof a !== "string" || a.includes("\0")) {
+        throw new StowageError(
+          "invalid_argument",
+          `argument ${JSON.stringify(a)} for ${tool} is not a string`,
+        );
+      }
+    }
+    const timeoutMs = runOpts.timeoutMs ?? defaultTimeoutMs;
+    const started = performance.now();
+
+    const sub = execa(tool, argv, {
+      env,
+      extendEnv: true,
+      shell: false,
+      reject: false,
+      // Its own process group, so a timeout kills the whole tree: a wrapper script's children would otherwise
+      // keep the pipes open and the run would never end.
+      detached: true,
+      maxBuffer: maxOutputBytes,
+      stripFinalNewline: false,
+      encoding: "utf8",
+      ...(runOpts.input !== undefined ? { input: runOpts.input } : { stdin: "ignore" as const }),
+    });
+
+    if (sub.pid !== undefined) trackGroup(sub.pid);
+    let timedOut = false;
+    let graceTimer: NodeJS.Timeout | undefined;
+    const killGroup = (signal: NodeJS.Signals) => {
+      if (sub.pid === undefined) return;
+      try {
+        process.kill(-sub.pid, signal);
+      } catch {
+        // Already gone.
+      }
+    };
+    const timer = setTimeout(() => {
+      // Exited already, only its pipes are still draining: not a timeout.
+      if (sub.exitCode !== null || sub.signalCode !== null) return;
+      timedOut = true;
+      killGroup("SIGTERM");
+      graceTimer = setTimeout(() => killGroup("SIGKILL"), killGraceMs);
+      graceTimer.unref();
+    }, timeoutMs);
+    timer.unref();
+
+    let result: Awaited<typeof sub>;
+    try {
+      result = await sub;
+    } finally {
+      if (sub.pid !== undefined) liveGroups.delete(sub.pid);
+      clearTimeout(timer);
+      if (graceTimer) clearTimeout(graceTimer);
+    }
+    const durationMs = Math.round(performance.now() - started);
+    const stdout = typeof result.stdout === "string" ? result.stdout : "";
+    const stderr = typeof result.stderr === "string" ? result.stderr : "";
+    const exitCode = typeof result.exitCode === "number" ? result.exitCode : undefined;
+    const fields: ToolErrorFields = { tool, argv, exitCode, stderr, timedOut };
+    const label = `${tool} ${formatArgv(argv)}`.trim();
+
+    const fail = (err: ToolError): never => {
+      notify({ tool, argv, durationMs, exitCode, timedOut, ok: false });
+      throw err;
+    };
+
+    const errno = (result as { code?: string }).code;
+    if (exitCode === undefined && (errno === "ENOENT" || errno === "EACCES")) {
+      const pkg = PACKAGE_HINTS[tool];
+      fail(
+        new ToolError(
+          "failed_precondition",
+          errno === "ENOENT"
+            ? `tool ${tool} not found on PATH${pkg ? `; install package ${pkg}` : `; install it`} (PATH=${PATH})`
+            : `tool ${tool} found on PATH but is not executable (PATH=${PATH})`,
+          fields,
+          { cause: result.cause },
+        ),
+      );
+    }
+    if (timedOut) {
+      fail(
+        new ToolError(
+          "deadline_exceeded",
+          `${label} timed out after ${timeoutMs} ms and was killed${stderrSuffix(stderr)}`,
+          fields,
+        ),
+      );
+    }
+    if (result.isMaxBuffer) {
+      fail(
+        new ToolError(
+          "internal",
+          `${label} printed more than ${maxOutputBytes} bytes of output; refusing to buffer more${stderrSuffix(stderr)}`,
+          fields,
+        ),
+      );
+    }
+    const allowed =
+      exitCode === 0 || (exitCode !== undefined && (runOpts.allowExitCodes ?? []).includes(exitCode));
+    if (!allowed) {
+      const how =
+        exitCode !== undefined
+          ? `exited with code ${exitCode}`
+          : result.signal
+            ? `was killed by ${result.signal}`
+            : `failed to run: ${(result as { originalMessage?: string }).originalMessage ?? "unknown error"}`;
+      fail(
+        new ToolError("internal", `${label} ${how}${stderrSuffix(stderr)}`, fields, { cause: result.cause }),
+      );
+    }
+
+    notify({ tool, argv, durationMs, exitCode, timedOut: false, ok: true });
+    return { stdout, stderr, exitCode: exitCode as number, durationMs };
+  }
+
+  return { run };
+}
+
+function stderrSuffix(stderr: string): string {
+  const tail = tailBytes(stderr, STDERR_TAIL_BYTES).trim();
+  return tail === "" ? " (no stderr)" : `: ${tail}`;
+}
+
+/** The last `max` bytes of `text` (UTF-8), cut on a character boundary. */
+export function tailBytes(text: string, max: number): string {
+  const buf = Buffer.from(text, "utf8");
+  if (buf.length <= max) return text;
+  let start = buf.length - max;
+  // Skip UTF-8 continuation bytes so the tail starts on a whole character.
+  while (start < buf.length && ((buf[start] ?? 0) & 0xc0) === 0x80) start++;
+  return buf.subarray(start).toString("utf8");
+}
+
+/** Argv as a person would paste it into a shell: for messages only, never executed. */
+export function formatArgv(argv: readonly string[]): string {
+  return argv
+    .map((a) => (/^[A-Za-z0-9_./:=,@%+-]+$/.test(a) ? a : `'${a.replaceAll("'", `'\\''`)}'`))
+    .join(" ");
+}
+
+/** "qemu-img info" from ("qemu-img", ["info", ...]): the tool plus its subcommand when it has one. */
+function commandLabel(tool: string, argv: readonly string[]): string {
+  const sub = argv[0];
+  return sub !== undefined && /^[a-z][a-z0-9-]*$/.test(sub) ? `${tool} ${sub}` : tool;
+}

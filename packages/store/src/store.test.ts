@@ -1,0 +1,200 @@
+import { makeTempDir, type TestPostgres, testPostgres } from "@stowage/testkit";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type Database, openDatabase } from "./db.js";
+import { upsertHost } from "./hosts.js";
+import { confirmReservation, ledgerDiscrepancies, releaseCapacity, reserveCapacity } from "./ledger.js";
+import { loadMigrations, migrate } from "./migrate.js";
+import { applyPoolReports } from "./pools.js";
+import { insertVolume } from "./volumes.js";
+
+const GiB = 1024n ** 3n;
+
+interface Backend {
+  open(): Promise<Database>;
+  close(): Promise<void>;
+}
+
+const backends: [string, () => Promise<Backend>][] = [
+  [
+    "pglite",
+    async () => {
+      const dir = await makeTempDir("stowage-pglite-");
+      return { open: () => openDatabase({ dataDir: dir.path }), close: () => dir.cleanup() };
+    },
+  ],
+  [
+    "postgres",
+    async () => {
+      const pg: TestPostgres = await testPostgres();
+      return { open: () => openDatabase({ url: pg.url, max: 10 }), close: () => pg.release() };
+    },
+  ],
+];
+
+let seq = 0;
+async function volumeIn(db: Database, poolId: string, size: bigint): Promise<string> {
+  const id = `vol-${(++seq).toString(16).padStart(32, "0")}`;
+  await insertVolume(db.sql, {
+    id,
+    name: `v${seq}`,
+    sizeBytes: size,
+    format: "raw",
+    poolId,
+    hostId: "h1",
+    numaNode: null,
+    cpuSet: "",
+    labels: {},
+    qcow2: {},
+    requestId: null,
+    operationId: "op-x",
+    antiAffinityGroup: "",
+  });
+  return id;
+}
+
+describe.each(backends)("store on %s", (_name, makeBackend) => {
+  let backend: Backend;
+  let db: Database;
+
+  beforeAll(async () => {
+    backend = await makeBackend();
+    db = await backend.open();
+    await migrate(db.sql);
+    await upsertHost(db.sql, {
+      id: "h1",
+      zone: "",
+      labels: {},
+      numaNodes: [],
+      cpuCount: 2,
+      memoryBytes: 1n,
+      agentVersion: "t",
+      initiatorName: "",
+      metricsAddress: "",
+    });
+    await applyPoolReports(db.sql, "h1", [
+      {
+        name: "thick",
+        kind: "lvm",
+        numaNode: 0,
+        healthy: true,
+        healthMessage: "",
+        totalBytes: 100n * GiB,
+        usedBytes: 0n,
+        freeBytes: 100n * GiB,
+        provisionedBytes: 0n,
+        dataPercent: null,
+        metadataPercent: null,
+        overcommitRatio: 1,
+        labels: {},
+        formats: ["raw"],
+        shared: false,
+      },
+      {
+        name: "thin",
+        kind: "lvmthin",
+        numaNode: null,
+        healthy: true,
+        healthMessage: "",
+        totalBytes: 10n * GiB,
+        usedBytes: 1n * GiB,
+        freeBytes: 9n * GiB,
+        provisionedBytes: 0n,
+        dataPercent: 10,
+        metadataPercent: 1,
+        overcommitRatio: 20,
+        labels: {},
+        formats: ["raw"],
+        shared: false,
+      },
+    ]);
+  });
+  afterAll(async () => {
+    await db?.close();
+    await backend?.close();
+  });
+
+  it("applies migrations once and refuses an edited one", async () => {
+    expect((await migrate(db.sql)).applied).toEqual([]);
+    const edited = loadMigrations().map((m) => ({ ...m, checksum: "0".repeat(64) }));
+    await expect(migrate(db.sql, edited)).rejects.toThrow(/was changed after it was applied/);
+    const [row] = await db.sql<{ n: number }[]>`select count(*)::int as n from schema_migrations`;
+    expect(row!.n).toBe(loadMigrations().length);
+  });
+
+  it("reserves until a thick pool is full, then refuses", async () => {
+    const ids: string[] = [];
+    for (let i = 0; i < 12; i++) {
+      const id = await volumeIn(db, "h1/thick", 10n * GiB);
+      const ok = await reserveCapacity(db.sql, {
+        poolId: "h1/thick",
+        volumeId: id,
+        bytes: 10n * GiB,
+        ttlMs: 60_000,
+        thin: false,
+      });
+      if (ok) ids.push(id);
+    }
+    expect(ids).toHaveLength(10);
+    const [pool] = await db.sql<
+      { reservedBytes: bigint; volumeCount: number }[]
+    >`select reserved_bytes, volume_count from pools where id = 'h1/thick'`;
+    expect(pool!.reservedBytes).toBe(100n * GiB);
+    expect(pool!.volumeCount).toBe(10);
+    // Confirm and release are idempotent and keep the books balanced.
+    expect(await confirmReservation(db.sql, ids[0]!)).toBe(true);
+    expect(await confirmReservation(db.sql, ids[0]!)).toBe(false);
+    for (const id of ids) {
+      await releaseCapacity(db.sql, id);
+      await releaseCapacity(db.sql, id);
+    }
+    const [after] = await db.sql<
+      { reservedBytes: bigint; allocatedBytes: bigint; volumeCount: number }[]
+    >`select reserved_bytes, allocated_bytes, volume_count from pools where id = 'h1/thick'`;
+    expect(after).toMatchObject({ reservedBytes: 0n, allocatedBytes: 0n, volumeCount: 0 });
+    expect(await ledgerDiscrepancies(db.sql)).toEqual([]);
+  });
+
+  it("lets a thin pool overcommit to its ratio and no further", async () => {
+    let granted = 0n;
+    for (let i = 0; i < 25; i++) {
+      const id = await volumeIn(db, "h1/thin", 10n * GiB);
+      if (
+        await reserveCapacity(db.sql, {
+          poolId: "h1/thin",
+          volumeId: id,
+          bytes: 10n * GiB,
+          ttlMs: 60_000,
+          thin: true,
+        })
+      )
+        granted += 10n * GiB;
+    }
+    expect(granted).toBe(200n * GiB);
+    expect(await ledgerDiscrepancies(db.sql)).toEqual([]);
+  });
+
+  it("never oversubscribes under 50 concurrent reservations", async () => {
+    await db.sql`update pools set total_bytes = ${35n * GiB}, free_bytes = ${35n * GiB}, reserved_bytes = 0, allocated_bytes = 0, volume_count = 0 where id = 'h1/thick'`;
+    await db.sql`update reservations set state = 'released' where pool_id = 'h1/thick'`;
+    const ids = await Promise.all(Array.from({ length: 50 }, () => volumeIn(db, "h1/thick", 1n * GiB)));
+    const results = await Promise.all(
+      ids.map((id) =>
+        db.sql.begin((tx) =>
+          reserveCapacity(tx, {
+            poolId: "h1/thick",
+            volumeId: id,
+            bytes: 1n * GiB,
+            ttlMs: 60_000,
+            thin: false,
+          }),
+        ),
+      ),
+    );
+    expect(results.filter(Boolean)).toHaveLength(35);
+    const [pool] = await db.sql<
+      { reservedBytes: bigint }[]
+    >`select reserved_bytes from pools where id = 'h1/thick'`;
+    expect(pool!.reservedBytes).toBe(35n * GiB);
+    expect(await ledgerDiscrepancies(db.sql)).toEqual([]);
+  });
+});

@@ -1,0 +1,250 @@
+/**
+ * Test-only helper to run a long-lived process (a built app, a daemon) next to a test: wait until it is
+ * ready, keep its output, stop it, and never leave it behind. The product's own tool runner lives in
+ * packages/drivers; this one may use child_process directly.
+ *
+ * Each service is started in its own process group (session), so `stop()` and `kill()` reach the
+ * children it spawned too, and they are killed when the test process exits.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { createWriteStream, type WriteStream } from "node:fs";
+import { trackProcess } from "./cleanup.js";
+import { sleep } from "./ports.js";
+
+export interface SpawnServiceOptions {
+  /** Shown in errors and log prefixes. */
+  name: string;
+  command: string;
+  args?: readonly string[];
+  /** Added to process.env (a value of `undefined` removes that variable). */
+  env?: Record<string, string | undefined>;
+  cwd?: string;
+  /**
+   * When the service counts as ready: a predicate over each output line (stdout and stderr), or a URL
+   * polled with GET until it answers 2xx. Without it, ready as soon as it has been spawned.
+   */
+  readyWhen?: ((line: string) => boolean) | string | URL;
+  /** Default 30 s. The process is killed and the start fails (with its last log lines) after that. */
+  readyTimeoutMs?: number;
+  /** Also append all output to this file. */
+  logFile?: string;
+  /** How long `stop()` waits after its signal before SIGKILL. Default 10 s. */
+  stopTimeoutMs?: number;
+  /** How many bytes of output `logs()` keeps (the tail). Default 4 MiB. */
+  maxLogBytes?: number;
+}
+
+export interface Service {
+  readonly name: string;
+  readonly pid: number;
+  /** Resolves with the exit code once the process has exited (`null` when it died by a signal). */
+  readonly exited: Promise<number | null>;
+  /** The signal that ended the process, once it has exited by one. */
+  readonly signalCode: NodeJS.Signals | null;
+  readonly running: boolean;
+  /**
+   * Sends `signal` (default SIGTERM) to the service's process group, waits for it to exit (SIGKILL after
+   * `stopTimeoutMs`), then kills whatever is left in its group. Returns the exit code. Idempotent.
+   */
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+  /** SIGKILL to the whole process group (a crash), and wait for the exit. */
+  kill(): Promise<number | null>;
+  /** All output so far (stdout and stderr interleaved, tail-bounded). */
+  logs(): string;
+  /** The last `n` lines of output. */
+  logTail(n?: number): string;
+}
+
+export class ServiceStartError extends Error {
+  constructor(
+    message: string,
+    readonly logs: string,
+  ) {
+    super(message);
+    this.name = "ServiceStartError";
+  }
+}
+
+function tail(text: string, n: number): string {
+  const lines = text.split("\n");
+  if (lines.at(-1) === "") lines.pop();
+  return lines.slice(-n).join("\n");
+}
+
+/** Starts the process and resolves once it is ready. Rejects (after killing it) if it exits or times out first. */
+export async function spawnService(opts: SpawnServiceOptions): Promise<Service> {
+  const maxLog = opts.maxLogBytes ?? 4 * 1024 * 1024;
+  const env: NodeJS.ProcessEnv = { ...process.env };
+  for (const [k, v] of Object.entries(opts.env ?? {})) {
+    if (v === undefined) delete env[k];
+    else env[k] = v;
+  }
+  const child: ChildProcess = spawn(opts.command, [...(opts.args ?? [])], {
+    cwd: opts.cwd,
+    env,
+    detached: true,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+
+  let logBuf = "";
+  let logFile: WriteStream | undefined;
+  if (opts.logFile) {
+    logFile = createWriteStream(opts.logFile, { flags: "a" });
+    logFile.on("error", () => {});
+  }
+  const lineListeners = new Set<(line: string) => void>();
+  const partial = { stdout: "", stderr: "" };
+  const onData = (stream: "stdout" | "stderr") => (chunk: Buffer) => {
+    const text = chunk.toString("utf8");
+    logBuf += text;
+    if (logBuf.length > maxLog) logBuf = logBuf.slice(logBuf.length - maxLog);
+    logFile?.write(chunk);
+    const parts = (partial[stream] + text).split("\n");
+    partial[stream] = parts.pop() ?? "";
+    for (const line of parts) for (const l of lineListeners) l(line);
+  };
+  child.stdout?.on("data", onData("stdout"));
+  child.stderr?.on("data", onData("stderr"));
+
+  let spawnError: Error | undefined;
+  let exitCode: number | null | undefined;
+  let signalCode: NodeJS.Signals | null = null;
+  let untrack = () => {};
+  const exited = new Promise<number | null>((resolve) => {
+    child.once("error", (err) => {
+      spawnError = err;
+      if (exitCode === undefined) {
+        exitCode = null;
+        resolve(null);
+      }
+    });
+    child.once("exit", (code, signal) => {
+      exitCode = code;
+      signalCode = signal;
+      resolve(code);
+    });
+  });
+  void exited.then(() => {
+    // flush partial lines, close the log file
+    for (const s of ["stdout", "stderr"] as const) {
+      if (partial[s]) for (const l of lineListeners) l(partial[s]);
+      partial[s] = "";
+    }
+    logFile?.end();
+  });
+  if (child.pid !== undefined) untrack = trackProcess(child.pid, { group: true, signal: "KILL" });
+
+  const pid = child.pid ?? -1;
+  const signalGroup = (signal: NodeJS.Signals, orLeader = true) => {
+    if (pid <= 0) return;
+    try {
+      process.kill(-pid, signal);
+    } catch {
+      if (!orLeader || exitCode !== undefined) return; // an exited pid may belong to someone else by now
+      try {
+        process.kill(pid, signal);
+      } catch {
+        // gone
+      }
+    }
+  };
+  const stopTimeout = opts.stopTimeoutMs ?? 10_000;
+  let stopping: Promise<number | null> | undefined;
+  const stop = (signal: NodeJS.Signals = "SIGTERM"): Promise<number | null> => {
+    stopping ??= (async () => {
+      if (exitCode === undefined) {
+        signalGroup(signal);
+        const timer = sleep(stopTimeout).then(() => "timeout" as const);
+        if ((await Promise.race([exited, timer])) === "timeout" && exitCode === undefined) {
+          signalGroup("SIGKILL");
+        }
+      }
+      const code = await exited;
+      signalGroup("SIGKILL", false); // stragglers left in the group
+      untrack();
+      return code;
+    })();
+    return stopping;
+  };
+
+  const service: Service = {
+    name: opts.name,
+    pid,
+    exited,
+    get signalCode() {
+      return signalCode;
+    },
+    get running() {
+      return exitCode === undefined;
+    },
+    stop,
+    kill: () => stop("SIGKILL"),
+    logs: () => logBuf,
+    logTail: (n = 40) => tail(logBuf, n),
+  };
+
+  const timeoutMs = opts.readyTimeoutMs ?? 30_000;
+  const fail = async (why: string): Promise<never> => {
+    await stop("SIGKILL");
+    const t = tail(logBuf, 40);
+    throw new ServiceStartError(
+      `${opts.name}: ${why}${t ? `; last output:\n${t}` : " (no output)"}${opts.logFile ? `\n(log: ${opts.logFile})` : ""}`,
+      logBuf,
+    );
+  };
+
+  if (spawnError || child.pid === undefined) {
+    await exited;
+    return fail(`cannot start ${opts.command}: ${spawnError?.message ?? "spawn failed"}`);
+  }
+
+  const readyWhen = opts.readyWhen;
+  if (readyWhen === undefined) return service;
+
+  let onLine: ((line: string) => void) | undefined;
+  const ready: Promise<"ready"> =
+    typeof readyWhen === "function"
+      ? new Promise((resolve) => {
+          onLine = (line) => {
+            try {
+              if (readyWhen(line)) resolve("ready");
+            } catch {
+              // a throwing predicate means "not yet"
+            }
+          };
+          lineListeners.add(onLine);
+        })
+      : pollUrl(String(readyWhen), () => exitCode === undefined).then(() => "ready" as const);
+
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<"timeout">((resolve) => {
+    timer = setTimeout(() => resolve("timeout"), timeoutMs);
+  });
+  const outcome = await Promise.race([ready, exited.then(() => "exited" as const), timeout]);
+  clearTimeout(timer);
+  if (onLine) lineListeners.delete(onLine);
+  if (outcome === "ready") return service;
+  if (outcome === "exited") {
+    const how = signalCode ? `signal ${signalCode}` : `code ${exitCode}`;
+    const err = spawnError as Error | undefined; // set by the "error" listener meanwhile
+    return fail(
+      err ? `cannot start ${opts.command}: ${err.message}` : `exited with ${how} before it was ready`,
+    );
+  }
+  return fail(`not ready after ${timeoutMs} ms`);
+}
+
+/** GETs `url` every 100 ms until it answers 2xx; stops (never resolving) once `keepGoing()` is false. */
+async function pollUrl(url: string, keepGoing: () => boolean): Promise<void> {
+  while (keepGoing()) {
+    try {
+      const res = await fetch(url, { signal: AbortSignal.timeout(1000) });
+      await res.arrayBuffer().catch(() => undefined);
+      if (res.ok) return;
+    } catch {
+      // not listening yet
+    }
+    await sleep(100);
+  }
+  return new Promise(() => {});
+}

@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# The test command (`npm test`, and CI through .ci/run). Steps, each announced by a "==> step" line and
+# closed by one with its result and duration:
+#   install-deps, build, generate-check, typecheck, lint, postgres (one server for the run), vitest
+# and finally the closing line "N passed, N failed[, N skipped]" from vitest's JSON report
+# (test-results/vitest.json). A failing step does not stop the later ones (except install-deps), but makes
+# the exit code non-zero.
+#
+# Env:
+#   STOWAGE_TEST_PG_URL     use this PostgreSQL (superuser URL, database "postgres") instead of starting one
+#   STOWAGE_TEST_FILTER     file filters passed to vitest, e.g. "packages/store apps/agent" (quick local runs)
+#   STOWAGE_TEST_SKIP       comma-separated steps to skip: install-deps,build,generate-check,typecheck,lint
+#   STOWAGE_TEST_KEEP_TMP=1 keep the temporary directories of tests and of the run's PostgreSQL
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT" || exit 1
+REPORT=test-results/vitest.json
+failed_steps=()
+
+now_ms() { date +%s%3N; }
+secs() { awk -v ms="$1" 'BEGIN { printf "%.1f s", ms / 1000 }'; }
+skipped() { [[ ",${STOWAGE_TEST_SKIP:-}," == *",$1,"* ]]; }
+
+# step NAME COMMAND...: runs the command, prints its result and duration, records a failure.
+step() {
+  local name=$1
+  shift
+  if skipped "$name"; then
+    echo "==> $name: skipped (STOWAGE_TEST_SKIP)"
+    return 0
+  fi
+  echo "==> $name"
+  local t0 rc
+  t0=$(now_ms)
+  "$@"
+  rc=$?
+  if [ "$rc" = 0 ]; then
+    echo "==> $name: ok ($(secs $(($(now_ms) - t0))))"
+  else
+    echo "==> $name: FAILED with exit code $rc ($(secs $(($(now_ms) - t0))))"
+    failed_steps+=("$name")
+  fi
+  return "$rc"
+}
+
+# ---- a PostgreSQL 15 for the whole run (same recipe as packages/testkit/src/postgres.ts) --------------
+PG_DIR=""
+PG_BIN=""
+as_postgres() {
+  if [ "$(id -u)" = 0 ]; then (cd "$PG_DIR" && runuser -u postgres -- "$@"); else (cd "$PG_DIR" && "$@"); fi
+}
+free_port() {
+  node -e 'const s=require("node:net").createServer();s.listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'
+}
+pg_bin_dir() {
+  local d
+  if [ -n "${STOWAGE_PG_BIN:-}" ]; then echo "$STOWAGE_PG_BIN"; return; fi
+  for d in /usr/lib/postgresql/15/bin $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -rV); do
+    [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ] && { echo "$d"; return; }
+  done
+  return 1
+}
+start_postgres() {
+  PG_BIN=$(pg_bin_dir) || { echo "PostgreSQL server binaries not found (apt-get install -y postgresql-15)" >&2; return 1; }
+  PG_DIR=$(mktemp -d "${TMPDIR:-/tmp}/stowage-test-pg-XXXXXX") || return 1
+  [ "$(id -u)" = 0 ] && chown postgres:postgres "$PG_DIR"
+  chmod 700 "$PG_DIR"
+  if ! as_postgres "$PG_BIN/initdb" -D "$PG_DIR/data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 -N \
+    >"$PG_DIR/initdb.log" 2>&1; then
+    tail -20 "$PG_DIR/initdb.log" >&2
+    return 1
+  fi
+  local attempt port
+  for attempt in 1 2 3; do
+    port=$(free_port) || return 1
+    # many suites share this server (each with its own database and pool): room for their connections
+    if as_postgres "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/pg.log" -w -t 60 -o \
+      "-p $port -k $PG_DIR -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 -c shared_buffers=128MB" \
+      start >/dev/null; then
+      export STOWAGE_TEST_PG_URL="postgresql://postgres@127.0.0.1:$port/postgres"
+      echo "postgres $("$PG_BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$port (dir $PG_DIR)"
+      return 0
+    fi
+    grep -qiE 'could not bind|already in use|could not create any TCP' "$PG_DIR/pg.log" || break
+  done
+  tail -20 "$PG_DIR/pg.log" >&2
+  return 1
+}
+stop_postgres() {
+  [ -n "$PG_DIR" ] || return 0
+  if [ -f "$PG_DIR/data/postmaster.pid" ]; then
+    as_postgres "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m immediate -w stop >/dev/null 2>&1 || true
+  fi
+  if [ "${STOWAGE_TEST_KEEP_TMP:-}" = 1 ]; then echo "kept $PG_DIR"; else rm -rf "$PG_DIR"; fi
+  PG_DIR=""
+}
+trap stop_postgres EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---- the steps -------------------------------------------------------------------------------------------
+rm -f "$REPORT"
+T_START=$(now_ms)
+
+if ! step install-deps bash scripts/install-deps.sh; then
+  echo "cannot test without the dependencies (see above)" >&2
+  exit 1
+fi
+step build npm run build
+step generate-check npm run generate:check
+step typecheck npm run typecheck
+step lint npm run lint
+
+export STOWAGE_TEST_NATS_AUTOSTART=1
+if [ -n "${STOWAGE_TEST_PG_URL:-}" ]; then
+  echo "==> postgres: using STOWAGE_TEST_PG_URL"
+else
+  step postgres start_postgres
+fi
+
+mkdir -p test-results
+# shellcheck disable=SC2086 # the filter is a list of words
+step vitest node_modules/.bin/vitest run --reporter=default --reporter=json --outputFile="$REPORT" \
+  ${STOWAGE_TEST_FILTER:-}
+
+stop_postgres
+echo "==> total $(secs $(($(now_ms) - T_START)))"
+[ "${#failed_steps[@]}" -gt 0 ] && echo "==> failed steps: ${failed_steps[*]}"
+
+rc=0
+[ "${#failed_steps[@]}" -gt 0 ] && rc=1
+if [ -f "$REPORT" ]; then
+  node scripts/vitest-summary.mjs "$REPORT" || rc=1
+else
+  echo "no test report (vitest did not run or crashed before writing $REPORT)" >&2
+  rc=1
+fi
+exit "$rc"
