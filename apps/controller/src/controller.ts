@@ -11,6 +11,7 @@ import { createAuthInterceptor, parseTokens } from "./auth.js";
 import { type ControllerConfig, splitHostPort } from "./config.js";
 import type { ControllerContext } from "./context.js";
 import { errorInterceptor } from "./errors.js";
+import { withMinimalGrpcMessage } from "./grpc-message.js";
 import { createControllerMetrics } from "./metrics.js";
 import { reconcileOnce } from "./reconciler.js";
 import { relayOnce } from "./relay.js";
@@ -141,7 +142,7 @@ export async function startController(config: ControllerConfig): Promise<Control
     grpcWeb: false,
     connect: true,
   });
-  const server = http2.createServer(handler);
+  const server = http2.createServer(withMinimalGrpcMessage(handler));
   const sessions = new Set<http2.ServerHttp2Session>();
   server.on("session", (s) => {
     sessions.add(s);

@@ -106,14 +106,22 @@ async function ensureConsumer(
     max_deliver: -1,
     max_ack_pending: 64,
   };
+  let exists = true;
   try {
     await jsm.consumers.info(stream, durable);
   } catch {
-    try {
-      await jsm.consumers.add(stream, config);
-    } catch (err) {
-      if (!/already in use|already exists/i.test(String(err))) throw err;
-    }
+    exists = false;
+  }
+  if (exists) {
+    // Keep an existing consumer's settings current (its filter subject cannot change, so it is left out).
+    const { durable_name: _d, filter_subject: _f, deliver_policy: _p, ...update } = config;
+    await jsm.consumers.update(stream, durable, update);
+    return;
+  }
+  try {
+    await jsm.consumers.add(stream, config);
+  } catch (err) {
+    if (!/already in use|already exists/i.test(String(err))) throw err;
   }
 }
 
@@ -124,9 +132,15 @@ export async function ensureAgentConsumer(jsm: JetStreamManager, hostId: string)
   return durable;
 }
 
+/**
+ * How long a controller may hold a result before JetStream gives it to another (or, after a crash, to the same
+ * controller restarted). Applying a result is one short transaction, and the consume loop signals progress.
+ */
+export const RESULT_ACK_WAIT_MS = 5_000;
+
 /** The durable consumer controllers share to read operation results. */
 export async function ensureResultConsumer(jsm: JetStreamManager): Promise<string> {
-  await ensureConsumer(jsm, RESULT_STREAM, RESULT_CONSUMER, ALL_RESULTS, 30_000);
+  await ensureConsumer(jsm, RESULT_STREAM, RESULT_CONSUMER, ALL_RESULTS, RESULT_ACK_WAIT_MS);
   return RESULT_CONSUMER;
 }
 

@@ -33,7 +33,7 @@ export async function consumeLoop(
     opts.signal.addEventListener("abort", stop, { once: true });
     try {
       for await (const msg of messages) {
-        const timer = setInterval(() => msg.working(), opts.progressIntervalMs ?? 15_000);
+        const timer = setInterval(() => msg.working(), opts.progressIntervalMs ?? 2_000);
         try {
           await handle(msg);
           msg.ack();

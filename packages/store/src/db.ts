@@ -1,4 +1,4 @@
-import { mkdirSync } from "node:fs";
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import postgres from "postgres";
 
@@ -52,9 +52,12 @@ async function openPglite(dataDir: string): Promise<Database> {
   const { PGlite } = await import("@electric-sql/pglite");
   const { PGLiteSocketServer } = await import("@electric-sql/pglite-socket");
   mkdirSync(dataDir, { recursive: true });
+  const releaseLock = lockDataDir(dataDir);
   const pg = await PGlite.create(join(dataDir, "pglite"));
   const socketDir = join(dataDir, "run");
   mkdirSync(socketDir, { recursive: true });
+  // Left behind by a process that was killed; the lock above proves nobody is serving it.
+  rmSync(join(socketDir, ".s.PGSQL.5432"), { force: true });
   const server = new PGLiteSocketServer({ db: pg, path: join(socketDir, ".s.PGSQL.5432") });
   await server.start();
   const sql = postgres({
@@ -73,6 +76,40 @@ async function openPglite(dataDir: string): Promise<Database> {
       await sql.end({ timeout: 5 });
       await server.stop();
       await pg.close();
+      releaseLock();
     },
   };
+}
+
+/**
+ * PGlite is one process's database: a second controller on the same data directory would corrupt it. The lock
+ * is a pid file; one whose process is gone (a crash) is taken over.
+ */
+function lockDataDir(dataDir: string): () => void {
+  const file = join(dataDir, "controller.pid");
+  let holder: number | undefined;
+  try {
+    holder = Number(readFileSync(file, "utf8").trim());
+  } catch {}
+  if (holder && holder !== process.pid && isAlive(holder)) {
+    throw new Error(
+      `the data directory ${dataDir} is in use by process ${holder} (another controller?): stop it, or use another STOWAGE_DATA_DIR`,
+    );
+  }
+  writeFileSync(file, `${process.pid}\n`);
+  return () => rmSync(file, { force: true });
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch {
+    return false;
+  }
+  try {
+    // A zombie (killed, not yet reaped) counts as gone.
+    return !/^State:\s+Z/m.test(readFileSync(`/proc/${pid}/status`, "utf8"));
+  } catch {
+    return true;
+  }
 }
