@@ -58,8 +58,8 @@ export async function startCluster(opts: {
 }): Promise<Cluster> {
   const tmp = await makeTempDir("stowage-e2e-");
   const nats = await startNats({ dir: join(tmp.path, "nats") });
-  let pg: TestPostgres | undefined;
-  const databaseUrl = opts.database === "postgres" ? (pg = await testPostgres()).url : "";
+  const pg: TestPostgres | undefined = opts.database === "postgres" ? await testPostgres() : undefined;
+  const databaseUrl = pg?.url ?? "";
   const grpcPort = await freePort();
   const metricsPort = await freePort();
   const url = `http://127.0.0.1:${grpcPort}`;
