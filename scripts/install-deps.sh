@@ -33,8 +33,7 @@ node_ok() {
 }
 if ! node_ok; then
   have=$(node --version 2>/dev/null || echo "none")
-  die "Node.js >= 20.19 (or 22+) is required, found: $have. Install it from https://nodejs.org or NodeSource:
-    curl -fsSL https://deb.nodesource.com/setup_20.x | bash - && apt-get install -y nodejs"
+  die "Node.js >= 20.19 (or 22+) is required, found: $have. Install Node.js 20 LTS (Debian's own nodejs package is too old), then run this again."
 fi
 
 # ---- system packages --------------------------------------------------------------------------------

@@ -11,6 +11,7 @@
 #   STOWAGE_TEST_FILTER     file filters passed to vitest, e.g. "packages/store apps/agent" (quick local runs)
 #   STOWAGE_TEST_SKIP       comma-separated steps to skip: install-deps,build,generate-check,typecheck,lint
 #   STOWAGE_TEST_KEEP_TMP=1 keep the temporary directories of tests and of the run's PostgreSQL
+export TURBO_TELEMETRY_DISABLED=1 DO_NOT_TRACK=1
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
