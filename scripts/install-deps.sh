@@ -4,10 +4,11 @@
 #   node_modules: `npm ci` when node_modules is missing or older than package-lock.json
 # Idempotent: a second run checks and does nothing. Used by scripts/test.sh (npm test, CI) and scripts/up.sh.
 #
-# Usage: scripts/install-deps.sh [--check] [--no-npm] [--no-system]
+# Usage: scripts/install-deps.sh [--check] [--no-npm] [--no-system] [--test-backends]
 #   --check      only report what is missing (exit 1 if anything is)
 #   --no-npm     skip the node_modules step
 #   --no-system  skip the system packages step
+#   --test-backends  also the real backends the test suites run: LVM, Ceph, qemu-system (kernel VM), Prometheus
 # Env: STOWAGE_EXTRA_APT_PACKAGES="lvm2 tgt ..."  more Debian packages to ensure (checked with dpkg -s)
 set -euo pipefail
 
@@ -18,6 +19,7 @@ for arg in "$@"; do
     --check) CHECK_ONLY=1 ;;
     --no-npm) DO_NPM=0 ;;
     --no-system) DO_SYSTEM=0 ;;
+    --test-backends) TEST_BACKENDS=1 ;;
     -h | --help) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "install-deps: unknown argument: $arg" >&2; exit 2 ;;
   esac
@@ -53,6 +55,13 @@ have_cmd psql || missing+=(postgresql-client-15)
 have_cmd ps || missing+=(procps)
 have_cmd runuser || missing+=(util-linux)
 for p in ${STOWAGE_EXTRA_APT_PACKAGES:-}; do have_pkg "$p" || missing+=("$p"); done
+# Test backends (see ../shared/BACKENDS.md for what runs where): qemu-io and qemu-img's rbd driver, LVM tools,
+# a one-node Ceph, the kernel VM for device-mapper, and promtool/prometheus for the observability checks.
+if [ "${TEST_BACKENDS:-0}" = 1 ]; then
+  for p in qemu-block-extra lvm2 thin-provisioning-tools ceph-mon ceph-osd ceph-common qemu-system-x86 busybox-static kmod prometheus; do
+    have_pkg "$p" || missing+=("$p")
+  done
+fi
 # postgresql-15 brings its client
 if [[ " ${missing[*]} " == *" postgresql-15 "* ]]; then
   missing=("${missing[@]/postgresql-client-15/}")

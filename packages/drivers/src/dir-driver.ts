@@ -429,6 +429,13 @@ export function createDirDriver(opts: DirDriverOptions): PoolDriver {
     resizeVolume,
     info,
     list,
+    // Snapshots and clones of dir pools arrive with the conformance work (issue 4).
+    createSnapshot: notYet("createSnapshot"),
+    listSnapshots: notYet("listSnapshots"),
+    deleteSnapshot: notYet("deleteSnapshot"),
+    revertSnapshot: notYet("revertSnapshot"),
+    cloneVolume: notYet("cloneVolume"),
+    flattenVolume: notYet("flattenVolume"),
   };
 }
 
@@ -478,4 +485,10 @@ async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (t: T) => 
   };
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
   return out;
+}
+
+function notYet(what: string) {
+  return async (): Promise<never> => {
+    throw new StowageError("unimplemented", `dir pools do not support ${what} yet`);
+  };
 }

@@ -52,6 +52,41 @@ export interface ResizeOptions {
   operationId: string;
 }
 
+export type WipeMode = "none" | "zero" | "discard";
+
+export interface DeleteOptions {
+  operationId?: string;
+  /** Destroy the data before the space is released (zero: write zeros; discard: blkdiscard/fallocate punch). */
+  wipe?: WipeMode;
+  /** Throttle for wipes, in bytes per second (0 or absent: unthrottled). */
+  wipeBytesPerSecond?: number;
+}
+
+/** A point-in-time copy of a volume. Snapshot ids are `snap-` + 32 hex digits, issued by the controller. */
+export interface SnapshotInfo {
+  snapshotId: string;
+  volumeId: string;
+  /** The volume's virtual size when the snapshot was taken. */
+  sizeBytes: bigint;
+  createdAt: string;
+  /** The operation that made it, from the ownership marker. */
+  operationId: string;
+}
+
+export interface CloneSpec {
+  /** The new volume. */
+  volumeId: string;
+  operationId: string;
+  sourceVolumeId: string;
+  /** Clone from this snapshot of the source; absent: from the source's current data. */
+  sourceSnapshotId?: string;
+  /** Defaults to the source's size; may be larger (grown after cloning). */
+  sizeBytes?: bigint;
+  format: VolumeFormat;
+  /** Copy every block now instead of sharing them with the source (no backing chain, no RBD parent). */
+  flatten?: boolean;
+}
+
 export interface PoolDriver {
   readonly kind: PoolKind;
   readonly poolName: string;
@@ -59,12 +94,46 @@ export interface PoolDriver {
   capacity(): Promise<PoolCapacityReport>;
   createVolume(spec: CreateVolumeSpec): Promise<CreateResult>;
   /** A missing volume gives `existed: false`, not an error, so repeated deletes succeed. */
-  deleteVolume(volumeId: string, opts?: { operationId?: string }): Promise<{ existed: boolean }>;
+  deleteVolume(volumeId: string, opts?: DeleteOptions): Promise<{ existed: boolean }>;
   resizeVolume(volumeId: string, newSizeBytes: bigint, opts: ResizeOptions): Promise<VolumeArtifact>;
   /** Undefined when the volume does not exist (or is not ours). */
   info(volumeId: string): Promise<VolumeArtifact | undefined>;
   /** `foreign`: names of artefacts in the pool without our ownership marker, to report, never to delete. */
   list(): Promise<{ volumes: VolumeArtifact[]; foreign: string[] }>;
+
+  /** Idempotent: an existing snapshot with this id is returned with `adopted: true`. */
+  createSnapshot(
+    volumeId: string,
+    snapshotId: string,
+    opts: { operationId: string },
+  ): Promise<{ snapshot: SnapshotInfo; adopted: boolean }>;
+  listSnapshots(volumeId: string): Promise<SnapshotInfo[]>;
+  /** A missing snapshot gives `existed: false`. A snapshot that clones depend on is refused (failed_precondition). */
+  deleteSnapshot(
+    volumeId: string,
+    snapshotId: string,
+    opts: { operationId: string },
+  ): Promise<{ existed: boolean }>;
+  /** Rolls the volume back to the snapshot's data; repeating it converges. */
+  revertSnapshot(
+    volumeId: string,
+    snapshotId: string,
+    opts: { operationId: string },
+  ): Promise<VolumeArtifact>;
+  /** Idempotent like createVolume: an existing clone with this volume id is adopted. */
+  cloneVolume(spec: CloneSpec): Promise<CreateResult>;
+  /** Removes the volume's dependency on its source (backing chain or RBD parent). Repeating it converges. */
+  flattenVolume(volumeId: string, opts: { operationId: string }): Promise<VolumeArtifact>;
+}
+
+/** Snapshot ids name artefacts too: the same rule as volume ids. */
+export function assertSnapshotId(snapshotId: unknown): asserts snapshotId is string {
+  if (typeof snapshotId !== "string" || !isId(snapshotId, "snap")) {
+    throw invalidArgument(
+      `snapshot id ${JSON.stringify(typeof snapshotId === "string" ? snapshotId.slice(0, 80) : snapshotId)} is not valid: expected snap- followed by 32 hex digits`,
+      { field: "snapshotId" },
+    );
+  }
 }
 
 /**

@@ -1,13 +1,18 @@
 export { createDirDriver, DIR_META, type DirDriverOptions } from "./dir-driver.js";
 export {
   assertOperationId,
+  assertSnapshotId,
   assertVolumeId,
+  type CloneSpec,
   type CreateResult,
   type CreateVolumeSpec,
+  type DeleteOptions,
   type PoolCapacityReport,
   type PoolDriver,
   type ResizeOptions,
+  type SnapshotInfo,
   type VolumeArtifact,
+  type WipeMode,
 } from "./driver.js";
 export {
   createOptions,
