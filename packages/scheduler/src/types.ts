@@ -21,7 +21,13 @@ export interface PoolCandidate {
   overcommitRatio: number;
   /** Thin pools: physical use must stay at or under this percentage of total. */
   maxUsedPercent: number;
+  /** Percentage of the pool's size kept out of reach of new volumes (Cinder's reserved_percentage). */
+  reservedPercent?: number;
   volumeCount: number;
+  /** At most this many volumes in the pool; 0 or absent: no limit. */
+  maxVolumes?: number;
+  /** Operations in flight on the pool (pending or sent), for the pool-load scorer. */
+  load?: number;
 }
 
 export interface NumaNodeInfo {
@@ -60,6 +66,14 @@ export interface PlacementRequest {
   constraints: PlacementConstraints;
 }
 
+/** The disks of one VM, placed all or nothing. */
+export interface GroupPlacementDecision {
+  feasible: boolean;
+  /** In the order of the requests. */
+  decisions: PlacementDecision[];
+  summary: string;
+}
+
 export interface ScoreComponent {
   scorer: string;
   value: number;
@@ -85,4 +99,6 @@ export interface PlacementDecision {
   /** Feasible candidates best first, then the refused ones. */
   candidates: CandidateVerdict[];
   summary: string;
+  /** How many pools each filter refused (always counted, also without an explanation). */
+  refusals?: Map<string, number>;
 }

@@ -1,7 +1,6 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { capacityRefusal, headroom } from "./capacity.js";
-import { placeVolume } from "./place.js";
+import { placeVolume, Scheduler } from "./scheduler.js";
 import type { ClusterView, PlacementRequest, PoolCandidate } from "./types.js";
 
 const GiB = 1024n ** 3n;
@@ -151,6 +150,8 @@ describe("placeVolume", () => {
 });
 
 describe("capacity", () => {
+  const reason = (p: PoolCandidate, size: bigint) =>
+    placeVolume(view([p]), req({ sizeBytes: size, format: "raw" })).candidates[0]!;
   it("lets thin pools overcommit up to the ratio, while physical use stays under the floor", () => {
     const thin = pool({
       id: "t/p",
@@ -159,9 +160,9 @@ describe("capacity", () => {
       overcommitRatio: 20,
       freeBytes: 1n * GiB,
     });
-    expect(headroom(thin)).toBe(2000n * GiB);
-    expect(capacityRefusal(thin, 1000n * GiB)).toBeNull();
-    expect(capacityRefusal({ ...thin, usedBytes: 95n * GiB }, GiB)).toMatch(
+    expect(reason(thin, 2000n * GiB).feasible).toBe(true);
+    expect(reason(thin, 2001n * GiB).reason).toMatch(/needs 1.95 TiB|needs 2001 GiB|needs 2 TiB/);
+    expect(reason({ ...thin, usedBytes: 95n * GiB }, GiB).reason).toMatch(
       /physical use 95% is over the pool's 90% floor/,
     );
   });
@@ -173,7 +174,76 @@ describe("capacity", () => {
       freeBytes: 20n * GiB,
       reservedBytes: 15n * GiB,
     });
-    expect(capacityRefusal(thick, 10n * GiB)).toMatch(/needs 10 GiB, 5 GiB left/);
+    expect(reason(thick, 10n * GiB).reason).toMatch(/needs 10 GiB, 5 GiB left/);
+  });
+  it("keeps the reserved percentage out of reach", () => {
+    const p = pool({ id: "r/p", reservedPercent: 10 });
+    expect(reason(p, 90n * GiB).feasible).toBe(true);
+    expect(reason(p, 91n * GiB).refusedBy).toBe("capacity");
+  });
+  it("refuses a pool at its volume limit", () => {
+    const p = pool({ id: "m/p", maxVolumes: 3, volumeCount: 3 });
+    const v = reason(p, GiB);
+    expect(v.refusedBy).toBe("max-volumes");
+    expect(v.reason).toBe("pool holds 3 volumes, its limit is 3");
+  });
+});
+
+describe("scorers", () => {
+  it("prefer pools with less work in flight", () => {
+    const d = placeVolume(view([pool({ id: "a/p", load: 5 }), pool({ id: "b/p", load: 0 })]), req());
+    expect(d.poolId).toBe("b/p");
+    expect(d.candidates[0]!.scores.find((s) => s.scorer === "pool-load")!.value).toBe(1);
+  });
+  it("prefer pools with fewer volumes when space is equal", () => {
+    const d = placeVolume(
+      view([pool({ id: "a/p", volumeCount: 4 }), pool({ id: "b/p", volumeCount: 1 })]),
+      req(),
+    );
+    expect(d.poolId).toBe("b/p");
+  });
+  it("take their weights from the options", () => {
+    const pools = [pool({ id: "a/p", load: 5 }), pool({ id: "b/p", allocatedBytes: 60n * GiB })];
+    expect(placeVolume(view(pools), req(), { weights: { "pool-load": 0 } }).poolId).toBe("a/p");
+    expect(placeVolume(view(pools), req(), { weights: { "free-space": 0, "pool-load": 5 } }).poolId).toBe(
+      "b/p",
+    );
+  });
+});
+
+describe("group placement", () => {
+  it("places all disks of a VM on its NUMA node, or none", () => {
+    const pools = [
+      pool({ id: "h/n0", numaNode: 0, totalBytes: 30n * GiB, freeBytes: 30n * GiB }),
+      pool({ id: "h/n1", numaNode: 1 }),
+    ];
+    const s = new Scheduler(view(pools));
+    const numa = { hostId: "h", node: 0, required: true };
+    const ok = s.placeGroup([
+      req({ name: "root", sizeBytes: 10n * GiB, constraints: { numa } }),
+      req({ name: "data", sizeBytes: 15n * GiB, constraints: { numa } }),
+    ]);
+    expect(ok.feasible).toBe(true);
+    expect(ok.decisions.map((d) => d.poolId)).toEqual(["h/n0", "h/n0"]);
+    const tooBig = s.placeGroup([
+      req({ name: "root", sizeBytes: 10n * GiB, constraints: { numa } }),
+      req({ name: "data", sizeBytes: 25n * GiB, constraints: { numa } }),
+    ]);
+    expect(tooBig.feasible).toBe(false);
+    expect(tooBig.summary).toMatch(/root: no pool can take 10 GiB/);
+    // Nothing stays reserved in the view after a group placement.
+    expect(s.place(req({ sizeBytes: 30n * GiB, constraints: { numa } })).feasible).toBe(true);
+  });
+  it("spreads a group with anti-affinity over distinct hosts", () => {
+    const s = new Scheduler(view([pool({ id: "a/p" }), pool({ id: "b/p" }), pool({ id: "c/p" })]));
+    const g = s.placeGroup(
+      [1, 2, 3].map((k) => req({ name: `d${k}`, constraints: { antiAffinityGroup: "db" } })),
+    );
+    expect(new Set(g.decisions.map((d) => d.hostId)).size).toBe(3);
+    expect(
+      s.placeGroup([1, 2, 3, 4].map((k) => req({ name: `d${k}`, constraints: { antiAffinityGroup: "db" } })))
+        .feasible,
+    ).toBe(false);
   });
 });
 
