@@ -127,6 +127,9 @@ export async function startAgent(config: AgentConfig): Promise<AgentHandle> {
           formats: [VolumeFormat.QCOW2, VolumeFormat.RAW],
           labels: p.labels,
           overcommitRatio: p.overcommitRatio ?? 0,
+          reservedPercent: p.reservedPercent,
+          maxVolumes: p.maxVolumes,
+          maxUsedPercent: p.maxUsedPercent,
           shared: false,
         }),
       );

@@ -26,6 +26,12 @@ const DirPool = z
     labels: z.record(z.string(), z.string()).default({}),
     /** Provisioned bytes may reach size x ratio (default 1: sparse files are still counted at full size). */
     overcommitRatio: z.number().positive().optional(),
+    /** Percentage of the pool kept out of reach of new volumes (headroom for growth and snapshots). */
+    reservedPercent: z.number().min(0).max(99).default(0),
+    /** At most this many volumes in the pool (0: no limit). */
+    maxVolumes: z.number().int().min(0).default(0),
+    /** Thin pools: no new volumes once physical use is above this percentage. */
+    maxUsedPercent: z.number().min(1).max(100).default(90),
     qcow2: qcow2Defaults.default({}),
   })
   .strict();

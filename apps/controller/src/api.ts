@@ -50,9 +50,9 @@ import {
   volumeToWire,
 } from "./convert.js";
 import { toConnectError } from "./errors.js";
-import { checkConstraintTargets, decide } from "./scheduling.js";
+import { checkConstraintTargets, decide, decideGroup } from "./scheduling.js";
 import { placementRequestFromWire, validatePoolRef } from "./validate.js";
-import { createVolume, deleteVolume, resolveVolume } from "./volume-service.js";
+import { createVolume, createVolumeGroup, deleteVolume, resolveVolume } from "./volume-service.js";
 
 /** Who is calling: set by the auth interceptor. */
 export const principalKey = createContextKey<{ name: string; role: "viewer" | "operator" | "admin" }>({
@@ -120,7 +120,16 @@ export function createRoutes(ctx: ControllerContext) {
           placement: placementToWire(out.placement),
         };
       },
-      createVolumeGroup: notYet("CreateVolumeGroup", 3),
+      async createVolumeGroup(req, hc) {
+        const out = await createVolumeGroup(ctx, req, actorOf(hc));
+        return {
+          volumes: out.map((o) => ({
+            volume: o.volume ? volumeToWire(o.volume) : undefined,
+            operation: o.operation ? operationToWire(o.operation) : undefined,
+            placement: placementToWire(o.placement),
+          })),
+        };
+      },
       async getVolume(req) {
         return { volume: volumeToWire(await resolveVolume(ctx.sql, req.volume)) };
       },
@@ -261,7 +270,14 @@ export function createRoutes(ctx: ControllerContext) {
         const d = await decide(ctx, r);
         return { feasible: d.feasible, placement: placementToWire(d) };
       },
-      explainGroupPlacement: notYet("ExplainGroupPlacement", 3),
+      async explainGroupPlacement(req) {
+        if (req.volumes.length === 0)
+          throw invalidArgument("volumes is empty: a group needs at least one volume");
+        const reqs = req.volumes.map((v) => placementRequestFromWire(v));
+        for (const r of reqs) await checkConstraintTargets(ctx.sql, r);
+        const g = await decideGroup(ctx, reqs);
+        return { feasible: g.feasible, placements: g.decisions.map(placementToWire), summary: g.summary };
+      },
     });
 
     router.service(OperationService, {

@@ -1,4 +1,7 @@
+import { SCORERS } from "@stowage/scheduler";
 import { z } from "zod";
+
+const SCORER_NAMES: readonly string[] = SCORERS;
 
 const listen = z
   .string()
@@ -36,6 +39,29 @@ export const ControllerConfigSchema = z.object({
   relayIntervalMs: z.coerce.number().int().min(10).default(500),
   /** Default overcommit ratio of thin pools whose agent sets none. */
   thinOvercommitRatio: z.coerce.number().positive().default(20),
+  /** Scorer weights, "free-space=1,numa-locality=2,fewest-volumes=0.25,pool-load=0.25" (unnamed ones keep their default). */
+  schedulerWeights: z
+    .string()
+    .default("")
+    .transform((s, ctx) => {
+      const out: Record<string, number> = {};
+      for (const part of s
+        .split(",")
+        .map((x) => x.trim())
+        .filter(Boolean)) {
+        const [k, v] = part.split("=");
+        const n = Number(v);
+        if (!k || !SCORER_NAMES.includes(k) || !Number.isFinite(n) || n < 0) {
+          ctx.addIssue({
+            code: "custom",
+            message: `${JSON.stringify(part)} is not scorer=weight with a scorer of ${SCORER_NAMES.join(", ")}`,
+          });
+          return z.NEVER;
+        }
+        out[k] = n;
+      }
+      return out;
+    }),
   /** "name:role:token" entries, comma-separated; empty means no authentication (loopback only). */
   apiTokens: z.string().default(""),
   logLevel: z.string().default("info"),
@@ -58,6 +84,7 @@ const ENV: Record<keyof ControllerConfig, string> = {
   reconcileIntervalMs: "STOWAGE_RECONCILE_INTERVAL_MS",
   relayIntervalMs: "STOWAGE_RELAY_INTERVAL_MS",
   thinOvercommitRatio: "STOWAGE_THIN_OVERCOMMIT_RATIO",
+  schedulerWeights: "STOWAGE_SCHEDULER_WEIGHTS",
   apiTokens: "STOWAGE_API_TOKENS",
   logLevel: "STOWAGE_LOG_LEVEL",
 };

@@ -189,6 +189,9 @@ export function poolToWire(p: PoolRow, zone = ""): Pool {
     zone,
     updatedAt: timestampFromDate(p.updatedAt),
     shared: p.shared,
+    reservedPercent: p.reservedPercent,
+    maxVolumes: p.maxVolumes,
+    maxUsedPercent: p.maxUsedPercent,
   });
 }
 

@@ -1,10 +1,12 @@
 import { notFound, type PoolKind, THIN_KINDS } from "@stowage/core";
 import {
   type ClusterView,
+  type GroupPlacementDecision,
   type PlacementDecision,
   type PlacementRequest,
   type PoolCandidate,
   placeVolume,
+  Scheduler,
 } from "@stowage/scheduler";
 import { getHost, getPool, loadSchedulingView, type Queryable } from "@stowage/store";
 import type { ControllerContext } from "./context.js";
@@ -12,7 +14,7 @@ import type { ControllerContext } from "./context.js";
 /** Builds the scheduler's in-memory view from the database (pools, ledger numbers, hosts, NUMA, groups). */
 export async function loadClusterView(sql: Queryable): Promise<ClusterView> {
   const rows = await loadSchedulingView(sql);
-  const pools: PoolCandidate[] = rows.map(({ pool, hostState, hostSchedulable, zone }) => ({
+  const pools: PoolCandidate[] = rows.map(({ pool, hostState, hostSchedulable, zone, load }) => ({
     id: pool.id,
     hostId: pool.hostId,
     kind: pool.kind,
@@ -31,7 +33,10 @@ export async function loadClusterView(sql: Queryable): Promise<ClusterView> {
     reservedBytes: pool.reservedBytes,
     overcommitRatio: pool.overcommitRatio,
     maxUsedPercent: pool.maxUsedPercent,
+    reservedPercent: pool.reservedPercent,
     volumeCount: pool.volumeCount,
+    maxVolumes: pool.maxVolumes,
+    load,
   }));
   const hosts = await sql<
     { id: string; numaNodes: { id: number; cpuList: string }[] }[]
@@ -67,12 +72,27 @@ export async function checkConstraintTargets(sql: Queryable, req: PlacementReque
 export async function decide(ctx: ControllerContext, req: PlacementRequest): Promise<PlacementDecision> {
   const view = await loadClusterView(ctx.sql);
   const t0 = performance.now();
-  const decision = placeVolume(view, req);
+  const decision = placeVolume(view, req, { weights: ctx.config.schedulerWeights });
   ctx.metrics.schedulerDuration.observe((performance.now() - t0) / 1000);
   ctx.metrics.schedulerDecisions.inc({ result: decision.feasible ? "placed" : "refused" });
   for (const c of decision.candidates)
     if (!c.feasible) ctx.metrics.schedulerRefusals.inc({ filter: c.refusedBy });
   return decision;
+}
+
+/** Places the disks of one VM all or nothing, against a fresh view, with explanations. */
+export async function decideGroup(
+  ctx: ControllerContext,
+  reqs: PlacementRequest[],
+): Promise<GroupPlacementDecision> {
+  const view = await loadClusterView(ctx.sql);
+  const t0 = performance.now();
+  const group = new Scheduler(view, { weights: ctx.config.schedulerWeights }).placeGroup(reqs, {
+    explain: true,
+  });
+  ctx.metrics.schedulerDuration.observe((performance.now() - t0) / 1000);
+  ctx.metrics.schedulerDecisions.inc({ result: group.feasible ? "placed" : "refused" }, reqs.length);
+  return group;
 }
 
 export const isThinKind = (kind: PoolKind) => THIN_KINDS.has(kind);

@@ -4,8 +4,11 @@ import {
   alreadyExists,
   failedPrecondition,
   formatSize,
+  invalidArgument,
   newId,
   notFound,
+  type PoolKind,
+  type Qcow2Options,
   resourceExhausted,
   type StowageError,
   type VolumeFormat,
@@ -15,6 +18,7 @@ import {
 } from "@stowage/core";
 import {
   AgentCommandSchema,
+  type CreateVolumeGroupRequest,
   type CreateVolumeRequest,
   type DeleteVolumeRequest,
   OperationKind,
@@ -37,7 +41,7 @@ import {
 } from "@stowage/store";
 import type { ControllerContext } from "./context.js";
 import { formats, qcow2FromWire, qcow2ToWire } from "./convert.js";
-import { checkConstraintTargets, decide, isThinKind } from "./scheduling.js";
+import { checkConstraintTargets, decide, decideGroup, isThinKind } from "./scheduling.js";
 import {
   constraintsFromWire,
   defaultFormat,
@@ -54,6 +58,127 @@ export interface CreateVolumeOutcome {
 
 const MAX_PLACEMENT_ATTEMPTS = 8;
 
+/** A CreateVolumeRequest, validated. */
+interface VolumeSpec {
+  name: string;
+  sizeBytes: bigint;
+  format: VolumeFormat;
+  qcow2: Qcow2Options;
+  labels: Record<string, string>;
+  requestId: string | null;
+  constraints: PlacementRequest["constraints"];
+  placement: PlacementRequest;
+}
+
+function validateCreate(req: CreateVolumeRequest, requestId = validateRequestId(req.requestId)): VolumeSpec {
+  const name = validateName("volume name", req.name);
+  const sizeBytes = validateVolumeSize(req.sizeBytes, "size_bytes");
+  const constraints = constraintsFromWire(req.constraints);
+  const format: VolumeFormat = formats.domain(req.format) ?? defaultFormat(constraints.poolKinds);
+  const qcow2 = validateQcow2(format, qcow2FromWire(req.qcow2));
+  const labels = validateLabels(req.labels);
+  return {
+    name,
+    sizeBytes,
+    format,
+    qcow2,
+    labels,
+    requestId,
+    constraints,
+    placement: { name, sizeBytes, format, constraints },
+  };
+}
+
+/**
+ * Writes one placed volume: the volume row, its reservation (the ledger's conditional UPDATE), the outbox
+ * operation and the audit entry. Throws ReservationConflict when the ledger refuses; the caller's transaction
+ * then rolls back and it places again.
+ */
+async function writeCreate(
+  ctx: ControllerContext,
+  tx: Queryable,
+  spec: VolumeSpec,
+  decision: PlacementDecision,
+  actor: string,
+  thin: boolean,
+) {
+  const volumeId = newId("vol");
+  const operationId = newId("op");
+  const poolName = decision.poolId.slice(decision.hostId.length + 1);
+  const command = create(AgentCommandSchema, {
+    operationId,
+    kind: OperationKind.CREATE_VOLUME,
+    hostId: decision.hostId,
+    poolName,
+    attempt: 1,
+    issuedAt: timestampNow(),
+    payload: {
+      case: "createVolume",
+      value: {
+        volumeId,
+        sizeBytes: spec.sizeBytes,
+        format: formats.wire(spec.format),
+        qcow2: spec.format === "qcow2" ? qcow2ToWire(spec.qcow2) : undefined,
+      },
+    },
+  });
+  const volume = await insertVolume(tx, {
+    id: volumeId,
+    name: spec.name,
+    sizeBytes: spec.sizeBytes,
+    format: spec.format,
+    poolId: decision.poolId,
+    hostId: decision.hostId,
+    numaNode: decision.numaNode,
+    cpuSet: decision.cpuSet,
+    labels: spec.labels,
+    qcow2: spec.qcow2 as Record<string, unknown>,
+    requestId: spec.requestId,
+    operationId,
+    antiAffinityGroup: spec.constraints.antiAffinityGroup ?? "",
+  });
+  const ok = await reserveCapacity(tx, {
+    poolId: decision.poolId,
+    volumeId,
+    bytes: spec.sizeBytes,
+    ttlMs: ctx.config.reservationTtlMs,
+    thin,
+  });
+  if (!ok) throw new ReservationConflict();
+  const operation = await insertOperation(tx, {
+    id: operationId,
+    kind: "create_volume",
+    hostId: decision.hostId,
+    poolId: decision.poolId,
+    volumeId,
+    command: toBinary(AgentCommandSchema, command),
+    requestedBy: actor,
+  });
+  await writeAudit(tx, {
+    actor,
+    action: "CreateVolume",
+    target: volumeId,
+    request: {
+      name: spec.name,
+      sizeBytes: spec.sizeBytes,
+      format: spec.format,
+      pool: decision.poolId,
+      requestId: spec.requestId,
+    },
+    outcome: "ok",
+  });
+  return { volume, operation };
+}
+
+async function thinPools(ctx: ControllerContext): Promise<Set<string>> {
+  const rows = await ctx.sql<{ id: string; kind: PoolKind }[]>`select id, kind from pools`;
+  return new Set(rows.filter((r) => isThinKind(r.kind)).map((r) => r.id));
+}
+
+function refusal(summary: string, capacity: boolean): StowageError {
+  return capacity ? resourceExhausted(summary) : failedPrecondition(summary);
+}
+
 /**
  * CreateVolume: validate, make idempotent by name and request id, place, and write the reservation, the volume
  * row, the outbox row and the audit entry in one transaction. A reservation the ledger refuses (another controller
@@ -64,101 +189,31 @@ export async function createVolume(
   req: CreateVolumeRequest,
   actor: string,
 ): Promise<CreateVolumeOutcome> {
-  const name = validateName("volume name", req.name);
-  const sizeBytes = validateVolumeSize(req.sizeBytes, "size_bytes");
-  const constraints = constraintsFromWire(req.constraints);
-  const format: VolumeFormat = formats.domain(req.format) ?? defaultFormat(constraints.poolKinds);
-  const qcow2 = validateQcow2(format, qcow2FromWire(req.qcow2));
-  const labels = validateLabels(req.labels);
-  const requestId = validateRequestId(req.requestId);
-  const placementRequest: PlacementRequest = { name, sizeBytes, format, constraints };
+  const spec = validateCreate(req);
+  const existing = await findExisting(ctx.sql, spec.name, spec.requestId);
+  if (existing) return sameOrConflict(ctx, existing, spec);
 
-  const existing = await findExisting(ctx.sql, name, requestId);
-  if (existing) return sameOrConflict(ctx, existing, { name, sizeBytes, format, requestId });
-
-  await checkConstraintTargets(ctx.sql, placementRequest);
+  await checkConstraintTargets(ctx.sql, spec.placement);
   for (let attempt = 1; attempt <= MAX_PLACEMENT_ATTEMPTS; attempt++) {
-    const decision = await decide(ctx, placementRequest);
+    const decision = await decide(ctx, spec.placement);
     if (!decision.feasible) {
-      const err = refusedOnlyForCapacity(decision)
-        ? resourceExhausted(decision.summary)
-        : failedPrecondition(decision.summary);
-      await audit(ctx, actor, "CreateVolume", name, req, err);
-      throw Object.assign(err, { placement: decision });
+      const err = refusal(decision.summary, refusedOnlyForCapacity(decision));
+      await audit(ctx, actor, "CreateVolume", spec.name, req, err);
+      throw err;
     }
     if (req.dryRun) return { placement: decision };
-
-    const pool = decision.candidates[0]!;
-    const volumeId = newId("vol");
-    const operationId = newId("op");
-    const poolName = decision.poolId.slice(decision.hostId.length + 1);
-    const command = create(AgentCommandSchema, {
-      operationId,
-      kind: OperationKind.CREATE_VOLUME,
-      hostId: decision.hostId,
-      poolName,
-      attempt: 1,
-      issuedAt: timestampNow(),
-      payload: {
-        case: "createVolume",
-        value: {
-          volumeId,
-          sizeBytes,
-          format: formats.wire(format),
-          qcow2: format === "qcow2" ? qcow2ToWire(qcow2) : undefined,
-        },
-      },
-    });
-    const thin = isThinKind(
-      (await ctx.sql<{ kind: "dir" }[]>`select kind from pools where id = ${pool.poolId}`)[0]?.kind ?? "dir",
-    );
+    const thin = (await thinPools(ctx)).has(decision.poolId);
     try {
-      const out = await ctx.sql.begin(async (tx) => {
-        const volume = await insertVolume(tx, {
-          id: volumeId,
-          name,
-          sizeBytes,
-          format,
-          poolId: decision.poolId,
-          hostId: decision.hostId,
-          numaNode: decision.numaNode,
-          cpuSet: decision.cpuSet,
-          labels,
-          qcow2: qcow2 as Record<string, unknown>,
-          requestId,
-          operationId,
-          antiAffinityGroup: constraints.antiAffinityGroup ?? "",
-        });
-        const ok = await reserveCapacity(tx, {
-          poolId: decision.poolId,
-          volumeId,
-          bytes: sizeBytes,
-          ttlMs: ctx.config.reservationTtlMs,
-          thin,
-        });
-        if (!ok) throw new ReservationConflict();
-        const operation = await insertOperation(tx, {
-          id: operationId,
-          kind: "create_volume",
-          hostId: decision.hostId,
-          poolId: decision.poolId,
-          volumeId,
-          command: toBinary(AgentCommandSchema, command),
-          requestedBy: actor,
-        });
-        await writeAudit(tx, {
-          actor,
-          action: "CreateVolume",
-          target: volumeId,
-          request: { name, sizeBytes, format, pool: decision.poolId, requestId },
-          outcome: "ok",
-        });
-        return { volume, operation };
-      });
+      const out = await ctx.sql.begin((tx) => writeCreate(ctx, tx, spec, decision, actor, thin));
       ctx.kickRelay();
       ctx.notifyChange();
       ctx.log.info(
-        { volumeId, operationId, pool: decision.poolId, size: sizeBytes.toString() },
+        {
+          volumeId: out.volume.id,
+          operationId: out.operation.id,
+          pool: decision.poolId,
+          size: spec.sizeBytes.toString(),
+        },
         "volume placed",
       );
       return { ...out, placement: decision };
@@ -170,14 +225,90 @@ export async function createVolume(
       }
       if (isUniqueViolation(err)) {
         // The same name or request id was created concurrently: answer as a retry would.
-        const again = await findExisting(ctx.sql, name, requestId);
-        if (again) return sameOrConflict(ctx, again, { name, sizeBytes, format, requestId });
+        const again = await findExisting(ctx.sql, spec.name, spec.requestId);
+        if (again) return sameOrConflict(ctx, again, spec);
       }
       throw err;
     }
   }
   throw resourceExhausted(
-    `could not reserve ${formatSize(sizeBytes)} after ${MAX_PLACEMENT_ATTEMPTS} attempts: pools are filling up concurrently`,
+    `could not reserve ${formatSize(spec.sizeBytes)} after ${MAX_PLACEMENT_ATTEMPTS} attempts: pools are filling up concurrently`,
+  );
+}
+
+/**
+ * CreateVolumeGroup: the disks of one VM, placed and reserved all or nothing in one transaction. With a request
+ * id, each disk gets `<request id>:<index>`, so a retried group returns the first one's volumes.
+ */
+export async function createVolumeGroup(
+  ctx: ControllerContext,
+  req: CreateVolumeGroupRequest,
+  actor: string,
+): Promise<CreateVolumeOutcome[]> {
+  if (req.volumes.length === 0) throw invalidArgument("volumes is empty: a group needs at least one volume");
+  if (req.volumes.length > 64) throw invalidArgument("a group holds at most 64 volumes");
+  const groupId = validateRequestId(req.requestId);
+  if (groupId && groupId.length > 120)
+    throw invalidArgument("request_id of a group is at most 120 characters");
+  const specs = req.volumes.map((v, i) =>
+    validateCreate(v, groupId ? `${groupId}:${i}` : validateRequestId(v.requestId)),
+  );
+  const names = new Set(specs.map((s) => s.name));
+  if (names.size !== specs.length) throw invalidArgument("the volumes of a group need distinct names");
+
+  const existing = await Promise.all(specs.map((s) => findExisting(ctx.sql, s.name, s.requestId)));
+  if (existing.every(Boolean)) return Promise.all(existing.map((v, i) => sameOrConflict(ctx, v!, specs[i]!)));
+  const clash = existing.find(Boolean);
+  if (clash)
+    throw alreadyExists(
+      `volume ${clash.name} already exists: a group is created all or nothing; choose other names`,
+    );
+  for (const s of specs) await checkConstraintTargets(ctx.sql, s.placement);
+
+  for (let attempt = 1; attempt <= MAX_PLACEMENT_ATTEMPTS; attempt++) {
+    const group = await decideGroup(
+      ctx,
+      specs.map((s) => s.placement),
+    );
+    if (!group.feasible) {
+      const capacity = group.decisions.some((d) => !d.feasible && refusedOnlyForCapacity(d));
+      const err = refusal(group.summary, capacity);
+      await audit(ctx, actor, "CreateVolumeGroup", specs.map((s) => s.name).join(","), req, err);
+      throw err;
+    }
+    if (req.dryRun) return group.decisions.map((placement) => ({ placement }));
+    const thin = await thinPools(ctx);
+    try {
+      const out = await ctx.sql.begin(async (tx) => {
+        const made = [];
+        for (const [i, spec] of specs.entries()) {
+          const d = group.decisions[i]!;
+          made.push({ ...(await writeCreate(ctx, tx, spec, d, actor, thin.has(d.poolId))), placement: d });
+        }
+        return made;
+      });
+      ctx.kickRelay();
+      ctx.notifyChange();
+      ctx.log.info(
+        { volumes: out.map((o) => o.volume.id), pools: out.map((o) => o.placement.poolId) },
+        "volume group placed",
+      );
+      return out;
+    } catch (err) {
+      if (err instanceof ReservationConflict) {
+        ctx.metrics.reservationConflicts.inc();
+        ctx.metrics.schedulerDecisions.inc({ result: "conflict" });
+        continue;
+      }
+      if (isUniqueViolation(err))
+        throw alreadyExists(
+          "a volume of the group was created concurrently: retry with the same request id to get the group",
+        );
+      throw err;
+    }
+  }
+  throw resourceExhausted(
+    `could not reserve the group after ${MAX_PLACEMENT_ATTEMPTS} attempts: pools are filling up concurrently`,
   );
 }
 
@@ -202,7 +333,7 @@ async function findExisting(
 async function sameOrConflict(
   ctx: ControllerContext,
   v: VolumeRow,
-  want: { name: string; sizeBytes: bigint; format: VolumeFormat; requestId: string | null },
+  want: Pick<VolumeSpec, "name" | "sizeBytes" | "format" | "requestId">,
 ): Promise<CreateVolumeOutcome> {
   if (want.requestId && v.requestId === want.requestId && v.name !== want.name) {
     throw alreadyExists(`request id ${want.requestId} was already used to create volume ${v.name}`);

@@ -5,9 +5,12 @@ import type { ReservationRow } from "./rows.js";
  * The capacity ledger. A pool's `allocated_bytes` (volumes that exist) and `reserved_bytes` (volumes being made)
  * change only here, each by one conditional UPDATE, so concurrent controllers can never oversubscribe a pool:
  *
- *   allocated + reserved + request <= total x overcommit_ratio
- *   thick pools also:  reserved + request <= free physical bytes
+ *   allocated + reserved + request <= total x overcommit_ratio - total x reserved_percent
+ *   thick pools also:  reserved + request <= free physical bytes - total x reserved_percent
  *   thin pools also:   used physical bytes stay under max_used_percent of total
+ *   and the pool holds fewer than max_volumes volumes (0: no limit)
+ *
+ * The scheduler (packages/scheduler) applies the same rules to its in-memory view; this UPDATE decides.
  */
 export async function reserveCapacity(
   sql: Queryable,
@@ -16,9 +19,11 @@ export async function reserveCapacity(
   const rows = await sql`
     update pools set reserved_bytes = reserved_bytes + ${r.bytes}, volume_count = volume_count + 1, updated_at = now()
     where id = ${r.poolId}
-      and allocated_bytes + reserved_bytes + ${r.bytes} <= floor(total_bytes::numeric * overcommit_ratio::numeric)
-      and (${r.thin} or reserved_bytes + ${r.bytes} <= free_bytes)
+      and allocated_bytes + reserved_bytes + ${r.bytes}
+          <= floor(total_bytes::numeric * overcommit_ratio::numeric) - total_bytes::numeric * reserved_percent::numeric / 100
+      and (${r.thin} or reserved_bytes + ${r.bytes} <= free_bytes - total_bytes::numeric * reserved_percent::numeric / 100)
       and (not ${r.thin} or used_bytes::numeric * 100 <= total_bytes::numeric * max_used_percent::numeric)
+      and (max_volumes = 0 or volume_count < max_volumes)
     returning id`;
   if (rows.length === 0) return false;
   await sql`insert into reservations (volume_id, pool_id, bytes, state, expires_at)

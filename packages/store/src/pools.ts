@@ -15,6 +15,10 @@ export interface PoolReportRecord {
   dataPercent: number | null;
   metadataPercent: number | null;
   overcommitRatio: number;
+  /** Thin pools: no new volumes above this physical use (percent). */
+  maxUsedPercent: number;
+  reservedPercent: number;
+  maxVolumes: number;
   labels: Record<string, string>;
   formats: VolumeFormat[];
   shared: boolean;
@@ -34,15 +38,19 @@ export async function applyPoolReports(
   for (const r of reports) {
     await sql`
       insert into pools (id, host_id, name, kind, numa_node, healthy, health_message, total_bytes, used_bytes, free_bytes,
-        reported_provisioned_bytes, data_percent, metadata_percent, overcommit_ratio, labels, formats, shared, present)
+        reported_provisioned_bytes, data_percent, metadata_percent, overcommit_ratio, max_used_percent, reserved_percent,
+        max_volumes, labels, formats, shared, present)
       values (${poolId(hostId, r.name)}, ${hostId}, ${r.name}, ${r.kind}, ${r.numaNode}, ${r.healthy}, ${r.healthMessage},
         ${r.totalBytes}, ${r.usedBytes}, ${r.freeBytes}, ${r.provisionedBytes}, ${r.dataPercent}, ${r.metadataPercent},
-        ${r.overcommitRatio}, ${sql.json(r.labels)}, ${sql.json(r.formats)}, ${r.shared}, true)
+        ${r.overcommitRatio}, ${r.maxUsedPercent}, ${r.reservedPercent}, ${r.maxVolumes}, ${sql.json(r.labels)},
+        ${sql.json(r.formats)}, ${r.shared}, true)
       on conflict (id) do update set kind = excluded.kind, numa_node = excluded.numa_node, healthy = excluded.healthy,
         health_message = excluded.health_message, total_bytes = excluded.total_bytes, used_bytes = excluded.used_bytes,
         free_bytes = excluded.free_bytes, reported_provisioned_bytes = excluded.reported_provisioned_bytes,
         data_percent = excluded.data_percent, metadata_percent = excluded.metadata_percent,
-        overcommit_ratio = excluded.overcommit_ratio, labels = excluded.labels, formats = excluded.formats,
+        overcommit_ratio = excluded.overcommit_ratio, max_used_percent = excluded.max_used_percent,
+        reserved_percent = excluded.reserved_percent, max_volumes = excluded.max_volumes,
+        labels = excluded.labels, formats = excluded.formats,
         shared = excluded.shared, present = true, updated_at = now()`;
   }
   const names = reports.map((r) => r.name);
@@ -68,19 +76,25 @@ export async function listPools(
     order by id limit ${f.limit}`;
 }
 
-/** Every pool with its host's state, for the scheduler's in-memory view. */
+/** Every pool with its host's state and its operations in flight, for the scheduler's in-memory view. */
 export async function loadSchedulingView(
   sql: Queryable,
-): Promise<{ pool: PoolRow; hostState: string; hostSchedulable: boolean; zone: string }[]> {
-  const rows = await sql<(PoolRow & { hostState: string; hostSchedulable: boolean; hostZone: string })[]>`
-    select p.*, h.state as host_state, h.schedulable as host_schedulable, h.zone as host_zone
+): Promise<{ pool: PoolRow; hostState: string; hostSchedulable: boolean; zone: string; load: number }[]> {
+  const rows = await sql<
+    (PoolRow & { hostState: string; hostSchedulable: boolean; hostZone: string; load: number })[]
+  >`
+    select p.*, h.state as host_state, h.schedulable as host_schedulable, h.zone as host_zone,
+      coalesce(o.n, 0)::int as load
     from pools p join hosts h on h.id = p.host_id
+    left join (select pool_id, count(*) as n from operations where state in ('pending', 'sent') group by pool_id) o
+      on o.pool_id = p.id
     where p.present order by p.id`;
-  return rows.map(({ hostState, hostSchedulable, hostZone, ...pool }) => ({
+  return rows.map(({ hostState, hostSchedulable, hostZone, load, ...pool }) => ({
     pool: pool as PoolRow,
     hostState,
     hostSchedulable,
     zone: hostZone,
+    load,
   }));
 }
 

@@ -51,6 +51,8 @@ export interface PoolRow {
   metadataPercent: number | null;
   overcommitRatio: number;
   maxUsedPercent: number;
+  reservedPercent: number;
+  maxVolumes: number;
   labels: Record<string, string>;
   formats: VolumeFormat[];
   shared: boolean;

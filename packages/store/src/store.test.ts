@@ -85,6 +85,9 @@ describe.each(backends)("store on %s", (_name, makeBackend) => {
         dataPercent: null,
         metadataPercent: null,
         overcommitRatio: 1,
+        maxUsedPercent: 90,
+        reservedPercent: 0,
+        maxVolumes: 0,
         labels: {},
         formats: ["raw"],
         shared: false,
@@ -102,6 +105,9 @@ describe.each(backends)("store on %s", (_name, makeBackend) => {
         dataPercent: 10,
         metadataPercent: 1,
         overcommitRatio: 20,
+        maxUsedPercent: 90,
+        reservedPercent: 0,
+        maxVolumes: 0,
         labels: {},
         formats: ["raw"],
         shared: false,
@@ -171,6 +177,37 @@ describe.each(backends)("store on %s", (_name, makeBackend) => {
     }
     expect(granted).toBe(200n * GiB);
     expect(await ledgerDiscrepancies(db.sql)).toEqual([]);
+  });
+
+  it("honours the reserved percentage and the volume limit", async () => {
+    await db.sql`update pools set total_bytes = ${100n * GiB}, free_bytes = ${100n * GiB}, reserved_bytes = 0, allocated_bytes = 0,
+      volume_count = 0, reserved_percent = 10, max_volumes = 3 where id = 'h1/thick'`;
+    await db.sql`update reservations set state = 'released' where pool_id = 'h1/thick'`;
+    const big = await volumeIn(db, "h1/thick", 91n * GiB);
+    expect(
+      await reserveCapacity(db.sql, {
+        poolId: "h1/thick",
+        volumeId: big,
+        bytes: 91n * GiB,
+        ttlMs: 60_000,
+        thin: false,
+      }),
+    ).toBe(false);
+    const granted = [];
+    for (let i = 0; i < 4; i++) {
+      const id = await volumeIn(db, "h1/thick", GiB);
+      granted.push(
+        await reserveCapacity(db.sql, {
+          poolId: "h1/thick",
+          volumeId: id,
+          bytes: GiB,
+          ttlMs: 60_000,
+          thin: false,
+        }),
+      );
+    }
+    expect(granted).toEqual([true, true, true, false]);
+    await db.sql`update pools set reserved_percent = 0, max_volumes = 0 where id = 'h1/thick'`;
   });
 
   it("never oversubscribes under 50 concurrent reservations", async () => {
