@@ -251,5 +251,43 @@ describe.skipIf(!natsAvailable() || !postgresAvailable())("scheduling across two
     expect(JSON.parse(dry.stdout).placement.poolId).toBe("sim3/n1");
     const list = await stowctl(["volume", "list", "--prefix", "dry-", "-o", "json"]);
     expect(JSON.parse(list.stdout)).toEqual([]);
+    // A group through the CLI: both disks on sim3's NUMA node 1, or nothing.
+    const group = await stowctl([
+      "volume",
+      "create-group",
+      "--disk",
+      "vm7-root:10G",
+      "--disk",
+      "vm7-data:20G:raw",
+      "--numa-host",
+      "sim3",
+      "--numa-node",
+      "1",
+      "--numa-required",
+      "-o",
+      "json",
+    ]);
+    expect(group.exitCode).toBe(0);
+    expect(JSON.parse(group.stdout).map((r: { volume: { poolId: string } }) => r.volume.poolId)).toEqual([
+      "sim3/n1",
+      "sim3/n1",
+    ]);
+    const tooBig = await stowctl([
+      "volume",
+      "create-group",
+      "--disk",
+      "vm8-root:10G",
+      "--disk",
+      "vm8-data:900G",
+      "--numa-host",
+      "sim3",
+      "--numa-node",
+      "1",
+      "--numa-required",
+    ]);
+    expect(tooBig.exitCode).toBe(5);
+    expect(JSON.parse((await stowctl(["volume", "list", "--prefix", "vm8-", "-o", "json"])).stdout)).toEqual(
+      [],
+    );
   });
 });

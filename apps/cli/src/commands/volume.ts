@@ -145,6 +145,40 @@ ${examples(
       ),
     );
 
+  addPlacementOptions(
+    volume
+      .command("create-group")
+      .description(
+        "Create the disks of one VM all or nothing: every disk is placed (the largest first, each seeing the others), and either all are reserved and created or none is",
+      )
+      .requiredOption(
+        "--disk <name:size[:format]>",
+        "a disk of the group, like vm1-root:10G or vm1-data:50G:raw (repeatable)",
+        collect,
+      ),
+  )
+    .option("--label <key=value>", "label every disk (repeatable)", collect)
+    .option("--request-id <id>", "makes retries safe: a second call with the same id returns the first group")
+    .option("--dry-run", "place only: show where each disk would go, reserve and create nothing")
+    .option("--wait", "wait until every disk is available (or failed)")
+    .option("--wait-timeout <duration>", "give up waiting after this long (exit 8)", "5m")
+    .addHelpText(
+      "after",
+      `${PLACEMENT_HELP}
+The placement options apply to every disk: with --numa-host/--numa-node --numa-required, all disks land on the
+VM's NUMA node or none is created.
+${examples(
+  "stowctl volume create-group --disk vm1-root:10G --disk vm1-data:50G:raw --numa-host node2 --numa-node 1 --numa-required --wait",
+  "stowctl volume create-group --disk db-a:100G --disk db-b:100G --anti-affinity db --dry-run",
+)}`,
+    )
+    .action(
+      act(
+        () => ({ conflictHint: "a group is created all or nothing: choose names that are not taken" }),
+        (ctx, _args, opts) => createGroup(ctx, opts),
+      ),
+    );
+
   volume
     .command("get")
     .description(
@@ -312,4 +346,62 @@ async function createVolume(ctx: Context, rawName: string, opts: OptionValues): 
       `operation ${res.operation.id} is on its way; follow it with \`stowctl volume get ${name}\`, or pass --wait\n`,
     );
   }
+}
+
+async function createGroup(ctx: Context, opts: OptionValues): Promise<void> {
+  const constraints = placementConstraints(opts);
+  const labels = opts.label !== undefined ? parseLabels(opts.label) : {};
+  const disks = (opts.disk as string[]).map((spec) => {
+    const [rawName, rawSize, rawFormat, ...rest] = spec.split(":");
+    if (!rawName || !rawSize || rest.length)
+      throw usageError(`--disk ${JSON.stringify(spec)} is not name:size[:format], like vm1-root:10G`);
+    const format = rawFormat ? parseEnum<VolumeFormat>(VolumeFormatSchema, rawFormat, "--disk format") : 0;
+    return {
+      name: parseName("volume name", rawName),
+      sizeBytes: parseVolumeSize(rawSize),
+      format,
+      constraints,
+      labels,
+    };
+  });
+  const dryRun = Boolean(opts.dryRun);
+  if (dryRun && opts.wait)
+    throw usageError("--wait and --dry-run do not go together: a dry run creates nothing");
+  const waitTimeoutMs = parseWaitTimeout(opts);
+  const res = await ctx.clients.volumes.createVolumeGroup(
+    { volumes: disks, requestId: parseRequestId(opts.requestId), dryRun },
+    ctx.call(),
+  );
+  const made = [];
+  for (const r of res.volumes) {
+    let v = r.volume;
+    if (opts.wait && v)
+      v = await waitForVolume(ctx, {
+        volume: v,
+        want: VolumeState.AVAILABLE,
+        verb: "creating",
+        timeoutMs: waitTimeoutMs,
+      });
+    made.push({ ...r, volume: v });
+  }
+  if (ctx.json) {
+    ctx.printJson(made.map((r) => toPlain(CreateVolumeResponseSchema, r)));
+    return;
+  }
+  if (dryRun) {
+    for (const [i, r] of made.entries()) {
+      const p = r.placement;
+      ctx.print(
+        `dry run: ${disks[i]!.name} (${formatBytes(disks[i]!.sizeBytes)}) would be placed on ${p?.poolId ? placementSummaryLine(p) : "no pool"}`,
+      );
+    }
+    ctx.print("nothing was reserved or created");
+    return;
+  }
+  ctx.print(
+    volumeTable(
+      made.flatMap((r) => (r.volume ? [r.volume] : [])),
+      ctx.view(),
+    ),
+  );
 }
