@@ -5,7 +5,17 @@ import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { type Bus, COMMAND_STREAM, connectBus, consumeLoop } from "@stowage/bus";
-import { createDirDriver, createToolRunner, type PoolDriver } from "@stowage/drivers";
+import { FORMATS_BY_KIND } from "@stowage/core";
+import {
+  createDirDriver,
+  createLvmDriver,
+  createRbdDriver,
+  createToolRunner,
+  LVM_NO_UDEV_CONFIG,
+  lvmToolEnv,
+  type PoolDriver,
+  type ToolRunner,
+} from "@stowage/drivers";
 import {
   type AgentCommand,
   AgentCommandSchema,
@@ -23,12 +33,56 @@ import {
   VolumeFormat,
 } from "@stowage/proto";
 import { createLogger, startOpsServer } from "@stowage/telemetry";
-import type { AgentConfig } from "./config.js";
+import type { AgentConfig, PoolConfig } from "./config.js";
 import { discoverHost, poolNumaNode } from "./discovery.js";
 import { artifactToWire, executeCommand } from "./executor.js";
 import { createAgentMetrics, type PoolSample } from "./metrics.js";
 
 export const AGENT_VERSION = "0.1.0";
+
+const WIRE_KIND: Record<PoolConfig["kind"], PoolKind> = {
+  dir: PoolKind.DIR,
+  lvm: PoolKind.LVM,
+  lvmthin: PoolKind.LVMTHIN,
+  rbd: PoolKind.RBD,
+};
+
+/** One driver per configured pool, each with the single tool runner (LVM's with its quiet environment). */
+async function createPoolDriver(
+  p: PoolConfig,
+  runner: (env?: Record<string, string>) => ToolRunner,
+): Promise<PoolDriver> {
+  switch (p.kind) {
+    case "dir":
+      await mkdir(p.path, { recursive: true, mode: 0o750 });
+      return createDirDriver({
+        poolName: p.name,
+        root: p.path,
+        runner: runner(),
+        qcow2Defaults: p.qcow2,
+        ...(p.maxChainDepth ? { maxChainDepth: p.maxChainDepth } : {}),
+      });
+    case "lvm":
+    case "lvmthin":
+      return createLvmDriver({
+        poolName: p.name,
+        vg: p.vg,
+        ...(p.kind === "lvmthin" ? { thinPool: p.thinPool } : {}),
+        runner: runner(lvmToolEnv()),
+        ...(p.udev ? {} : { lvmConfig: LVM_NO_UDEV_CONFIG }),
+      });
+    case "rbd":
+      return createRbdDriver({
+        poolName: p.name,
+        cephPool: p.cephPool,
+        runner: runner(),
+        ...(p.namespace ? { namespace: p.namespace } : {}),
+        ...(p.cephConf ? { cephConf: p.cephConf } : {}),
+        ...(p.cephUser ? { cephUser: p.cephUser } : {}),
+        ...(p.keyring ? { keyring: p.keyring } : {}),
+      });
+  }
+}
 
 export interface AgentHandle {
   hostId: string;
@@ -49,22 +103,29 @@ export async function startAgent(config: AgentConfig): Promise<AgentHandle> {
   const bootId = randomUUID();
   let lastPools: PoolSample[] = [];
   const metrics = createAgentMetrics(config.hostName, () => lastPools);
-  const runner = createToolRunner({
-    defaultTimeoutMs: config.toolTimeoutMs,
-    onInvocation: (e) => {
-      metrics.toolInvocations.inc({ tool: e.tool, result: e.ok ? "ok" : e.timedOut ? "timeout" : "failed" });
-      metrics.toolDuration.observe({ tool: e.tool }, e.durationMs / 1000);
-      if (!e.ok)
-        log.warn({ tool: e.tool, argv: e.argv, exitCode: e.exitCode, timedOut: e.timedOut }, "tool failed");
-    },
-  });
+  const toolRunner = (env?: Record<string, string>) =>
+    createToolRunner({
+      defaultTimeoutMs: config.toolTimeoutMs,
+      ...(env ? { env } : {}),
+      onInvocation: (e) => {
+        metrics.toolInvocations.inc({
+          tool: e.tool,
+          result: e.ok ? "ok" : e.timedOut ? "timeout" : "failed",
+        });
+        metrics.toolDuration.observe({ tool: e.tool }, e.durationMs / 1000);
+        if (!e.ok)
+          log.warn({ tool: e.tool, argv: e.argv, exitCode: e.exitCode, timedOut: e.timedOut }, "tool failed");
+      },
+    });
 
   const drivers = new Map<string, PoolDriver>();
   const poolNuma = new Map<string, number | undefined>();
   for (const p of config.pools) {
-    await mkdir(p.path, { recursive: true, mode: 0o750 });
-    drivers.set(p.name, createDirDriver({ poolName: p.name, root: p.path, runner, qcow2Defaults: p.qcow2 }));
-    poolNuma.set(p.name, p.numaNode ?? (await poolNumaNode(p.path, config.sysfsRoot)));
+    drivers.set(p.name, await createPoolDriver(p, toolRunner));
+    poolNuma.set(
+      p.name,
+      p.numaNode ?? (p.kind === "dir" ? await poolNumaNode(p.path, config.sysfsRoot) : undefined),
+    );
   }
 
   const host = await discoverHost({ sysfsRoot: config.sysfsRoot, procRoot: config.procRoot });
@@ -114,7 +175,7 @@ export async function startAgent(config: AgentConfig): Promise<AgentHandle> {
       reports.push(
         create(PoolReportSchema, {
           name: p.name,
-          kind: PoolKind.DIR,
+          kind: WIRE_KIND[p.kind],
           numaNode: poolNuma.get(p.name),
           healthy,
           healthMessage: message,
@@ -124,18 +185,20 @@ export async function startAgent(config: AgentConfig): Promise<AgentHandle> {
           provisionedBytes: cap.provisionedBytes,
           dataPercent: cap.dataPercent,
           metadataPercent: cap.metadataPercent,
-          formats: [VolumeFormat.QCOW2, VolumeFormat.RAW],
+          formats: FORMATS_BY_KIND[p.kind].map((f) =>
+            f === "qcow2" ? VolumeFormat.QCOW2 : VolumeFormat.RAW,
+          ),
           labels: p.labels,
           overcommitRatio: p.overcommitRatio ?? 0,
           reservedPercent: p.reservedPercent,
           maxVolumes: p.maxVolumes,
           maxUsedPercent: p.maxUsedPercent,
-          shared: false,
+          shared: p.kind === "rbd",
         }),
       );
       artifacts.push(...volumes.volumes.map(artifactToWire));
       foreign.push(...volumes.foreign.map((f) => `${p.name}/${f}`));
-      samples.push({ pool: p.name, kind: "dir", ...cap, healthy, volumes: volumes.volumes.length });
+      samples.push({ pool: p.name, kind: p.kind, ...cap, healthy, volumes: volumes.volumes.length });
     }
     lastPools = samples;
     return { reports, artifacts, foreign };
@@ -240,12 +303,13 @@ export async function startAgent(config: AgentConfig): Promise<AgentHandle> {
       const oplog = log.child({ operationId: cmd.operationId, kind, pool: cmd.poolName });
       oplog.info({ delivery: msg.info.deliveryCount }, "operation started");
       running++;
-      const end = metrics.operationDuration.startTimer({ kind, backend: "dir" });
+      const backend = config.pools.find((p) => p.name === cmd.poolName)?.kind ?? "unknown";
+      const end = metrics.operationDuration.startTimer({ kind, backend });
       const result = await executeCommand(drivers, reg.hostId, cmd).finally(() => {
         running--;
         end();
       });
-      metrics.operations.inc({ kind, backend: "dir", result: result.success ? "succeeded" : "failed" });
+      metrics.operations.inc({ kind, backend, result: result.success ? "succeeded" : "failed" });
       // The result is durable in JetStream before the command is acked; a crash in between means a redelivery,
       // which the idempotent driver adopts.
       await bus.js.publish(reg.resultSubject, toBinary(OperationResultSchema, result), {

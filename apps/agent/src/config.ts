@@ -15,26 +15,72 @@ const qcow2Defaults = z
   })
   .strict();
 
+/** Settings every pool kind shares: identity, NUMA, labels and placement policy. */
+const poolCommon = {
+  name,
+  /** Overrides the NUMA node read from sysfs for the backing device. */
+  numaNode: z.number().int().min(0).optional(),
+  labels: z.record(z.string(), z.string()).default({}),
+  /** Provisioned bytes may reach size x ratio (default 1 for thick kinds, the controller's default for thin ones). */
+  overcommitRatio: z.number().positive().optional(),
+  /** Percentage of the pool kept out of reach of new volumes (headroom for growth and snapshots). */
+  reservedPercent: z.number().min(0).max(99).default(0),
+  /** At most this many volumes in the pool (0: no limit). */
+  maxVolumes: z.number().int().min(0).default(0),
+  /** Thin pools: no new volumes once physical use is above this percentage. */
+  maxUsedPercent: z.number().min(1).max(100).default(90),
+};
+
 const DirPool = z
   .object({
-    name,
+    ...poolCommon,
     kind: z.literal("dir"),
     /** The directory volumes are made in; created if missing. */
     path: z.string().startsWith("/", "pool paths must be absolute"),
-    /** Overrides the NUMA node read from sysfs for the backing device. */
-    numaNode: z.number().int().min(0).optional(),
-    labels: z.record(z.string(), z.string()).default({}),
-    /** Provisioned bytes may reach size x ratio (default 1: sparse files are still counted at full size). */
-    overcommitRatio: z.number().positive().optional(),
-    /** Percentage of the pool kept out of reach of new volumes (headroom for growth and snapshots). */
-    reservedPercent: z.number().min(0).max(99).default(0),
-    /** At most this many volumes in the pool (0: no limit). */
-    maxVolumes: z.number().int().min(0).default(0),
-    /** Thin pools: no new volumes once physical use is above this percentage. */
-    maxUsedPercent: z.number().min(1).max(100).default(90),
     qcow2: qcow2Defaults.default({}),
+    /** Clones deeper than this many backing files are flattened. */
+    maxChainDepth: z.number().int().min(1).max(64).optional(),
   })
   .strict();
+
+/** Hosts without udevd (containers, minimal installs) need LVM to manage device nodes itself. */
+const lvmCommon = {
+  /** The volume group; it must exist. */
+  vg: z.string().regex(/^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,126}$/, "a volume group name"),
+  udev: z.boolean().default(true),
+};
+
+const LvmPool = z.object({ ...poolCommon, ...lvmCommon, kind: z.literal("lvm") }).strict();
+const LvmThinPool = z
+  .object({
+    ...poolCommon,
+    ...lvmCommon,
+    kind: z.literal("lvmthin"),
+    /** The thin pool LV inside the volume group. */
+    thinPool: z.string().regex(/^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,126}$/, "a logical volume name"),
+  })
+  .strict();
+
+const RbdPool = z
+  .object({
+    ...poolCommon,
+    kind: z.literal("rbd"),
+    /** The Ceph pool holding the images. */
+    cephPool: z.string().regex(/^[A-Za-z0-9_.-]{1,128}$/, "a Ceph pool name"),
+    namespace: z
+      .string()
+      .regex(/^[A-Za-z0-9_.-]{1,128}$/)
+      .optional(),
+    cephConf: z.string().startsWith("/").optional(),
+    cephUser: z
+      .string()
+      .regex(/^[A-Za-z0-9_.-]{1,64}$/)
+      .optional(),
+    keyring: z.string().startsWith("/").optional(),
+  })
+  .strict();
+
+const Pool = z.discriminatedUnion("kind", [DirPool, LvmPool, LvmThinPool, RbdPool]);
 
 /** The agent's one config: who the host is, where the controller and NATS are, and its pools. */
 export const AgentConfigSchema = z
@@ -64,7 +110,7 @@ export const AgentConfigSchema = z
       .min(100)
       .default(10 * 60_000),
     initiatorName: z.string().default(""),
-    pools: z.array(DirPool).min(1, "an agent needs at least one pool"),
+    pools: z.array(Pool).min(1, "an agent needs at least one pool"),
     logLevel: z.string().default("info"),
   })
   .strict()

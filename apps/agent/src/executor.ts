@@ -2,7 +2,11 @@ import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import type { Qcow2Options as DomainQcow2 } from "@stowage/core";
 import { StowageError } from "@stowage/core";
-import type { VolumeArtifact as DriverArtifact, PoolDriver } from "@stowage/drivers";
+import type {
+  VolumeArtifact as DriverArtifact,
+  PoolDriver,
+  WipeMode as WipeModeName,
+} from "@stowage/drivers";
 import {
   type AgentCommand,
   CompressionType,
@@ -13,7 +17,14 @@ import {
   type Qcow2Options,
   VolumeArtifactSchema,
   VolumeFormat,
+  WipeMode,
 } from "@stowage/proto";
+
+const WIPE: Record<number, WipeModeName> = {
+  [WipeMode.NONE]: "none",
+  [WipeMode.ZERO]: "zero",
+  [WipeMode.DISCARD]: "discard",
+};
 
 const PREALLOC: Record<number, DomainQcow2["preallocation"]> = {
   [Preallocation.OFF]: "off",
@@ -110,8 +121,41 @@ export async function executeCommand(
         return finish({ success: true, artifact: artifactToWire(r.artifact), adopted: r.adopted });
       }
       case "deleteVolume": {
-        const r = await driver.deleteVolume(p.value.volumeId, { operationId: cmd.operationId });
+        const r = await driver.deleteVolume(p.value.volumeId, {
+          operationId: cmd.operationId,
+          wipe: WIPE[p.value.wipe] ?? "none",
+        });
         return finish({ success: true, adopted: !r.existed });
+      }
+      case "cloneVolume": {
+        const r = await driver.cloneVolume({
+          volumeId: p.value.volumeId,
+          operationId: cmd.operationId,
+          sourceVolumeId: p.value.sourceVolumeId,
+          ...(p.value.sourceSnapshotId ? { sourceSnapshotId: p.value.sourceSnapshotId } : {}),
+          ...(p.value.sizeBytes ? { sizeBytes: p.value.sizeBytes } : {}),
+          format: p.value.format === VolumeFormat.RAW ? "raw" : "qcow2",
+          flatten: p.value.flatten,
+        });
+        return finish({ success: true, artifact: artifactToWire(r.artifact), adopted: r.adopted });
+      }
+      case "createSnapshot": {
+        const r = await driver.createSnapshot(p.value.volumeId, p.value.snapshotId, {
+          operationId: cmd.operationId,
+        });
+        return finish({ success: true, adopted: r.adopted });
+      }
+      case "deleteSnapshot": {
+        const r = await driver.deleteSnapshot(p.value.volumeId, p.value.snapshotId, {
+          operationId: cmd.operationId,
+        });
+        return finish({ success: true, adopted: !r.existed });
+      }
+      case "revertSnapshot": {
+        const a = await driver.revertSnapshot(p.value.volumeId, p.value.snapshotId, {
+          operationId: cmd.operationId,
+        });
+        return finish({ success: true, artifact: artifactToWire(a) });
       }
       case "resizeVolume": {
         const a = await driver.resizeVolume(p.value.volumeId, p.value.newSizeBytes, {

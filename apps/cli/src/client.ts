@@ -1,6 +1,13 @@
 import { type Client, createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
-import { HostService, OperationService, PlacementService, PoolService, VolumeService } from "@stowage/proto";
+import {
+  HostService,
+  OperationService,
+  PlacementService,
+  PoolService,
+  SnapshotService,
+  VolumeService,
+} from "@stowage/proto";
 import { usageError } from "./errors.js";
 
 /** Where `npm run up`'s local cluster listens. */
@@ -12,6 +19,7 @@ export interface Clients {
   readonly volumes: Client<typeof VolumeService>;
   readonly placement: Client<typeof PlacementService>;
   readonly operations: Client<typeof OperationService>;
+  readonly snapshots: Client<typeof SnapshotService>;
   /** Closes the HTTP/2 connection. */
   close(): void;
 }
@@ -70,6 +78,7 @@ export const createClients: ClientFactory = ({ baseUrl, token }) => {
     volumes: createClient(VolumeService, transport),
     placement: createClient(PlacementService, transport),
     operations: createClient(OperationService, transport),
+    snapshots: createClient(SnapshotService, transport),
     close: () => sessionManager.abort(),
   };
 };

@@ -6,6 +6,7 @@ import { registerHostCommands } from "./commands/host.js";
 import { registerOperationCommands } from "./commands/operation.js";
 import { registerPlacementCommands } from "./commands/placement.js";
 import { registerPoolCommands } from "./commands/pool.js";
+import { registerSnapshotCommands } from "./commands/snapshot.js";
 import { registerVolumeCommands } from "./commands/volume.js";
 import { DEFAULT_TIMEOUT, type ProgramDeps } from "./context.js";
 import { EXIT_CODE_HELP, ExitCode, toCliError } from "./errors.js";
@@ -74,6 +75,7 @@ function buildCommand(deps: ProgramDeps): Command {
   registerHostCommands(program, act);
   registerPoolCommands(program, act);
   registerVolumeCommands(program, act);
+  registerSnapshotCommands(program, act);
   registerPlacementCommands(program, act);
   registerOperationCommands(program, act);
   return program;

@@ -29,9 +29,12 @@ import {
   listHosts,
   listOperations,
   listPools,
+  listSnapshots,
   listVolumes,
+  type OperationRow,
   operationsChangedSince,
   pageSize,
+  type SnapshotRow,
   setHostSchedulable,
   setPoolDraining,
   volumesChangedSince,
@@ -46,10 +49,19 @@ import {
   placementToWire,
   poolKinds,
   poolToWire,
+  snapshotToWire,
   volumeStates,
   volumeToWire,
 } from "./convert.js";
 import { toConnectError } from "./errors.js";
+import {
+  cloneVolume,
+  createSnapshot,
+  deleteSnapshot,
+  resizeVolume,
+  resolveSnapshot,
+  revertSnapshot,
+} from "./lifecycle-service.js";
 import { checkConstraintTargets, decide, decideGroup } from "./scheduling.js";
 import { placementRequestFromWire, validatePoolRef } from "./validate.js";
 import { createVolume, createVolumeGroup, deleteVolume, resolveVolume } from "./volume-service.js";
@@ -156,8 +168,20 @@ export function createRoutes(ctx: ControllerContext) {
           operation: out.operation ? operationToWire(out.operation) : undefined,
         };
       },
-      resizeVolume: notYet("ResizeVolume", 4),
-      cloneVolume: notYet("CloneVolume", 4),
+      async resizeVolume(req, hc) {
+        const out = await resizeVolume(ctx, req, actorOf(hc));
+        return {
+          volume: volumeToWire(out.volume),
+          operation: out.operation ? operationToWire(out.operation) : undefined,
+        };
+      },
+      async cloneVolume(req, hc) {
+        const out = await cloneVolume(ctx, req, actorOf(hc));
+        return {
+          volume: volumeToWire(out.volume),
+          operation: out.operation ? operationToWire(out.operation) : undefined,
+        };
+      },
       async *watchVolumes(req, hc) {
         try {
           const filter: { id?: string; poolId?: string } = {};
@@ -333,12 +357,32 @@ export function createRoutes(ctx: ControllerContext) {
       registerAgent: (req) => registerAgent(ctx, req),
     });
 
+    const snapshotReply = (out: { snapshot: SnapshotRow; operation?: OperationRow }) => ({
+      snapshot: snapshotToWire(out.snapshot),
+      operation: out.operation ? operationToWire(out.operation) : undefined,
+    });
     router.service(SnapshotService, {
-      createSnapshot: notYet("CreateSnapshot", 4),
-      getSnapshot: notYet("GetSnapshot", 4),
-      listSnapshots: notYet("ListSnapshots", 4),
-      deleteSnapshot: notYet("DeleteSnapshot", 4),
-      revertSnapshot: notYet("RevertSnapshot", 4),
+      createSnapshot: async (req, hc) => snapshotReply(await createSnapshot(ctx, req, actorOf(hc))),
+      async getSnapshot(req) {
+        const v = await resolveVolume(ctx.sql, req.volume);
+        return { snapshot: snapshotToWire(await resolveSnapshot(ctx.sql, v, req.snapshot)) };
+      },
+      async listSnapshots(req) {
+        const v = await resolveVolume(ctx.sql, req.volume);
+        const limit = pageSize(req.pageSize);
+        const rows = await listSnapshots(ctx.sql, v.id, { after: after(req.pageToken), limit });
+        const clones = await ctx.sql<{ sourceSnapshotId: string; n: number }[]>`
+          select source_snapshot_id, count(*)::int as n from volumes
+          where source_volume_id = ${v.id} and source_snapshot_id <> '' and state <> 'deleted' group by source_snapshot_id`;
+        const count = new Map(clones.map((c) => [c.sourceSnapshotId, c.n]));
+        const p = page(rows, limit);
+        return {
+          snapshots: p.rows.map((s) => snapshotToWire(s, count.get(s.id) ?? 0)),
+          nextPageToken: p.next,
+        };
+      },
+      deleteSnapshot: async (req, hc) => snapshotReply(await deleteSnapshot(ctx, req, actorOf(hc))),
+      revertSnapshot: async (req, hc) => snapshotReply(await revertSnapshot(ctx, req, actorOf(hc))),
     });
     router.service(ExportService, {
       createExport: notYet("CreateExport", 4),

@@ -28,13 +28,16 @@ import {
   Preallocation,
   type Qcow2Options,
   Qcow2OptionsSchema,
+  type Snapshot,
+  SnapshotSchema,
+  SnapshotState,
   type Volume,
   VolumeFormat,
   VolumeSchema,
   VolumeState,
 } from "@stowage/proto";
 import type { PlacementDecision } from "@stowage/scheduler";
-import type { ErrorRecord, HostRow, OperationRow, PoolRow, VolumeRow } from "@stowage/store";
+import type { ErrorRecord, HostRow, OperationRow, PoolRow, SnapshotRow, VolumeRow } from "@stowage/store";
 
 /** Two-way maps between wire enums and domain strings: the only place they meet. */
 function enumMap<D extends string, W extends number>(pairs: [D, W][]) {
@@ -257,5 +260,26 @@ export function placementToWire(d: PlacementDecision): Placement {
           scores: c.scores,
         }),
     ),
+  });
+}
+
+const snapshotStates = enumMap<SnapshotRow["state"], SnapshotState>([
+  ["creating", SnapshotState.CREATING],
+  ["available", SnapshotState.AVAILABLE],
+  ["deleting", SnapshotState.DELETING],
+  ["deleted", SnapshotState.DELETED],
+  ["error", SnapshotState.ERROR],
+]);
+
+export function snapshotToWire(s: SnapshotRow, cloneCount = 0): Snapshot {
+  return create(SnapshotSchema, {
+    id: s.id,
+    name: s.name,
+    volumeId: s.volumeId,
+    state: snapshotStates.wire(s.state),
+    sizeBytes: s.sizeBytes,
+    createdAt: timestampFromDate(s.createdAt),
+    error: errorToWire(s.error),
+    cloneCount,
   });
 }

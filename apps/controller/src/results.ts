@@ -5,12 +5,17 @@ import {
   confirmReservation,
   finishOperation,
   getOperation,
+  getPool,
+  getSnapshotById,
   getVolumeById,
   releaseCapacity,
+  resizeHolding,
+  updateSnapshot,
   updateVolume,
 } from "@stowage/store";
 import type { ControllerContext } from "./context.js";
 import { errorFromWire } from "./convert.js";
+import { isThinKind } from "./scheduling.js";
 
 /**
  * Applies one operation result. Results may arrive twice or late: an operation that is already finished is left
@@ -30,15 +35,15 @@ export async function applyResult(ctx: ControllerContext, r: OperationResult): P
     if (!volume) return op;
     switch (op.kind) {
       case "create_volume":
+      case "clone_volume":
         if (r.success) {
           await confirmReservation(tx, volume.id);
-          const artifact = r.artifact;
           if (volume.state === "creating") {
             await updateVolume(tx, volume.id, {
               state: "available",
               error: null,
-              allocatedBytes: artifact?.allocatedBytes ?? 0n,
-              hostPath: artifact?.path ?? "",
+              allocatedBytes: r.artifact?.allocatedBytes ?? 0n,
+              hostPath: r.artifact?.path ?? "",
             });
           }
         } else if (volume.state === "creating") {
@@ -54,6 +59,36 @@ export async function applyResult(ctx: ControllerContext, r: OperationResult): P
           await updateVolume(tx, volume.id, { state: "error", error });
         }
         break;
+      case "resize_volume":
+      case "revert_snapshot": {
+        if (volume.state !== "resizing" || volume.operationId !== op.id) break;
+        if (r.success) {
+          await updateVolume(tx, volume.id, {
+            state: "available",
+            error: null,
+            ...(r.artifact
+              ? { sizeBytes: r.artifact.sizeBytes, allocatedBytes: r.artifact.allocatedBytes }
+              : {}),
+          });
+        } else {
+          // The volume is as it was: give the ledger back its old size, and keep the error for `volume get`.
+          const thin = isThinKind((await getPool(tx, volume.poolId))?.kind ?? "dir");
+          await resizeHolding(tx, { volumeId: volume.id, bytes: volume.sizeBytes, thin, force: true });
+          await updateVolume(tx, volume.id, { state: "available", error });
+        }
+        if (op.kind === "revert_snapshot" && op.snapshotId && !r.success)
+          await updateSnapshot(tx, op.snapshotId, { error });
+        break;
+      }
+      case "create_snapshot":
+      case "delete_snapshot": {
+        const snapshot = op.snapshotId ? await getSnapshotById(tx, op.snapshotId) : undefined;
+        if (!snapshot) break;
+        const done = op.kind === "create_snapshot" ? "available" : "deleted";
+        if (r.success) await updateSnapshot(tx, snapshot.id, { state: done, error: null });
+        else await updateSnapshot(tx, snapshot.id, { state: "error", error });
+        break;
+      }
       default:
         ctx.log.warn(
           { kind: op.kind, operationId: op.id },

@@ -1,5 +1,3 @@
-import { create, toBinary } from "@bufbuild/protobuf";
-import { timestampNow } from "@bufbuild/protobuf/wkt";
 import {
   alreadyExists,
   failedPrecondition,
@@ -17,11 +15,9 @@ import {
   validateVolumeSize,
 } from "@stowage/core";
 import {
-  AgentCommandSchema,
   type CreateVolumeGroupRequest,
   type CreateVolumeRequest,
   type DeleteVolumeRequest,
-  OperationKind,
   WipeMode,
 } from "@stowage/proto";
 import { type PlacementDecision, type PlacementRequest, refusedOnlyForCapacity } from "@stowage/scheduler";
@@ -30,8 +26,8 @@ import {
   getVolumeById,
   getVolumeByName,
   getVolumeByRequestId,
-  insertOperation,
   insertVolume,
+  liveSnapshotCount,
   type OperationRow,
   type Queryable,
   reserveCapacity,
@@ -41,6 +37,7 @@ import {
 } from "@stowage/store";
 import type { ControllerContext } from "./context.js";
 import { formats, qcow2FromWire, qcow2ToWire } from "./convert.js";
+import { enqueueOperation } from "./outbox.js";
 import { checkConstraintTargets, decide, decideGroup, isThinKind } from "./scheduling.js";
 import {
   constraintsFromWire,
@@ -104,24 +101,6 @@ async function writeCreate(
 ) {
   const volumeId = newId("vol");
   const operationId = newId("op");
-  const poolName = decision.poolId.slice(decision.hostId.length + 1);
-  const command = create(AgentCommandSchema, {
-    operationId,
-    kind: OperationKind.CREATE_VOLUME,
-    hostId: decision.hostId,
-    poolName,
-    attempt: 1,
-    issuedAt: timestampNow(),
-    payload: {
-      case: "createVolume",
-      value: {
-        volumeId,
-        sizeBytes: spec.sizeBytes,
-        format: formats.wire(spec.format),
-        qcow2: spec.format === "qcow2" ? qcow2ToWire(spec.qcow2) : undefined,
-      },
-    },
-  });
   const volume = await insertVolume(tx, {
     id: volumeId,
     name: spec.name,
@@ -145,14 +124,20 @@ async function writeCreate(
     thin,
   });
   if (!ok) throw new ReservationConflict();
-  const operation = await insertOperation(tx, {
-    id: operationId,
+  const operation = await enqueueOperation(tx, {
     kind: "create_volume",
-    hostId: decision.hostId,
-    poolId: decision.poolId,
-    volumeId,
-    command: toBinary(AgentCommandSchema, command),
-    requestedBy: actor,
+    volume,
+    operationId,
+    payload: {
+      case: "createVolume",
+      value: {
+        volumeId,
+        sizeBytes: spec.sizeBytes,
+        format: formats.wire(spec.format),
+        qcow2: spec.format === "qcow2" ? qcow2ToWire(spec.qcow2) : undefined,
+      },
+    },
+    actor,
   });
   await writeAudit(tx, {
     actor,
@@ -395,30 +380,22 @@ export async function deleteVolume(
     }
     if (v.state === "resizing")
       throw failedPrecondition(`volume ${v.name} is resizing: wait for it to finish, then delete it`);
-    const operationId = newId("op");
-    const poolName = v.poolId.slice(v.hostId.length + 1);
-    const command = create(AgentCommandSchema, {
-      operationId,
-      kind: OperationKind.DELETE_VOLUME,
-      hostId: v.hostId,
-      poolName,
-      attempt: 1,
-      issuedAt: timestampNow(),
+    const snapshots = await liveSnapshotCount(tx, v.id);
+    if (snapshots > 0) {
+      throw failedPrecondition(
+        `volume ${v.name} has ${snapshots} snapshot${snapshots === 1 ? "" : "s"}: delete them first (stowctl snapshot list ${v.name})`,
+      );
+    }
+    const operation = await enqueueOperation(tx, {
+      kind: "delete_volume",
+      volume: v,
       payload: {
         case: "deleteVolume",
         value: { volumeId: v.id, wipe: req.wipe === WipeMode.UNSPECIFIED ? WipeMode.NONE : req.wipe },
       },
+      actor,
     });
-    const operation = await insertOperation(tx, {
-      id: operationId,
-      kind: "delete_volume",
-      hostId: v.hostId,
-      poolId: v.poolId,
-      volumeId: v.id,
-      command: toBinary(AgentCommandSchema, command),
-      requestedBy: actor,
-    });
-    const volume = await updateVolume(tx, v.id, { state: "deleting", operationId });
+    const volume = await updateVolume(tx, v.id, { state: "deleting", operationId: operation.id });
     await writeAudit(tx, {
       actor,
       action: "DeleteVolume",

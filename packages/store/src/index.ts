@@ -7,4 +7,5 @@ export * from "./migrate.js";
 export * from "./operations.js";
 export * from "./pools.js";
 export * from "./rows.js";
+export * from "./snapshots.js";
 export * from "./volumes.js";

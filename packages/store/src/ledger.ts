@@ -12,22 +12,56 @@ import type { ReservationRow } from "./rows.js";
  *
  * The scheduler (packages/scheduler) applies the same rules to its in-memory view; this UPDATE decides.
  */
+/** The capacity rule above, for `bytes` more in the pool row being updated (one rule for every change). */
+function fits(sql: Queryable, bytes: bigint, thin: boolean) {
+  return sql`
+    allocated_bytes + reserved_bytes + ${bytes}
+        <= floor(total_bytes::numeric * overcommit_ratio::numeric) - total_bytes::numeric * reserved_percent::numeric / 100
+    and (${thin} or reserved_bytes + ${bytes} <= free_bytes - total_bytes::numeric * reserved_percent::numeric / 100)
+    and (not ${thin} or used_bytes::numeric * 100 <= total_bytes::numeric * max_used_percent::numeric)`;
+}
+
 export async function reserveCapacity(
   sql: Queryable,
   r: { poolId: string; volumeId: string; bytes: bigint; ttlMs: number; thin: boolean },
 ): Promise<boolean> {
   const rows = await sql`
     update pools set reserved_bytes = reserved_bytes + ${r.bytes}, volume_count = volume_count + 1, updated_at = now()
-    where id = ${r.poolId}
-      and allocated_bytes + reserved_bytes + ${r.bytes}
-          <= floor(total_bytes::numeric * overcommit_ratio::numeric) - total_bytes::numeric * reserved_percent::numeric / 100
-      and (${r.thin} or reserved_bytes + ${r.bytes} <= free_bytes - total_bytes::numeric * reserved_percent::numeric / 100)
-      and (not ${r.thin} or used_bytes::numeric * 100 <= total_bytes::numeric * max_used_percent::numeric)
-      and (max_volumes = 0 or volume_count < max_volumes)
+    where id = ${r.poolId} and ${fits(sql, r.bytes, r.thin)} and (max_volumes = 0 or volume_count < max_volumes)
     returning id`;
   if (rows.length === 0) return false;
   await sql`insert into reservations (volume_id, pool_id, bytes, state, expires_at)
     values (${r.volumeId}, ${r.poolId}, ${r.bytes}, 'reserved', now() + make_interval(secs => ${r.ttlMs / 1000}))`;
+  return true;
+}
+
+/**
+ * Changes what a volume holds to `bytes` (a resize). Growing must fit like a new reservation; shrinking always
+ * succeeds. Returns false when the growth does not fit. Idempotent: the same size twice changes nothing.
+ */
+export async function resizeHolding(
+  sql: Queryable,
+  r: {
+    volumeId: string;
+    bytes: bigint;
+    thin: boolean /** Undo of a failed resize: the bytes were held before. */;
+    force?: boolean;
+  },
+): Promise<boolean> {
+  const [res] = await sql<
+    ReservationRow[]
+  >`select * from reservations where volume_id = ${r.volumeId} for update`;
+  if (!res || res.state === "released") return false;
+  const delta = r.bytes - res.bytes;
+  if (delta === 0n) return true;
+  const column = res.state === "reserved" ? sql`reserved_bytes` : sql`allocated_bytes`;
+  const rows =
+    delta > 0n && !r.force
+      ? await sql`update pools set ${column} = ${column} + ${delta}, updated_at = now()
+          where id = ${res.poolId} and ${fits(sql, delta, r.thin)} returning id`
+      : await sql`update pools set ${column} = ${column} + ${delta}, updated_at = now() where id = ${res.poolId} returning id`;
+  if (rows.length === 0) return false;
+  await sql`update reservations set bytes = ${r.bytes}, updated_at = now() where volume_id = ${r.volumeId}`;
   return true;
 }
 

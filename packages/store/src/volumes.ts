@@ -16,14 +16,17 @@ export interface NewVolume {
   requestId: string | null;
   operationId: string;
   antiAffinityGroup: string;
+  sourceVolumeId?: string;
+  sourceSnapshotId?: string;
 }
 
 export async function insertVolume(sql: Queryable, v: NewVolume): Promise<VolumeRow> {
   const [row] = await sql<VolumeRow[]>`
     insert into volumes (id, name, size_bytes, format, pool_id, host_id, state, numa_node, cpu_set, labels, qcow2,
-      request_id, operation_id, anti_affinity_group)
+      request_id, operation_id, anti_affinity_group, source_volume_id, source_snapshot_id)
     values (${v.id}, ${v.name}, ${v.sizeBytes}, ${v.format}, ${v.poolId}, ${v.hostId}, 'creating', ${v.numaNode},
-      ${v.cpuSet}, ${sql.json(v.labels)}, ${sql.json(v.qcow2 as never)}, ${v.requestId}, ${v.operationId}, ${v.antiAffinityGroup})
+      ${v.cpuSet}, ${sql.json(v.labels)}, ${sql.json(v.qcow2 as never)}, ${v.requestId}, ${v.operationId}, ${v.antiAffinityGroup},
+      ${v.sourceVolumeId ?? ""}, ${v.sourceSnapshotId ?? ""})
     returning *`;
   return row!;
 }

@@ -90,6 +90,8 @@ export function registerVolumeCommands(program: Command, act: Act): void {
         "stowctl volume list",
         "stowctl volume get vm1-disk0",
         "stowctl volume delete vm1-disk0 --wait",
+        "stowctl volume resize vm1-disk0 --size 20G --wait",
+        "stowctl volume clone vm1-disk0 vm2-disk0 --wait",
       ),
     );
 
@@ -177,6 +179,99 @@ ${examples(
         () => ({ conflictHint: "a group is created all or nothing: choose names that are not taken" }),
         (ctx, _args, opts) => createGroup(ctx, opts),
       ),
+    );
+
+  volume
+    .command("resize")
+    .description(
+      "Resize a volume: growing reserves the extra capacity first; shrinking loses data and needs --allow-shrink",
+    )
+    .argument("<volume>", "the volume's name or id")
+    .requiredOption("--size <size>", "the new virtual size, like 20G")
+    .option("--allow-shrink", "allow a smaller size (the data past the new end is lost)")
+    .option("--request-id <id>", "makes retries safe")
+    .option("--wait", "wait until the resize is done")
+    .option("--wait-timeout <duration>", "give up waiting after this long (exit 8)", "5m")
+    .addHelpText(
+      "after",
+      examples(
+        "stowctl volume resize vm1-disk0 --size 20G --wait",
+        "stowctl volume resize scratch --size 1G --allow-shrink",
+      ),
+    )
+    .action(
+      act(hints, async (ctx, [ref], opts) => {
+        const res = await ctx.clients.volumes.resizeVolume(
+          {
+            volume: parseName("volume", ref!),
+            newSizeBytes: parseVolumeSize(opts.size),
+            allowShrink: Boolean(opts.allowShrink),
+            requestId: parseRequestId(opts.requestId),
+          },
+          ctx.call(),
+        );
+        let v = res.volume;
+        if (opts.wait && v)
+          v = await waitForVolume(ctx, {
+            volume: v,
+            want: VolumeState.AVAILABLE,
+            verb: "resizing",
+            timeoutMs: parseWaitTimeout(opts),
+          });
+        if (ctx.json) ctx.printJson(toPlain(VolumeSchema, v!));
+        else ctx.print(volumeDetails(v!, ctx.view()));
+      }),
+    );
+
+  volume
+    .command("clone")
+    .description(
+      "Clone a volume, from its current data or one of its snapshots, into a new volume in the same pool",
+    )
+    .argument("<source>", "the source volume's name or id")
+    .argument("<name>", "the new volume's name")
+    .option(
+      "--snapshot <snapshot>",
+      "clone this snapshot of the source (name or id) instead of its current data",
+    )
+    .option("--size <size>", "a larger size for the clone (default: the source's)")
+    .option("--flatten", "copy every block now instead of sharing them with the source")
+    .option("--label <key=value>", "label the clone (repeatable)", collect)
+    .option("--request-id <id>", "makes retries safe")
+    .option("--wait", "wait until the clone is available")
+    .option("--wait-timeout <duration>", "give up waiting after this long (exit 8)", "10m")
+    .addHelpText(
+      "after",
+      examples(
+        "stowctl volume clone golden-image vm2-disk0 --snapshot v1 --wait",
+        "stowctl volume clone vm1-disk0 vm1-copy --flatten --wait",
+      ),
+    )
+    .action(
+      act(hints, async (ctx, [source, name], opts) => {
+        const res = await ctx.clients.volumes.cloneVolume(
+          {
+            sourceVolume: parseName("volume", source!),
+            name: parseName("volume name", name!),
+            sourceSnapshot: opts.snapshot ? parseName("snapshot", opts.snapshot) : "",
+            sizeBytes: opts.size ? parseVolumeSize(opts.size) : 0n,
+            flatten: Boolean(opts.flatten),
+            labels: opts.label !== undefined ? parseLabels(opts.label) : {},
+            requestId: parseRequestId(opts.requestId),
+          },
+          ctx.call(),
+        );
+        let v = res.volume;
+        if (opts.wait && v)
+          v = await waitForVolume(ctx, {
+            volume: v,
+            want: VolumeState.AVAILABLE,
+            verb: "cloning",
+            timeoutMs: parseWaitTimeout(opts),
+          });
+        if (ctx.json) ctx.printJson(toPlain(VolumeSchema, v!));
+        else ctx.print(volumeDetails(v!, ctx.view()));
+      }),
     );
 
   volume

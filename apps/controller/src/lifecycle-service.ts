@@ -1,0 +1,359 @@
+import {
+  alreadyExists,
+  failedPrecondition,
+  formatSize,
+  invalidArgument,
+  isId,
+  newId,
+  notFound,
+  resourceExhausted,
+  validateLabels,
+  validateName,
+  validateVolumeSize,
+} from "@stowage/core";
+import type {
+  CloneVolumeRequest,
+  CreateSnapshotRequest,
+  DeleteSnapshotRequest,
+  ResizeVolumeRequest,
+  RevertSnapshotRequest,
+} from "@stowage/proto";
+import {
+  clonesOfSnapshot,
+  getOperation,
+  getPool,
+  getSnapshot,
+  getVolumeByName,
+  getVolumeByRequestId,
+  insertSnapshot,
+  insertVolume,
+  type OperationRow,
+  type Queryable,
+  reserveCapacity,
+  resizeHolding,
+  type SnapshotRow,
+  updateSnapshot,
+  updateVolume,
+  type VolumeRow,
+  writeAudit,
+} from "@stowage/store";
+import type { ControllerContext } from "./context.js";
+import { formats } from "./convert.js";
+import { enqueueOperation } from "./outbox.js";
+import { isThinKind } from "./scheduling.js";
+import { validateRequestId } from "./validate.js";
+import { resolveVolume } from "./volume-service.js";
+
+async function lockVolume(tx: Queryable, ref: string): Promise<VolumeRow> {
+  const v = await resolveVolume(tx, ref);
+  const [locked] = await tx<VolumeRow[]>`select * from volumes where id = ${v.id} for update`;
+  return locked!;
+}
+
+async function thinPool(tx: Queryable, poolId: string): Promise<boolean> {
+  const p = await getPool(tx, poolId);
+  return p ? isThinKind(p.kind) : false;
+}
+
+function requireAvailable(v: VolumeRow, what: string): void {
+  if (v.state !== "available")
+    throw failedPrecondition(`volume ${v.name} is ${v.state}: ${what} needs it available`);
+}
+
+/**
+ * ResizeVolume: growing reserves the extra bytes in the ledger first (and is refused with RESOURCE_EXHAUSTED when
+ * they do not fit); shrinking loses data and needs allow_shrink. The same size again returns the volume as is.
+ */
+export async function resizeVolume(
+  ctx: ControllerContext,
+  req: ResizeVolumeRequest,
+  actor: string,
+): Promise<{ volume: VolumeRow; operation?: OperationRow }> {
+  const newSize = validateVolumeSize(req.newSizeBytes, "new_size_bytes");
+  validateRequestId(req.requestId);
+  const out = await ctx.sql.begin(async (tx) => {
+    const v = await lockVolume(tx, req.volume);
+    if (v.state === "resizing" && v.sizeBytes === newSize) {
+      const operation = v.operationId ? await getOperation(tx, v.operationId) : undefined;
+      return { volume: v, ...(operation ? { operation } : {}) };
+    }
+    requireAvailable(v, "a resize");
+    if (newSize === v.sizeBytes) return { volume: v };
+    if (newSize < v.sizeBytes && !req.allowShrink) {
+      throw failedPrecondition(
+        `shrinking ${v.name} from ${formatSize(v.sizeBytes)} to ${formatSize(newSize)} throws away the data past the new end: pass allow_shrink (stowctl: --allow-shrink) if you mean it`,
+      );
+    }
+    if (!(await resizeHolding(tx, { volumeId: v.id, bytes: newSize, thin: await thinPool(tx, v.poolId) }))) {
+      throw resourceExhausted(
+        `pool ${v.poolId} cannot take ${formatSize(newSize - v.sizeBytes)} more for ${v.name}`,
+      );
+    }
+    const operation = await enqueueOperation(tx, {
+      kind: "resize_volume",
+      volume: v,
+      payload: {
+        case: "resizeVolume",
+        value: { volumeId: v.id, newSizeBytes: newSize, allowShrink: req.allowShrink },
+      },
+      actor,
+    });
+    // The volume row keeps its size until the agent confirms; the ledger already holds the new one.
+    const volume = await updateVolume(tx, v.id, { state: "resizing", operationId: operation.id });
+    await writeAudit(tx, {
+      actor,
+      action: "ResizeVolume",
+      target: v.id,
+      request: { newSize, allowShrink: req.allowShrink },
+      outcome: "ok",
+    });
+    return { volume, operation };
+  });
+  ctx.kickRelay();
+  ctx.notifyChange();
+  return out;
+}
+
+export async function resolveSnapshot(sql: Queryable, volume: VolumeRow, ref: string): Promise<SnapshotRow> {
+  if (ref === "") throw invalidArgument("snapshot is required: give its id or name", { field: "snapshot" });
+  const s = isId(ref, "snap")
+    ? await getSnapshot(sql, volume.id, { id: ref })
+    : await getSnapshot(sql, volume.id, { name: validateName("snapshot", ref) });
+  if (!s)
+    throw notFound(
+      `snapshot ${ref} of volume ${volume.name} not found: list them with \`stowctl snapshot list ${volume.name}\``,
+    );
+  return s;
+}
+
+/** CreateSnapshot: idempotent by (volume, name). */
+export async function createSnapshot(
+  ctx: ControllerContext,
+  req: CreateSnapshotRequest,
+  actor: string,
+): Promise<{ snapshot: SnapshotRow; operation?: OperationRow }> {
+  const name = validateName("snapshot name", req.name);
+  validateRequestId(req.requestId);
+  const out = await ctx.sql.begin(async (tx) => {
+    const v = await lockVolume(tx, req.volume);
+    const existing = await getSnapshot(tx, v.id, { name });
+    if (existing) {
+      const operation = existing.operationId ? await getOperation(tx, existing.operationId) : undefined;
+      return { snapshot: existing, ...(operation ? { operation } : {}) };
+    }
+    requireAvailable(v, "a snapshot");
+    const snapshotId = newId("snap");
+    const operation = await enqueueOperation(tx, {
+      kind: "create_snapshot",
+      volume: v,
+      snapshotId,
+      payload: { case: "createSnapshot", value: { volumeId: v.id, snapshotId } },
+      actor,
+    });
+    const snapshot = await insertSnapshot(tx, {
+      id: snapshotId,
+      name,
+      volumeId: v.id,
+      sizeBytes: v.sizeBytes,
+      operationId: operation.id,
+    });
+    await writeAudit(tx, {
+      actor,
+      action: "CreateSnapshot",
+      target: snapshotId,
+      request: { volume: v.id, name },
+      outcome: "ok",
+    });
+    return { snapshot, operation };
+  });
+  ctx.kickRelay();
+  ctx.notifyChange();
+  return out;
+}
+
+/** DeleteSnapshot: refused while clones depend on it; repeating it returns the deletion in flight. */
+export async function deleteSnapshot(
+  ctx: ControllerContext,
+  req: DeleteSnapshotRequest,
+  actor: string,
+): Promise<{ snapshot: SnapshotRow; operation?: OperationRow }> {
+  validateRequestId(req.requestId);
+  const out = await ctx.sql.begin(async (tx) => {
+    const v = await lockVolume(tx, req.volume);
+    const s = await resolveSnapshot(tx, v, req.snapshot);
+    if (s.state === "deleting" || s.state === "deleted") {
+      const operation = s.operationId ? await getOperation(tx, s.operationId) : undefined;
+      return { snapshot: s, ...(operation ? { operation } : {}) };
+    }
+    const clones = await clonesOfSnapshot(tx, s.id);
+    if (clones.length) {
+      throw failedPrecondition(
+        `snapshot ${s.name} has clones (${clones.map((c) => c.name).join(", ")}): delete or flatten them first`,
+      );
+    }
+    const operation = await enqueueOperation(tx, {
+      kind: "delete_snapshot",
+      volume: v,
+      snapshotId: s.id,
+      payload: { case: "deleteSnapshot", value: { volumeId: v.id, snapshotId: s.id } },
+      actor,
+    });
+    const snapshot = await updateSnapshot(tx, s.id, { state: "deleting", operationId: operation.id });
+    await writeAudit(tx, {
+      actor,
+      action: "DeleteSnapshot",
+      target: s.id,
+      request: { volume: v.id },
+      outcome: "ok",
+    });
+    return { snapshot, operation };
+  });
+  ctx.kickRelay();
+  ctx.notifyChange();
+  return out;
+}
+
+/** RevertSnapshot: rolls the volume back; the volume is `resizing` (busy) until the agent confirms. */
+export async function revertSnapshot(
+  ctx: ControllerContext,
+  req: RevertSnapshotRequest,
+  actor: string,
+): Promise<{ snapshot: SnapshotRow; operation?: OperationRow }> {
+  validateRequestId(req.requestId);
+  const out = await ctx.sql.begin(async (tx) => {
+    const v = await lockVolume(tx, req.volume);
+    const s = await resolveSnapshot(tx, v, req.snapshot);
+    if (s.state !== "available")
+      throw failedPrecondition(
+        `snapshot ${s.name} is ${s.state}: only an available snapshot can be reverted to`,
+      );
+    if (v.state === "resizing" && v.operationId) {
+      const inFlight = await getOperation(tx, v.operationId);
+      if (inFlight?.kind === "revert_snapshot" && inFlight.snapshotId === s.id)
+        return { snapshot: s, operation: inFlight };
+    }
+    requireAvailable(v, "a revert");
+    if (
+      s.sizeBytes !== v.sizeBytes &&
+      !(await resizeHolding(tx, { volumeId: v.id, bytes: s.sizeBytes, thin: await thinPool(tx, v.poolId) }))
+    ) {
+      throw resourceExhausted(`pool ${v.poolId} cannot take the snapshot's size back`);
+    }
+    const operation = await enqueueOperation(tx, {
+      kind: "revert_snapshot",
+      volume: v,
+      snapshotId: s.id,
+      payload: { case: "revertSnapshot", value: { volumeId: v.id, snapshotId: s.id } },
+      actor,
+    });
+    await updateVolume(tx, v.id, { state: "resizing", operationId: operation.id });
+    await writeAudit(tx, {
+      actor,
+      action: "RevertSnapshot",
+      target: s.id,
+      request: { volume: v.id },
+      outcome: "ok",
+    });
+    return { snapshot: s, operation };
+  });
+  ctx.kickRelay();
+  ctx.notifyChange();
+  return out;
+}
+
+/**
+ * CloneVolume: a new volume from a source volume's data or one of its snapshots, in the source's pool (clones
+ * share blocks with their source: qcow2 backing files, LVM thin snapshots, RBD clones). Idempotent by name and
+ * request id.
+ */
+export async function cloneVolume(
+  ctx: ControllerContext,
+  req: CloneVolumeRequest,
+  actor: string,
+): Promise<{ volume: VolumeRow; operation?: OperationRow }> {
+  const name = validateName("volume name", req.name);
+  const labels = validateLabels(req.labels);
+  const requestId = validateRequestId(req.requestId);
+  const out = await ctx.sql.begin(async (tx) => {
+    const already =
+      (requestId ? await getVolumeByRequestId(tx, requestId) : undefined) ??
+      (await getVolumeByName(tx, name));
+    if (already) {
+      if (already.name !== name || !already.sourceVolumeId)
+        throw alreadyExists(`volume ${already.name} already exists: choose another name`);
+      const operation = already.operationId ? await getOperation(tx, already.operationId) : undefined;
+      return { volume: already, ...(operation ? { operation } : {}) };
+    }
+    const source = await lockVolume(tx, req.sourceVolume);
+    requireAvailable(source, "a clone");
+    const snapshot = req.sourceSnapshot ? await resolveSnapshot(tx, source, req.sourceSnapshot) : undefined;
+    if (snapshot && snapshot.state !== "available")
+      throw failedPrecondition(`snapshot ${snapshot.name} is ${snapshot.state}`);
+    const base = snapshot?.sizeBytes ?? source.sizeBytes;
+    const size = req.sizeBytes === 0n ? base : validateVolumeSize(req.sizeBytes, "size_bytes");
+    if (size < base)
+      throw invalidArgument(`a clone cannot be smaller than its source (${formatSize(base)})`, {
+        field: "size_bytes",
+      });
+    const volumeId = newId("vol");
+    const operationId = newId("op");
+    const volume = await insertVolume(tx, {
+      id: volumeId,
+      name,
+      sizeBytes: size,
+      format: source.format,
+      poolId: source.poolId,
+      hostId: source.hostId,
+      numaNode: source.numaNode,
+      cpuSet: source.cpuSet,
+      labels,
+      qcow2: source.qcow2,
+      requestId,
+      operationId,
+      antiAffinityGroup: "",
+      sourceVolumeId: source.id,
+      sourceSnapshotId: snapshot?.id ?? "",
+    });
+    if (
+      !(await reserveCapacity(tx, {
+        poolId: source.poolId,
+        volumeId,
+        bytes: size,
+        ttlMs: ctx.config.reservationTtlMs,
+        thin: await thinPool(tx, source.poolId),
+      }))
+    ) {
+      throw resourceExhausted(
+        `pool ${source.poolId} cannot take a ${formatSize(size)} clone of ${source.name}`,
+      );
+    }
+    const operation = await enqueueOperation(tx, {
+      kind: "clone_volume",
+      volume,
+      operationId,
+      payload: {
+        case: "cloneVolume",
+        value: {
+          volumeId,
+          sourceVolumeId: source.id,
+          sourceSnapshotId: snapshot?.id ?? "",
+          sizeBytes: size,
+          format: formats.wire(source.format),
+          flatten: req.flatten,
+        },
+      },
+      actor,
+    });
+    await writeAudit(tx, {
+      actor,
+      action: "CloneVolume",
+      target: volumeId,
+      request: { name, source: source.id, snapshot: snapshot?.id, size, flatten: req.flatten },
+      outcome: "ok",
+    });
+    return { volume, operation };
+  });
+  ctx.kickRelay();
+  ctx.notifyChange();
+  return out;
+}

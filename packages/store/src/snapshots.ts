@@ -1,0 +1,93 @@
+import type { Queryable } from "./db.js";
+import type { ErrorRecord } from "./rows.js";
+
+export type SnapshotState = "creating" | "available" | "deleting" | "deleted" | "error";
+
+export interface SnapshotRow {
+  id: string;
+  name: string;
+  volumeId: string;
+  state: SnapshotState;
+  sizeBytes: bigint;
+  operationId: string | null;
+  error: ErrorRecord | null;
+  createdAt: Date;
+  updatedAt: Date;
+  deletedAt: Date | null;
+}
+
+export async function insertSnapshot(
+  sql: Queryable,
+  s: { id: string; name: string; volumeId: string; sizeBytes: bigint; operationId: string },
+): Promise<SnapshotRow> {
+  const [row] = await sql<SnapshotRow[]>`
+    insert into snapshots (id, name, volume_id, state, size_bytes, operation_id)
+    values (${s.id}, ${s.name}, ${s.volumeId}, 'creating', ${s.sizeBytes}, ${s.operationId}) returning *`;
+  return row!;
+}
+
+export async function getSnapshot(
+  sql: Queryable,
+  volumeId: string,
+  ref: { id?: string; name?: string },
+  forUpdate = false,
+): Promise<SnapshotRow | undefined> {
+  const lock = forUpdate ? sql`for update` : sql``;
+  const [row] = ref.id
+    ? await sql<
+        SnapshotRow[]
+      >`select * from snapshots where volume_id = ${volumeId} and id = ${ref.id} ${lock}`
+    : await sql<
+        SnapshotRow[]
+      >`select * from snapshots where volume_id = ${volumeId} and name = ${ref.name ?? ""} and state <> 'deleted' ${lock}`;
+  return row;
+}
+
+export async function getSnapshotById(sql: Queryable, id: string): Promise<SnapshotRow | undefined> {
+  const [row] = await sql<SnapshotRow[]>`select * from snapshots where id = ${id}`;
+  return row;
+}
+
+export async function listSnapshots(
+  sql: Queryable,
+  volumeId: string,
+  f: { after?: string; limit: number },
+): Promise<SnapshotRow[]> {
+  return sql<
+    SnapshotRow[]
+  >`select * from snapshots where volume_id = ${volumeId} and state <> 'deleted' and id > ${f.after ?? ""}
+    order by id limit ${f.limit}`;
+}
+
+export async function updateSnapshot(
+  sql: Queryable,
+  id: string,
+  u: { state?: SnapshotState; error?: ErrorRecord | null; operationId?: string },
+): Promise<SnapshotRow> {
+  const [row] = await sql<SnapshotRow[]>`
+    update snapshots set
+      state = coalesce(${u.state ?? null}, state),
+      error = case when ${u.error !== undefined} then ${u.error ? sql.json(u.error as never) : null}::jsonb else error end,
+      operation_id = coalesce(${u.operationId ?? null}, operation_id),
+      deleted_at = case when ${u.state ?? null} = 'deleted' then now() else deleted_at end,
+      updated_at = clock_timestamp()
+    where id = ${id} returning *`;
+  return row!;
+}
+
+/** Live volumes cloned from a snapshot: while there are any, the snapshot cannot be deleted. */
+export async function clonesOfSnapshot(
+  sql: Queryable,
+  snapshotId: string,
+): Promise<{ id: string; name: string }[]> {
+  return sql<
+    { id: string; name: string }[]
+  >`select id, name from volumes where source_snapshot_id = ${snapshotId} and state <> 'deleted'`;
+}
+
+export async function liveSnapshotCount(sql: Queryable, volumeId: string): Promise<number> {
+  const [row] = await sql<
+    { n: number }[]
+  >`select count(*)::int as n from snapshots where volume_id = ${volumeId} and state <> 'deleted'`;
+  return row?.n ?? 0;
+}
