@@ -6,9 +6,16 @@ import {
   parseQemuImgCheck,
   parseQemuImgInfo,
   parseQemuImgInfoChain,
+  parseQemuImgMap,
+  qemuImgConvertArgv,
   qemuImgCreateArgv,
+  qemuImgCreateOverlayArgv,
+  qemuImgFlattenArgv,
   qemuImgInfoArgv,
+  qemuImgInfoChainArgv,
+  qemuImgMapArgv,
   qemuImgResizeArgv,
+  qemuImgSnapshotArgv,
 } from "./qemu-img.js";
 import { ToolOutputError } from "./runner.js";
 
@@ -20,6 +27,8 @@ import { ToolOutputError } from "./runner.js";
  *   qemu-img create -q -f qcow2 base.qcow2 32M; qemu-img create -q -f qcow2 -b …/base.qcow2 -F qcow2 ov.qcow2 64M
  *   qemu-img snapshot -c snap1 ov.qcow2
  * then `qemu-img info --output=json -f FMT PATH` (and `--backing-chain`, and `check --output=json`).
+ * map-raw-sparse.json: `truncate -s 16M m.raw`, 1 MiB of random data written at 4 MiB, then
+ *   `qemu-img map --output=json -U -f raw -- m.raw`.
  */
 const golden = (name: string) => readFileSync(join(import.meta.dirname, "testdata", name), "utf8");
 
@@ -234,5 +243,159 @@ describe("qemu-img argv builders", () => {
       "2048",
     ]);
     expect(qemuImgResizeArgv("/p/v.raw", "raw", 2048n, { shrink: true })).toContain("--shrink");
+  });
+});
+
+describe("parseQemuImgMap (golden)", () => {
+  it("reads the data extents and holes of a sparse file", () => {
+    const MiB = 1024n * 1024n;
+    expect(parseQemuImgMap(golden("map-raw-sparse.json"))).toEqual([
+      { start: 0n, length: 4n * MiB, data: false, zero: true },
+      { start: 4n * MiB, length: MiB, data: true, zero: false },
+      { start: 5n * MiB, length: 11n * MiB, data: false, zero: true },
+    ]);
+  });
+
+  it("refuses output of another shape", () => {
+    expect(() => parseQemuImgMap('[{"start": 0}]')).toThrow(ToolOutputError);
+    expect(() => parseQemuImgMap("{}")).toThrow(ToolOutputError);
+  });
+});
+
+describe("qemu-img argv builders: snapshots, clones, flatten", () => {
+  const snap = "snap-0123456789abcdef0123456789abcdef";
+
+  it("builds snapshot create/apply/delete with the format pinned through --image-opts", () => {
+    expect(qemuImgSnapshotArgv("/pool/v.qcow2", "create", snap)).toEqual([
+      "snapshot",
+      "-q",
+      "--image-opts",
+      "-c",
+      snap,
+      "--",
+      "driver=qcow2,file.driver=file,file.filename=/pool/v.qcow2",
+    ]);
+    expect(qemuImgSnapshotArgv("/pool/v.qcow2", "apply", snap)[3]).toBe("-a");
+    expect(qemuImgSnapshotArgv("/pool/v.qcow2", "delete", snap)[3]).toBe("-d");
+    // A comma would start a new option: qemu's escape is a doubled comma.
+    expect(qemuImgSnapshotArgv("/a,b/v.qcow2", "create", snap).at(-1)).toBe(
+      "driver=qcow2,file.driver=file,file.filename=/a,,b/v.qcow2",
+    );
+  });
+
+  it("refuses snapshot tags that are not ids, and relative paths", () => {
+    for (const tag of ["1", "", "-c", "a b", "snap-x,driver=raw", "../x"]) {
+      expect(() => qemuImgSnapshotArgv("/pool/v.qcow2", "create", tag)).toThrow(/snapshot tag/);
+    }
+    expect(() => qemuImgSnapshotArgv("v.qcow2", "create", snap)).toThrow(/must be absolute/);
+  });
+
+  it("builds an overlay create with an absolute backing file and its format", () => {
+    expect(
+      qemuImgCreateOverlayArgv(
+        "/pool/c.qcow2",
+        { path: "/pool/.stowage/base.qcow2", format: "qcow2" },
+        1048576n,
+        {
+          clusterSize: 65536,
+        },
+      ),
+    ).toEqual([
+      "create",
+      "-q",
+      "-f",
+      "qcow2",
+      "-b",
+      "/pool/.stowage/base.qcow2",
+      "-F",
+      "qcow2",
+      "-o",
+      "cluster_size=65536",
+      "--",
+      "/pool/c.qcow2",
+      "1048576",
+    ]);
+    expect(() =>
+      qemuImgCreateOverlayArgv("/pool/c.qcow2", { path: "base.qcow2", format: "qcow2" }, 1048576n),
+    ).toThrow(/must be absolute/);
+  });
+
+  it("builds convert: flat, from a snapshot, and incremental over a backing file", () => {
+    expect(
+      qemuImgConvertArgv("/p/a.raw", "/p/b.qcow2", { sourceFormat: "raw", targetFormat: "qcow2" }),
+    ).toEqual(["convert", "-q", "-f", "raw", "-O", "qcow2", "--", "/p/a.raw", "/p/b.qcow2"]);
+    expect(
+      qemuImgConvertArgv("/p/a.qcow2", "/p/base.qcow2", {
+        sourceFormat: "qcow2",
+        targetFormat: "qcow2",
+        snapshotTag: snap,
+        backing: { path: "/p/base0.qcow2", format: "qcow2" },
+        qcow2: { compressionType: "zstd" },
+      }),
+    ).toEqual([
+      "convert",
+      "-q",
+      "-f",
+      "qcow2",
+      "-O",
+      "qcow2",
+      "-l",
+      `snapshot.name=${snap}`,
+      "-B",
+      "/p/base0.qcow2",
+      "-F",
+      "qcow2",
+      "-o",
+      "compression_type=zstd",
+      "--",
+      "/p/a.qcow2",
+      "/p/base.qcow2",
+    ]);
+    expect(() =>
+      qemuImgConvertArgv("/p/a.qcow2", "/p/b.raw", {
+        sourceFormat: "qcow2",
+        targetFormat: "raw",
+        backing: { path: "/p/base0.qcow2", format: "qcow2" },
+      }),
+    ).toThrow(/only a qcow2 target/);
+    expect(() =>
+      qemuImgConvertArgv("/p/a.qcow2", "/p/b.raw", {
+        sourceFormat: "qcow2",
+        targetFormat: "raw",
+        snapshotTag: "1",
+      }),
+    ).toThrow(/snapshot tag/);
+  });
+
+  it("builds flatten (safe rebase onto nothing), chain info and map", () => {
+    expect(qemuImgFlattenArgv("/p/c.qcow2")).toEqual([
+      "rebase",
+      "-q",
+      "-f",
+      "qcow2",
+      "-b",
+      "",
+      "--",
+      "/p/c.qcow2",
+    ]);
+    expect(qemuImgInfoChainArgv("/p/c.qcow2", "qcow2")).toEqual([
+      "info",
+      "--backing-chain",
+      "--output=json",
+      "-U",
+      "-f",
+      "qcow2",
+      "--",
+      "/p/c.qcow2",
+    ]);
+    expect(qemuImgMapArgv("/p/c.qcow2", "raw")).toEqual([
+      "map",
+      "--output=json",
+      "-U",
+      "-f",
+      "raw",
+      "--",
+      "/p/c.qcow2",
+    ]);
   });
 });

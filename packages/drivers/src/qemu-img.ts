@@ -336,3 +336,163 @@ export function qemuImgResizeArgv(
   validateVolumeSize(newSizeBytes, "new size");
   return ["resize", "-q", "-f", format, ...(opts.shrink ? ["--shrink"] : []), "--", path, `${newSizeBytes}`];
 }
+
+/** Absolute path and format of a backing file. */
+export interface BackingFile {
+  path: string;
+  format: VolumeFormat;
+}
+
+/**
+ * argv for `qemu-img create -b BACKING -F FMT`: a qcow2 overlay whose unwritten clusters read through to
+ * `backing`. The backing path is stored in the overlay as given, so it must be absolute (a relative one is
+ * resolved against the overlay's directory, which breaks when either moves).
+ */
+export function qemuImgCreateOverlayArgv(
+  path: string,
+  backing: BackingFile,
+  sizeBytes: bigint,
+  opts: Qcow2Options = {},
+): string[] {
+  assertAbsolutePath(path);
+  assertAbsolutePath(backing.path);
+  validateVolumeSize(sizeBytes);
+  const o = createOptions("qcow2", opts);
+  return [
+    "create",
+    "-q",
+    "-f",
+    "qcow2",
+    "-b",
+    backing.path,
+    "-F",
+    backing.format,
+    ...(o.length > 0 ? ["-o", o.join(",")] : []),
+    "--",
+    path,
+    `${sizeBytes}`,
+  ];
+}
+
+/** Internal snapshot tags are ids we issue; anything else could be read by qemu as a numeric snapshot id. */
+const SNAPSHOT_TAG = /^[a-z][a-z0-9-]{0,62}$/;
+
+function assertSnapshotTag(tag: string): void {
+  if (!SNAPSHOT_TAG.test(tag)) {
+    throw invalidArgument(`snapshot tag ${JSON.stringify(tag)} is not valid: expected a lower-case id`);
+  }
+}
+
+/**
+ * `--image-opts` for a local qcow2 file. `qemu-img snapshot` has no `-f`: without this it would probe the
+ * format from the file's header. Commas are doubled, qemu's escape inside an option string.
+ */
+function qcow2ImageOpts(path: string): string {
+  assertAbsolutePath(path);
+  return `driver=qcow2,file.driver=file,file.filename=${path.replaceAll(",", ",,")}`;
+}
+
+export type QemuImgSnapshotAction = "create" | "apply" | "delete";
+const SNAPSHOT_FLAG: Record<QemuImgSnapshotAction, string> = { create: "-c", apply: "-a", delete: "-d" };
+
+/**
+ * argv for `qemu-img snapshot -c/-a/-d TAG` on a qcow2 file (internal snapshots). Listing goes through
+ * `qemu-img info --output=json` instead, whose JSON we already parse.
+ */
+export function qemuImgSnapshotArgv(path: string, action: QemuImgSnapshotAction, tag: string): string[] {
+  assertSnapshotTag(tag);
+  return ["snapshot", "-q", "--image-opts", SNAPSHOT_FLAG[action], tag, "--", qcow2ImageOpts(path)];
+}
+
+export interface QemuImgConvertOptions {
+  sourceFormat: VolumeFormat;
+  targetFormat: VolumeFormat;
+  /** Read this internal snapshot of the source instead of its current data (`-l snapshot.name=`). */
+  snapshotTag?: string;
+  /**
+   * Write only what differs from this backing file, which must hold what the source's own backing holds
+   * (`-B`); absent: the output is flat, the whole backing chain copied into it.
+   */
+  backing?: BackingFile;
+  /** Creation options of the target (qcow2 cluster size, compression type...). */
+  qcow2?: Qcow2Options;
+}
+
+/** argv for `qemu-img convert`: a copy of `src` (or one of its snapshots) into a new file `dst`. */
+export function qemuImgConvertArgv(src: string, dst: string, opts: QemuImgConvertOptions): string[] {
+  assertAbsolutePath(src);
+  assertAbsolutePath(dst);
+  if (opts.snapshotTag !== undefined) assertSnapshotTag(opts.snapshotTag);
+  if (opts.backing) {
+    assertAbsolutePath(opts.backing.path);
+    if (opts.targetFormat !== "qcow2") throw invalidArgument("only a qcow2 target can have a backing file");
+  }
+  const o = createOptions(opts.targetFormat, opts.qcow2 ?? {});
+  return [
+    "convert",
+    "-q",
+    "-f",
+    opts.sourceFormat,
+    "-O",
+    opts.targetFormat,
+    ...(opts.snapshotTag !== undefined ? ["-l", `snapshot.name=${opts.snapshotTag}`] : []),
+    ...(opts.backing ? ["-B", opts.backing.path, "-F", opts.backing.format] : []),
+    ...(o.length > 0 ? ["-o", o.join(",")] : []),
+    "--",
+    src,
+    dst,
+  ];
+}
+
+/**
+ * argv for `qemu-img rebase -b ""` in safe mode: copies every cluster the image reads from its backing chain
+ * into the image itself, then drops the backing file. (Only the active layer: internal snapshots of the image
+ * keep reading through to the old backing file, so callers must not flatten an image that has any.)
+ */
+export function qemuImgFlattenArgv(path: string): string[] {
+  assertAbsolutePath(path);
+  return ["rebase", "-q", "-f", "qcow2", "-b", "", "--", path];
+}
+
+/** argv for `qemu-img info --backing-chain --output=json`: the image, then each backing layer. */
+export function qemuImgInfoChainArgv(path: string, format: VolumeFormat): string[] {
+  assertAbsolutePath(path);
+  return ["info", "--backing-chain", "--output=json", "-U", "-f", format, "--", path];
+}
+
+const mapEntrySchema = z.looseObject({
+  start: size,
+  length: size,
+  depth: z.number().int().nonnegative().optional(),
+  present: z.boolean().optional(),
+  zero: z.boolean(),
+  data: z.boolean(),
+  offset: size.optional(),
+});
+
+export interface QemuImgMapExtent {
+  start: bigint;
+  length: bigint;
+  /** Holds data (false: a hole or known zeros). */
+  data: boolean;
+  zero: boolean;
+}
+
+/**
+ * argv for `qemu-img map --output=json`. With format raw on any file it maps the file itself: which byte
+ * ranges the filesystem holds data for, and which are holes.
+ */
+export function qemuImgMapArgv(path: string, format: VolumeFormat): string[] {
+  assertAbsolutePath(path);
+  return ["map", "--output=json", "-U", "-f", format, "--", path];
+}
+
+/** Parses `qemu-img map --output=json`. */
+export function parseQemuImgMap(text: string, argv: readonly string[] = ["map"]): QemuImgMapExtent[] {
+  return parseJsonOutput("qemu-img", argv, text, z.array(mapEntrySchema)).map((e) => ({
+    start: BigInt(e.start),
+    length: BigInt(e.length),
+    data: e.data,
+    zero: e.zero,
+  }));
+}

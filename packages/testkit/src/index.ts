@@ -12,8 +12,11 @@
  * - STOWAGE_TEST_KEEP_TMP=1: keep temp directories for inspection.
  * - STOWAGE_TESTKIT_NO_REAPER=1: no watchdog process (exit handlers still clean up).
  */
+export * from "./ceph.js";
 export * from "./cleanup.js";
 export * from "./fake-sysfs.js";
+export * from "./kernel-vm.js";
+export * from "./lvm.js";
 export * from "./nats.js";
 export * from "./ports.js";
 export * from "./postgres.js";

@@ -1,0 +1,41 @@
+import { createLoopVg, inKernelVm, KERNEL_VM_SKIP_REASON } from "@stowage/testkit";
+import { createLvmDriver, LVM_NO_UDEV_CONFIG, lvmToolEnv } from "../lvm-driver.js";
+import { createToolRunner } from "../runner.js";
+import { defineConformanceSuite } from "./suite.js";
+
+// Thin LVs in a thin pool on a loop-device VG with real device-mapper: only in the kernel VM
+// (scripts/vm-test.sh). Thin snapshots, merge to revert, clones are thin snapshots (independent, so flatten
+// is a no-op), wipes unmap the blocks.
+
+defineConformanceSuite({
+  kind: "lvmthin",
+  formats: ["raw"],
+  capabilities: {
+    snapshots: true,
+    clones: true,
+    revert: true,
+    flatten: true,
+    shrink: true,
+    wipe: ["none", "zero", "discard"],
+  },
+  ...(inKernelVm() ? {} : { skipReason: KERNEL_VM_SKIP_REASON }),
+  setup: async () => {
+    const vg = await createLoopVg({
+      activation: true,
+      sizeBytes: 2n * 1024n ** 3n,
+      thinPool: { name: "pool0", sizeBytes: 1024n ** 3n },
+    });
+    const driver = createLvmDriver({
+      poolName: "conformance-lvmthin",
+      vg: vg.vg,
+      thinPool: "pool0",
+      runner: createToolRunner({ env: lvmToolEnv({ lvmSystemDir: vg.lvmSystemDir }) }),
+      lvmConfig: LVM_NO_UDEV_CONFIG,
+    });
+    return {
+      driver,
+      qemuIoArgs: (a) => ["-f", "raw", a.path],
+      teardown: () => vg.teardown(),
+    };
+  },
+});

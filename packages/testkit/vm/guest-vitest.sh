@@ -1,0 +1,14 @@
+#!/bin/bash
+# Runs in the kernel VM (scripts/vm-test.sh): loads the modules the LVM tests need (the guest has no udev and no
+# module autoloading), then `vitest run` over the given test files from the repository (seen read-only through
+# 9p, under a RAM overlay, so vitest's caches and the tests' temp files land in guest memory), with a JSON
+# report in the share dir. Exit code: vitest's.
+set -u
+for m in dm-mod dm-thin-pool dm-snapshot dm-bufio loop; do
+  modprobe "$m" || echo "guest-vitest: modprobe $m failed"
+done
+export STOWAGE_IN_KERNEL_VM=1 TMPDIR=/tmp
+echo "guest-vitest: $(nproc) CPUs, $(awk '/MemTotal/{print int($2/1024)}' /proc/meminfo) MiB, node $(node --version)"
+# verbose: the default reporter, plus a line per test as it finishes (a VM run is long; this is its progress).
+exec node node_modules/.bin/vitest run --reporter=verbose --reporter=json \
+  --outputFile="${STOWAGE_VM_REPORT:-/share/report.json}" "$@"
