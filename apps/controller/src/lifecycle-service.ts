@@ -39,7 +39,7 @@ import {
 } from "@stowage/store";
 import type { ControllerContext } from "./context.js";
 import { formats } from "./convert.js";
-import { enqueueOperation } from "./outbox.js";
+import { enqueueOperation, mutate } from "./outbox.js";
 import { isThinKind } from "./scheduling.js";
 import { validateRequestId } from "./validate.js";
 import { resolveVolume } from "./volume-service.js";
@@ -71,7 +71,7 @@ export async function resizeVolume(
 ): Promise<{ volume: VolumeRow; operation?: OperationRow }> {
   const newSize = validateVolumeSize(req.newSizeBytes, "new_size_bytes");
   validateRequestId(req.requestId);
-  const out = await ctx.sql.begin(async (tx) => {
+  return mutate(ctx, async (tx) => {
     const v = await lockVolume(tx, req.volume);
     if (v.state === "resizing" && v.sizeBytes === newSize) {
       const operation = v.operationId ? await getOperation(tx, v.operationId) : undefined;
@@ -109,9 +109,6 @@ export async function resizeVolume(
     });
     return { volume, operation };
   });
-  ctx.kickRelay();
-  ctx.notifyChange();
-  return out;
 }
 
 export async function resolveSnapshot(sql: Queryable, volume: VolumeRow, ref: string): Promise<SnapshotRow> {
@@ -134,7 +131,7 @@ export async function createSnapshot(
 ): Promise<{ snapshot: SnapshotRow; operation?: OperationRow }> {
   const name = validateName("snapshot name", req.name);
   validateRequestId(req.requestId);
-  const out = await ctx.sql.begin(async (tx) => {
+  return mutate(ctx, async (tx) => {
     const v = await lockVolume(tx, req.volume);
     const existing = await getSnapshot(tx, v.id, { name });
     if (existing) {
@@ -166,9 +163,6 @@ export async function createSnapshot(
     });
     return { snapshot, operation };
   });
-  ctx.kickRelay();
-  ctx.notifyChange();
-  return out;
 }
 
 /** DeleteSnapshot: refused while clones depend on it; repeating it returns the deletion in flight. */
@@ -178,7 +172,7 @@ export async function deleteSnapshot(
   actor: string,
 ): Promise<{ snapshot: SnapshotRow; operation?: OperationRow }> {
   validateRequestId(req.requestId);
-  const out = await ctx.sql.begin(async (tx) => {
+  return mutate(ctx, async (tx) => {
     const v = await lockVolume(tx, req.volume);
     const s = await resolveSnapshot(tx, v, req.snapshot);
     if (s.state === "deleting" || s.state === "deleted") {
@@ -208,9 +202,6 @@ export async function deleteSnapshot(
     });
     return { snapshot, operation };
   });
-  ctx.kickRelay();
-  ctx.notifyChange();
-  return out;
 }
 
 /** RevertSnapshot: rolls the volume back; the volume is `resizing` (busy) until the agent confirms. */
@@ -220,7 +211,7 @@ export async function revertSnapshot(
   actor: string,
 ): Promise<{ snapshot: SnapshotRow; operation?: OperationRow }> {
   validateRequestId(req.requestId);
-  const out = await ctx.sql.begin(async (tx) => {
+  return mutate(ctx, async (tx) => {
     const v = await lockVolume(tx, req.volume);
     const s = await resolveSnapshot(tx, v, req.snapshot);
     if (s.state !== "available")
@@ -256,9 +247,6 @@ export async function revertSnapshot(
     });
     return { snapshot: s, operation };
   });
-  ctx.kickRelay();
-  ctx.notifyChange();
-  return out;
 }
 
 /**
@@ -274,7 +262,7 @@ export async function cloneVolume(
   const name = validateName("volume name", req.name);
   const labels = validateLabels(req.labels);
   const requestId = validateRequestId(req.requestId);
-  const out = await ctx.sql.begin(async (tx) => {
+  return mutate(ctx, async (tx) => {
     const already =
       (requestId ? await getVolumeByRequestId(tx, requestId) : undefined) ??
       (await getVolumeByName(tx, name));
@@ -353,7 +341,4 @@ export async function cloneVolume(
     });
     return { volume, operation };
   });
-  ctx.kickRelay();
-  ctx.notifyChange();
-  return out;
 }

@@ -37,7 +37,7 @@ import {
 } from "@stowage/store";
 import type { ControllerContext } from "./context.js";
 import { formats, qcow2FromWire, qcow2ToWire } from "./convert.js";
-import { enqueueOperation } from "./outbox.js";
+import { enqueueOperation, mutate } from "./outbox.js";
 import { checkConstraintTargets, decide, decideGroup, isThinKind } from "./scheduling.js";
 import {
   constraintsFromWire,
@@ -367,7 +367,7 @@ export async function deleteVolume(
 ): Promise<{ volume: VolumeRow; operation?: OperationRow }> {
   const ref = validateVolumeRef(req.volume);
   validateRequestId(req.requestId);
-  const out = await ctx.sql.begin(async (tx) => {
+  return mutate(ctx, async (tx) => {
     const found = ref.id ? await getVolumeById(tx, ref.id, true) : await getVolumeByName(tx, ref.name!);
     if (!found)
       throw notFound(`volume ${req.volume} not found: list volumes with \`stowctl volume list\``, {
@@ -405,9 +405,6 @@ export async function deleteVolume(
     });
     return { volume, operation };
   });
-  ctx.kickRelay();
-  ctx.notifyChange();
-  return out;
 }
 
 async function audit(

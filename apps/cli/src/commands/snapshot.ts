@@ -119,7 +119,8 @@ export function registerSnapshotCommands(program: Command, act: Act): void {
       .command("create")
       .description("Take a snapshot of a volume; the same name again returns the existing snapshot")
       .argument("<volume>", "the volume's name or id")
-      .argument("<name>", "the snapshot's name, unique per volume"),
+      .argument("<name>", "the snapshot's name, unique per volume")
+      .addHelpText("after", examples("stowctl snapshot create vm1-disk0 before-upgrade --wait")),
   ).action(
     act(hints, async (ctx, [vol, name], opts) => {
       const volume = parseName("volume", vol!);
@@ -146,6 +147,10 @@ export function registerSnapshotCommands(program: Command, act: Act): void {
     .command("list")
     .description("List a volume's snapshots")
     .argument("<volume>", "the volume's name or id")
+    .addHelpText(
+      "after",
+      examples("stowctl snapshot list vm1-disk0", "stowctl snapshot list vm1-disk0 -o json"),
+    )
     .action(
       act(hints, async (ctx, [vol]) => {
         const volume = parseName("volume", vol!);
@@ -169,6 +174,7 @@ export function registerSnapshotCommands(program: Command, act: Act): void {
     .description("Show one snapshot")
     .argument("<volume>", "the volume's name or id")
     .argument("<snapshot>", "the snapshot's name or id")
+    .addHelpText("after", examples("stowctl snapshot get vm1-disk0 before-upgrade"))
     .action(
       act(hints, async (ctx, [vol, snap]) => {
         const res = await ctx.clients.snapshots.getSnapshot(
@@ -185,7 +191,8 @@ export function registerSnapshotCommands(program: Command, act: Act): void {
       .command("delete")
       .description("Delete a snapshot (refused while clones depend on it)")
       .argument("<volume>", "the volume's name or id")
-      .argument("<snapshot>", "the snapshot's name or id"),
+      .argument("<snapshot>", "the snapshot's name or id")
+      .addHelpText("after", examples("stowctl snapshot delete vm1-disk0 before-upgrade --wait")),
   ).action(
     act(hints, async (ctx, [vol, snap], opts) => {
       const volume = parseName("volume", vol!);
@@ -213,7 +220,8 @@ export function registerSnapshotCommands(program: Command, act: Act): void {
       .command("revert")
       .description("Roll a volume back to a snapshot (the data written since is lost)")
       .argument("<volume>", "the volume's name or id")
-      .argument("<snapshot>", "the snapshot's name or id"),
+      .argument("<snapshot>", "the snapshot's name or id")
+      .addHelpText("after", examples("stowctl snapshot revert vm1-disk0 before-upgrade --wait")),
   ).action(
     act(hints, async (ctx, [vol, snap], opts) => {
       const volume = parseName("volume", vol!);

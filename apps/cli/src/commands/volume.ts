@@ -7,6 +7,7 @@ import {
   type Preallocation,
   PreallocationSchema,
   type Qcow2OptionsSchema,
+  type Volume,
   VolumeFormat,
   VolumeFormatSchema,
   VolumeSchema,
@@ -210,16 +211,8 @@ ${examples(
           },
           ctx.call(),
         );
-        let v = res.volume;
-        if (opts.wait && v)
-          v = await waitForVolume(ctx, {
-            volume: v,
-            want: VolumeState.AVAILABLE,
-            verb: "resizing",
-            timeoutMs: parseWaitTimeout(opts),
-          });
-        if (ctx.json) ctx.printJson(toPlain(VolumeSchema, v!));
-        else ctx.print(volumeDetails(v!, ctx.view()));
+        const v = res.volume;
+        await showVolume(ctx, v, opts, "resizing");
       }),
     );
 
@@ -261,16 +254,8 @@ ${examples(
           },
           ctx.call(),
         );
-        let v = res.volume;
-        if (opts.wait && v)
-          v = await waitForVolume(ctx, {
-            volume: v,
-            want: VolumeState.AVAILABLE,
-            verb: "cloning",
-            timeoutMs: parseWaitTimeout(opts),
-          });
-        if (ctx.json) ctx.printJson(toPlain(VolumeSchema, v!));
-        else ctx.print(volumeDetails(v!, ctx.view()));
+        const v = res.volume;
+        await showVolume(ctx, v, opts, "cloning");
       }),
     );
 
@@ -499,4 +484,24 @@ async function createGroup(ctx: Context, opts: OptionValues): Promise<void> {
       ctx.view(),
     ),
   );
+}
+
+/** Prints a volume a call returned, after waiting (with --wait) until it is available again. */
+async function showVolume(
+  ctx: Context,
+  volume: Volume | undefined,
+  opts: OptionValues,
+  verb: string,
+): Promise<void> {
+  let v = volume;
+  if (!v) return;
+  if (opts.wait)
+    v = await waitForVolume(ctx, {
+      volume: v,
+      want: VolumeState.AVAILABLE,
+      verb,
+      timeoutMs: parseWaitTimeout(opts),
+    });
+  if (ctx.json) ctx.printJson(toPlain(VolumeSchema, v));
+  else ctx.print(volumeDetails(v, ctx.view()));
 }
