@@ -1,4 +1,13 @@
-import { counter, createRegistry, gauge, histogram, type Registry } from "@stowage/telemetry";
+import { OPERATION_KINDS } from "@stowage/core";
+import {
+  counter,
+  createRegistry,
+  DURATION_BUCKETS,
+  gauge,
+  histogram,
+  type Registry,
+  withOutcomes,
+} from "@stowage/telemetry";
 
 export type AgentMetrics = ReturnType<typeof createAgentMetrics>;
 
@@ -15,9 +24,44 @@ export interface PoolSample {
   volumes: number;
 }
 
+/** Results of the runner's tool invocations (`stowage_tool_invocations_total{result}`); failures are result!="ok". */
+export const TOOL_RESULTS = ["ok", "failed", "timeout"] as const;
+
 /** The agent's metrics; pool gauges show the last inventory (refreshed every few seconds and after operations). */
 export function createAgentMetrics(host: string, pools: () => PoolSample[]) {
   const registry: Registry = createRegistry({ labels: { host } });
+  // Every kind of operation on every backend this agent has is exported from the start, at 0: each of the two
+  // metrics makes sure of it before it is collected (the agent learns its backends from its first inventory).
+  const backends = new Set<string>();
+  const knowBackends = () => {
+    for (const p of pools()) {
+      if (backends.has(p.kind)) continue;
+      backends.add(p.kind);
+      for (const kind of OPERATION_KINDS) {
+        operations.inc({ kind, backend: p.kind, result: "succeeded" }, 0);
+        operationDuration.zero({ kind, backend: p.kind });
+      }
+    }
+  };
+  const operations = withOutcomes(
+    counter(
+      registry,
+      "stowage_agent_operations_total",
+      "Operations run by this agent, by kind, backend (the pool kind) and result (succeeded, failed).",
+      ["kind", "backend", "result"],
+      knowBackends,
+    ),
+    "result",
+    ["succeeded", "failed"],
+  );
+  const operationDuration = histogram(
+    registry,
+    "stowage_agent_operation_duration_seconds",
+    "Time to run one operation, by kind and backend (the pool kind).",
+    ["kind", "backend"],
+    DURATION_BUCKETS,
+    knowBackends,
+  );
   const poolGauge = (name: string, help: string, pick: (p: PoolSample) => number | undefined) =>
     gauge(registry, name, help, ["pool", "kind"], function () {
       this.reset();
@@ -58,23 +102,17 @@ export function createAgentMetrics(host: string, pools: () => PoolSample[]) {
   poolGauge("stowage_agent_pool_volumes", "Volumes owned by Stowage found in the pool.", (p) => p.volumes);
   return {
     registry,
-    operations: counter(
-      registry,
-      "stowage_agent_operations_total",
-      "Operations run by this agent, by kind, backend and result.",
-      ["kind", "backend", "result"],
-    ),
-    operationDuration: histogram(
-      registry,
-      "stowage_agent_operation_duration_seconds",
-      "Time to run one operation, by kind and backend.",
-      ["kind", "backend"],
-    ),
-    toolInvocations: counter(
-      registry,
-      "stowage_tool_invocations_total",
-      "External tool invocations, by tool and result (ok, failed, timeout).",
-      ["tool", "result"],
+    operations,
+    operationDuration,
+    toolInvocations: withOutcomes(
+      counter(
+        registry,
+        "stowage_tool_invocations_total",
+        'External tool invocations, by tool and result (ok, failed, timeout); failures are result!="ok".',
+        ["tool", "result"],
+      ),
+      "result",
+      TOOL_RESULTS,
     ),
     toolDuration: histogram(registry, "stowage_tool_duration_seconds", "External tool run time, by tool.", [
       "tool",

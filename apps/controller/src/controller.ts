@@ -2,7 +2,7 @@ import { EventEmitter } from "node:events";
 import http2 from "node:http2";
 import { ConnectError, type Interceptor } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
-import { type Bus, connectBus, ensureStreams } from "@stowage/bus";
+import { type Bus, connectBus, ensureStreams, pendingCommands } from "@stowage/bus";
 import { type Database, migrate, openDatabase } from "@stowage/store";
 import { createLogger, startOpsServer } from "@stowage/telemetry";
 import { subscribeAgentTraffic } from "./agents.js";
@@ -65,7 +65,10 @@ function loop(name: string, ms: number, fn: () => Promise<unknown>, log: Control
 export async function startController(config: ControllerConfig): Promise<ControllerHandle> {
   const log = createLogger("stowage-controller", config.logLevel);
   let db: Database | undefined;
-  const metrics = createControllerMetrics(() => db?.sql);
+  // The bus is connected below, before /metrics can be scraped; the lookup only runs on a scrape.
+  const metrics = createControllerMetrics(() => db?.sql, {
+    pendingCommands: (hostId) => pendingCommands(bus.jsm, hostId),
+  });
   db = await openDatabase(config.databaseUrl ? { url: config.databaseUrl } : { dataDir: config.dataDir });
   const { applied } = await migrate(db.sql);
   log.info({ database: db.kind, applied }, "database ready");

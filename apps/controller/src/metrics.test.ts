@@ -1,5 +1,5 @@
 import { type Database, insertOperation, migrate, openDatabase, upsertHost } from "@stowage/store";
-import { makeTempDir } from "@stowage/testkit";
+import { makeTempDir, postgresAvailable, testPostgres } from "@stowage/testkit";
 import { execa } from "execa";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createControllerMetrics } from "./metrics.js";
@@ -22,49 +22,81 @@ async function value(metrics: ReturnType<typeof createControllerMetrics>, name: 
 }
 const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-beforeAll(async () => {
-  const dir = await makeTempDir("stowage-metrics-");
-  db = await openDatabase({ dataDir: dir.path });
-  await migrate(db.sql);
-  cleanup = async () => {
-    await db.close();
-    await dir.cleanup();
-  };
-  for (const id of ["h1", "h2"])
-    await upsertHost(db.sql, {
-      id,
-      zone: "",
-      labels: {},
-      numaNodes: [],
-      cpuCount: 4,
-      memoryBytes: 8n * 2n ** 30n,
-      agentVersion: "test",
-      initiatorName: "",
-      metricsAddress: "",
-    });
-  await db.sql`update hosts set state = 'down', last_heartbeat_at = now() - interval '90 seconds' where id = 'h2'`;
-  await db.sql`
+/** The controller runs on embedded PGlite or on PostgreSQL: its scrape-time queries must work on both. */
+type Backend = [string, () => Promise<{ db: Database; cleanup(): Promise<void> }>];
+const backends: Backend[] = [
+  [
+    "pglite",
+    async () => {
+      const dir = await makeTempDir("stowage-metrics-");
+      const db = await openDatabase({ dataDir: dir.path });
+      return {
+        db,
+        cleanup: async () => {
+          await db.close();
+          await dir.cleanup();
+        },
+      };
+    },
+  ],
+  ...(postgresAvailable()
+    ? ([
+        [
+          "postgres",
+          async () => {
+            const pg = await testPostgres();
+            const db = await openDatabase({ url: pg.url });
+            return {
+              db,
+              cleanup: async () => {
+                await db.close();
+                await pg.release();
+              },
+            };
+          },
+        ],
+      ] satisfies Backend[])
+    : []),
+];
+
+describe.each(backends)("controller metrics on %s", (_name, open) => {
+  beforeAll(async () => {
+    ({ db, cleanup } = await open());
+    await migrate(db.sql);
+    for (const id of ["h1", "h2"])
+      await upsertHost(db.sql, {
+        id,
+        zone: "",
+        labels: {},
+        numaNodes: [],
+        cpuCount: 4,
+        memoryBytes: 8n * 2n ** 30n,
+        agentVersion: "test",
+        initiatorName: "",
+        metricsAddress: "",
+      });
+    await db.sql`update hosts set state = 'down', last_heartbeat_at = now() - interval '90 seconds' where id = 'h2'`;
+    await db.sql`
     insert into pools (id, host_id, name, kind, total_bytes, used_bytes, free_bytes, reported_provisioned_bytes,
       data_percent, metadata_percent, overcommit_ratio, allocated_bytes, reserved_bytes, volume_count)
     values ('h1/thin', 'h1', 'thin', 'lvmthin', ${100 * GiB}, ${40 * GiB}, ${60 * GiB}, ${300 * GiB}, 40, 12.5, 20,
       ${250 * GiB}, ${50 * GiB}, 7),
       ('h2/files', 'h2', 'files', 'dir', ${10 * GiB}, ${GiB}, ${9 * GiB}, 0, null, null, 1, 0, 0, 0)`;
-  await insertOperation(db.sql, {
-    id: "op-1",
-    kind: "create_volume",
-    hostId: "h1",
-    poolId: "h1/thin",
-    volumeId: "vol-1",
-    command: new Uint8Array(),
-    requestedBy: "test",
-  });
-  await db.sql`update operations set created_at = now() - interval '10 minutes', state = 'sent' where id = 'op-1'`;
-  await db.sql`insert into findings (host_id, kind, subject) values ('h1', 'orphan', 'vol-x'), ('h1', 'orphan', 'vol-y')`;
-}, 120_000);
+    await insertOperation(db.sql, {
+      id: "op-1",
+      kind: "create_volume",
+      hostId: "h1",
+      poolId: "h1/thin",
+      volumeId: "vol-1",
+      command: new Uint8Array(),
+      requestedBy: "test",
+    });
+    await db.sql`update operations set created_at = now() - interval '10 minutes', state = 'sent' where id = 'op-1'`;
+    await db.sql`insert into findings (host_id, kind, subject) values ('h1', 'orphan', 'vol-x'), ('h1', 'orphan', 'vol-y')`;
+  }, 120_000);
 
-afterAll(async () => cleanup?.());
+  afterAll(async () => cleanup?.());
 
-describe("controller metrics", () => {
   it("exports each pool's capacity, use, ledger, thin percentages and health from the database", async () => {
     const m = createControllerMetrics(() => db.sql);
     const thin = { pool: "h1/thin", host: "h1", kind: "lvmthin" };
@@ -107,6 +139,19 @@ describe("controller metrics", () => {
     expect(await value(m, "stowage_reconciler_findings", { host: "h1", kind: "orphan" })).toBe(2);
     expect(await value(m, "stowage_reconciler_findings", { host: "h1", kind: "missing" })).toBe(0);
     expect(await value(m, "stowage_reconciler_findings", { host: "h2", kind: "foreign" })).toBe(0);
+  });
+
+  it("exports volumes and snapshots by state, every state included", async () => {
+    const m = createControllerMetrics(() => db.sql);
+    expect(await value(m, "stowage_volumes", { state: "available" })).toBe(0);
+    expect((await series(m, "stowage_volumes"))?.length).toBe(6);
+    expect((await series(m, "stowage_snapshots"))?.map((s) => s.labels.state).sort()).toEqual([
+      "available",
+      "creating",
+      "deleted",
+      "deleting",
+      "error",
+    ]);
   });
 
   it("exports every migration phase at 0 while no migration plans are stored", async () => {

@@ -30,6 +30,9 @@ export const FINDING_KINDS = ["orphan", "missing", "foreign"] as const;
 
 export const OPERATION_RESULTS = ["succeeded", "failed"] as const;
 
+/** The states of a snapshot (table snapshots). */
+export const SNAPSHOT_STATES = ["creating", "available", "deleting", "deleted", "error"] as const;
+
 export interface ControllerMetricsOptions {
   /**
    * Commands waiting in a host's JetStream consumer, not yet delivered or not yet acknowledged
@@ -187,7 +190,7 @@ export function createControllerMetrics(getSql: () => Sql | undefined, opts: Con
         const rows = await q(
           (sql) => sql<{ hostId: string; kind: string; n: number }[]>`
             select h.id as host_id, k.kind, count(f.subject)::int as n
-            from hosts h cross join (values ('orphan'), ('missing'), ('foreign')) k(kind)
+            from hosts h cross join unnest(${[...FINDING_KINDS]}::text[]) k(kind)
             left join findings f on f.host_id = h.id and f.kind = k.kind
             group by h.id, k.kind`,
         );
@@ -203,6 +206,15 @@ export function createControllerMetrics(getSql: () => Sql | undefined, opts: Con
       this.reset();
       if (!rows) return;
       for (const s of VOLUME_STATES) this.set({ state: s }, rows.find((r) => r.state === s)?.n ?? 0);
+    }),
+    snapshots: gauge(registry, "stowage_snapshots", "Snapshots by state.", ["state"], async function () {
+      const rows = await q(
+        (sql) =>
+          sql<{ state: string; n: number }[]>`select state, count(*)::int as n from snapshots group by state`,
+      );
+      this.reset();
+      if (!rows) return;
+      for (const s of SNAPSHOT_STATES) this.set({ state: s }, rows.find((r) => r.state === s)?.n ?? 0);
     }),
     migrationPlans: gauge(
       registry,

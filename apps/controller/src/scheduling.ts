@@ -92,6 +92,8 @@ export async function decideGroup(
   });
   ctx.metrics.schedulerDuration.observe((performance.now() - t0) / 1000);
   ctx.metrics.schedulerDecisions.inc({ result: group.feasible ? "placed" : "refused" }, reqs.length);
+  for (const d of group.decisions)
+    for (const c of d.candidates) if (!c.feasible) ctx.metrics.schedulerRefusals.inc({ filter: c.refusedBy });
   return group;
 }
 
