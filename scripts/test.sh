@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
 # The test command (`npm test`, and CI through .ci/run). Steps, each announced by a "==> step" line and
 # closed by one with its result and duration:
-#   install-deps, build, generate-check, typecheck, lint, postgres (one server for the run), vitest
-# and finally the closing line "N passed, N failed[, N skipped]" from vitest's JSON report
-# (test-results/vitest.json). A failing step does not stop the later ones (except install-deps), but makes
-# the exit code non-zero.
+#   install-deps, build, generate-check, typecheck, lint, postgres (one server for the run), vitest, vm
+# and finally the closing line "N passed, N failed[, N skipped]" summed over vitest's JSON reports
+# (test-results/vitest.json from the host, test-results/vitest-vm.json from the kernel VM). A failing step
+# does not stop the later ones (except install-deps), but makes the exit code non-zero.
+#
+# The vm step (scripts/vm-test.sh) runs the suites that need device-mapper (LVM activation, thin pools,
+# snapshots; this host's kernel has none) inside a qemu guest with Debian's kernel: every *.vm.test.ts and
+# the LVM conformance suites. On the host the same files are skipped with that reason. It takes ~8 minutes
+# (TCG emulation: ~0.5 s an LVM command) plus, the first time on a machine, a ~100 MB kernel download into
+# $STOWAGE_VM_CACHE (5 s more to unpack).
 #
 # Env:
 #   STOWAGE_TEST_PG_URL     use this PostgreSQL (superuser URL, database "postgres") instead of starting one
 #   STOWAGE_TEST_FILTER     file filters passed to vitest, e.g. "packages/store apps/agent" (quick local runs)
-#   STOWAGE_TEST_SKIP       comma-separated steps to skip: install-deps,build,generate-check,typecheck,lint
+#   STOWAGE_TEST_SKIP       comma-separated steps to skip: install-deps,build,generate-check,typecheck,lint,vm
+#   STOWAGE_VM_TESTS        the test files of the vm step (default: found as described above)
+#   STOWAGE_VM_CACHE        where the guest kernel is cached (default /var/cache/stowage-vm; keep it in CI)
 #   STOWAGE_TEST_KEEP_TMP=1 keep the temporary directories of tests and of the run's PostgreSQL
 export TURBO_TELEMETRY_DISABLED=1 DO_NOT_TRACK=1
 set -uo pipefail
@@ -17,6 +25,7 @@ set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT" || exit 1
 REPORT=test-results/vitest.json
+VM_REPORT=test-results/vitest-vm.json
 failed_steps=()
 
 now_ms() { date +%s%3N; }
@@ -101,7 +110,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # ---- the steps -------------------------------------------------------------------------------------------
-rm -f "$REPORT"
+rm -f "$REPORT" "$VM_REPORT"
 T_START=$(now_ms)
 
 if ! step install-deps bash scripts/install-deps.sh --test-backends; then
@@ -126,13 +135,47 @@ step vitest node_modules/.bin/vitest run --reporter=default --reporter=json --ou
   ${STOWAGE_TEST_FILTER:-}
 
 stop_postgres
+
+# ---- the kernel VM (device-mapper suites) ----------------------------------------------------------------
+# The VM's test files: the filter's words pick among them as vitest's filters do (a substring of the path).
+vm_tests() {
+  local files f w
+  if [ -n "${STOWAGE_VM_TESTS:-}" ]; then
+    files=$STOWAGE_VM_TESTS
+  else
+    files=$(find packages apps -path '*/node_modules' -prune -o -path '*/src/*' \
+      \( -name '*.vm.test.ts' -o -name 'lvm*.conformance.test.ts' \) -print 2>/dev/null | sort)
+  fi
+  for f in $files; do
+    if [ -z "${STOWAGE_TEST_FILTER:-}" ]; then echo "$f"; continue; fi
+    for w in $STOWAGE_TEST_FILTER; do
+      [[ "$f" == *"$w"* ]] && { echo "$f"; break; }
+    done
+  done
+}
+VM_RAN=0
+if skipped vm; then
+  echo "==> vm: skipped (STOWAGE_TEST_SKIP)"
+else
+  mapfile -t VM_FILES < <(vm_tests)
+  if [ "${#VM_FILES[@]}" -eq 0 ]; then
+    echo "==> vm: skipped (no kernel VM test files${STOWAGE_TEST_FILTER:+ match STOWAGE_TEST_FILTER})"
+  else
+    VM_RAN=1
+    step vm bash scripts/vm-test.sh "$VM_REPORT" "${VM_FILES[@]}"
+  fi
+fi
+
 echo "==> total $(secs $(($(now_ms) - T_START)))"
 [ "${#failed_steps[@]}" -gt 0 ] && echo "==> failed steps: ${failed_steps[*]}"
 
 rc=0
 [ "${#failed_steps[@]}" -gt 0 ] && rc=1
-if [ -f "$REPORT" ]; then
-  node scripts/vitest-summary.mjs "$REPORT" || rc=1
+reports=("$REPORT")
+[ "$VM_RAN" = 1 ] && reports+=("$VM_REPORT")
+if [ -f "$REPORT" ] || [ -f "$VM_REPORT" ]; then
+  # A report that should be there and is not counts as a failure in the closing line.
+  node scripts/vitest-summary.mjs "${reports[@]}" || rc=1
 else
   echo "no test report (vitest did not run or crashed before writing $REPORT)" >&2
   rc=1

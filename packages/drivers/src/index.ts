@@ -54,6 +54,7 @@ export {
   type LvmDriverOptions,
   lvmToolEnv,
   lvName,
+  lvOldName,
   lvTempName,
 } from "./lvm-driver.js";
 export {

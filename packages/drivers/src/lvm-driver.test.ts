@@ -3,7 +3,14 @@ import { createLoopVg, type LoopVg } from "@stowage/testkit";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import type { PoolDriver } from "./driver.js";
 import { parseLvs } from "./lvm.js";
-import { createLvmDriver, LVM_NO_UDEV_CONFIG, lvmToolEnv, lvName, lvTempName } from "./lvm-driver.js";
+import {
+  createLvmDriver,
+  LVM_NO_UDEV_CONFIG,
+  lvmToolEnv,
+  lvName,
+  lvOldName,
+  lvTempName,
+} from "./lvm-driver.js";
 import { createToolRunner, type ToolInvocationEvent } from "./runner.js";
 
 // The LVM driver against real LVM on a loop device, metadata only: this host's kernel has no device-mapper, so
@@ -357,5 +364,61 @@ describe("lvm driver (metadata only): delete, resize, list, capacity, check", ()
       /thin pool "a\/b"/,
     );
     expect(createLvmDriver({ poolName: "p", vg: "vg0", thinPool: "pool0", runner }).kind).toBe("lvmthin");
+  });
+});
+
+describe("lvm driver (metadata only): a thin revert's swap, interrupted", () => {
+  // A thin revert swaps LVs by two renames: volume -> stowage-old-<id>, reverted copy (temp) -> volume. The
+  // LVs here are linear (metadata only), which is all the renames and tags care about.
+  async function interruptedSwap(withCopy: boolean) {
+    const s = spec();
+    await driver.createVolume(s);
+    if (withCopy) {
+      await vg.lvm("lvcreate", [
+        "-q",
+        "-y",
+        "-n",
+        lvTempName(s.volumeId),
+        "--addtag",
+        `stowage.vol=${s.volumeId}`,
+        "--addtag",
+        `stowage.op=${s.operationId}`,
+        "-L",
+        "64m",
+        vg.vg,
+      ]);
+    }
+    await vg.lvm("lvrename", ["-q", vg.vg, lvName(s.volumeId), lvOldName(s.volumeId)]);
+    return s;
+  }
+
+  it("while the volume's name is free, info says it is missing and list shows nothing foreign", async () => {
+    const s = await interruptedSwap(true);
+    expect(await driver.info(s.volumeId)).toBeUndefined();
+    expect(await driver.list()).toEqual({ volumes: [], foreign: [] });
+  });
+
+  it("the next operation on the volume rolls the swap forward when the reverted copy is there", async () => {
+    const s = await interruptedSwap(true);
+    events = [];
+    const r = await driver.resizeVolume(s.volumeId, 64n * MiB, {
+      allowShrink: false,
+      operationId: newId("op"),
+    });
+    expect(r).toMatchObject({ volumeId: s.volumeId, operationId: s.operationId, sizeBytes: 64n * MiB });
+    expect(tools()).toEqual(["lvs", "lvrename", "lvremove", "lvs", "vgs"]);
+    expect(events[1]!.argv.slice(-2)).toEqual([lvTempName(s.volumeId), lvName(s.volumeId)]);
+    expect(Object.keys(await lvTags())).toEqual([lvName(s.volumeId)]);
+  });
+
+  it("and back when it is not", async () => {
+    const s = await interruptedSwap(false);
+    expect((await driver.deleteVolume(s.volumeId)).existed).toBe(true);
+    expect(await lvTags()).toEqual({});
+    const t = await interruptedSwap(false);
+    events = [];
+    await driver.createVolume(t);
+    expect(tools()).toEqual(["lvs", "lvrename", "lvs"]);
+    expect(Object.keys(await lvTags())).toEqual([lvName(t.volumeId)]);
   });
 });

@@ -49,24 +49,28 @@ import { ToolError, type ToolRunner } from "./runner.js";
  * `lvm` pools (thick linear LVs in a VG) and `lvmthin` pools (thin LVs in one thin pool of a VG).
  *
  * Names derive from ids only: a volume is the LV `stowage-<volumeId>` (`stowage-vol-<hex>`), a snapshot the LV
- * `stowage-<snapshotId>` (`stowage-snap-<hex>`), and work in progress is `stowage-tmp-<id>`. Ownership is in
+ * `stowage-<snapshotId>` (`stowage-snap-<hex>`), and work in progress is `stowage-tmp-<id>` (and, during a thin
+ * revert, `stowage-old-<id>`). Ownership is in
  * LV tags, written by the same lvcreate that makes the LV (one metadata commit): `stowage.vol=<volumeId>` and
  * `stowage.op=<operationId>` on volumes; `stowage.snap=<snapshotId>`, `stowage.of=<volumeId>`,
  * `stowage.op=<operationId>` and `stowage.time=<epoch ms>` on snapshots. An LV under one of our names without
  * the matching tag is never adopted, changed or deleted; list() reports it as foreign.
  *
  * Crash safety: a volume (or clone) is made under its temp name, filled, then renamed into place, so an LV under
- * a final name is always complete; a stale temp LV of ours is removed by the next attempt. A revert records
- * what it is doing in tags on the volume before it merges, so a retry after a crash finishes it (below).
+ * a final name is always complete; a stale temp LV of ours is removed by the next attempt. Reverts record
+ * what they are doing in tags, so that a retry after a crash finishes the job (see revertThin, revertByMerge).
  *
  * Choices (the conformance capabilities say the same):
  * - Snapshots. lvmthin: thin snapshots (`lvcreate -s`, `-ky`: never activated, they are kept, not opened).
  *   lvm: classic COW snapshots with an exception store of 100%ORIGIN, so a snapshot can never fill up and turn
  *   invalid; the price is the origin's size in free extents, and slower writes to the origin while it exists.
  *   A thick volume with snapshots cannot be resized (LVM refuses to resize an active origin).
- * - Revert: `lvconvert --merge`, which consumes the snapshot; the driver re-creates it at once (same id,
- *   operation and creation time) from the reverted volume, so the snapshot survives and repeating converges.
- *   The volume must not be open (a running VM): a merge into an open origin would be deferred.
+ * - Revert. lvmthin: a writable thin snapshot of the snapshot is swapped in under the volume's name (the
+ *   snapshot stays; no merge, which would leave the volume's other snapshots unmergeable). lvm: `lvconvert
+ *   --merge`, which consumes the snapshot; the driver re-creates it at once (same id, operation and creation
+ *   time) from the reverted volume, so the snapshot survives and repeating converges. Either way the volume
+ *   takes the snapshot's size, and must not be open (a running VM): LVM would defer a merge, and a swap
+ *   would leave its user on the old LV. A redelivered revert (same operation) changes nothing.
  * - Clones. lvmthin: a thin snapshot of the source (or of its snapshot) made writable and activatable (`-kn`),
  *   renamed into place: thin snapshots are independent LVs, so clones are already flat and flatten is a no-op.
  *   lvm: a new LV, the data copied with `qemu-img convert -n`, a larger tail zeroed with `blkdiscard -z`.
@@ -127,14 +131,19 @@ export const LVM_TAG = {
 
 const PREFIX = "stowage-";
 const TEMP_PREFIX = "stowage-tmp-";
+const OLD_PREFIX = "stowage-old-";
 const MiB = 1024n * 1024n;
 /** Wipes and copies get a timeout from their size: this slow a device still finishes in time. */
 const SLOWEST_BYTES_PER_SECOND = 10n * MiB;
 const MIN_LONG_TIMEOUT_MS = 120_000;
 const MAX_WIPE_CHUNK = 1024n * MiB;
+/** A thin pool with data or metadata this full is reported unhealthy. */
+const THIN_POOL_FULL_PERCENT = 95;
 
 export const lvName = (id: string) => `${PREFIX}${id}`;
 export const lvTempName = (id: string) => `${TEMP_PREFIX}${id}`;
+/** A thin volume's previous LV during a revert, between the two renames of the swap. */
+export const lvOldName = (id: string) => `${OLD_PREFIX}${id}`;
 
 export function createLvmDriver(opts: LvmDriverOptions): PoolDriver {
   const poolName = validateName("pool name", opts.poolName);
@@ -250,8 +259,12 @@ export function createLvmDriver(opts: LvmDriverOptions): PoolDriver {
     };
   }
 
-  async function requireVolume(id: string): Promise<{ lvs: LvmLogicalVolume[]; lv: LvmLogicalVolume }> {
-    const lvs = await scan();
+  /** `repair`: first finish a thin revert that crashed half-way (mutating entry points only, under the lock). */
+  async function requireVolume(
+    id: string,
+    repair = false,
+  ): Promise<{ lvs: LvmLogicalVolume[]; lv: LvmLogicalVolume }> {
+    const lvs = repair ? await settle(await scan(), id) : await scan();
     const lv = volumeLv(lvs, id, "use");
     if (!lv) throw notFound(`volume ${id} does not exist in ${where}`, { volumeId: id, poolName });
     return { lvs, lv };
@@ -302,6 +315,13 @@ export function createLvmDriver(opts: LvmDriverOptions): PoolDriver {
     await remove(tmp.name);
   }
 
+  /** The artifact of an adopted LV, activated first if it is not (after a reboot without autoactivation). */
+  async function usable(id: string, lv: LvmLogicalVolume): Promise<VolumeArtifact> {
+    if (lv.active !== false) return artifactOf(id, lv);
+    await lvm("lvchange", lvchangeActivateArgv(vg, lv.name, true, cfg));
+    return infoNow(id);
+  }
+
   /** Temp LV → final name; an LV under the final name is complete by construction. */
   async function publish(id: string): Promise<void> {
     await rename(lvTempName(id), lvName(id));
@@ -315,6 +335,27 @@ export function createLvmDriver(opts: LvmDriverOptions): PoolDriver {
     } catch {
       // The next attempt removes it.
     }
+  }
+
+  /**
+   * A thin revert swaps LVs by two renames (the volume's LV to its old name, the reverted copy to the volume's
+   * name). After a crash between them the volume's name is free, and this puts things right: the reverted
+   * copy is complete by then, so it takes the name (the revert's retry then finds it done); without it, the old
+   * LV goes back. A leftover old LV beside the volume is removed. Returns the LVs as they are afterwards.
+   */
+  async function settle(lvs: LvmLogicalVolume[], id: string): Promise<LvmLogicalVolume[]> {
+    const old = byName(lvs, lvOldName(id));
+    if (!old || !hasTag(old, LVM_TAG.volume, id)) return lvs;
+    if (!byName(lvs, lvName(id))) {
+      const tmp = byName(lvs, lvTempName(id));
+      if (tmp && hasTag(tmp, LVM_TAG.volume, id)) await rename(tmp.name, lvName(id));
+      else {
+        await rename(old.name, lvName(id));
+        return scan();
+      }
+    }
+    await remove(old.name);
+    return scan();
   }
 
   function longTimeout(bytes: bigint): number {
@@ -343,7 +384,7 @@ export function createLvmDriver(opts: LvmDriverOptions): PoolDriver {
     assertRaw(spec.format);
     validateVolumeSize(spec.sizeBytes);
     return lock.run(id, async () => {
-      const lvs = await scan();
+      const lvs = await settle(await scan(), id);
       const existing = volumeLv(lvs, id, "take over");
       if (existing) {
         const same =
@@ -357,7 +398,7 @@ export function createLvmDriver(opts: LvmDriverOptions): PoolDriver {
         }
         // Done before: a redelivery, or a crash after the rename but before the result went out.
         await clearTemp(lvs, id, LVM_TAG.volume);
-        return { artifact: artifactOf(id, existing), adopted: true };
+        return { artifact: await usable(id, existing), adopted: true };
       }
       await clearTemp(lvs, id, LVM_TAG.volume);
       const argv = lvcreateArgv({
@@ -396,7 +437,7 @@ export function createLvmDriver(opts: LvmDriverOptions): PoolDriver {
       });
     }
     return lock.run(id, async () => {
-      const lvs = await scan();
+      const lvs = await settle(await scan(), id);
       const lv = volumeLv(lvs, id, "delete");
       for (const snap of snapshotsOf(lvs, id)) await remove(snap.name);
       if (lv) {
@@ -454,7 +495,7 @@ export function createLvmDriver(opts: LvmDriverOptions): PoolDriver {
     validateVolumeSize(newSizeBytes, "new size");
     assertOperationId(ropts.operationId);
     return lock.run(id, async () => {
-      const { lvs, lv } = await requireVolume(id);
+      const { lvs, lv } = await requireVolume(id, true);
       const target = roundToExtent(newSizeBytes, await extentBytes());
       // Already there: a redelivered resize converges.
       if (target === lv.sizeBytes) return artifactOf(id, lv);
@@ -492,8 +533,8 @@ export function createLvmDriver(opts: LvmDriverOptions): PoolDriver {
       const vol = tagValue(lv.tags, LVM_TAG.volume);
       const snap = tagValue(lv.tags, LVM_TAG.snapshot);
       if (vol !== undefined && lv.name === lvName(vol)) volumes.push(artifactOf(vol, lv));
-      else if (vol !== undefined && lv.name === lvTempName(vol))
-        continue; // work in progress, or a leftover the next attempt removes
+      // Work in progress (a create, clone or revert), or a leftover the next attempt on the volume removes.
+      else if (vol !== undefined && (lv.name === lvTempName(vol) || lv.name === lvOldName(vol))) continue;
       else if (snap !== undefined && lv.name === lvName(snap))
         continue; // listed by listSnapshots
       else foreign.push(lv.name);
@@ -555,9 +596,11 @@ export function createLvmDriver(opts: LvmDriverOptions): PoolDriver {
           pool.dataPercent === undefined
             ? "inactive"
             : `data ${pool.dataPercent}%, metadata ${pool.metadataPercent ?? "?"}%`;
+        // A full pool fails writes in every thin LV at once, and full metadata can damage the pool: say so early.
+        const full = Math.max(pool.dataPercent ?? 0, pool.metadataPercent ?? 0) >= THIN_POOL_FULL_PERCENT;
         return {
-          healthy: true,
-          message: `${where} is usable: ${formatSize(pool.sizeBytes)} thin pool, ${usage}${zeroing}`,
+          healthy: !full,
+          message: `${where} ${full ? `is nearly full (${THIN_POOL_FULL_PERCENT}% or more)` : "is usable"}: ${formatSize(pool.sizeBytes)} thin pool, ${usage}${zeroing}`,
         };
       }
       return {
@@ -604,7 +647,7 @@ export function createLvmDriver(opts: LvmDriverOptions): PoolDriver {
     assertSnapshotId(snapshotId);
     assertOperationId(sopts.operationId);
     return lock.run(volumeId, async () => {
-      const { lvs } = await requireVolume(volumeId);
+      const { lvs } = await requireVolume(volumeId, true);
       const existing = snapshotLv(lvs, volumeId, snapshotId);
       if (existing) return { snapshot: snapshotInfoOf(volumeId, existing), adopted: true };
       await makeSnapshot(volumeId, snapshotId, sopts.operationId, now().getTime());
@@ -632,7 +675,7 @@ export function createLvmDriver(opts: LvmDriverOptions): PoolDriver {
     assertSnapshotId(snapshotId);
     assertOperationId(sopts.operationId);
     return lock.run(volumeId, async () => {
-      const lv = snapshotLv(await scan(), volumeId, snapshotId);
+      const lv = snapshotLv(await settle(await scan(), volumeId), volumeId, snapshotId);
       if (!lv) return { existed: false };
       // Clones never depend on a snapshot here (thin snapshots are independent, thick clones are copies).
       await remove(lv.name);
@@ -640,11 +683,6 @@ export function createLvmDriver(opts: LvmDriverOptions): PoolDriver {
     });
   }
 
-  /**
-   * Merge, then re-create. Before merging, the volume gets tags naming the snapshot and what re-creating it
-   * needs (its operation and time); they go once the snapshot is back. A retry after a crash in between finds
-   * the snapshot gone and the tags there, and only re-creates it.
-   */
   async function revertSnapshot(
     volumeId: string,
     snapshotId: string,
@@ -654,11 +692,11 @@ export function createLvmDriver(opts: LvmDriverOptions): PoolDriver {
     assertSnapshotId(snapshotId);
     assertOperationId(sopts.operationId);
     return lock.run(volumeId, async () => {
-      const { lvs, lv } = await requireVolume(volumeId);
+      const { lvs, lv } = await requireVolume(volumeId, true);
       const snap = snapshotLv(lvs, volumeId, snapshotId);
-      const pending = tagValue(lv.tags, LVM_TAG.revertSnapshot) === snapshotId;
-      if (hasTag(lv, LVM_TAG.reverted, `${sopts.operationId}`) && snap && !pending) {
-        // This revert is done: merging again would throw away what was written since.
+      const pending = !thinPool && tagValue(lv.tags, LVM_TAG.revertSnapshot) === snapshotId;
+      if (hasTag(lv, LVM_TAG.reverted, sopts.operationId) && snap && !pending) {
+        // This revert is done: reverting again would throw away what was written since.
         return artifactOf(volumeId, lv);
       }
       if (!snap && !pending) {
@@ -667,51 +705,104 @@ export function createLvmDriver(opts: LvmDriverOptions): PoolDriver {
           snapshotId,
         });
       }
-      let snapOp: string;
-      let snapTime: string;
-      if (snap) {
-        if (lv.open) {
-          throw failedPrecondition(
-            `volume ${volumeId} is open (in use by a VM?); LVM would defer the merge until it is closed. Stop its user, then revert`,
-            { volumeId },
-          );
-        }
-        snapOp = tagValue(snap.tags, LVM_TAG.operation) ?? sopts.operationId;
-        snapTime = tagValue(snap.tags, LVM_TAG.time) ?? String(now().getTime());
-        await retag(lv.name, {
-          del: staleRevertTags(lv),
-          add: [
-            `${LVM_TAG.revertSnapshot}=${snapshotId}`,
-            `${LVM_TAG.revertSnapshotOp}=${snapOp}`,
-            `${LVM_TAG.revertSnapshotTime}=${snapTime}`,
-          ],
-        });
-        await lvm("lvconvert", lvconvertMergeArgv(vg, snap.name, cfg), longTimeout(lv.sizeBytes));
-        const after = await scan();
-        if (byName(after, snap.name)) {
-          throw new StowageError(
-            "internal",
-            `${where}: the merge of snapshot ${snapshotId} into volume ${volumeId} was deferred by LVM (is the volume in use?); retry the revert once it is closed`,
-          );
-        }
-      } else {
-        snapOp = tagValue(lv.tags, LVM_TAG.revertSnapshotOp) ?? sopts.operationId;
-        snapTime = tagValue(lv.tags, LVM_TAG.revertSnapshotTime) ?? String(now().getTime());
+      if (snap && lv.open) {
+        throw failedPrecondition(
+          `volume ${volumeId} is open (in use by a VM?); it cannot be reverted under its user. Stop it, then revert`,
+          { volumeId },
+        );
       }
-      const current = volumeLv(await scan(), volumeId, "use");
-      if (!current)
-        throw new StowageError("internal", `${where}: volume ${volumeId} vanished during a revert`);
-      // A merge can leave the origin inactive (a thin merge into an inactive origin happens on activation).
-      if (current.active === false) {
-        await lvm("lvchange", lvchangeActivateArgv(vg, current.name, true, cfg));
-      }
-      await makeSnapshot(volumeId, snapshotId, snapOp, Number(snapTime));
-      await retag(current.name, {
-        del: staleRevertTags(current),
-        add: [`${LVM_TAG.reverted}=${sopts.operationId}`],
-      });
-      return infoNow(volumeId);
+      if (thinPool && snap) return revertThin(lvs, lv, snap, sopts.operationId);
+      return revertByMerge(lv, snap, snapshotId, sopts.operationId);
     });
+  }
+
+  /**
+   * Thin: the snapshot stays as it is; a writable thin snapshot of it (tagged as the volume, and with the
+   * finished revert's operation) is swapped in under the volume's name, and the old LV goes. No merge: after
+   * a merge, the volume's other snapshots are no longer snapshots of anything LVM can merge again (they were
+   * taken of a device the merge deleted). A crash between the two renames is put right by `settle`.
+   */
+  async function revertThin(
+    lvs: LvmLogicalVolume[],
+    lv: LvmLogicalVolume,
+    snap: LvmLogicalVolume,
+    operationId: string,
+  ): Promise<VolumeArtifact> {
+    const id = tagValue(lv.tags, LVM_TAG.volume) ?? "";
+    await clearTemp(lvs, id, LVM_TAG.volume);
+    const tmp = lvTempName(id);
+    const tags = [
+      `${LVM_TAG.volume}=${id}`,
+      `${LVM_TAG.operation}=${tagValue(lv.tags, LVM_TAG.operation) ?? operationId}`,
+      `${LVM_TAG.reverted}=${operationId}`,
+    ];
+    try {
+      await lvm(
+        "lvcreate",
+        lvcreateSnapshotArgv({
+          ...cfg,
+          vg,
+          origin: snap.name,
+          name: tmp,
+          tags,
+          type: "thin",
+          skipActivation: false,
+        }),
+      );
+      const made = byName(await scan(), tmp);
+      if (made?.active === false) await lvm("lvchange", lvchangeActivateArgv(vg, tmp, true, cfg));
+    } catch (e) {
+      await bestEffortRemoveTemp(id);
+      throw e;
+    }
+    await rename(lv.name, lvOldName(id));
+    await rename(tmp, lv.name);
+    await remove(lvOldName(id));
+    return infoNow(id);
+  }
+
+  /**
+   * Thick (classic COW snapshots): merge, then re-create. Before merging, the volume gets tags naming the
+   * snapshot and what re-creating it needs (its operation and time); they go once the snapshot is back. A
+   * retry after a crash in between finds the snapshot gone and the tags there, and only re-creates it.
+   */
+  async function revertByMerge(
+    lv: LvmLogicalVolume,
+    snap: LvmLogicalVolume | undefined,
+    snapshotId: string,
+    operationId: string,
+  ): Promise<VolumeArtifact> {
+    const volumeId = tagValue(lv.tags, LVM_TAG.volume) ?? "";
+    let snapOp: string;
+    let snapTime: string;
+    if (snap) {
+      snapOp = tagValue(snap.tags, LVM_TAG.operation) ?? operationId;
+      snapTime = tagValue(snap.tags, LVM_TAG.time) ?? String(now().getTime());
+      await retag(lv.name, {
+        del: staleRevertTags(lv),
+        add: [
+          `${LVM_TAG.revertSnapshot}=${snapshotId}`,
+          `${LVM_TAG.revertSnapshotOp}=${snapOp}`,
+          `${LVM_TAG.revertSnapshotTime}=${snapTime}`,
+        ],
+      });
+      await lvm("lvconvert", lvconvertMergeArgv(vg, snap.name, cfg), longTimeout(lv.sizeBytes));
+      if (byName(await scan(), snap.name)) {
+        throw new StowageError(
+          "internal",
+          `${where}: the merge of snapshot ${snapshotId} into volume ${volumeId} was deferred by LVM (is the volume in use?); retry the revert once it is closed`,
+        );
+      }
+    } else {
+      snapOp = tagValue(lv.tags, LVM_TAG.revertSnapshotOp) ?? operationId;
+      snapTime = tagValue(lv.tags, LVM_TAG.revertSnapshotTime) ?? String(now().getTime());
+    }
+    const current = volumeLv(await scan(), volumeId, "use");
+    if (!current) throw new StowageError("internal", `${where}: volume ${volumeId} vanished during a revert`);
+    if (current.active === false) await lvm("lvchange", lvchangeActivateArgv(vg, current.name, true, cfg));
+    await makeSnapshot(volumeId, snapshotId, snapOp, Number(snapTime));
+    await retag(current.name, { del: staleRevertTags(current), add: [`${LVM_TAG.reverted}=${operationId}`] });
+    return infoNow(volumeId);
   }
 
   /** Every revert bookkeeping tag on the volume (a volume holds at most one of each). */
@@ -739,7 +830,7 @@ export function createLvmDriver(opts: LvmDriverOptions): PoolDriver {
       throw invalidArgument(`a clone needs a new volume id, not its source's (${id})`, { field: "volumeId" });
     }
     return lock.run(id, async () => {
-      const lvs = await scan();
+      const lvs = await settle(await scan(), id);
       const existing = volumeLv(lvs, id, "take over");
       if (existing) {
         if (tagValue(existing.tags, LVM_TAG.operation) !== spec.operationId) {
@@ -749,7 +840,7 @@ export function createLvmDriver(opts: LvmDriverOptions): PoolDriver {
           );
         }
         await clearTemp(lvs, id, LVM_TAG.volume);
-        return { artifact: artifactOf(id, existing), adopted: true };
+        return { artifact: await usable(id, existing), adopted: true };
       }
       const source = volumeLv(lvs, spec.sourceVolumeId, "clone");
       if (!source) {
@@ -839,7 +930,7 @@ export function createLvmDriver(opts: LvmDriverOptions): PoolDriver {
     assertVolumeId(volumeId);
     assertOperationId(fopts.operationId);
     // Nothing to do, by construction: thin clones share blocks but depend on nothing, thick clones are copies.
-    return lock.run(volumeId, () => infoNow(volumeId));
+    return lock.run(volumeId, async () => artifactOf(volumeId, (await requireVolume(volumeId, true)).lv));
   }
 
   return {

@@ -6,7 +6,15 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { readPattern, writePattern } from "./conformance/qemu-io.js";
 import type { PoolDriver, VolumeArtifact } from "./driver.js";
 import { lvsArgv, parseLvs, tagValue } from "./lvm.js";
-import { createLvmDriver, LVM_NO_UDEV_CONFIG, LVM_TAG, lvmToolEnv, lvName } from "./lvm-driver.js";
+import {
+  createLvmDriver,
+  LVM_NO_UDEV_CONFIG,
+  LVM_TAG,
+  lvmToolEnv,
+  lvName,
+  lvOldName,
+  lvTempName,
+} from "./lvm-driver.js";
 import { createToolRunner, type ToolInvocationEvent } from "./runner.js";
 
 // The LVM driver with real device-mapper: activation, thin pool numbers, snapshots, reverts, clones and wipes,
@@ -168,7 +176,39 @@ describeVm(`lvm driver in the kernel VM: thick${suffix}`, () => {
   );
 
   it(
-    "a volume in use (open) is not reverted: the merge would be deferred",
+    "a revert that crashed after the merge is finished by the retry: the snapshot comes back",
+    async () => {
+      const a = await create(p.driver);
+      await writePattern(io(a), undefined, at40(0xa1));
+      const s = newId("snap");
+      const { snapshot } = await p.driver.createSnapshot(a.volumeId, s, op());
+      await writePattern(io(a), undefined, at40(0xb2));
+      // What the driver does before the crash: record the revert on the volume, merge (consuming the snapshot).
+      const cfg = ["--config", LVM_NO_UDEV_CONFIG];
+      await p.vg.lvm("lvchange", [
+        ...cfg,
+        "--addtag",
+        `${LVM_TAG.revertSnapshot}=${s}`,
+        "--addtag",
+        `${LVM_TAG.revertSnapshotOp}=${snapshot.operationId}`,
+        "--addtag",
+        `${LVM_TAG.revertSnapshotTime}=${Date.parse(snapshot.createdAt)}`,
+        `${p.vg.vg}/${lvName(a.volumeId)}`,
+      ]);
+      await p.vg.lvm("lvconvert", [...cfg, "-y", "-i", "1", "--merge", `${p.vg.vg}/${lvName(s)}`]);
+      expect((await lvsOf(p)).some((l) => l.name === lvName(s))).toBe(false);
+      await p.driver.revertSnapshot(a.volumeId, s, op());
+      expect(await readPattern(io(a), undefined, at40(0xa1))).toBe(true);
+      expect(await p.driver.listSnapshots(a.volumeId)).toEqual([snapshot]);
+      const vol = (await lvsOf(p)).find((l) => l.name === lvName(a.volumeId))!;
+      expect(vol.tags.filter((t) => t.startsWith("stowage.rs"))).toEqual([]);
+      await p.driver.deleteVolume(a.volumeId);
+    },
+    TIMEOUT,
+  );
+
+  it(
+    "a volume in use (open) is not reverted: LVM would defer the merge",
     async () => {
       const a = await create(p.driver);
       const snapshotId = newId("snap");
@@ -306,32 +346,45 @@ describeVm(`lvm driver in the kernel VM: thin${suffix}`, () => {
   );
 
   it(
-    "a revert that crashed after the merge is finished by the retry: the snapshot comes back",
+    "a revert that crashed between its two renames is finished by the retry, and the snapshot stays",
     async () => {
       const a = await create(p.driver);
       await writePattern(io(a), undefined, at40(0xa1));
       const s = newId("snap");
       const { snapshot } = await p.driver.createSnapshot(a.volumeId, s, op());
       await writePattern(io(a), undefined, at40(0xb2));
-      // What the driver does before the crash: record the revert on the volume, merge (consuming the snapshot).
+      // What the driver does before the crash: the reverted copy under the temp name, the volume moved aside.
+      const revertOp = newId("op");
       const cfg = ["--config", LVM_NO_UDEV_CONFIG];
-      await p.vg.lvm("lvchange", [
+      await p.vg.lvm("lvcreate", [
         ...cfg,
+        "-q",
+        "-y",
+        "-s",
+        "-kn",
+        "-n",
+        lvTempName(a.volumeId),
         "--addtag",
-        `${LVM_TAG.revertSnapshot}=${s}`,
+        `${LVM_TAG.volume}=${a.volumeId}`,
         "--addtag",
-        `${LVM_TAG.revertSnapshotOp}=${snapshot.operationId}`,
+        `${LVM_TAG.operation}=${a.operationId}`,
         "--addtag",
-        `${LVM_TAG.revertSnapshotTime}=${Date.parse(snapshot.createdAt)}`,
-        `${p.vg.vg}/${lvName(a.volumeId)}`,
+        `${LVM_TAG.reverted}=${revertOp}`,
+        `${p.vg.vg}/${lvName(s)}`,
       ]);
-      await p.vg.lvm("lvconvert", [...cfg, "-y", "--merge", `${p.vg.vg}/${lvName(s)}`]);
-      expect((await lvsOf(p)).some((l) => l.name === lvName(s))).toBe(false);
-      await p.driver.revertSnapshot(a.volumeId, s, op());
-      expect(await readPattern(io(a), undefined, at40(0xa1))).toBe(true);
+      await p.vg.lvm("lvrename", [...cfg, p.vg.vg, lvName(a.volumeId), lvOldName(a.volumeId)]);
+      expect(await p.driver.info(a.volumeId)).toBeUndefined();
+      expect(await p.driver.list()).toEqual({ volumes: [], foreign: [] });
+      p.events.length = 0;
+      const r = await p.driver.revertSnapshot(a.volumeId, s, { operationId: revertOp });
+      // Rolled forward: the copy takes the name, the old LV goes, and the retry sees its revert done.
+      expect(p.events.map((e) => e.tool)).toEqual(["lvs", "lvrename", "lvremove", "lvs"]);
+      expect(r).toMatchObject({ volumeId: a.volumeId, operationId: a.operationId, sizeBytes: SIZE });
+      expect(await readPattern(io(r), undefined, at40(0xa1))).toBe(true);
       expect(await p.driver.listSnapshots(a.volumeId)).toEqual([snapshot]);
-      const vol = (await lvsOf(p)).find((l) => l.name === lvName(a.volumeId))!;
-      expect(vol.tags.filter((t) => t.startsWith("stowage.rs"))).toEqual([]);
+      expect((await lvsOf(p)).map((l) => l.name).sort()).toEqual(
+        ["pool0", lvName(a.volumeId), lvName(s)].sort(),
+      );
       await p.driver.deleteVolume(a.volumeId);
     },
     TIMEOUT,

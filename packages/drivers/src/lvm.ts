@@ -313,7 +313,7 @@ export interface LvmLogicalVolume {
   poolLv: string;
   /** The origin of a snapshot (thin or classic); "" otherwise. */
   origin: string;
-  /** Classic snapshots: the origin's size, which is the snapshot's virtual size. */
+  /** Classic snapshots (and their origins): the origin's size, which is the snapshot's virtual size. */
   originSizeBytes?: bigint;
   /** Thin pools and thin LVs (and classic snapshots: how full the COW store is), only when active. */
   dataPercent?: number;

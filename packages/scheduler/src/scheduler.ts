@@ -6,7 +6,6 @@ import type {
   PlacementDecision,
   PlacementRequest,
   PoolCandidate,
-  ScoreComponent,
 } from "./types.js";
 
 /**

@@ -8,11 +8,14 @@
  * default /var/cache/stowage-vm; built once in ~5 s plus the download, reused while the machine is kept). A
  * busybox initramfs (vm/init) mounts this machine's `/` read-only over virtio-9p with a tmpfs overlay, so the
  * guest sees every installed package and the repository at the same paths, and nothing it writes reaches the
- * host except the share directory (mounted read-write at /share). vm/guest-init.sh then runs the script.
+ * host except the share directory (mounted read-write at /share). vm/guest-init.sh then runs the script. The
+ * guest has its own tmpfs /tmp and /run; the host's /tmp is at /host-tmp (kernelVmGuestPath).
  *
  * - TCG only (`-accel tcg,thread=multi -cpu max`): /dev/kvm here is a nested PVM hypervisor, and a stock
  *   kernel under `-accel kvm` hangs after "Booting from ROM...". TCG is 5-10x slower than native; an empty
  *   script takes ~6 s from start to power-off.
+ * - The host's root is mounted with cache=loose: without a page cache every page fault of a binary is a 9p
+ *   round trip, and node took 17 s to start instead of 2.
  * - There is no udev and no module autoloading in the guest: scripts `modprobe` what they use and run LVM
  *   with `activation{udev_sync=0 udev_rules=0}`. There is no network device, only loopback.
  *
@@ -25,7 +28,9 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { accessSync, constants, createWriteStream, realpathSync } from "node:fs";
 import { copyFile, mkdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { homedir } from "node:os";
 import { delimiter, join, resolve } from "node:path";
+import { StringDecoder } from "node:string_decoder";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { trackProcess } from "./cleanup.js";
 import { makeTempDir } from "./temp.js";
@@ -92,7 +97,10 @@ export interface KernelVmOptions {
   args?: readonly string[];
   /** Extra environment for the script (the guest starts from a clean one; PATH comes from the host). */
   env?: Record<string, string>;
-  /** The script's working directory, a host path (the guest sees the host's tree). Default: process.cwd(). */
+  /**
+   * The script's working directory, a host path (the guest sees the host's tree; see kernelVmGuestPath).
+   * Default: process.cwd().
+   */
   cwd?: string;
   /** Host directory mounted read-write at /share in the guest, for results. Default: a fresh temp dir. */
   shareDir?: string;
@@ -119,6 +127,15 @@ export interface KernelVmResult {
   kernelVersion: string;
 }
 
+/**
+ * Where a host path is in the guest: the same, except under /tmp, which the guest mounts a tmpfs of its own
+ * over (the host's /tmp stays visible at /host-tmp).
+ */
+export function kernelVmGuestPath(hostPath: string): string {
+  const p = resolve(hostPath);
+  return p === "/tmp" || p.startsWith("/tmp/") ? `/host-tmp${p.slice(4)}` : p;
+}
+
 /** Names (with their Debian packages) of the tools the lab needs that are not on PATH. */
 export function kernelVmMissingTools(): string[] {
   return Object.entries(REQUIRED_TOOLS)
@@ -126,9 +143,16 @@ export function kernelVmMissingTools(): string[] {
     .map(([tool, pkg]) => `${tool} (apt-get install -y --no-install-recommends ${pkg})`);
 }
 
-/** The cache directory in effect: the option, else $STOWAGE_VM_CACHE, else /var/cache/stowage-vm. */
+/**
+ * The cache directory in effect: the option, else $STOWAGE_VM_CACHE, else /var/cache/stowage-vm (root) or
+ * ~/.cache/stowage-vm.
+ */
 export function kernelVmCacheDir(cacheDir?: string): string {
-  return resolve(cacheDir ?? process.env.STOWAGE_VM_CACHE ?? DEFAULT_KERNEL_VM_CACHE);
+  const explicit = cacheDir ?? process.env.STOWAGE_VM_CACHE;
+  if (explicit) return resolve(explicit);
+  // Only root may write /var/cache; anyone else builds the cache in their own ~/.cache.
+  if (process.getuid?.() === 0) return DEFAULT_KERNEL_VM_CACHE;
+  return join(process.env.XDG_CACHE_HOME ?? join(homedir(), ".cache"), "stowage-vm");
 }
 
 /** Builds the guest kernel and initramfs cache if needed (a download the first time), and describes it. */
@@ -187,7 +211,7 @@ export async function runInKernelVm(opts: KernelVmOptions): Promise<KernelVmResu
       .join(delimiter),
     ...opts.env,
     STOWAGE_VM_SCRIPT: script,
-    STOWAGE_VM_CWD: cwd,
+    STOWAGE_VM_CWD: kernelVmGuestPath(cwd),
     STOWAGE_VM_SHARE: KERNEL_VM_SHARE,
   };
   await writeFile(join(control, "env"), shellEnv(env));
@@ -218,15 +242,24 @@ export async function runInKernelVm(opts: KernelVmOptions): Promise<KernelVmResu
     stdio: ["pipe", "pipe", "pipe"],
   });
   const untrack = child.pid !== undefined ? trackProcess(child.pid, { group: true }) : () => {};
+  // One decoder for the console: qemu passes the serial port on a byte or two at a time, and a character
+  // split across chunks must not turn into two replacement characters.
+  const decoder = new StringDecoder("utf8");
   const onData = (chunk: Buffer) => {
-    const text = chunk.toString("utf8");
+    const text = decoder.write(chunk);
     consoleText += text;
     if (consoleText.length > 8 * 1024 * 1024) consoleText = consoleText.slice(-4 * 1024 * 1024);
     consoleFile.write(chunk);
     opts.onConsole?.(text);
   };
   child.stdout?.on("data", onData);
-  child.stderr?.on("data", onData);
+  child.stderr?.on("data", (chunk: Buffer) => {
+    // qemu's own messages (not the guest's): kept in the log, never mixed into a half-decoded character.
+    const text = chunk.toString("utf8");
+    consoleText += text;
+    consoleFile.write(chunk);
+    opts.onConsole?.(text);
+  });
 
   let timedOut = false;
   const timer = setTimeout(() => {

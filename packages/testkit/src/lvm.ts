@@ -12,7 +12,7 @@
  *   `activation{udev_sync=0 udev_rules=0}` and `devices{obtain_device_list_from_udev=0}` (with the defaults
  *   lvcreate fails: "device not cleared"), and `global{use_lvmpolld=0}` (no lvmpolld: merges poll in-process).
  */
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { mkdir, truncate, writeFile } from "node:fs/promises";
 import { join } from "node:path";
@@ -73,25 +73,9 @@ export async function createLoopVg(opts: LoopVgOptions = {}): Promise<LoopVg> {
   const dir = temp.path;
   const etc = join(dir, "etc");
   const image = join(dir, "pv0.img");
-  await writeFile(image, "");
-  await truncate(image, Number(opts.sizeBytes ?? 2n * 1024n ** 3n));
-
-  const { stdout } = await execa("losetup", ["--find", "--show", image]);
-  const loopDevice = stdout.trim();
-  attached.add(loopDevice);
-  installExitHook();
-
-  await mkdir(join(etc, "backup"), { recursive: true });
-  const conf = [
-    activation ? "global { use_lvmpolld = 0 }" : "global { activation = 0 use_lvmpolld = 0 }",
-    `devices { filter = [ "a|^${loopDevice}$|", "r|.*|" ] use_devicesfile = 0 obtain_device_list_from_udev = 0 }`,
-    "activation { udev_sync = 0 udev_rules = 0 monitoring = 0 }",
-    // One backup per VG (overwritten), no archive per command: each LVM command costs ~0.5 s in the VM already.
-    `backup { backup = 1 backup_dir = "${join(etc, "backup")}" archive = 0 }`,
-    "",
-  ].join("\n");
-  await writeFile(join(etc, "lvm.conf"), conf);
   const env = { LVM_SYSTEM_DIR: etc, LVM_SUPPRESS_FD_WARNINGS: "1", LC_ALL: "C" };
+  let loopDevice = "";
+  let stopWatchdog = () => {};
 
   const lvm = async (tool: string, args: readonly string[]) => {
     const r = await execa(tool, [...args], { env, reject: false, stdin: "ignore" });
@@ -107,28 +91,38 @@ export async function createLoopVg(opts: LoopVgOptions = {}): Promise<LoopVg> {
     if (done) return;
     done = true;
     // Best effort all the way: a test that failed half-way leaves half a VG.
-    await execa("vgremove", ["-q", "-f", vg], { env, reject: false, stdin: "ignore" });
-    await execa("pvremove", ["-q", "-y", loopDevice], { env, reject: false, stdin: "ignore" });
-    await execa("losetup", ["-d", loopDevice], { reject: false });
-    attached.delete(loopDevice);
+    if (loopDevice) {
+      await execa("vgremove", ["-q", "-f", vg], { env, reject: false, stdin: "ignore" });
+      await execa("pvremove", ["-q", "-y", loopDevice], { env, reject: false, stdin: "ignore" });
+      await execa("losetup", ["-d", loopDevice], { reject: false });
+      attached.delete(loopDevice);
+      stopWatchdog();
+    }
     await temp.cleanup();
   };
 
   try {
+    await writeFile(image, "");
+    await truncate(image, Number(opts.sizeBytes ?? 2n * 1024n ** 3n));
+    loopDevice = (await execa("losetup", ["--find", "--show", image])).stdout.trim();
+    attached.add(loopDevice);
+    installExitHook();
+    stopWatchdog = watchLoopDevice(loopDevice, image);
+    await mkdir(join(etc, "backup"), { recursive: true });
+    const conf = [
+      activation ? "global { use_lvmpolld = 0 }" : "global { activation = 0 use_lvmpolld = 0 }",
+      `devices { filter = [ "a|^${loopDevice}$|", "r|.*|" ] use_devicesfile = 0 obtain_device_list_from_udev = 0 }`,
+      "activation { udev_sync = 0 udev_rules = 0 monitoring = 0 }",
+      // One backup per VG (overwritten), no archive per command: each LVM command costs ~0.5 s in the VM.
+      `backup { backup = 1 backup_dir = "${join(etc, "backup")}" archive = 0 }`,
+      "",
+    ].join("\n");
+    await writeFile(join(etc, "lvm.conf"), conf);
     await lvm("pvcreate", ["-q", "-y", loopDevice]);
     await lvm("vgcreate", ["-q", vg, loopDevice]);
     if (opts.thinPool) {
-      await lvm("lvcreate", [
-        "-q",
-        "-y",
-        "--type",
-        "thin-pool",
-        "-L",
-        `${opts.thinPool.sizeBytes}b`,
-        "-n",
-        opts.thinPool.name,
-        vg,
-      ]);
+      const { name, sizeBytes } = opts.thinPool;
+      await lvm("lvcreate", ["-q", "-y", "--type", "thin-pool", "-L", `${sizeBytes}b`, "-n", name, vg]);
     }
   } catch (e) {
     await teardown();
@@ -146,7 +140,40 @@ function dropNoise(stderr: string): string {
     .join("\n");
 }
 
-/** A test process that dies without teardown must not leave loop devices attached to deleted files. */
+/**
+ * A test process killed without running its exit handlers (a vitest worker is stopped by a signal) must not
+ * leave a loop device attached to a deleted file: a tiny detached watchdog detaches it once this process is
+ * gone, if the device still has our file behind it (its number may have been reused by then).
+ */
+const WATCHDOG = `
+parent=$1; dev=$2; file=$3
+alive() { [ -d "/proc/$1" ] && ! grep -qs '^State:[[:space:]]*[ZX]' "/proc/$1/status"; }
+while alive "$parent"; do sleep 1; done
+case "$(losetup -n -O BACK-FILE "$dev" 2>/dev/null)" in *"$file"*) losetup -d "$dev" ;; esac
+`;
+
+function watchLoopDevice(device: string, file: string): () => void {
+  if (process.env.STOWAGE_TESTKIT_NO_REAPER === "1") return () => {};
+  try {
+    const child = spawn(
+      "bash",
+      ["-c", WATCHDOG, "stowage-loop-watchdog", String(process.pid), device, file],
+      {
+        detached: true,
+        stdio: "ignore",
+      },
+    );
+    child.on("error", () => {});
+    child.unref();
+    return () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+    };
+  } catch {
+    return () => {};
+  }
+}
+
+/** A test process that exits without teardown must not leave loop devices attached to deleted files. */
 function installExitHook(): void {
   if (exitHookInstalled) return;
   exitHookInstalled = true;

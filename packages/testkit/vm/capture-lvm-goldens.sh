@@ -2,7 +2,8 @@
 # Captures the LVM report goldens of packages/drivers/src/testdata/lvm-*.json from real LVM in the kernel VM
 # (thin pools and snapshots need device-mapper), with the drivers' own field lists. Run from the repo root:
 #   node_modules/.bin/tsx packages/testkit/src/kernel-vm.ts --share /tmp/goldens packages/testkit/vm/capture-lvm-goldens.sh
-# then copy /tmp/goldens/lvm-*.json into packages/drivers/src/testdata/ (names are kept stable on purpose).
+# then copy /tmp/goldens/lvm-*.json into packages/drivers/src/testdata/ (names are kept stable on purpose) and
+# run `npx biome format --write packages/drivers/src/testdata/lvm-*.json` (the values stay LVM's).
 set -euo pipefail
 for m in dm-mod dm-thin-pool dm-snapshot loop; do modprobe "$m"; done
 export LVM_SUPPRESS_FD_WARNINGS=1
