@@ -19,25 +19,31 @@ describe.skipIf(!natsAvailable())("the public API through a plain @grpc/grpc-js 
   let c: Cluster;
   let volumes: Client;
   let hosts: Client;
+  let exports: Client;
 
   beforeAll(async () => {
     c = await startCluster({ database: "pglite", agents: ["gnode1"] });
-    const def = protoLoader.loadSync(["stowage/v1/volume.proto", "stowage/v1/host.proto"], {
-      includeDirs: [join(ROOT, "proto")],
-      longs: String,
-      enums: String,
-      defaults: true,
-      oneofs: true,
-    });
+    const def = protoLoader.loadSync(
+      ["stowage/v1/volume.proto", "stowage/v1/host.proto", "stowage/v1/export.proto"],
+      {
+        includeDirs: [join(ROOT, "proto")],
+        longs: String,
+        enums: String,
+        defaults: true,
+        oneofs: true,
+      },
+    );
     // biome-ignore lint/suspicious/noExplicitAny: see Client
     const pkg = grpc.loadPackageDefinition(def) as any;
     const address = `127.0.0.1:${c.grpcPort}`;
     volumes = new pkg.stowage.v1.VolumeService(address, grpc.credentials.createInsecure());
     hosts = new pkg.stowage.v1.HostService(address, grpc.credentials.createInsecure());
+    exports = new pkg.stowage.v1.ExportService(address, grpc.credentials.createInsecure());
   }, 180_000);
   afterAll(async () => {
     volumes?.close();
     hosts?.close();
+    exports?.close();
     await c?.stop();
   });
 
@@ -106,8 +112,6 @@ describe.skipIf(!natsAvailable())("the public API through a plain @grpc/grpc-js 
   });
 
   it("reports what is not built yet as UNIMPLEMENTED", async () => {
-    await expect(
-      call(volumes, "ResizeVolume", { volume: "grpc-disk", newSizeBytes: "134217728" }),
-    ).rejects.toMatchObject({ code: grpc.status.UNIMPLEMENTED });
+    await expect(call(exports, "ListExports", {})).rejects.toMatchObject({ code: grpc.status.UNIMPLEMENTED });
   });
 });
