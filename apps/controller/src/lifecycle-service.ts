@@ -21,7 +21,6 @@ import type {
 import {
   clonesOfSnapshot,
   getOperation,
-  getPool,
   getSnapshot,
   getVolumeByName,
   getVolumeByRequestId,
@@ -40,7 +39,6 @@ import {
 import type { ControllerContext } from "./context.js";
 import { formats } from "./convert.js";
 import { enqueueOperation, mutate } from "./outbox.js";
-import { isThinKind } from "./scheduling.js";
 import { validateRequestId } from "./validate.js";
 import { resolveVolume } from "./volume-service.js";
 
@@ -48,11 +46,6 @@ async function lockVolume(tx: Queryable, ref: string): Promise<VolumeRow> {
   const v = await resolveVolume(tx, ref);
   const [locked] = await tx<VolumeRow[]>`select * from volumes where id = ${v.id} for update`;
   return locked!;
-}
-
-async function thinPool(tx: Queryable, poolId: string): Promise<boolean> {
-  const p = await getPool(tx, poolId);
-  return p ? isThinKind(p.kind) : false;
 }
 
 function requireAvailable(v: VolumeRow, what: string): void {
@@ -84,7 +77,7 @@ export async function resizeVolume(
         `shrinking ${v.name} from ${formatSize(v.sizeBytes)} to ${formatSize(newSize)} throws away the data past the new end: pass allow_shrink (stowctl: --allow-shrink) if you mean it`,
       );
     }
-    if (!(await resizeHolding(tx, { volumeId: v.id, bytes: newSize, thin: await thinPool(tx, v.poolId) }))) {
+    if (!(await resizeHolding(tx, { volumeId: v.id, bytes: newSize }))) {
       throw resourceExhausted(
         `pool ${v.poolId} cannot take ${formatSize(newSize - v.sizeBytes)} more for ${v.name}`,
       );
@@ -224,10 +217,7 @@ export async function revertSnapshot(
         return { snapshot: s, operation: inFlight };
     }
     requireAvailable(v, "a revert");
-    if (
-      s.sizeBytes !== v.sizeBytes &&
-      !(await resizeHolding(tx, { volumeId: v.id, bytes: s.sizeBytes, thin: await thinPool(tx, v.poolId) }))
-    ) {
+    if (s.sizeBytes !== v.sizeBytes && !(await resizeHolding(tx, { volumeId: v.id, bytes: s.sizeBytes }))) {
       throw resourceExhausted(`pool ${v.poolId} cannot take the snapshot's size back`);
     }
     const operation = await enqueueOperation(tx, {
@@ -308,7 +298,6 @@ export async function cloneVolume(
         volumeId,
         bytes: size,
         ttlMs: ctx.config.reservationTtlMs,
-        thin: await thinPool(tx, source.poolId),
       }))
     ) {
       throw resourceExhausted(

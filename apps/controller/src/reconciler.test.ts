@@ -98,9 +98,9 @@ describe("reconciler (on PGlite)", () => {
         operationId: op,
         antiAffinityGroup: "",
       });
-      expect(
-        await reserveCapacity(tx, { poolId: "h1/p", volumeId: id, bytes: 10n * GiB, ttlMs: 1, thin: false }),
-      ).toBe(true);
+      expect(await reserveCapacity(tx, { poolId: "h1/p", volumeId: id, bytes: 10n * GiB, ttlMs: 1 })).toBe(
+        true,
+      );
       await insertOperation(tx, {
         id: op,
         kind: "create_volume",

@@ -5,7 +5,6 @@ import {
   confirmReservation,
   finishOperation,
   getOperation,
-  getPool,
   getSnapshotById,
   getVolumeById,
   releaseCapacity,
@@ -15,7 +14,6 @@ import {
 } from "@stowage/store";
 import type { ControllerContext } from "./context.js";
 import { errorFromWire } from "./convert.js";
-import { isThinKind } from "./scheduling.js";
 
 /**
  * Applies one operation result. Results may arrive twice or late: an operation that is already finished is left
@@ -72,8 +70,7 @@ export async function applyResult(ctx: ControllerContext, r: OperationResult): P
           });
         } else {
           // The volume is as it was: give the ledger back its old size, and keep the error for `volume get`.
-          const thin = isThinKind((await getPool(tx, volume.poolId))?.kind ?? "dir");
-          await resizeHolding(tx, { volumeId: volume.id, bytes: volume.sizeBytes, thin, force: true });
+          await resizeHolding(tx, { volumeId: volume.id, bytes: volume.sizeBytes, force: true });
           await updateVolume(tx, volume.id, { state: "available", error });
         }
         if (op.kind === "revert_snapshot" && op.snapshotId && !r.success)

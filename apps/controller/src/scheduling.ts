@@ -1,4 +1,4 @@
-import { notFound, type PoolKind, THIN_KINDS } from "@stowage/core";
+import { notFound } from "@stowage/core";
 import {
   type ClusterView,
   type GroupPlacementDecision,
@@ -96,5 +96,3 @@ export async function decideGroup(
     for (const c of d.candidates) if (!c.feasible) ctx.metrics.schedulerRefusals.inc({ filter: c.refusedBy });
   return group;
 }
-
-export const isThinKind = (kind: PoolKind) => THIN_KINDS.has(kind);

@@ -5,7 +5,6 @@ import {
   invalidArgument,
   newId,
   notFound,
-  type PoolKind,
   type Qcow2Options,
   resourceExhausted,
   type StowageError,
@@ -38,7 +37,7 @@ import {
 import type { ControllerContext } from "./context.js";
 import { formats, qcow2FromWire, qcow2ToWire } from "./convert.js";
 import { enqueueOperation, mutate } from "./outbox.js";
-import { checkConstraintTargets, decide, decideGroup, isThinKind } from "./scheduling.js";
+import { checkConstraintTargets, decide, decideGroup } from "./scheduling.js";
 import {
   constraintsFromWire,
   defaultFormat,
@@ -97,7 +96,6 @@ async function writeCreate(
   spec: VolumeSpec,
   decision: PlacementDecision,
   actor: string,
-  thin: boolean,
 ) {
   const volumeId = newId("vol");
   const operationId = newId("op");
@@ -121,7 +119,6 @@ async function writeCreate(
     volumeId,
     bytes: spec.sizeBytes,
     ttlMs: ctx.config.reservationTtlMs,
-    thin,
   });
   if (!ok) throw new ReservationConflict();
   const operation = await enqueueOperation(tx, {
@@ -155,11 +152,6 @@ async function writeCreate(
   return { volume, operation };
 }
 
-async function thinPools(ctx: ControllerContext): Promise<Set<string>> {
-  const rows = await ctx.sql<{ id: string; kind: PoolKind }[]>`select id, kind from pools`;
-  return new Set(rows.filter((r) => isThinKind(r.kind)).map((r) => r.id));
-}
-
 function refusal(summary: string, capacity: boolean): StowageError {
   return capacity ? resourceExhausted(summary) : failedPrecondition(summary);
 }
@@ -187,9 +179,8 @@ export async function createVolume(
       throw err;
     }
     if (req.dryRun) return { placement: decision };
-    const thin = (await thinPools(ctx)).has(decision.poolId);
     try {
-      const out = await ctx.sql.begin((tx) => writeCreate(ctx, tx, spec, decision, actor, thin));
+      const out = await ctx.sql.begin((tx) => writeCreate(ctx, tx, spec, decision, actor));
       ctx.kickRelay();
       ctx.notifyChange();
       ctx.log.info(
@@ -262,13 +253,12 @@ export async function createVolumeGroup(
       throw err;
     }
     if (req.dryRun) return group.decisions.map((placement) => ({ placement }));
-    const thin = await thinPools(ctx);
     try {
       const out = await ctx.sql.begin(async (tx) => {
         const made = [];
         for (const [i, spec] of specs.entries()) {
           const d = group.decisions[i]!;
-          made.push({ ...(await writeCreate(ctx, tx, spec, d, actor, thin.has(d.poolId))), placement: d });
+          made.push({ ...(await writeCreate(ctx, tx, spec, d, actor)), placement: d });
         }
         return made;
       });

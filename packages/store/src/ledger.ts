@@ -1,3 +1,4 @@
+import { THIN_KINDS } from "@stowage/core";
 import type { Queryable } from "./db.js";
 import type { ReservationRow } from "./rows.js";
 
@@ -10,24 +11,27 @@ import type { ReservationRow } from "./rows.js";
  *   thin pools also:   used physical bytes stay under max_used_percent of total
  *   and the pool holds fewer than max_volumes volumes (0: no limit)
  *
- * The scheduler (packages/scheduler) applies the same rules to its in-memory view; this UPDATE decides.
+ * Whether a pool is thin follows from its kind (core's THIN_KINDS), as in the scheduler. The scheduler
+ * (packages/scheduler) applies the same rules to its in-memory view; this UPDATE decides.
  */
+const THIN = [...THIN_KINDS];
+
 /** The capacity rule above, for `bytes` more in the pool row being updated (one rule for every change). */
-function fits(sql: Queryable, bytes: bigint, thin: boolean) {
+function fits(sql: Queryable, bytes: bigint) {
   return sql`
     allocated_bytes + reserved_bytes + ${bytes}
         <= floor(total_bytes::numeric * overcommit_ratio::numeric) - total_bytes::numeric * reserved_percent::numeric / 100
-    and (${thin} or reserved_bytes + ${bytes} <= free_bytes - total_bytes::numeric * reserved_percent::numeric / 100)
-    and (not ${thin} or used_bytes::numeric * 100 <= total_bytes::numeric * max_used_percent::numeric)`;
+    and (kind = any(${THIN}) or reserved_bytes + ${bytes} <= free_bytes - total_bytes::numeric * reserved_percent::numeric / 100)
+    and (kind <> all(${THIN}) or used_bytes::numeric * 100 <= total_bytes::numeric * max_used_percent::numeric)`;
 }
 
 export async function reserveCapacity(
   sql: Queryable,
-  r: { poolId: string; volumeId: string; bytes: bigint; ttlMs: number; thin: boolean },
+  r: { poolId: string; volumeId: string; bytes: bigint; ttlMs: number },
 ): Promise<boolean> {
   const rows = await sql`
     update pools set reserved_bytes = reserved_bytes + ${r.bytes}, volume_count = volume_count + 1, updated_at = now()
-    where id = ${r.poolId} and ${fits(sql, r.bytes, r.thin)} and (max_volumes = 0 or volume_count < max_volumes)
+    where id = ${r.poolId} and ${fits(sql, r.bytes)} and (max_volumes = 0 or volume_count < max_volumes)
     returning id`;
   if (rows.length === 0) return false;
   await sql`insert into reservations (volume_id, pool_id, bytes, state, expires_at)
@@ -44,7 +48,7 @@ export async function resizeHolding(
   r: {
     volumeId: string;
     bytes: bigint;
-    thin: boolean /** Undo of a failed resize: the bytes were held before. */;
+    /** Undo of a failed resize: the bytes were held before, so they are given back without the check. */
     force?: boolean;
   },
 ): Promise<boolean> {
@@ -58,7 +62,7 @@ export async function resizeHolding(
   const rows =
     delta > 0n && !r.force
       ? await sql`update pools set ${column} = ${column} + ${delta}, updated_at = now()
-          where id = ${res.poolId} and ${fits(sql, delta, r.thin)} returning id`
+          where id = ${res.poolId} and ${fits(sql, delta)} returning id`
       : await sql`update pools set ${column} = ${column} + ${delta}, updated_at = now() where id = ${res.poolId} returning id`;
   if (rows.length === 0) return false;
   await sql`update reservations set bytes = ${r.bytes}, updated_at = now() where volume_id = ${r.volumeId}`;

@@ -136,7 +136,6 @@ describe.each(backends)("store on %s", (_name, makeBackend) => {
         volumeId: id,
         bytes: 10n * GiB,
         ttlMs: 60_000,
-        thin: false,
       });
       if (ok) ids.push(id);
     }
@@ -170,7 +169,6 @@ describe.each(backends)("store on %s", (_name, makeBackend) => {
           volumeId: id,
           bytes: 10n * GiB,
           ttlMs: 60_000,
-          thin: true,
         })
       )
         granted += 10n * GiB;
@@ -190,7 +188,6 @@ describe.each(backends)("store on %s", (_name, makeBackend) => {
         volumeId: big,
         bytes: 91n * GiB,
         ttlMs: 60_000,
-        thin: false,
       }),
     ).toBe(false);
     const granted = [];
@@ -202,7 +199,6 @@ describe.each(backends)("store on %s", (_name, makeBackend) => {
           volumeId: id,
           bytes: GiB,
           ttlMs: 60_000,
-          thin: false,
         }),
       );
     }
@@ -222,7 +218,6 @@ describe.each(backends)("store on %s", (_name, makeBackend) => {
             volumeId: id,
             bytes: 1n * GiB,
             ttlMs: 60_000,
-            thin: false,
           }),
         ),
       ),
