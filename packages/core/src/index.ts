@@ -1,3 +1,4 @@
+export * from "./capabilities.js";
 export * from "./cpulist.js";
 export * from "./domain.js";
 export * from "./errors.js";

@@ -1,0 +1,122 @@
+import { FORMATS_BY_KIND, type PoolKind, type VolumeFormat } from "./domain.js";
+import { failedPrecondition } from "./errors.js";
+
+/** How a deleted volume's data is destroyed: not at all, by writing zeros, or by discarding (unmap/TRIM). */
+export const WIPE_MODES = ["none", "zero", "discard"] as const;
+export type WipeMode = (typeof WIPE_MODES)[number];
+
+/** How a volume is reached from another host (the sharing issue builds them; no kind offers one yet). */
+export const EXPORT_KINDS = ["iscsi", "nfs", "nbd"] as const;
+export type ExportKind = (typeof EXPORT_KINDS)[number];
+
+/** What volumes of one pool kind and format can do. */
+export interface Capabilities {
+  snapshots: boolean;
+  clones: boolean;
+  /** Reverting a volume to one of its snapshots. */
+  revert: boolean;
+  /** Making a clone independent of its source. */
+  flatten: boolean;
+  shrink: boolean;
+  wipe: readonly WipeMode[];
+  exports: readonly ExportKind[];
+}
+
+export type Capability = Exclude<keyof Capabilities, "wipe" | "exports">;
+
+const FILE_QCOW2: Capabilities = {
+  snapshots: true,
+  clones: true,
+  revert: true,
+  flatten: true,
+  shrink: true,
+  wipe: ["none", "zero", "discard"],
+  exports: [],
+};
+// A raw file has nowhere to keep a snapshot; clones and flatten are full copies.
+const FILE_RAW: Capabilities = { ...FILE_QCOW2, snapshots: false, revert: false };
+const LVM: Capabilities = FILE_QCOW2;
+// Zeros on a thin RBD image allocate every object: a zero wipe would fill the cluster.
+const RBD: Capabilities = { ...FILE_QCOW2, wipe: ["none", "discard"] };
+
+/**
+ * The one table of what each pool kind and format can do (docs/architecture.md, "Capabilities"). The
+ * controller refuses an unsupported request from it before anything is written, and the drivers' conformance
+ * suite runs the tests each row promises. A kind/format pair with no row cannot hold volumes at all.
+ */
+export const CAPABILITIES: Readonly<Record<PoolKind, Partial<Record<VolumeFormat, Capabilities>>>> = {
+  dir: { qcow2: FILE_QCOW2, raw: FILE_RAW },
+  netfs: { qcow2: FILE_QCOW2, raw: FILE_RAW },
+  lvm: { raw: LVM },
+  lvmthin: { raw: LVM },
+  rbd: { raw: RBD },
+};
+
+const NONE: Capabilities = {
+  snapshots: false,
+  clones: false,
+  revert: false,
+  flatten: false,
+  shrink: false,
+  wipe: ["none"],
+  exports: [],
+};
+
+/** The capabilities of a volume of this kind and format (nothing at all for a pair that cannot exist). */
+export function capabilitiesOf(kind: PoolKind, format: VolumeFormat, table = CAPABILITIES): Capabilities {
+  return table[kind]?.[format] ?? NONE;
+}
+
+const WHAT: Record<Capability, string> = {
+  snapshots: "snapshots",
+  clones: "clones",
+  revert: "reverting to a snapshot",
+  flatten: "flattening a clone",
+  shrink: "shrinking",
+};
+
+/** Throws FAILED_PRECONDITION when volumes of this kind and format cannot do `capability`. */
+export function requireCapability(
+  kind: PoolKind,
+  format: VolumeFormat,
+  capability: Capability,
+  table = CAPABILITIES,
+): void {
+  if (!capabilitiesOf(kind, format, table)[capability]) {
+    throw failedPrecondition(`${format} volumes on ${kind} pools do not support ${WHAT[capability]}`, {
+      kind,
+      format,
+      capability,
+    });
+  }
+}
+
+/** Throws FAILED_PRECONDITION when volumes of this kind and format cannot be wiped this way. */
+export function requireWipe(
+  kind: PoolKind,
+  format: VolumeFormat,
+  mode: WipeMode,
+  table = CAPABILITIES,
+): void {
+  const modes = capabilitiesOf(kind, format, table).wipe;
+  if (!modes.includes(mode)) {
+    throw failedPrecondition(
+      `${format} volumes on ${kind} pools cannot be wiped with ${mode}: use ${modes.join(" or ")}`,
+      { kind, format, wipe: mode },
+    );
+  }
+}
+
+/** Every row agrees with FORMATS_BY_KIND: a format a kind cannot hold has no row. */
+export function checkCapabilityTable(table = CAPABILITIES): void {
+  for (const [kind, rows] of Object.entries(table) as [
+    PoolKind,
+    Partial<Record<VolumeFormat, Capabilities>>,
+  ][]) {
+    for (const format of Object.keys(rows) as VolumeFormat[]) {
+      if (!FORMATS_BY_KIND[kind].includes(format)) {
+        throw new Error(`capability row ${kind}/${format}: ${kind} pools cannot hold ${format} volumes`);
+      }
+    }
+  }
+}
