@@ -6,7 +6,7 @@ import {
   SnapshotStateSchema,
   VolumeState,
 } from "@stowage/proto";
-import type { Command } from "commander";
+import type { Command, OptionValues } from "commander";
 import { type Act, examples } from "../command-kit.js";
 import type { Context } from "../context.js";
 import { CliError } from "../errors.js";
@@ -94,6 +94,19 @@ async function waitForSnapshot(
   return current;
 }
 
+/** With --wait, waits until the snapshot is `want`; without, returns it as the controller answered. */
+function settle(
+  ctx: Context,
+  volume: string,
+  s: Snapshot,
+  opts: OptionValues,
+  want: SnapshotState,
+  verb: string,
+): Promise<Snapshot> {
+  if (!opts.wait) return Promise.resolve(s);
+  return waitForSnapshot(ctx, volume, s, want, verb, parseDuration(opts.waitTimeout, "--wait-timeout"));
+}
+
 export function registerSnapshotCommands(program: Command, act: Act): void {
   const snapshot = program
     .command("snapshot")
@@ -128,16 +141,7 @@ export function registerSnapshotCommands(program: Command, act: Act): void {
         { volume, name: parseName("snapshot name", name!) },
         ctx.call(),
       );
-      let s = res.snapshot!;
-      if (opts.wait)
-        s = await waitForSnapshot(
-          ctx,
-          volume,
-          s,
-          SnapshotState.AVAILABLE,
-          "taking",
-          parseDuration(opts.waitTimeout, "--wait-timeout"),
-        );
+      const s = await settle(ctx, volume, res.snapshot!, opts, SnapshotState.AVAILABLE, "taking");
       if (ctx.json) ctx.printJson(toPlain(SnapshotSchema, s));
       else ctx.print(snapshotDetails(s, ctx));
     }),
@@ -200,16 +204,7 @@ export function registerSnapshotCommands(program: Command, act: Act): void {
         { volume, snapshot: parseName("snapshot", snap!) },
         ctx.call(),
       );
-      let s = res.snapshot!;
-      if (opts.wait)
-        s = await waitForSnapshot(
-          ctx,
-          volume,
-          s,
-          SnapshotState.DELETED,
-          "deleting",
-          parseDuration(opts.waitTimeout, "--wait-timeout"),
-        );
+      const s = await settle(ctx, volume, res.snapshot!, opts, SnapshotState.DELETED, "deleting");
       if (ctx.json) ctx.printJson(toPlain(SnapshotSchema, s));
       else ctx.print(`snapshot ${s.name} is ${stateName(s.state)}`);
     }),
