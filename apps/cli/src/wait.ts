@@ -1,3 +1,4 @@
+import { setTimeout as delay } from "node:timers/promises";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { type Volume, VolumeState, VolumeStateSchema } from "@stowage/proto";
 import type { Context } from "./context.js";
@@ -23,18 +24,10 @@ const stateName = (s: VolumeState) => enumName(VolumeStateSchema, s);
 
 class WaitTimedOut extends Error {}
 
+/** Waits `ms`; an abort rejects with the signal's own reason (a timeout says where the volume got to). */
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal.aborted) return reject(signal.reason);
-    const onAbort = () => {
-      clearTimeout(timer);
-      reject(signal.reason);
-    };
-    const timer = setTimeout(() => {
-      signal.removeEventListener("abort", onAbort);
-      resolve();
-    }, ms);
-    signal.addEventListener("abort", onAbort, { once: true });
+  return delay(ms, undefined, { signal }).catch(() => {
+    throw signal.reason;
   });
 }
 

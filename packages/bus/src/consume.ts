@@ -1,3 +1,4 @@
+import { setTimeout as delay } from "node:timers/promises";
 import type { Consumer, JsMsg } from "@nats-io/jetstream";
 
 export interface ConsumeLoopOptions {
@@ -55,16 +56,7 @@ export async function consumeLoop(
   }
 }
 
+/** Waits `ms`, or less when the consumer is stopped. */
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const t = setTimeout(resolve, ms);
-    signal.addEventListener(
-      "abort",
-      () => {
-        clearTimeout(t);
-        resolve();
-      },
-      { once: true },
-    );
-  });
+  return delay(ms, undefined, { signal }).catch(() => {});
 }
