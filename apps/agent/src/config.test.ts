@@ -59,6 +59,8 @@ const KINDS: Record<string, Record<string, string>> = {
   },
 };
 
+const OPERATING = readFileSync(new URL("../../../docs/operating.md", import.meta.url), "utf8");
+
 const defaults = (rows: { path: string; default: string }[]) =>
   Object.fromEntries(rows.map((r) => [r.path, r.default]));
 
@@ -102,6 +104,22 @@ describe("agent --help", () => {
   it("says how to pass the config", () => {
     expect(help).toContain("--config");
     expect(help).toContain("STOWAGE_AGENT_CONFIG");
+  });
+});
+
+describe("docs/operating.md", () => {
+  it("lists every setting of the agent config with its default", () => {
+    const rows = OPERATING.split("\n").filter((l) => l.startsWith("| `"));
+    const settings = agentSettings();
+    const all = [...settings.host, ...settings.pool, ...Object.values(settings.kinds).flat()];
+    for (const r of all) {
+      const row = rows.find((l) => l.startsWith(`| \`${r.path}\` |`));
+      expect(row, r.path).toBeDefined();
+      // The host name's default is this machine's: the docs say so in words.
+      const cell = row?.split(" | ")[2];
+      const literal = r.default === "required" || r.default.startsWith("unset");
+      if (r.path !== "hostName") expect(cell, r.path).toBe(literal ? r.default : `\`${r.default}\``);
+    }
   });
 });
 
@@ -208,6 +226,16 @@ describe("parseAgentConfig", () => {
         ],
       }),
     ).toThrow(/pools: pool name p is used twice/);
+  });
+
+  it("reads every agent config example of docs/operating.md", () => {
+    const blocks = [...OPERATING.matchAll(/```json\n([\s\S]*?)```/g)].map((m) => m[1] as string);
+    const configs = blocks.filter((b) => b.includes('"pools"'));
+    expect(configs.length).toBeGreaterThanOrEqual(4);
+    const kinds = configs.flatMap((b, i) =>
+      parseAgentConfig(JSON.parse(b), `example ${i}`).pools.map((p) => p.kind),
+    );
+    expect(new Set(kinds)).toEqual(new Set(["dir", "lvm", "lvmthin", "rbd"]));
   });
 
   it("reads the example config in deploy/examples", () => {

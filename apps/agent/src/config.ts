@@ -156,8 +156,14 @@ export const AgentConfigSchema = z
       ),
       "the host's name in the cluster (default: this machine's hostname, lowercased, other characters as '-')",
     ),
-    zone: setting(z.string().default(""), "the host's zone, for zone selectors and anti-affinity"),
-    labels: setting(z.record(z.string(), z.string()).default({}), "host labels for placement selectors"),
+    zone: setting(
+      z.string().default(""),
+      "the host's zone (a name), for zone selectors and anti-affinity by zone",
+    ),
+    labels: setting(
+      z.record(z.string(), z.string()).default({}),
+      "labels of the host, stored with it (placement selects on pool labels)",
+    ),
     controllerUrl: setting(
       z.string().url().default("http://127.0.0.1:7480"),
       "the controller's gRPC address",

@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { ALLOW_PLAINTEXT_ENV, controllerHelp, controllerSettings, loadControllerConfig } from "./config.js";
 
@@ -49,6 +50,16 @@ describe("controller --help", () => {
 
   it("gives the scheduler's default weights", () => {
     expect(help).toContain("free-space=1,numa-locality=2,fewest-volumes=0.25,pool-load=0.25");
+  });
+});
+
+describe("docs/operating.md", () => {
+  it("lists every controller setting with its default", () => {
+    const doc = readFileSync(new URL("../../../docs/operating.md", import.meta.url), "utf8");
+    for (const [env, fallback] of Object.entries({ ...SETTINGS, [ALLOW_PLAINTEXT_ENV]: undefined })) {
+      const shown = fallback === undefined ? "unset" : `\`${fallback === "" ? '""' : fallback}\``;
+      expect(doc, env).toContain(`| \`${env}\` | ${shown} |`);
+    }
   });
 });
 
