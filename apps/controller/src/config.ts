@@ -13,6 +13,9 @@ const listen = z
   .string()
   .regex(/^[^:]+:\d+$|^\[[0-9a-f:]+\]:\d+$/i, "use host:port, for example 127.0.0.1:7480");
 
+/** A duration in milliseconds, at least `min`. */
+const milliseconds = (min: number, fallback: number) => z.coerce.number().int().min(min).default(fallback);
+
 /** One setting's environment variable and what it is for; the default lives in the field's schema. */
 interface SettingMeta {
   env: string;
@@ -56,40 +59,32 @@ export const ControllerConfigSchema = z.object({
   natsUser: setting(z.string().optional(), "STOWAGE_NATS_USER", "NATS user name (none: no NATS auth)"),
   natsPass: setting(z.string().optional(), "STOWAGE_NATS_PASS", "NATS password"),
   heartbeatIntervalMs: setting(
-    z.coerce.number().int().min(100).default(3000),
+    milliseconds(100, 3000),
     "STOWAGE_HEARTBEAT_INTERVAL_MS",
     "how often agents are told to send heartbeats (ms, at least 100)",
   ),
   hostDownAfterMs: setting(
-    z.coerce.number().int().min(500).default(15000),
+    milliseconds(500, 15000),
     "STOWAGE_HOST_DOWN_AFTER_MS",
     "a host without a heartbeat for this long is marked down (ms, at least 500)",
   ),
   reservationTtlMs: setting(
-    z.coerce
-      .number()
-      .int()
-      .min(1000)
-      .default(15 * 60_000),
+    milliseconds(1000, 15 * 60_000),
     "STOWAGE_RESERVATION_TTL_MS",
     "a reservation not confirmed within this time is released and its volume marked error (ms)",
   ),
   resendAfterMs: setting(
-    z.coerce
-      .number()
-      .int()
-      .min(1000)
-      .default(5 * 60_000),
+    milliseconds(1000, 5 * 60_000),
     "STOWAGE_RESEND_AFTER_MS",
     "sent operations without a result are published again after this long (ms)",
   ),
   reconcileIntervalMs: setting(
-    z.coerce.number().int().min(50).default(2000),
+    milliseconds(50, 2000),
     "STOWAGE_RECONCILE_INTERVAL_MS",
     "period of the reconciler (host liveness, expired reservations, re-sends; ms)",
   ),
   relayIntervalMs: setting(
-    z.coerce.number().int().min(10).default(500),
+    milliseconds(10, 500),
     "STOWAGE_RELAY_INTERVAL_MS",
     "period of the outbox relay that publishes operations to JetStream (ms)",
   ),
