@@ -1,20 +1,9 @@
 import { startAgent } from "./agent.js";
-import { loadAgentConfig } from "./config.js";
-
-const HELP = `stowage-agent: runs Stowage operations on this host.
-
-Usage: stowage-agent --config /etc/stowage/agent.json
-       (or STOWAGE_AGENT_CONFIG=/etc/stowage/agent.json stowage-agent)
-
-The config is JSON: hostName, zone, labels, controllerUrl, natsUrl, sysfsRoot, metricsListen and pools, e.g.
-  { "hostName": "node1", "controllerUrl": "http://127.0.0.1:7480", "natsUrl": "nats://127.0.0.1:4222",
-    "pools": [ { "name": "default", "kind": "dir", "path": "/var/lib/stowage/pools/default" } ] }
-See deploy/examples/agent.json.
-`;
+import { agentHelp, loadAgentConfig } from "./config.js";
 
 const args = process.argv.slice(2);
 if (args.includes("--help") || args.includes("-h")) {
-  process.stdout.write(HELP);
+  process.stdout.write(agentHelp());
   process.exit(0);
 }
 const i = args.indexOf("--config");

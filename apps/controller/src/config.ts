@@ -1,93 +1,193 @@
-import { SCORERS } from "@stowage/scheduler";
+import { DEFAULT_WEIGHTS, SCORERS } from "@stowage/scheduler";
 import { z } from "zod";
 
 const SCORER_NAMES: readonly string[] = SCORERS;
+
+function defaultWeights(): string {
+  return Object.entries(DEFAULT_WEIGHTS)
+    .map(([name, weight]) => `${name}=${weight}`)
+    .join(",");
+}
 
 const listen = z
   .string()
   .regex(/^[^:]+:\d+$|^\[[0-9a-f:]+\]:\d+$/i, "use host:port, for example 127.0.0.1:7480");
 
-/** Every controller setting, from the environment (STOWAGE_*), with defaults that run a local cluster. */
+/** A duration in milliseconds, at least `min`. */
+const milliseconds = (min: number, fallback: number) => z.coerce.number().int().min(min).default(fallback);
+
+/** One setting's environment variable and what it is for; the default lives in the field's schema. */
+interface SettingMeta {
+  env: string;
+  description: string;
+}
+
+function setting<T extends z.ZodType>(schema: T, env: string, description: string): T {
+  return schema.meta({ env, description } satisfies SettingMeta);
+}
+
+/**
+ * Every controller setting, declared once: its environment variable, its default (the schema's) and its
+ * description. The parser and `--help` are both derived from this object (docs/operating.md#controller-settings).
+ */
 export const ControllerConfigSchema = z.object({
-  /** gRPC (h2c) address of the public API and the agent protocol. */
-  grpcListen: listen.default("127.0.0.1:7480"),
-  /** /metrics, /healthz and /readyz. */
-  metricsListen: listen.default("127.0.0.1:7481"),
-  /** PostgreSQL URL; when empty the controller runs PGlite embedded in dataDir. */
-  databaseUrl: z.string().default(""),
-  /** Where the embedded database (and nothing else) lives. */
-  dataDir: z.string().default("/var/lib/stowage/controller"),
-  natsUrl: z.string().default("nats://127.0.0.1:4222"),
-  natsUser: z.string().optional(),
-  natsPass: z.string().optional(),
-  /** Agents send heartbeats this often; a host is down after missing them for hostDownAfterMs. */
-  heartbeatIntervalMs: z.coerce.number().int().min(100).default(3000),
-  hostDownAfterMs: z.coerce.number().int().min(500).default(15000),
-  /** A reservation not confirmed within this time is released and its volume marked error. */
-  reservationTtlMs: z.coerce
-    .number()
-    .int()
-    .min(1000)
-    .default(15 * 60_000),
-  /** Sent operations without a result are published again after this long. */
-  resendAfterMs: z.coerce
-    .number()
-    .int()
-    .min(1000)
-    .default(5 * 60_000),
-  reconcileIntervalMs: z.coerce.number().int().min(50).default(2000),
-  relayIntervalMs: z.coerce.number().int().min(10).default(500),
-  /** Default overcommit ratio of thin pools whose agent sets none. */
-  thinOvercommitRatio: z.coerce.number().positive().default(20),
-  /** Scorer weights, "free-space=1,numa-locality=2,fewest-volumes=0.25,pool-load=0.25" (unnamed ones keep their default). */
-  schedulerWeights: z
-    .string()
-    .default("")
-    .transform((s, ctx) => {
-      const out: Record<string, number> = {};
-      for (const part of s
-        .split(",")
-        .map((x) => x.trim())
-        .filter(Boolean)) {
-        const [k, v] = part.split("=");
-        const n = Number(v);
-        if (!k || !SCORER_NAMES.includes(k) || !Number.isFinite(n) || n < 0) {
-          ctx.addIssue({
-            code: "custom",
-            message: `${JSON.stringify(part)} is not scorer=weight with a scorer of ${SCORER_NAMES.join(", ")}`,
-          });
-          return z.NEVER;
+  grpcListen: setting(
+    listen.default("127.0.0.1:7480"),
+    "STOWAGE_GRPC_LISTEN",
+    "gRPC (h2c) address of the public API and the agent protocol",
+  ),
+  metricsListen: setting(
+    listen.default("127.0.0.1:7481"),
+    "STOWAGE_METRICS_LISTEN",
+    "address of /metrics, /healthz and /readyz",
+  ),
+  databaseUrl: setting(
+    z.string().default(""),
+    "STOWAGE_DATABASE_URL",
+    "PostgreSQL URL; empty: embedded PGlite in STOWAGE_DATA_DIR",
+  ),
+  dataDir: setting(
+    z.string().default("/var/lib/stowage/controller"),
+    "STOWAGE_DATA_DIR",
+    "where the embedded database (and nothing else) lives",
+  ),
+  natsUrl: setting(
+    z.string().default("nats://127.0.0.1:4222"),
+    "STOWAGE_NATS_URL",
+    "NATS server with JetStream",
+  ),
+  natsUser: setting(z.string().optional(), "STOWAGE_NATS_USER", "NATS user name (none: no NATS auth)"),
+  natsPass: setting(z.string().optional(), "STOWAGE_NATS_PASS", "NATS password"),
+  heartbeatIntervalMs: setting(
+    milliseconds(100, 3000),
+    "STOWAGE_HEARTBEAT_INTERVAL_MS",
+    "how often agents are told to send heartbeats (ms, at least 100)",
+  ),
+  hostDownAfterMs: setting(
+    milliseconds(500, 15000),
+    "STOWAGE_HOST_DOWN_AFTER_MS",
+    "a host without a heartbeat for this long is marked down (ms, at least 500)",
+  ),
+  reservationTtlMs: setting(
+    milliseconds(1000, 15 * 60_000),
+    "STOWAGE_RESERVATION_TTL_MS",
+    "a reservation not confirmed within this time is released and its volume marked error (ms)",
+  ),
+  resendAfterMs: setting(
+    milliseconds(1000, 5 * 60_000),
+    "STOWAGE_RESEND_AFTER_MS",
+    "sent operations without a result are published again after this long (ms)",
+  ),
+  reconcileIntervalMs: setting(
+    milliseconds(50, 2000),
+    "STOWAGE_RECONCILE_INTERVAL_MS",
+    "period of the reconciler (host liveness, expired reservations, re-sends; ms)",
+  ),
+  relayIntervalMs: setting(
+    milliseconds(10, 500),
+    "STOWAGE_RELAY_INTERVAL_MS",
+    "period of the outbox relay that publishes operations to JetStream (ms)",
+  ),
+  thinOvercommitRatio: setting(
+    z.coerce.number().positive().default(20),
+    "STOWAGE_THIN_OVERCOMMIT_RATIO",
+    "overcommit ratio of thin pools whose agent config sets none",
+  ),
+  schedulerWeights: setting(
+    z
+      .string()
+      .default("")
+      .transform((s, ctx) => {
+        const out: Record<string, number> = {};
+        for (const part of s
+          .split(",")
+          .map((x) => x.trim())
+          .filter(Boolean)) {
+          const [k, v] = part.split("=");
+          const n = Number(v);
+          if (!k || !SCORER_NAMES.includes(k) || !Number.isFinite(n) || n < 0) {
+            ctx.addIssue({
+              code: "custom",
+              message: `${JSON.stringify(part)} is not scorer=weight with a scorer of ${SCORER_NAMES.join(", ")}`,
+            });
+            return z.NEVER;
+          }
+          out[k] = n;
         }
-        out[k] = n;
-      }
-      return out;
-    }),
-  /** "name:role:token" entries, comma-separated; empty means no authentication (loopback only). */
-  apiTokens: z.string().default(""),
-  logLevel: z.string().default("info"),
+        return out;
+      }),
+    "STOWAGE_SCHEDULER_WEIGHTS",
+    `scorer=weight,... (weights >= 0); a scorer not named keeps its default weight: ${defaultWeights()}`,
+  ),
+  apiTokens: setting(
+    z.string().default(""),
+    "STOWAGE_API_TOKENS",
+    "name:role:token,... (roles viewer, operator, admin); empty: no authentication (loopback only)",
+  ),
+  logLevel: setting(z.string().default("info"), "STOWAGE_LOG_LEVEL", "debug, info, warn or error"),
 });
 
 export type ControllerConfig = z.infer<typeof ControllerConfigSchema>;
 
-const ENV: Record<keyof ControllerConfig, string> = {
-  grpcListen: "STOWAGE_GRPC_LISTEN",
-  metricsListen: "STOWAGE_METRICS_LISTEN",
-  databaseUrl: "STOWAGE_DATABASE_URL",
-  dataDir: "STOWAGE_DATA_DIR",
-  natsUrl: "STOWAGE_NATS_URL",
-  natsUser: "STOWAGE_NATS_USER",
-  natsPass: "STOWAGE_NATS_PASS",
-  heartbeatIntervalMs: "STOWAGE_HEARTBEAT_INTERVAL_MS",
-  hostDownAfterMs: "STOWAGE_HOST_DOWN_AFTER_MS",
-  reservationTtlMs: "STOWAGE_RESERVATION_TTL_MS",
-  resendAfterMs: "STOWAGE_RESEND_AFTER_MS",
-  reconcileIntervalMs: "STOWAGE_RECONCILE_INTERVAL_MS",
-  relayIntervalMs: "STOWAGE_RELAY_INTERVAL_MS",
-  thinOvercommitRatio: "STOWAGE_THIN_OVERCOMMIT_RATIO",
-  schedulerWeights: "STOWAGE_SCHEDULER_WEIGHTS",
-  apiTokens: "STOWAGE_API_TOKENS",
-  logLevel: "STOWAGE_LOG_LEVEL",
-};
+/** Not a setting of the running controller but a guard on the others: see loadControllerConfig. */
+export const ALLOW_PLAINTEXT_ENV = "STOWAGE_ALLOW_PLAINTEXT_NON_LOOPBACK";
+
+/** One row of `--help`: a setting's variable, its default as it would be written there, and its meaning. */
+export interface ControllerSettingHelp {
+  key: keyof ControllerConfig;
+  env: string;
+  default: string | undefined;
+  description: string;
+}
+
+/** The settings as declared above, in declaration order (the defaults read back through JSON Schema). */
+export function controllerSettings(): ControllerSettingHelp[] {
+  const json = z.toJSONSchema(ControllerConfigSchema, { io: "input", unrepresentable: "any" });
+  const props = (json.properties ?? {}) as Record<string, { default?: unknown }>;
+  return (Object.keys(ControllerConfigSchema.shape) as (keyof ControllerConfig)[]).map((key) => {
+    const meta = ControllerConfigSchema.shape[key].meta() as unknown as SettingMeta;
+    const fallback = props[key]?.default;
+    return {
+      key,
+      env: meta.env,
+      default: fallback === undefined ? undefined : String(fallback),
+      description: meta.description,
+    };
+  });
+}
+
+const ENV = Object.fromEntries(controllerSettings().map((s) => [s.key, s.env])) as Record<
+  keyof ControllerConfig,
+  string
+>;
+
+/** The text of `stowage-controller --help`: every setting with its default. */
+export function controllerHelp(): string {
+  const rows: [env: string, description: string, fallback: string][] = controllerSettings().map((r) => [
+    r.env,
+    r.description,
+    r.default === undefined ? "unset" : r.default === "" ? '""' : r.default,
+  ]);
+  rows.push([
+    ALLOW_PLAINTEXT_ENV,
+    "1: allow the plaintext listeners above off loopback (there is no TLS yet)",
+    "unset: refused",
+  ]);
+  const width = Math.max(...rows.map(([env]) => env.length)) + 2;
+  const lines = rows.map(
+    ([env, description, fallback]) =>
+      `  ${env.padEnd(width)}${description}\n  ${" ".repeat(width)}default: ${fallback}`,
+  );
+  return `stowage-controller: the Stowage control plane.
+
+Usage: stowage-controller
+Every setting comes from the environment; an empty value means the default.
+
+${lines.join("\n")}
+
+See docs/operating.md (controller settings) and deploy/examples/controller.env.
+`;
+}
 
 export function loadControllerConfig(
   env: NodeJS.ProcessEnv = process.env,
@@ -104,12 +204,12 @@ export function loadControllerConfig(
     throw new Error(`invalid controller configuration:\n${lines.join("\n")}`);
   }
   const c = parsed.data;
-  // Until TLS lands, plaintext listeners are allowed on loopback only (DESIGN.md, Security).
+  // Until TLS lands, plaintext listeners are allowed on loopback only (docs/architecture.md#security).
   for (const [name, addr] of [
     ["STOWAGE_GRPC_LISTEN", c.grpcListen],
     ["STOWAGE_METRICS_LISTEN", c.metricsListen],
   ] as const) {
-    if (!isLoopback(splitHostPort(addr).host) && env.STOWAGE_ALLOW_PLAINTEXT_NON_LOOPBACK !== "1") {
+    if (!isLoopback(splitHostPort(addr).host) && env[ALLOW_PLAINTEXT_ENV] !== "1") {
       throw new Error(
         `${name}=${addr} is not a loopback address, and TLS is not configured: refusing to serve plaintext off loopback`,
       );
