@@ -55,7 +55,7 @@ have_cmd psql || missing+=(postgresql-client-15)
 have_cmd ps || missing+=(procps)
 have_cmd runuser || missing+=(util-linux)
 for p in ${STOWAGE_EXTRA_APT_PACKAGES:-}; do have_pkg "$p" || missing+=("$p"); done
-# Test backends (see ../shared/BACKENDS.md for what runs where): qemu-io and qemu-img's rbd driver, LVM tools,
+# Test backends (docs/testkit.md says what runs where): qemu-io and qemu-img's rbd driver, LVM tools,
 # a one-node Ceph, the kernel VM for device-mapper, and promtool/prometheus for the observability checks.
 if [ "${TEST_BACKENDS:-0}" = 1 ]; then
   for p in qemu-block-extra lvm2 thin-provisioning-tools ceph-mon ceph-osd ceph-common qemu-system-x86 busybox-static kmod prometheus; do

@@ -28,7 +28,7 @@ describe("discoverHost on a fake sysfs", () => {
       cpuCount: 8,
       memoryBytes: 16n * GiB,
     });
-    // The tree is the kernel's shape (BACKENDS.md §7).
+    // The tree is the kernel's shape (docs/testkit.md, "NUMA and the fake sysfs").
     const sys = join(fake.sysfsRoot, "devices/system");
     expect(await readFile(join(sys, "node/online"), "utf8")).toBe("0-1\n");
     expect(await readFile(join(sys, "node/node1/cpumap"), "utf8")).toBe("000000f0\n");
@@ -150,7 +150,7 @@ describe("discovery on this machine's /sys", () => {
       expect(n.memoryBytes).toBeGreaterThan(0n);
     }
     if (host.numaNodes.length === 1) {
-      // This machine (BACKENDS.md §7): node meminfo says ~5 GB, MemTotal ~24 GB; the node must carry MemTotal.
+      // A machine seen in testing (docs/testkit.md, "NUMA and the fake sysfs"): node meminfo says ~5 GB, MemTotal ~24 GB; the node must carry MemTotal.
       expect(host.numaNodes[0]!.memoryBytes).toBe(host.memoryBytes);
       expect(host.numaNodes[0]!.distances).toEqual([10]);
     }

@@ -57,7 +57,7 @@ export async function discoverHost(opts: DiscoverOptions = {}): Promise<HostDisc
   } else {
     numaNodes = await Promise.all(nodeIds.map((id) => readNode(join(nodeRoot, `node${id}`), id)));
     if (numaNodes.length === 1 && numaNodes[0]!.memoryBytes < memoryBytes) {
-      // One node owns all memory by definition; its own meminfo can miss virtio-mem blocks (BACKENDS.md §7).
+      // One node owns all memory by definition; its own meminfo can miss virtio-mem blocks (docs/testkit.md, "NUMA and the fake sysfs").
       numaNodes[0]!.memoryBytes = memoryBytes;
     }
   }

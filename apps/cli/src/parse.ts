@@ -34,7 +34,7 @@ export function parseClusterSize(input: string): bigint {
   return bytes;
 }
 
-/** A name (volume, host, pool): invariant 4 of DESIGN.md, checked here so bad input never leaves the machine. */
+/** A name (volume, host, pool): invariant 4 of docs/architecture.md, checked here so bad input never leaves the machine. */
 export function parseName(what: string, value: string): string {
   if (value === "") throw usageError(`${what} is required`);
   if (!isValidName(value)) {

@@ -1,4 +1,4 @@
-/** Domain vocabulary shared by every package (DESIGN.md, "The words"). Wire enums map onto these at the edges. */
+/** Domain vocabulary shared by every package (docs/architecture.md, "The words"). Wire enums map onto these at the edges. */
 
 export const POOL_KINDS = ["dir", "lvm", "lvmthin", "netfs", "rbd"] as const;
 export type PoolKind = (typeof POOL_KINDS)[number];

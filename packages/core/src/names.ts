@@ -1,6 +1,6 @@
 import { invalidArgument } from "./errors.js";
 
-/** Names of volumes, snapshots, pools and hosts: never a path, never a shell word (DESIGN.md invariant 4). */
+/** Names of volumes, snapshots, pools and hosts: never a path, never a shell word (docs/architecture.md, invariant 4). */
 export const NAME_PATTERN = /^[a-z0-9][a-z0-9._-]{0,62}$/;
 
 export function isValidName(value: string): boolean {

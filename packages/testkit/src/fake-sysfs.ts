@@ -3,7 +3,7 @@ import { dirname, join, relative } from "node:path";
 
 /**
  * A fake sysfs + procfs tree for host discovery tests: the test machines have one NUMA node, and the agent must
- * be proven on several. The layout follows the kernel's (BACKENDS.md §7): `sys/devices/system/node/...`,
+ * be proven on several. The layout follows the kernel's (docs/testkit.md, "NUMA and the fake sysfs"): `sys/devices/system/node/...`,
  * `sys/devices/system/cpu/...`, `proc/meminfo`.
  */
 

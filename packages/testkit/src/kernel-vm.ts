@@ -3,7 +3,7 @@
  * for what this host's kernel cannot do (it has no device-mapper, so no LVM activation, thin pools or
  * snapshots; no configfs, knfsd or krbd either).
  *
- * How (facts from ../shared/BACKENDS.md §8, re-done here): the guest kernel comes from `apt-get download` of
+ * How (docs/testkit.md, "The kernel VM"): the guest kernel comes from `apt-get download` of
  * the package behind `linux-image-amd64`, unpacked into a cache outside the repository ($STOWAGE_VM_CACHE,
  * default /var/cache/stowage-vm; built once in ~5 s plus the download, reused while the machine is kept). A
  * busybox initramfs (vm/init) mounts this machine's `/` read-only over virtio-9p with a tmpfs overlay, so the

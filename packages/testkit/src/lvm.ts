@@ -3,7 +3,7 @@
  * loop device and is driven through a private LVM_SYSTEM_DIR (lvm.conf filtering that one loop device, backups
  * inside the temp dir), so tests never see or touch the machine's own LVM, nor each other's.
  *
- * Two modes (facts from ../shared/BACKENDS.md §2 and §8):
+ * Two modes (docs/testkit.md, "LVM on loop devices" and "The kernel VM"):
  * - metadata only (the default wherever the kernel has no device-mapper, like this host): `global/activation=0`,
  *   so pvcreate/vgcreate/lvcreate (linear)/lvextend/lvreduce/lvrename/lvremove/tags and every report work, and
  *   nothing is activated: no /dev/VG/LV, no thin pool, no snapshots.

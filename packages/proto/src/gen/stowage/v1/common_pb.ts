@@ -107,7 +107,7 @@ export const ErrorDetailSchema: GenMessage<ErrorDetail> = /*@__PURE__*/
   messageDesc(file_stowage_v1_common, 1);
 
 /**
- * The kind of place where volumes are carved (see DESIGN.md, "pool").
+ * The kind of place where volumes are carved (docs/architecture.md, "The words").
  *
  * @generated from enum stowage.v1.PoolKind
  */
