@@ -1,6 +1,6 @@
 import { type PoolCapacity, poolCapacities } from "@stowage/store";
 import { createGrowthForecast, type GrowthForecastOptions, type Registry } from "@stowage/telemetry";
-import { rowGauge, type ScrapeRead, shared } from "./metrics-scrape.js";
+import { rowGaugeFamily, type ScrapeRead, shared } from "./metrics-scrape.js";
 
 type PoolValue = (p: PoolCapacity) => number | null;
 
@@ -63,15 +63,11 @@ export function poolCapacityGauges(registry: Registry, read: ScrapeRead, opts?: 
     }
     return rows ?? [];
   });
-  const poolGauge = (name: string, help: string, value: (p: PoolCapacity) => number | null | undefined) =>
-    rowGauge(registry, {
-      name,
-      help,
-      labelNames: ["pool", "host", "kind"],
-      rows: pools,
-      labels: (p) => ({ pool: p.id, host: p.hostId, kind: p.kind }),
-      value,
-    });
+  const poolGauge = rowGaugeFamily(registry, {
+    labelNames: ["pool", "host", "kind"],
+    rows: pools,
+    labels: (p) => ({ pool: p.id, host: p.hostId, kind: p.kind }),
+  });
   for (const [name, help, value] of POOL_GAUGES) poolGauge(name, help, value);
   poolGauge(
     "stowage_pool_time_to_full_seconds",

@@ -1,6 +1,6 @@
 import { hostHeartbeatAges, operationsUnfinishedByHost } from "@stowage/store";
 import type { Registry } from "@stowage/telemetry";
-import { inBatches, rowGauge, type ScrapeRead, shared } from "./metrics-scrape.js";
+import { inBatches, rowGauge, rowGaugeFamily, type ScrapeRead, shared } from "./metrics-scrape.js";
 
 /** Hosts up and down, their heartbeat age and, given a provider, the commands waiting in their JetStream consumer. */
 export function hostGauges(
@@ -9,23 +9,20 @@ export function hostGauges(
   pendingCommands?: (hostId: string) => Promise<number>,
 ) {
   const hosts = shared(500, () => read(hostHeartbeatAges));
+  const hostGauge = rowGaugeFamily(registry, {
+    labelNames: ["host"],
+    rows: hosts,
+    labels: (r) => ({ host: r.id }),
+  });
   const gauges = {
-    hostUp: rowGauge(registry, {
-      name: "stowage_host_up",
-      help: "1 when the host is up (heartbeating), 0 when down.",
-      labelNames: ["host"],
-      rows: hosts,
-      labels: (r) => ({ host: r.id }),
-      value: (r) => (r.state === "up" ? 1 : 0),
-    }),
-    heartbeatAge: rowGauge(registry, {
-      name: "stowage_host_heartbeat_age_seconds",
-      help: "Seconds since the host's last heartbeat.",
-      labelNames: ["host"],
-      rows: hosts,
-      labels: (r) => ({ host: r.id }),
-      value: (r) => r.age,
-    }),
+    hostUp: hostGauge("stowage_host_up", "1 when the host is up (heartbeating), 0 when down.", (r) =>
+      r.state === "up" ? 1 : 0,
+    ),
+    heartbeatAge: hostGauge(
+      "stowage_host_heartbeat_age_seconds",
+      "Seconds since the host's last heartbeat.",
+      (r) => r.age,
+    ),
   };
   if (pendingCommands) jetstreamPendingGauge(registry, hosts, pendingCommands);
   return gauges;
@@ -54,22 +51,21 @@ function jetstreamPendingGauge(
 /** The outbox: operations not yet finished per host and state, and the age of the oldest. */
 export function outboxGauges(registry: Registry, read: ScrapeRead) {
   const unfinished = shared(500, () => read(operationsUnfinishedByHost));
+  const outboxGauge = rowGaugeFamily(registry, {
+    labelNames: ["host", "state"],
+    rows: unfinished,
+    labels: (r) => ({ host: r.hostId, state: r.state }),
+  });
   return {
-    operationsPending: rowGauge(registry, {
-      name: "stowage_operations_pending",
-      help: "Operations not yet finished, by host and state (pending: in the outbox; sent: published, no result yet).",
-      labelNames: ["host", "state"],
-      rows: unfinished,
-      labels: (r) => ({ host: r.hostId, state: r.state }),
-      value: (r) => r.n,
-    }),
-    operationsOldestAge: rowGauge(registry, {
-      name: "stowage_operations_oldest_age_seconds",
-      help: "Age of the oldest unfinished operation, by host and state (pending, sent); 0 when there is none.",
-      labelNames: ["host", "state"],
-      rows: unfinished,
-      labels: (r) => ({ host: r.hostId, state: r.state }),
-      value: (r) => r.oldest,
-    }),
+    operationsPending: outboxGauge(
+      "stowage_operations_pending",
+      "Operations not yet finished, by host and state (pending: in the outbox; sent: published, no result yet).",
+      (r) => r.n,
+    ),
+    operationsOldestAge: outboxGauge(
+      "stowage_operations_oldest_age_seconds",
+      "Age of the oldest unfinished operation, by host and state (pending, sent); 0 when there is none.",
+      (r) => r.oldest,
+    ),
   };
 }

@@ -75,6 +75,15 @@ export function rowGauge<R, L extends string>(registry: Registry, spec: RowGauge
   });
 }
 
+/** Gauges that share their rows and labels (one read serves them all), each with its own name, help and value. */
+export function rowGaugeFamily<R, L extends string>(
+  registry: Registry,
+  family: Pick<RowGaugeSpec<R, L>, "labelNames" | "rows" | "labels">,
+) {
+  return (name: string, help: string, value: RowGaugeSpec<R, L>["value"]) =>
+    rowGauge(registry, { ...family, name, help, value });
+}
+
 /**
  * A gauge of counts by one label, with a series for each of `values` (0 for those nothing has), so dashboards and
  * alerts see every state from the start.
