@@ -2,10 +2,8 @@ import { describe, expect, it } from "vitest";
 import { markInventoryReceived, volumesInFluxOnHost } from "./agent-traffic.js";
 import { getHost, upsertHost } from "./hosts.js";
 import { applyPoolReports } from "./pools.js";
-import { backends, hostRegistration, migratedDatabase, newVolume, poolReport } from "./testing/backends.js";
-import { insertVolume } from "./volumes.js";
-
-const GiB = 1024n ** 3n;
+import { backends, migratedDatabase } from "./testing/backends.js";
+import { GiB, hostRegistration, newVolume, poolReport, volumeInState } from "./testing/fixtures.js";
 
 describe.each(backends)("agent traffic on %s", (_name, makeBackend) => {
   const db = migratedDatabase(makeBackend);
@@ -35,10 +33,9 @@ describe.each(backends)("agent traffic on %s", (_name, makeBackend) => {
       ["vol-f6", "fx/p", "resizing", null],
       ["vol-f7", "other/p", "creating", null],
     ] as const) {
-      await insertVolume(sql, newVolume(id, poolId, GiB));
-      await sql`update volumes set state = ${state},
-        deleted_at = case when ${deletedAgo}::text is null then null else now() - ${deletedAgo}::interval end
-        where id = ${id}`;
+      await volumeInState(sql, newVolume(id, poolId, GiB), state);
+      if (deletedAgo)
+        await sql`update volumes set deleted_at = now() - ${deletedAgo}::interval where id = ${id}`;
     }
     expect([...(await volumesInFluxOnHost(sql, "fx"))].sort()).toEqual(["vol-f1", "vol-f2", "vol-f3"]);
   });

@@ -1,12 +1,16 @@
 import { describe, expect, it } from "vitest";
 import { antiAffinityGroupMembers, hostNumaNodes, loadClusterViewRows } from "./cluster-view.js";
 import { upsertHost } from "./hosts.js";
-import { insertOperation } from "./operations.js";
 import { applyPoolReports } from "./pools.js";
-import { backends, hostRegistration, migratedDatabase, newVolume, poolReport } from "./testing/backends.js";
-import { insertVolume } from "./volumes.js";
-
-const GiB = 1024n ** 3n;
+import { backends, migratedDatabase } from "./testing/backends.js";
+import {
+  GiB,
+  hostRegistration,
+  newVolume,
+  operationInState,
+  poolReport,
+  volumeInState,
+} from "./testing/fixtures.js";
 
 describe.each(backends)("the scheduler's view on %s", (_name, makeBackend) => {
   const db = migratedDatabase(makeBackend);
@@ -25,26 +29,14 @@ describe.each(backends)("the scheduler's view on %s", (_name, makeBackend) => {
       ["vol-g3", "b/q", "db", "deleted"],
       ["vol-g4", "b/q", "web", "available"],
       ["vol-g5", "a/p", "", "available"],
-    ] as const) {
-      await insertVolume(sql, newVolume(id, poolId, GiB, { antiAffinityGroup: group }));
-      await sql`update volumes set state = ${state} where id = ${id}`;
-    }
+    ] as const)
+      await volumeInState(sql, newVolume(id, poolId, GiB, { antiAffinityGroup: group }), state);
     for (const [id, state] of [
       ["op-v1", "pending"],
       ["op-v2", "sent"],
       ["op-v3", "succeeded"],
-    ] as const) {
-      await insertOperation(sql, {
-        id,
-        kind: "create_volume",
-        hostId: "b",
-        poolId: "b/q",
-        volumeId: "vol-g4",
-        command: new Uint8Array(),
-        requestedBy: "test",
-      });
-      await sql`update operations set state = ${state} where id = ${id}`;
-    }
+    ] as const)
+      await operationInState(sql, id, "b/q", state, 0, { volumeId: "vol-g4" });
 
     expect(await hostNumaNodes(sql)).toEqual(
       new Map([

@@ -4,10 +4,9 @@ import { upsertHost } from "./hosts.js";
 import { confirmReservation, ledgerDiscrepancies, releaseCapacity, reserveCapacity } from "./ledger.js";
 import { loadMigrations, migrate } from "./migrate.js";
 import { applyPoolReports } from "./pools.js";
-import { backends, hostRegistration, migratedDatabase, newVolume, poolReport } from "./testing/backends.js";
+import { backends, migratedDatabase } from "./testing/backends.js";
+import { GiB, hostRegistration, newVolume, poolReport } from "./testing/fixtures.js";
 import { insertVolume } from "./volumes.js";
-
-const GiB = 1024n ** 3n;
 
 let seq = 0;
 async function volumeIn(db: Database, poolId: string, size: bigint): Promise<string> {

@@ -1,7 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { replaceFindings } from "./findings.js";
 import { upsertHost } from "./hosts.js";
-import { insertOperation } from "./operations.js";
 import { applyPoolReports } from "./pools.js";
 import { insertSnapshot } from "./snapshots.js";
 import {
@@ -13,10 +12,15 @@ import {
   snapshotCountsByState,
   volumeCountsByState,
 } from "./telemetry.js";
-import { backends, hostRegistration, migratedDatabase, newVolume, poolReport } from "./testing/backends.js";
-import { insertVolume } from "./volumes.js";
-
-const GiB = 1024n ** 3n;
+import { backends, migratedDatabase } from "./testing/backends.js";
+import {
+  GiB,
+  hostRegistration,
+  newVolume,
+  operationInState,
+  poolReport,
+  volumeInState,
+} from "./testing/fixtures.js";
 
 describe.each(backends)("scrape-time reads on %s", (_name, makeBackend) => {
   const db = migratedDatabase(makeBackend);
@@ -42,18 +46,8 @@ describe.each(backends)("scrape-time reads on %s", (_name, makeBackend) => {
       ["op-2", "sent"],
       ["op-3", "sent"],
       ["op-4", "succeeded"],
-    ] as const) {
-      await insertOperation(sql, {
-        id,
-        kind: "create_volume",
-        hostId: "op-h1",
-        poolId: "op-h1/p",
-        volumeId: "vol-1",
-        command: new Uint8Array(),
-        requestedBy: "test",
-      });
-      await sql`update operations set state = ${state}, created_at = now() - interval '10 minutes' where id = ${id}`;
-    }
+    ] as const)
+      await operationInState(sql, id, "op-h1/p", state, 600);
     const rows = (await operationsUnfinishedByHost(sql)).filter((r) => r.hostId.startsWith("op-"));
     const by = (hostId: string, state: string) => rows.find((r) => r.hostId === hostId && r.state === state);
     expect(rows).toHaveLength(4);
@@ -91,10 +85,8 @@ describe.each(backends)("scrape-time reads on %s", (_name, makeBackend) => {
       ["vol-c2", "available"],
       ["vol-c3", "error"],
       ["vol-c4", "creating"],
-    ] as const) {
-      await insertVolume(sql, newVolume(id, "vc/p", GiB));
-      await sql`update volumes set state = ${state} where id = ${id}`;
-    }
+    ] as const)
+      await volumeInState(sql, newVolume(id, "vc/p", GiB), state);
     for (const [id, state] of [
       ["snap-1", "available"],
       ["snap-2", "creating"],

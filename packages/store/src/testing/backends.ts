@@ -1,10 +1,7 @@
 import { makeTempDir, type TestPostgres, testPostgres } from "@stowage/testkit";
 import { afterAll, beforeAll } from "vitest";
 import { type Database, openDatabase } from "../db.js";
-import type { HostRegistration } from "../hosts.js";
 import { migrate } from "../migrate.js";
-import type { PoolReportRecord } from "../pools.js";
-import type { NewVolume } from "../volumes.js";
 
 /** A database the store's tests run on: each repository must work on both. */
 export interface Backend {
@@ -49,75 +46,5 @@ export function migratedDatabase(makeBackend: () => Promise<Backend>): () => Dat
   return () => {
     if (!db) throw new Error("the database is opened in beforeAll");
     return db;
-  };
-}
-
-/** A host as an agent registers it, with nothing of note. */
-export function hostRegistration(id: string, over: Partial<HostRegistration> = {}): HostRegistration {
-  return {
-    id,
-    zone: "",
-    labels: {},
-    numaNodes: [],
-    cpuCount: 2,
-    memoryBytes: 1n,
-    agentVersion: "t",
-    initiatorName: "",
-    metricsAddress: "",
-    ...over,
-  };
-}
-
-/** A healthy raw-format pool report of `totalBytes`, nothing used. */
-export function poolReport(
-  name: string,
-  totalBytes: bigint,
-  over: Partial<PoolReportRecord> = {},
-): PoolReportRecord {
-  return {
-    name,
-    kind: "dir",
-    numaNode: null,
-    healthy: true,
-    healthMessage: "",
-    totalBytes,
-    usedBytes: 0n,
-    freeBytes: totalBytes,
-    provisionedBytes: 0n,
-    dataPercent: null,
-    metadataPercent: null,
-    overcommitRatio: 1,
-    maxUsedPercent: 90,
-    reservedPercent: 0,
-    maxVolumes: 0,
-    labels: {},
-    formats: ["raw"],
-    shared: false,
-    ...over,
-  };
-}
-
-/** A raw volume of `sizeBytes` in the pool `<hostId>/<pool name>`, as a create writes it. */
-export function newVolume(
-  id: string,
-  poolId: string,
-  sizeBytes: bigint,
-  over: Partial<NewVolume> = {},
-): NewVolume {
-  return {
-    id,
-    name: id,
-    sizeBytes,
-    format: "raw",
-    poolId,
-    hostId: poolId.split("/")[0]!,
-    numaNode: null,
-    cpuSet: "",
-    labels: {},
-    qcow2: {},
-    requestId: null,
-    operationId: "op-x",
-    antiAffinityGroup: "",
-    ...over,
   };
 }
