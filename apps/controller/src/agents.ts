@@ -26,12 +26,14 @@ import {
   applyPoolReports,
   type Finding,
   liveVolumesOnHost,
+  markInventoryReceived,
   type PoolReportRecord,
   poolId,
   type Queryable,
   recordHeartbeat,
   replaceFindings,
   upsertHost,
+  volumesInFluxOnHost,
 } from "@stowage/store";
 import type { ControllerContext } from "./context.js";
 import { formats, poolKinds } from "./convert.js";
@@ -163,10 +165,8 @@ export async function applyInventory(ctx: ControllerContext, inv: Inventory): Pr
   const hostId = validateName("host name", inv.hostId);
   const pools = inv.pools.map((p) => poolReportFromWire(ctx, p));
   const findings = await ctx.sql.begin(async (tx) => {
-    const [known] = await tx`select 1 from hosts where id = ${hostId}`;
-    if (!known) return undefined;
+    if (!(await markInventoryReceived(tx, hostId))) return undefined;
     await applyHostInfo(tx, inv.host!);
-    await tx`update hosts set inventory_at = now() where id = ${hostId}`;
     await applyPoolReports(tx, hostId, pools);
     // Volumes being created or deleted are in flux: judge only the settled ones.
     const live = (await liveVolumesOnHost(tx, hostId)).map((v) => ({
@@ -174,12 +174,9 @@ export async function applyInventory(ctx: ControllerContext, inv: Inventory): Pr
       state: v.state,
       poolId: v.poolId,
     }));
-    const inFlux = await tx<
-      { id: string }[]
-    >`select id from volumes where host_id = ${hostId} and (state in ('creating', 'deleting') or (state = 'deleted' and deleted_at > now() - interval '1 minute'))`;
-    const fluxIds = new Set(inFlux.map((r) => r.id));
+    const inFlux = await volumesInFluxOnHost(tx, hostId);
     const found = diffInventory(
-      { ...inv, volumes: inv.volumes.filter((a) => !fluxIds.has(a.volumeId)) },
+      { ...inv, volumes: inv.volumes.filter((a) => !inFlux.has(a.volumeId)) },
       hostId,
       live,
     );
@@ -190,42 +187,48 @@ export async function applyInventory(ctx: ControllerContext, inv: Inventory): Pr
     ctx.log.warn({ host: hostId, findings: findings.length }, "inventory differs from the database");
 }
 
+async function applyHeartbeat(ctx: ControllerContext, data: Uint8Array): Promise<void> {
+  const h = fromBinary(HeartbeatSchema, data);
+  const r = await recordHeartbeat(ctx.sql, h.hostId, h.bootId);
+  if (r.cameBack) {
+    ctx.log.info({ host: h.hostId }, "host is up again");
+    ctx.kickRelay();
+    ctx.notifyChange();
+  }
+}
+
+/** Handles every message on `subject` in the controllers' queue group, logging (not throwing) what fails. */
+function subscribeQueued(
+  ctx: ControllerContext,
+  bus: Bus,
+  subject: string,
+  what: string,
+  handle: (data: Uint8Array) => Promise<void>,
+) {
+  return bus.nc.subscribe(subject, {
+    queue: CONTROLLER_QUEUE,
+    callback: (err, msg) => {
+      if (err) return;
+      void (async () => {
+        try {
+          await handle(msg.data);
+        } catch (e) {
+          ctx.log.warn({ err: e }, `${what} handling failed`);
+        }
+      })();
+    },
+  });
+}
+
 /** Heartbeats and inventories arrive on core NATS, shared by controller replicas through a queue group. */
 export function subscribeAgentTraffic(ctx: ControllerContext, bus: Bus): () => void {
-  const hb = bus.nc.subscribe(ALL_HEARTBEATS, {
-    queue: CONTROLLER_QUEUE,
-    callback: (err, msg) => {
-      if (err) return;
-      void (async () => {
-        try {
-          const h = fromBinary(HeartbeatSchema, msg.data);
-          const r = await recordHeartbeat(ctx.sql, h.hostId, h.bootId);
-          if (r.cameBack) {
-            ctx.log.info({ host: h.hostId }, "host is up again");
-            ctx.kickRelay();
-            ctx.notifyChange();
-          }
-        } catch (e) {
-          ctx.log.warn({ err: e }, "heartbeat handling failed");
-        }
-      })();
-    },
-  });
-  const inv = bus.nc.subscribe(ALL_INVENTORIES, {
-    queue: CONTROLLER_QUEUE,
-    callback: (err, msg) => {
-      if (err) return;
-      void (async () => {
-        try {
-          await applyInventory(ctx, fromBinary(InventorySchema, msg.data));
-        } catch (e) {
-          ctx.log.warn({ err: e }, "inventory handling failed");
-        }
-      })();
-    },
-  });
+  const subscriptions = [
+    subscribeQueued(ctx, bus, ALL_HEARTBEATS, "heartbeat", (data) => applyHeartbeat(ctx, data)),
+    subscribeQueued(ctx, bus, ALL_INVENTORIES, "inventory", (data) =>
+      applyInventory(ctx, fromBinary(InventorySchema, data)),
+    ),
+  ];
   return () => {
-    hb.unsubscribe();
-    inv.unsubscribe();
+    for (const s of subscriptions) s.unsubscribe();
   };
 }

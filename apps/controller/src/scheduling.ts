@@ -8,12 +8,12 @@ import {
   placeVolume,
   Scheduler,
 } from "@stowage/scheduler";
-import { getHost, getPool, loadSchedulingView, type Queryable } from "@stowage/store";
+import { getHost, getPool, loadClusterViewRows, type Queryable } from "@stowage/store";
 import type { ControllerContext } from "./context.js";
 
 /** Builds the scheduler's in-memory view from the database (pools, ledger numbers, hosts, NUMA, groups). */
 export async function loadClusterView(sql: Queryable): Promise<ClusterView> {
-  const rows = await loadSchedulingView(sql);
+  const { pools: rows, numa, groups } = await loadClusterViewRows(sql);
   const pools: PoolCandidate[] = rows.map(({ pool, hostState, hostSchedulable, zone, load }) => ({
     id: pool.id,
     hostId: pool.hostId,
@@ -38,19 +38,6 @@ export async function loadClusterView(sql: Queryable): Promise<ClusterView> {
     maxVolumes: pool.maxVolumes,
     load,
   }));
-  const hosts = await sql<
-    { id: string; numaNodes: { id: number; cpuList: string }[] }[]
-  >`select id, numa_nodes from hosts`;
-  const numa = new Map(hosts.map((h) => [h.id, h.numaNodes.map((n) => ({ id: n.id, cpuList: n.cpuList }))]));
-  const groupRows = await sql<{ antiAffinityGroup: string; hostId: string; zone: string }[]>`
-    select v.anti_affinity_group, v.host_id, h.zone from volumes v join hosts h on h.id = v.host_id
-    where v.anti_affinity_group <> '' and v.state <> 'deleted'`;
-  const groups = new Map<string, { hostId: string; zone: string }[]>();
-  for (const g of groupRows) {
-    const list = groups.get(g.antiAffinityGroup) ?? [];
-    list.push({ hostId: g.hostId, zone: g.zone });
-    groups.set(g.antiAffinityGroup, list);
-  }
   return { pools, numa, groups };
 }
 
@@ -68,15 +55,25 @@ export async function checkConstraintTargets(sql: Queryable, req: PlacementReque
   }
 }
 
+/** Counts a placement: its time since `startedAt`, its result (once per volume) and the filters that refused pools. */
+function recordPlacement(
+  ctx: ControllerContext,
+  startedAt: number,
+  feasible: boolean,
+  decisions: readonly PlacementDecision[],
+): void {
+  ctx.metrics.schedulerDuration.observe((performance.now() - startedAt) / 1000);
+  ctx.metrics.schedulerDecisions.inc({ result: feasible ? "placed" : "refused" }, decisions.length);
+  for (const d of decisions)
+    for (const c of d.candidates) if (!c.feasible) ctx.metrics.schedulerRefusals.inc({ filter: c.refusedBy });
+}
+
 /** Places a volume against a fresh view, recording metrics. */
 export async function decide(ctx: ControllerContext, req: PlacementRequest): Promise<PlacementDecision> {
   const view = await loadClusterView(ctx.sql);
   const t0 = performance.now();
   const decision = placeVolume(view, req, { weights: ctx.config.schedulerWeights });
-  ctx.metrics.schedulerDuration.observe((performance.now() - t0) / 1000);
-  ctx.metrics.schedulerDecisions.inc({ result: decision.feasible ? "placed" : "refused" });
-  for (const c of decision.candidates)
-    if (!c.feasible) ctx.metrics.schedulerRefusals.inc({ filter: c.refusedBy });
+  recordPlacement(ctx, t0, decision.feasible, [decision]);
   return decision;
 }
 
@@ -90,9 +87,6 @@ export async function decideGroup(
   const group = new Scheduler(view, { weights: ctx.config.schedulerWeights }).placeGroup(reqs, {
     explain: true,
   });
-  ctx.metrics.schedulerDuration.observe((performance.now() - t0) / 1000);
-  ctx.metrics.schedulerDecisions.inc({ result: group.feasible ? "placed" : "refused" }, reqs.length);
-  for (const d of group.decisions)
-    for (const c of d.candidates) if (!c.feasible) ctx.metrics.schedulerRefusals.inc({ filter: c.refusedBy });
+  recordPlacement(ctx, t0, group.feasible, group.decisions);
   return group;
 }

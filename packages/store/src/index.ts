@@ -1,4 +1,6 @@
+export * from "./agent-traffic.js";
 export * from "./audit.js";
+export * from "./cluster-view.js";
 export * from "./db.js";
 export * from "./findings.js";
 export * from "./hosts.js";
@@ -8,4 +10,5 @@ export * from "./operations.js";
 export * from "./pools.js";
 export * from "./rows.js";
 export * from "./snapshots.js";
+export * from "./telemetry.js";
 export * from "./volumes.js";

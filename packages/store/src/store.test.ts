@@ -1,122 +1,38 @@
-import { makeTempDir, type TestPostgres, testPostgres } from "@stowage/testkit";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type Database, openDatabase } from "./db.js";
+import { beforeAll, describe, expect, it } from "vitest";
+import type { Database } from "./db.js";
 import { upsertHost } from "./hosts.js";
 import { confirmReservation, ledgerDiscrepancies, releaseCapacity, reserveCapacity } from "./ledger.js";
 import { loadMigrations, migrate } from "./migrate.js";
 import { applyPoolReports } from "./pools.js";
+import { backends, migratedDatabase } from "./testing/backends.js";
+import { GiB, hostRegistration, newVolume, poolReport } from "./testing/fixtures.js";
 import { insertVolume } from "./volumes.js";
-
-const GiB = 1024n ** 3n;
-
-interface Backend {
-  open(): Promise<Database>;
-  close(): Promise<void>;
-}
-
-const backends: [string, () => Promise<Backend>][] = [
-  [
-    "pglite",
-    async () => {
-      const dir = await makeTempDir("stowage-pglite-");
-      return { open: () => openDatabase({ dataDir: dir.path }), close: () => dir.cleanup() };
-    },
-  ],
-  [
-    "postgres",
-    async () => {
-      const pg: TestPostgres = await testPostgres();
-      return { open: () => openDatabase({ url: pg.url, max: 10 }), close: () => pg.release() };
-    },
-  ],
-];
 
 let seq = 0;
 async function volumeIn(db: Database, poolId: string, size: bigint): Promise<string> {
   const id = `vol-${(++seq).toString(16).padStart(32, "0")}`;
-  await insertVolume(db.sql, {
-    id,
-    name: `v${seq}`,
-    sizeBytes: size,
-    format: "raw",
-    poolId,
-    hostId: "h1",
-    numaNode: null,
-    cpuSet: "",
-    labels: {},
-    qcow2: {},
-    requestId: null,
-    operationId: "op-x",
-    antiAffinityGroup: "",
-  });
+  await insertVolume(db.sql, newVolume(id, poolId, size, { name: `v${seq}`, hostId: "h1" }));
   return id;
 }
 
 describe.each(backends)("store on %s", (_name, makeBackend) => {
-  let backend: Backend;
+  const database = migratedDatabase(makeBackend);
   let db: Database;
 
   beforeAll(async () => {
-    backend = await makeBackend();
-    db = await backend.open();
-    await migrate(db.sql);
-    await upsertHost(db.sql, {
-      id: "h1",
-      zone: "",
-      labels: {},
-      numaNodes: [],
-      cpuCount: 2,
-      memoryBytes: 1n,
-      agentVersion: "t",
-      initiatorName: "",
-      metricsAddress: "",
-    });
+    db = database();
+    await upsertHost(db.sql, hostRegistration("h1"));
     await applyPoolReports(db.sql, "h1", [
-      {
-        name: "thick",
-        kind: "lvm",
-        numaNode: 0,
-        healthy: true,
-        healthMessage: "",
-        totalBytes: 100n * GiB,
-        usedBytes: 0n,
-        freeBytes: 100n * GiB,
-        provisionedBytes: 0n,
-        dataPercent: null,
-        metadataPercent: null,
-        overcommitRatio: 1,
-        maxUsedPercent: 90,
-        reservedPercent: 0,
-        maxVolumes: 0,
-        labels: {},
-        formats: ["raw"],
-        shared: false,
-      },
-      {
-        name: "thin",
+      poolReport("thick", 100n * GiB, { kind: "lvm", numaNode: 0 }),
+      poolReport("thin", 10n * GiB, {
         kind: "lvmthin",
-        numaNode: null,
-        healthy: true,
-        healthMessage: "",
-        totalBytes: 10n * GiB,
         usedBytes: 1n * GiB,
         freeBytes: 9n * GiB,
-        provisionedBytes: 0n,
         dataPercent: 10,
         metadataPercent: 1,
         overcommitRatio: 20,
-        maxUsedPercent: 90,
-        reservedPercent: 0,
-        maxVolumes: 0,
-        labels: {},
-        formats: ["raw"],
-        shared: false,
-      },
+      }),
     ]);
-  });
-  afterAll(async () => {
-    await db?.close();
-    await backend?.close();
   });
 
   it("applies migrations once and refuses an edited one", async () => {
