@@ -1,17 +1,19 @@
 /** Domain error codes. They map one-to-one onto gRPC status codes at the API edge. */
-export type ErrorCode =
-  | "invalid_argument"
-  | "not_found"
-  | "already_exists"
-  | "resource_exhausted"
-  | "failed_precondition"
-  | "aborted"
-  | "unavailable"
-  | "deadline_exceeded"
-  | "unimplemented"
-  | "permission_denied"
-  | "unauthenticated"
-  | "internal";
+export const ERROR_CODES = [
+  "invalid_argument",
+  "not_found",
+  "already_exists",
+  "resource_exhausted",
+  "failed_precondition",
+  "aborted",
+  "unavailable",
+  "deadline_exceeded",
+  "unimplemented",
+  "permission_denied",
+  "unauthenticated",
+  "internal",
+] as const;
+export type ErrorCode = (typeof ERROR_CODES)[number];
 
 /** The one error class of the domain: a code, a message that says what to do next, and optional details. */
 export class StowageError extends Error {
