@@ -21,8 +21,8 @@ import {
 import type { PlacementDecision } from "@stowage/scheduler";
 import type { ErrorRecord, HostRow, OperationRow, PoolRow, SnapshotRow, VolumeRow } from "@stowage/store";
 import {
-  errorFieldsFromWire,
-  errorFieldsToWire,
+  errorRecordFromWire,
+  errorRecordToWire,
   formats,
   hostStates,
   operationKinds,
@@ -45,12 +45,12 @@ export {
 } from "@stowage/wire";
 
 export function errorToWire(e: ErrorRecord | null): ErrorDetail | undefined {
-  return e ? errorFieldsToWire(e) : undefined;
+  return e ? errorRecordToWire(e) : undefined;
 }
 
 /** What the agent reported, as the record the store keeps. */
 export const errorFromWire: (e: ErrorDetail | undefined, fallback: string) => ErrorRecord =
-  errorFieldsFromWire;
+  errorRecordFromWire;
 
 export function hostToWire(h: HostRow, counts?: { pools: number; volumes: number }): Host {
   return create(HostSchema, {

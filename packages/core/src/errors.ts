@@ -15,6 +15,20 @@ export const ERROR_CODES = [
 ] as const;
 export type ErrorCode = (typeof ERROR_CODES)[number];
 
+/**
+ * An error as a failed operation records it. Codes are free strings here (the controller records its own, like
+ * "expired"); a tool failure adds the tool, its argv, exit code and stderr.
+ */
+export interface ErrorRecord {
+  code: string;
+  message: string;
+  tool?: string;
+  argv?: string[];
+  exitCode?: number;
+  stderr?: string;
+  timedOut?: boolean;
+}
+
 /** The one error class of the domain: a code, a message that says what to do next, and optional details. */
 export class StowageError extends Error {
   override readonly name = "StowageError";

@@ -4,8 +4,8 @@ import { ERROR_CODES, notFound, StowageError } from "@stowage/core";
 import { ErrorDetailSchema } from "@stowage/proto";
 import { describe, expect, it } from "vitest";
 import {
-  errorFieldsFromWire,
-  errorFieldsToWire,
+  errorRecordFromWire,
+  errorRecordToWire,
   stowageErrorFromWire,
   stowageErrorToWire,
 } from "./errors.js";
@@ -62,8 +62,8 @@ describe("errors on the wire", () => {
 
   it("keeps recorded fields as they are, codes included", () => {
     const rec = { code: "expired", message: "reservation expired", tool: "lvcreate", exitCode: 5 };
-    expect(errorFieldsFromWire(errorFieldsToWire(rec), "x")).toEqual(rec);
-    expect(errorFieldsFromWire(undefined, "lost")).toEqual({ code: "internal", message: "lost" });
+    expect(errorRecordFromWire(errorRecordToWire(rec), "x")).toEqual(rec);
+    expect(errorRecordFromWire(undefined, "lost")).toEqual({ code: "internal", message: "lost" });
   });
 
   it("maps every error code to the gRPC status Connect names the same", () => {

@@ -1,24 +1,10 @@
 import { create } from "@bufbuild/protobuf";
-import { ERROR_CODES, type ErrorCode, StowageError } from "@stowage/core";
+import { ERROR_CODES, type ErrorCode, type ErrorRecord, StowageError } from "@stowage/core";
 import { type ErrorDetail, ErrorDetailSchema } from "@stowage/proto";
 
-/**
- * An ErrorDetail as plain fields: what a failed operation records. Codes are free strings here (the
- * controller records its own, like "expired"); a tool failure adds the tool, its argv, exit code and stderr.
- */
-export interface ErrorFields {
-  code: string;
-  message: string;
-  tool?: string;
-  argv?: string[];
-  exitCode?: number;
-  stderr?: string;
-  timedOut?: boolean;
-}
+type ToolFields = Omit<ErrorRecord, "code" | "message">;
 
-type ToolFields = Omit<ErrorFields, "code" | "message">;
-
-export function errorFieldsToWire(e: ErrorFields): ErrorDetail {
+export function errorRecordToWire(e: ErrorRecord): ErrorDetail {
   return create(ErrorDetailSchema, {
     code: e.code,
     message: e.message,
@@ -31,7 +17,7 @@ export function errorFieldsToWire(e: ErrorFields): ErrorDetail {
 }
 
 /** The fields an ErrorDetail carries; a missing detail or message says `fallback`, a missing code is internal. */
-export function errorFieldsFromWire(e: ErrorDetail | undefined, fallback: string): ErrorFields {
+export function errorRecordFromWire(e: ErrorDetail | undefined, fallback: string): ErrorRecord {
   if (!e) return { code: "internal", message: fallback };
   return { code: e.code || "internal", message: e.message || fallback, ...toolFieldsFromWire(e) };
 }
@@ -63,7 +49,7 @@ function toolFieldsOf(err: unknown, details: Record<string, unknown>): ToolField
 /** Anything thrown as an ErrorDetail: normalised to a StowageError, with a tool failure's fields. */
 export function stowageErrorToWire(err: unknown): ErrorDetail {
   const e = StowageError.from(err);
-  return errorFieldsToWire({ code: e.code, message: e.message, ...toolFieldsOf(err, e.details) });
+  return errorRecordToWire({ code: e.code, message: e.message, ...toolFieldsOf(err, e.details) });
 }
 
 export function isErrorCode(code: string): code is ErrorCode {
@@ -72,7 +58,7 @@ export function isErrorCode(code: string): code is ErrorCode {
 
 /** An ErrorDetail as a StowageError (a code this build does not know is internal); tool fields become details. */
 export function stowageErrorFromWire(e: ErrorDetail | undefined, fallback: string): StowageError {
-  const f = errorFieldsFromWire(e, fallback);
+  const f = errorRecordFromWire(e, fallback);
   const { code, message, ...details } = f;
   return new StowageError(isErrorCode(code) ? code : "internal", message, details);
 }
