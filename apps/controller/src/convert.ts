@@ -21,7 +21,6 @@ import {
 import type { PlacementDecision } from "@stowage/scheduler";
 import type { ErrorRecord, HostRow, OperationRow, PoolRow, SnapshotRow, VolumeRow } from "@stowage/store";
 import {
-  errorRecordFromWire,
   errorRecordToWire,
   formats,
   hostStates,
@@ -34,6 +33,7 @@ import {
 } from "@stowage/wire";
 
 export {
+  errorRecordFromWire as errorFromWire,
   formats,
   operationKinds,
   operationStates,
@@ -47,10 +47,6 @@ export {
 export function errorToWire(e: ErrorRecord | null): ErrorDetail | undefined {
   return e ? errorRecordToWire(e) : undefined;
 }
-
-/** What the agent reported, as the record the store keeps. */
-export const errorFromWire: (e: ErrorDetail | undefined, fallback: string) => ErrorRecord =
-  errorRecordFromWire;
 
 export function hostToWire(h: HostRow, counts?: { pools: number; volumes: number }): Host {
   return create(HostSchema, {
