@@ -5,7 +5,9 @@ import {
   DURATION_BUCKETS,
   gauge,
   histogram,
+  type OpsServerOptions,
   type Registry,
+  startOpsServer,
   withOutcomes,
 } from "@stowage/telemetry";
 
@@ -123,4 +125,19 @@ export function createAgentMetrics(host: string, pools: () => PoolSample[]) {
       "Commands delivered more than once by JetStream.",
     ),
   };
+}
+
+/**
+ * /metrics, /healthz and /readyz on `listen` (host:port; port 0 picks a free one). `address` is where the
+ * controller is told to scrape.
+ */
+export async function serveMetrics(listen: string, registry: Registry, ready: OpsServerOptions["ready"]) {
+  const host = listen.slice(0, listen.lastIndexOf(":"));
+  const ops = await startOpsServer({
+    host,
+    port: Number(listen.slice(listen.lastIndexOf(":") + 1)),
+    registry,
+    ready,
+  });
+  return { port: ops.port, address: `${host}:${ops.port}`, close: () => ops.close() };
 }

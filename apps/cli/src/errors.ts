@@ -1,5 +1,6 @@
 import { Code, ConnectError } from "@connectrpc/connect";
-import { type ErrorCode, StowageError } from "@stowage/core";
+import { StowageError } from "@stowage/core";
+import { grpcStatusOf } from "@stowage/wire";
 import { CommanderError } from "commander";
 
 /** Exit codes of stowctl. Stable: scripts depend on them, and `stowctl --help` documents them. */
@@ -51,22 +52,6 @@ export function exitCodeFor(code: Code): ExitCodeValue {
       return ExitCode.error;
   }
 }
-
-/** Domain error codes (from @stowage/core) as gRPC codes, so local errors use the same exit mapping. */
-const DOMAIN_CODES: Record<ErrorCode, Code> = {
-  invalid_argument: Code.InvalidArgument,
-  not_found: Code.NotFound,
-  already_exists: Code.AlreadyExists,
-  resource_exhausted: Code.ResourceExhausted,
-  failed_precondition: Code.FailedPrecondition,
-  aborted: Code.Aborted,
-  unavailable: Code.Unavailable,
-  deadline_exceeded: Code.DeadlineExceeded,
-  unimplemented: Code.Unimplemented,
-  permission_denied: Code.PermissionDenied,
-  unauthenticated: Code.Unauthenticated,
-  internal: Code.Internal,
-};
 
 /** An error stowctl reports itself: a one-line message and the gRPC code that picks the exit code. */
 export class CliError extends Error {
@@ -139,7 +124,9 @@ function firstLine(s: string): string {
 /** Turns anything thrown while running a command into a CliError with a one-line, actionable message. */
 export function toCliError(err: unknown, ctx: ErrorContext = {}): CliError {
   if (err instanceof CliError) return err;
-  if (err instanceof StowageError) return new CliError(DOMAIN_CODES[err.code], firstLine(err.message));
+  // Local domain errors take the gRPC code the controller would send, so the exit mapping is the same.
+  if (err instanceof StowageError)
+    return new CliError(grpcStatusOf(err.code) as Code, firstLine(err.message));
   if (err instanceof CommanderError) return new CliError(Code.InvalidArgument, firstLine(err.message));
   const server = ctx.server ?? "the configured server";
   const errno = networkErrno(err);

@@ -1,5 +1,12 @@
 import type { DescEnum } from "@bufbuild/protobuf";
-import { isValidName, parseSize, StowageError, validateLabels, validateVolumeSize } from "@stowage/core";
+import {
+  isQcow2ClusterSize,
+  isValidName,
+  parseSize,
+  StowageError,
+  validateLabels,
+  validateVolumeSize,
+} from "@stowage/core";
 import { usageError } from "./errors.js";
 import { enumChoices } from "./output.js";
 
@@ -25,8 +32,7 @@ export function parseClusterSize(input: string): bigint {
   } catch (err) {
     rethrowAsUsage(err, "--cluster-size");
   }
-  const powerOfTwo = bytes > 0n && (bytes & (bytes - 1n)) === 0n;
-  if (!powerOfTwo || bytes < 512n || bytes > 2n * 1024n * 1024n) {
+  if (!isQcow2ClusterSize(Number(bytes))) {
     throw usageError(
       `--cluster-size ${JSON.stringify(input)} is not valid: use a power of two from 512 to 2M, like 64K`,
     );

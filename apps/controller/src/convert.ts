@@ -1,150 +1,57 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import type {
-  VolumeFormat as DomainFormat,
-  OperationKind as DomainOpKind,
-  PoolKind as DomainPoolKind,
-  Qcow2Options as DomainQcow2,
-  VolumeState as DomainVolumeState,
-} from "@stowage/core";
+import type { Qcow2Options } from "@stowage/core";
 import {
   type CandidateExplanation,
   CandidateExplanationSchema,
-  CompressionType,
   type ErrorDetail,
-  ErrorDetailSchema,
   type Host,
   HostSchema,
-  HostState,
   type Operation,
-  OperationKind,
   OperationSchema,
-  OperationState,
   type Placement,
   PlacementSchema,
   type Pool,
-  PoolKind,
   PoolSchema,
-  Preallocation,
-  type Qcow2Options,
-  Qcow2OptionsSchema,
   type Snapshot,
   SnapshotSchema,
-  SnapshotState,
   type Volume,
-  VolumeFormat,
   VolumeSchema,
-  VolumeState,
 } from "@stowage/proto";
 import type { PlacementDecision } from "@stowage/scheduler";
 import type { ErrorRecord, HostRow, OperationRow, PoolRow, SnapshotRow, VolumeRow } from "@stowage/store";
+import {
+  errorRecordToWire,
+  formats,
+  hostStates,
+  operationKinds,
+  operationStates,
+  poolKinds,
+  qcow2ToWire,
+  snapshotStates,
+  volumeStates,
+} from "@stowage/wire";
 
-/** Two-way maps between wire enums and domain strings: the only place they meet. */
-function enumMap<D extends string, W extends number>(pairs: [D, W][]) {
-  const toWire = new Map(pairs);
-  const toDomain = new Map(pairs.map(([d, w]) => [w, d]));
-  return { wire: (d: D): W => toWire.get(d)!, domain: (w: W): D | undefined => toDomain.get(w) };
-}
-
-export const poolKinds = enumMap<DomainPoolKind, PoolKind>([
-  ["dir", PoolKind.DIR],
-  ["lvm", PoolKind.LVM],
-  ["lvmthin", PoolKind.LVMTHIN],
-  ["netfs", PoolKind.NETFS],
-  ["rbd", PoolKind.RBD],
-]);
-export const formats = enumMap<DomainFormat, VolumeFormat>([
-  ["raw", VolumeFormat.RAW],
-  ["qcow2", VolumeFormat.QCOW2],
-]);
-export const volumeStates = enumMap<DomainVolumeState, VolumeState>([
-  ["creating", VolumeState.CREATING],
-  ["available", VolumeState.AVAILABLE],
-  ["resizing", VolumeState.RESIZING],
-  ["deleting", VolumeState.DELETING],
-  ["deleted", VolumeState.DELETED],
-  ["error", VolumeState.ERROR],
-]);
-export const operationKinds = enumMap<DomainOpKind, OperationKind>([
-  ["create_volume", OperationKind.CREATE_VOLUME],
-  ["delete_volume", OperationKind.DELETE_VOLUME],
-  ["resize_volume", OperationKind.RESIZE_VOLUME],
-  ["clone_volume", OperationKind.CLONE_VOLUME],
-  ["create_snapshot", OperationKind.CREATE_SNAPSHOT],
-  ["delete_snapshot", OperationKind.DELETE_SNAPSHOT],
-  ["revert_snapshot", OperationKind.REVERT_SNAPSHOT],
-  ["create_export", OperationKind.CREATE_EXPORT],
-  ["delete_export", OperationKind.DELETE_EXPORT],
-  ["copy_volume", OperationKind.COPY_VOLUME],
-]);
-export const operationStates = enumMap<OperationRow["state"], OperationState>([
-  ["pending", OperationState.PENDING],
-  ["sent", OperationState.SENT],
-  ["succeeded", OperationState.SUCCEEDED],
-  ["failed", OperationState.FAILED],
-]);
-const preallocations = enumMap<NonNullable<DomainQcow2["preallocation"]>, Preallocation>([
-  ["off", Preallocation.OFF],
-  ["metadata", Preallocation.METADATA],
-  ["falloc", Preallocation.FALLOC],
-  ["full", Preallocation.FULL],
-]);
-const compressions = enumMap<NonNullable<DomainQcow2["compressionType"]>, CompressionType>([
-  ["zlib", CompressionType.ZLIB],
-  ["zstd", CompressionType.ZSTD],
-]);
-
-export function qcow2FromWire(q: Qcow2Options | undefined): DomainQcow2 {
-  if (!q) return {};
-  const out: DomainQcow2 = {};
-  if (q.clusterSizeBytes !== undefined) out.clusterSize = Number(q.clusterSizeBytes);
-  const p = preallocations.domain(q.preallocation);
-  if (p) out.preallocation = p;
-  if (q.lazyRefcounts !== undefined) out.lazyRefcounts = q.lazyRefcounts;
-  const c = compressions.domain(q.compressionType);
-  if (c) out.compressionType = c;
-  if (q.extendedL2 !== undefined) out.extendedL2 = q.extendedL2;
-  return out;
-}
-
-export function qcow2ToWire(q: DomainQcow2): Qcow2Options {
-  return create(Qcow2OptionsSchema, {
-    clusterSizeBytes: q.clusterSize === undefined ? undefined : BigInt(q.clusterSize),
-    preallocation: q.preallocation ? preallocations.wire(q.preallocation) : Preallocation.UNSPECIFIED,
-    lazyRefcounts: q.lazyRefcounts,
-    compressionType: q.compressionType ? compressions.wire(q.compressionType) : CompressionType.UNSPECIFIED,
-    extendedL2: q.extendedL2,
-  });
-}
+export {
+  errorRecordFromWire as errorFromWire,
+  formats,
+  operationKinds,
+  operationStates,
+  poolKinds,
+  qcow2FromWire,
+  qcow2ToWire,
+  snapshotStates,
+  volumeStates,
+} from "@stowage/wire";
 
 export function errorToWire(e: ErrorRecord | null): ErrorDetail | undefined {
-  if (!e) return undefined;
-  return create(ErrorDetailSchema, {
-    code: e.code,
-    message: e.message,
-    tool: e.tool ?? "",
-    argv: e.argv ?? [],
-    exitCode: e.exitCode,
-    stderr: e.stderr ?? "",
-    timedOut: e.timedOut ?? false,
-  });
-}
-
-export function errorFromWire(e: ErrorDetail | undefined, fallback: string): ErrorRecord {
-  if (!e) return { code: "internal", message: fallback };
-  const out: ErrorRecord = { code: e.code || "internal", message: e.message || fallback };
-  if (e.tool) out.tool = e.tool;
-  if (e.argv.length) out.argv = e.argv;
-  if (e.exitCode !== undefined) out.exitCode = e.exitCode;
-  if (e.stderr) out.stderr = e.stderr;
-  if (e.timedOut) out.timedOut = true;
-  return out;
+  return e ? errorRecordToWire(e) : undefined;
 }
 
 export function hostToWire(h: HostRow, counts?: { pools: number; volumes: number }): Host {
   return create(HostSchema, {
     id: h.id,
-    state: h.state === "up" ? HostState.UP : HostState.DOWN,
+    state: hostStates.wire(h.state),
     zone: h.zone,
     labels: h.labels,
     numaNodes: h.numaNodes.map((n) => ({
@@ -209,7 +116,7 @@ export function volumeToWire(v: VolumeRow): Volume {
     state: volumeStates.wire(v.state),
     numaNode: v.numaNode ?? undefined,
     labels: v.labels,
-    qcow2: v.format === "qcow2" ? qcow2ToWire(v.qcow2 as DomainQcow2) : undefined,
+    qcow2: v.format === "qcow2" ? qcow2ToWire(v.qcow2 as Qcow2Options) : undefined,
     error: errorToWire(v.error),
     createdAt: timestampFromDate(v.createdAt),
     updatedAt: timestampFromDate(v.updatedAt),
@@ -262,14 +169,6 @@ export function placementToWire(d: PlacementDecision): Placement {
     ),
   });
 }
-
-const snapshotStates = enumMap<SnapshotRow["state"], SnapshotState>([
-  ["creating", SnapshotState.CREATING],
-  ["available", SnapshotState.AVAILABLE],
-  ["deleting", SnapshotState.DELETING],
-  ["deleted", SnapshotState.DELETED],
-  ["error", SnapshotState.ERROR],
-]);
 
 export function snapshotToWire(s: SnapshotRow, cloneCount = 0): Snapshot {
   return create(SnapshotSchema, {

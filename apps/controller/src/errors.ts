@@ -1,26 +1,12 @@
-import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
-import { type ErrorCode, StowageError } from "@stowage/core";
+import { type Code, ConnectError, type Interceptor } from "@connectrpc/connect";
+import { StowageError } from "@stowage/core";
+import { grpcStatusOf } from "@stowage/wire";
 
-const CODES: Record<ErrorCode, Code> = {
-  invalid_argument: Code.InvalidArgument,
-  not_found: Code.NotFound,
-  already_exists: Code.AlreadyExists,
-  resource_exhausted: Code.ResourceExhausted,
-  failed_precondition: Code.FailedPrecondition,
-  aborted: Code.Aborted,
-  unavailable: Code.Unavailable,
-  deadline_exceeded: Code.DeadlineExceeded,
-  unimplemented: Code.Unimplemented,
-  permission_denied: Code.PermissionDenied,
-  unauthenticated: Code.Unauthenticated,
-  internal: Code.Internal,
-};
-
-/** Domain errors become gRPC statuses here and nowhere else. */
+/** Domain errors become gRPC statuses here and nowhere else (the code table is the wire's). */
 export function toConnectError(err: unknown): ConnectError {
   if (err instanceof ConnectError) return err;
   const e = StowageError.from(err);
-  return new ConnectError(e.message, CODES[e.code], undefined, undefined, e);
+  return new ConnectError(e.message, grpcStatusOf(e.code) as Code, undefined, undefined, e);
 }
 
 export const errorInterceptor: Interceptor = (next) => async (req) => {

@@ -1,10 +1,10 @@
 import {
   invalidArgument,
   isId,
-  POOL_KINDS,
   type PoolKind,
   type Qcow2Options,
   type VolumeFormat,
+  validateQcow2 as validateImageOptions,
   validateLabels,
   validateName,
   validateVolumeSize,
@@ -12,7 +12,7 @@ import {
 import type { VolumeRequirements, PlacementConstraints as WireConstraints } from "@stowage/proto";
 import { AntiAffinityScope, PlacementStrategy } from "@stowage/proto";
 import type { PlacementConstraints, PlacementRequest } from "@stowage/scheduler";
-import { formats, poolKinds } from "./convert.js";
+import { formats, poolKinds } from "@stowage/wire";
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
@@ -42,14 +42,7 @@ export function constraintsFromWire(c: WireConstraints | undefined): PlacementCo
   if (!c) return {};
   const out: PlacementConstraints = {};
   if (c.poolKinds.length) {
-    out.poolKinds = c.poolKinds.map((k) => {
-      const d = poolKinds.domain(k);
-      if (!d)
-        throw invalidArgument(`pool kind ${k} is not known: use one of ${POOL_KINDS.join(", ")}`, {
-          field: "constraints.pool_kinds",
-        });
-      return d;
-    });
+    out.poolKinds = c.poolKinds.map((k) => poolKinds.require(k, "constraints.pool_kinds"));
   }
   if (c.hostId) out.hostId = validateName("host", c.hostId);
   if (c.poolId) out.poolId = validatePoolRef(c.poolId);
@@ -84,36 +77,21 @@ export function defaultFormat(kinds: readonly PoolKind[] | undefined): VolumeFor
   return "raw";
 }
 
+/** The API sends qcow2 options for qcow2 volumes only; what they may hold is core's rule. */
 export function validateQcow2(format: VolumeFormat, q: Qcow2Options): Qcow2Options {
-  const given = Object.keys(q).length > 0;
-  if (format !== "qcow2") {
-    if (given)
-      throw invalidArgument("qcow2 options were given for a raw volume: drop them or use --format qcow2", {
-        field: "qcow2",
-      });
-    return {};
-  }
-  if (q.clusterSize !== undefined) {
-    const c = q.clusterSize;
-    if (c < 512 || c > 2 * 1024 * 1024 || (c & (c - 1)) !== 0) {
-      throw invalidArgument(`qcow2 cluster size ${c} is not valid: use a power of two from 512 to 2M`, {
-        field: "qcow2.cluster_size_bytes",
-      });
-    }
-  }
-  if (q.extendedL2 && (q.clusterSize ?? 65536) < 16384) {
-    throw invalidArgument("qcow2 extended_l2 needs a cluster size of at least 16K", {
-      field: "qcow2.extended_l2",
+  if (format === "qcow2") return validateImageOptions(format, q);
+  if (Object.keys(q).length > 0)
+    throw invalidArgument("qcow2 options were given for a raw volume: drop them or use --format qcow2", {
+      field: "qcow2",
     });
-  }
-  return q;
+  return {};
 }
 
 /** Validates what the scheduler needs to place one volume. */
 export function placementRequestFromWire(v: VolumeRequirements | undefined): PlacementRequest {
   if (!v) throw invalidArgument("volume is required");
   const constraints = constraintsFromWire(v.constraints);
-  const format = formats.domain(v.format) ?? defaultFormat(constraints.poolKinds);
+  const format = formats.optional(v.format, "format") ?? defaultFormat(constraints.poolKinds);
   return {
     name: v.name ? validateName("volume name", v.name) : "(dry run)",
     sizeBytes: validateVolumeSize(v.sizeBytes, "size_bytes"),

@@ -18,19 +18,6 @@ export const FORMATS_BY_KIND: Record<PoolKind, readonly VolumeFormat[]> = {
 /** Thin kinds may be overcommitted; thick kinds are bounded by free physical bytes. */
 export const THIN_KINDS: ReadonlySet<PoolKind> = new Set(["lvmthin", "rbd"]);
 
-export const PREALLOCATIONS = ["off", "metadata", "falloc", "full"] as const;
-export type Preallocation = (typeof PREALLOCATIONS)[number];
-export const COMPRESSION_TYPES = ["zlib", "zstd"] as const;
-export type CompressionType = (typeof COMPRESSION_TYPES)[number];
-
-export interface Qcow2Options {
-  clusterSize?: number;
-  preallocation?: Preallocation;
-  lazyRefcounts?: boolean;
-  compressionType?: CompressionType;
-  extendedL2?: boolean;
-}
-
 export const OPERATION_KINDS = [
   "create_volume",
   "delete_volume",
@@ -48,4 +35,8 @@ export type OperationKind = (typeof OPERATION_KINDS)[number];
 export const OPERATION_STATES = ["pending", "sent", "succeeded", "failed"] as const;
 export type OperationState = (typeof OPERATION_STATES)[number];
 
-export type HostState = "up" | "down";
+export const HOST_STATES = ["up", "down"] as const;
+export type HostState = (typeof HOST_STATES)[number];
+
+export const SNAPSHOT_STATES = ["creating", "available", "deleting", "deleted", "error"] as const;
+export type SnapshotState = (typeof SNAPSHOT_STATES)[number];

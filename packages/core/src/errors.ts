@@ -1,17 +1,33 @@
 /** Domain error codes. They map one-to-one onto gRPC status codes at the API edge. */
-export type ErrorCode =
-  | "invalid_argument"
-  | "not_found"
-  | "already_exists"
-  | "resource_exhausted"
-  | "failed_precondition"
-  | "aborted"
-  | "unavailable"
-  | "deadline_exceeded"
-  | "unimplemented"
-  | "permission_denied"
-  | "unauthenticated"
-  | "internal";
+export const ERROR_CODES = [
+  "invalid_argument",
+  "not_found",
+  "already_exists",
+  "resource_exhausted",
+  "failed_precondition",
+  "aborted",
+  "unavailable",
+  "deadline_exceeded",
+  "unimplemented",
+  "permission_denied",
+  "unauthenticated",
+  "internal",
+] as const;
+export type ErrorCode = (typeof ERROR_CODES)[number];
+
+/**
+ * An error as a failed operation records it. Codes are free strings here (the controller records its own, like
+ * "expired"); a tool failure adds the tool, its argv, exit code and stderr.
+ */
+export interface ErrorRecord {
+  code: string;
+  message: string;
+  tool?: string;
+  argv?: string[];
+  exitCode?: number;
+  stderr?: string;
+  timedOut?: boolean;
+}
 
 /** The one error class of the domain: a code, a message that says what to do next, and optional details. */
 export class StowageError extends Error {

@@ -1,10 +1,9 @@
 import {
   COMPRESSION_TYPES,
   invalidArgument,
-  PREALLOCATIONS,
-  type Preallocation,
   type Qcow2Options,
   type VolumeFormat,
+  validateQcow2,
   validateVolumeSize,
 } from "@stowage/core";
 import { z } from "zod";
@@ -203,80 +202,23 @@ export function parseQemuImgCheck(text: string, argv: readonly string[] = ["chec
  */
 export const QEMU_IMG_CHECK_REPORT_EXIT_CODES = [2, 3] as const;
 
-export const MIN_CLUSTER_SIZE = 512;
-export const MAX_CLUSTER_SIZE = 2 * 1024 * 1024;
-/** qcow2 subclusters are cluster/32; qemu refuses extended L2 below 16 KiB clusters. */
-export const MIN_EXTENDED_L2_CLUSTER_SIZE = 16 * 1024;
-/** qemu's default qcow2 cluster size, which extended_l2 is checked against when none is given. */
-export const DEFAULT_CLUSTER_SIZE = 64 * 1024;
-
-const RAW_PREALLOCATIONS: readonly Preallocation[] = ["off", "falloc", "full"];
+// The qcow2 rules live in core beside Qcow2Options; these names stay exported from here for callers.
+export {
+  DEFAULT_CLUSTER_SIZE,
+  MAX_CLUSTER_SIZE,
+  MIN_CLUSTER_SIZE,
+  MIN_EXTENDED_L2_CLUSTER_SIZE,
+} from "@stowage/core";
 
 /** Validates qcow2 options (and raw's preallocation) and returns them as qemu `-o key=value` pairs. */
 export function createOptions(format: VolumeFormat, opts: Qcow2Options = {}): string[] {
+  validateQcow2(format, opts);
   const out: string[] = [];
-  const pre = opts.preallocation;
-  if (pre !== undefined && !(PREALLOCATIONS as readonly string[]).includes(pre)) {
-    throw invalidArgument(
-      `preallocation ${JSON.stringify(pre)} is not valid: use ${PREALLOCATIONS.join(", ")}`,
-      {
-        field: "preallocation",
-      },
-    );
-  }
-  if (format === "raw") {
-    const qcow2Only = (["clusterSize", "lazyRefcounts", "compressionType", "extendedL2"] as const).filter(
-      (k) => opts[k] !== undefined,
-    );
-    if (qcow2Only.length > 0) {
-      throw invalidArgument(`option ${qcow2Only.join(", ")} applies to qcow2 volumes only, not raw`, {
-        field: qcow2Only[0],
-      });
-    }
-    if (pre !== undefined && !RAW_PREALLOCATIONS.includes(pre)) {
-      throw invalidArgument(
-        `preallocation ${pre} is not supported for raw volumes: use ${RAW_PREALLOCATIONS.join(", ")}`,
-        { field: "preallocation" },
-      );
-    }
-    if (pre !== undefined) out.push(`preallocation=${pre}`);
-    return out;
-  }
-  if (format !== "qcow2") {
-    throw invalidArgument(`volume format ${JSON.stringify(format)} is not valid: use qcow2 or raw`, {
-      field: "format",
-    });
-  }
-  const cs = opts.clusterSize;
-  if (cs !== undefined) {
-    if (!Number.isInteger(cs) || cs < MIN_CLUSTER_SIZE || cs > MAX_CLUSTER_SIZE || (cs & (cs - 1)) !== 0) {
-      throw invalidArgument(
-        `cluster size ${cs} is not valid: use a power of two from ${MIN_CLUSTER_SIZE} to ${MAX_CLUSTER_SIZE} bytes (64 KiB is qemu's default)`,
-        { field: "clusterSize" },
-      );
-    }
-    out.push(`cluster_size=${cs}`);
-  }
-  if (pre !== undefined) out.push(`preallocation=${pre}`);
+  if (opts.clusterSize !== undefined) out.push(`cluster_size=${opts.clusterSize}`);
+  if (opts.preallocation !== undefined) out.push(`preallocation=${opts.preallocation}`);
   if (opts.lazyRefcounts !== undefined) out.push(`lazy_refcounts=${opts.lazyRefcounts ? "on" : "off"}`);
-  if (opts.compressionType !== undefined) {
-    if (!(COMPRESSION_TYPES as readonly string[]).includes(opts.compressionType)) {
-      throw invalidArgument(
-        `compression type ${JSON.stringify(opts.compressionType)} is not valid: use ${COMPRESSION_TYPES.join(" or ")}`,
-        { field: "compressionType" },
-      );
-    }
-    out.push(`compression_type=${opts.compressionType}`);
-  }
-  if (opts.extendedL2 !== undefined) {
-    if (opts.extendedL2 && (cs ?? DEFAULT_CLUSTER_SIZE) < MIN_EXTENDED_L2_CLUSTER_SIZE) {
-      throw invalidArgument(
-        `extended L2 entries need a cluster size of at least ${MIN_EXTENDED_L2_CLUSTER_SIZE} bytes (got ${cs})`,
-        { field: "extendedL2" },
-      );
-    }
-    out.push(`extended_l2=${opts.extendedL2 ? "on" : "off"}`);
-  }
+  if (opts.compressionType !== undefined) out.push(`compression_type=${opts.compressionType}`);
+  if (opts.extendedL2 !== undefined) out.push(`extended_l2=${opts.extendedL2 ? "on" : "off"}`);
   return out;
 }
 
