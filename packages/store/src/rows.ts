@@ -64,15 +64,9 @@ export interface PoolRow {
   updatedAt: Date;
 }
 
-export interface ErrorRecord {
-  code: string;
-  message: string;
-  tool?: string;
-  argv?: string[];
-  exitCode?: number;
-  stderr?: string;
-  timedOut?: boolean;
-}
+import type { ErrorRecord } from "@stowage/core";
+
+export type { ErrorRecord };
 
 export interface VolumeRow {
   id: string;
