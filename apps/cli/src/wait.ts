@@ -48,7 +48,7 @@ export async function waitForVolume(ctx: Context, req: WaitRequest): Promise<Vol
   const timer = setTimeout(() => deadline.abort(new WaitTimedOut()), req.timeoutMs);
   const seen = { volume: req.volume };
   try {
-    if (!final.includes(seen.volume.state)) await watch(ctx, req, seen, final, deadline.signal);
+    if (!final.includes(seen.volume.state)) await watch({ ctx, req, seen, final, signal: deadline.signal });
   } catch (err) {
     const last = seen.volume;
     if (deadline.signal.aborted) {
@@ -78,18 +78,17 @@ export async function waitForVolume(ctx: Context, req: WaitRequest): Promise<Vol
   return last;
 }
 
-/** The latest state seen, shared so a timeout can say where the volume got to. */
-interface Seen {
-  volume: Volume;
+/** One wait in progress: what it waits for, and the latest state seen (so a timeout can say where it got to). */
+interface Waiting {
+  ctx: Context;
+  req: WaitRequest;
+  seen: { volume: Volume };
+  final: readonly VolumeState[];
+  signal: AbortSignal;
 }
 
-async function watch(
-  ctx: Context,
-  req: WaitRequest,
-  seen: Seen,
-  final: readonly VolumeState[],
-  signal: AbortSignal,
-): Promise<void> {
+async function watch(w: Waiting): Promise<void> {
+  const { ctx, seen, final, signal } = w;
   const id = seen.volume.id;
   try {
     const stream = ctx.clients.volumes.watchVolumes({ volume: id }, { signal });
@@ -103,16 +102,11 @@ async function watch(
     if (signal.aborted) throw err;
     // The stream failed (an older controller, a proxy that cuts streams): poll instead.
   }
-  await poll(ctx, req, seen, final, signal);
+  await poll(w);
 }
 
-async function poll(
-  ctx: Context,
-  req: WaitRequest,
-  seen: Seen,
-  final: readonly VolumeState[],
-  signal: AbortSignal,
-): Promise<void> {
+async function poll(w: Waiting): Promise<void> {
+  const { ctx, req, seen, final, signal } = w;
   const id = seen.volume.id;
   for (;;) {
     try {
