@@ -4,5 +4,8 @@ export * from "./domain.js";
 export * from "./errors.js";
 export * from "./ids.js";
 export * from "./names.js";
+export * from "./operation-state.js";
 export * from "./sizes.js";
+export * from "./snapshot-state.js";
+export * from "./state-machine.js";
 export * from "./volume-state.js";
