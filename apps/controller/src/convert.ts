@@ -6,6 +6,7 @@ import type {
   PoolKind as DomainPoolKind,
   Qcow2Options as DomainQcow2,
   VolumeState as DomainVolumeState,
+  WipeMode as DomainWipeMode,
 } from "@stowage/core";
 import {
   type CandidateExplanation,
@@ -35,6 +36,7 @@ import {
   VolumeFormat,
   VolumeSchema,
   VolumeState,
+  WipeMode,
 } from "@stowage/proto";
 import type { PlacementDecision } from "@stowage/scheduler";
 import type { ErrorRecord, HostRow, OperationRow, PoolRow, SnapshotRow, VolumeRow } from "@stowage/store";
@@ -61,9 +63,15 @@ export const volumeStates = enumMap<DomainVolumeState, VolumeState>([
   ["creating", VolumeState.CREATING],
   ["available", VolumeState.AVAILABLE],
   ["resizing", VolumeState.RESIZING],
+  ["reverting", VolumeState.REVERTING],
   ["deleting", VolumeState.DELETING],
   ["deleted", VolumeState.DELETED],
   ["error", VolumeState.ERROR],
+]);
+export const wipeModes = enumMap<DomainWipeMode, WipeMode>([
+  ["none", WipeMode.NONE],
+  ["zero", WipeMode.ZERO],
+  ["discard", WipeMode.DISCARD],
 ]);
 export const operationKinds = enumMap<DomainOpKind, OperationKind>([
   ["create_volume", OperationKind.CREATE_VOLUME],
