@@ -15,7 +15,7 @@ import {
 } from "@stowage/store";
 import { createLogger } from "@stowage/telemetry";
 import { makeTempDir } from "@stowage/testkit";
-import { loadControllerConfig } from "../config.js";
+import { type ControllerConfig, loadControllerConfig } from "../config.js";
 import type { ControllerContext } from "../context.js";
 import { createControllerMetrics } from "../metrics.js";
 
@@ -30,7 +30,7 @@ export interface ServiceFixture {
   close(): Promise<void>;
 }
 
-export async function openServiceFixture(): Promise<ServiceFixture> {
+export async function openServiceFixture(config: Partial<ControllerConfig> = {}): Promise<ServiceFixture> {
   const dir = await makeTempDir("stowage-services-");
   const db: Database = await openDatabase({ dataDir: dir.path });
   await migrate(db.sql);
@@ -46,7 +46,7 @@ export async function openServiceFixture(): Promise<ServiceFixture> {
     metricsAddress: "",
   });
   const ctx = {
-    config: loadControllerConfig({}, {}),
+    config: loadControllerConfig({}, config),
     db,
     sql: db.sql,
     log: createLogger("test", "silent"),
