@@ -2,31 +2,19 @@ import { type Capability, notFound, requireCapability, requireWipe, type WipeMod
 import { getPool, type Queryable, type VolumeRow } from "@stowage/store";
 import type { ControllerContext } from "./context.js";
 
-async function poolKindOf(tx: Queryable, volume: Pick<VolumeRow, "poolId">) {
-  const pool = await getPool(tx, volume.poolId);
-  if (!pool) throw notFound(`pool ${volume.poolId} not found`);
-  return pool.kind;
-}
-
 /**
- * Refuses with FAILED_PRECONDITION what volumes of this volume's pool kind and format cannot do, from the
- * context's capability table (docs/architecture.md, "Capabilities"). Called before anything is written.
+ * Refuses with FAILED_PRECONDITION what volumes of this volume's pool kind and format cannot do (a capability,
+ * or a wipe mode), from the context's capability table (docs/architecture.md, "Capabilities"). Services call it
+ * before they write anything.
  */
 export async function requireVolumeCapability(
   ctx: ControllerContext,
   tx: Queryable,
   volume: Pick<VolumeRow, "poolId" | "format">,
-  capability: Capability,
+  need: Capability | { wipe: WipeMode },
 ): Promise<void> {
-  requireCapability(await poolKindOf(tx, volume), volume.format, capability, ctx.capabilities);
-}
-
-/** Refuses a wipe mode this volume's pool kind and format does not offer (before anything is written). */
-export async function requireVolumeWipe(
-  ctx: ControllerContext,
-  tx: Queryable,
-  volume: Pick<VolumeRow, "poolId" | "format">,
-  mode: WipeMode,
-): Promise<void> {
-  requireWipe(await poolKindOf(tx, volume), volume.format, mode, ctx.capabilities);
+  const pool = await getPool(tx, volume.poolId);
+  if (!pool) throw notFound(`pool ${volume.poolId} not found`);
+  if (typeof need === "string") requireCapability(pool.kind, volume.format, need, ctx.capabilities);
+  else requireWipe(pool.kind, volume.format, need.wipe, ctx.capabilities);
 }

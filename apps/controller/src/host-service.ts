@@ -4,11 +4,10 @@ import {
   getHost,
   type HostRow,
   listHosts,
-  writeAudit,
   setHostSchedulable as writeSchedulable,
 } from "@stowage/store";
 import type { ControllerContext } from "./context.js";
-import { mutate } from "./transaction.js";
+import { mutateAudited } from "./transaction.js";
 
 export interface HostWithCounts {
   host: HostRow;
@@ -41,16 +40,10 @@ export async function setHostSchedulable(
   actor: string,
 ): Promise<HostRow> {
   const id = validateName("host", req.hostId);
-  return mutate(ctx, async (tx) => {
+  const request = { schedulable: req.schedulable, reason: req.reason };
+  return mutateAudited(ctx, { actor, action: "SetHostSchedulable", request }, async (tx) => {
     const host = await writeSchedulable(tx, id, req.schedulable, req.reason);
     if (!host) throw notFound(`host ${req.hostId} not found`);
-    await writeAudit(tx, {
-      actor,
-      action: "SetHostSchedulable",
-      target: host.id,
-      request: { schedulable: req.schedulable, reason: req.reason },
-      outcome: "ok",
-    });
     return host;
   });
 }

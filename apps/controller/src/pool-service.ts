@@ -4,12 +4,11 @@ import {
   getPool,
   listPools,
   type PoolRow,
-  writeAudit,
   setPoolDraining as writeDraining,
   zonesOfHosts,
 } from "@stowage/store";
 import type { ControllerContext } from "./context.js";
-import { mutate } from "./transaction.js";
+import { mutateAudited } from "./transaction.js";
 import { validatePoolRef } from "./validate.js";
 
 export interface PoolInZone {
@@ -44,16 +43,10 @@ export async function setPoolDraining(
   actor: string,
 ): Promise<PoolRow> {
   const id = validatePoolRef(req.poolId);
-  return mutate(ctx, async (tx) => {
+  const request = { draining: req.draining, reason: req.reason };
+  return mutateAudited(ctx, { actor, action: "SetPoolDraining", request }, async (tx) => {
     const pool = await writeDraining(tx, id, req.draining);
     if (!pool) throw notFound(`pool ${req.poolId} not found`);
-    await writeAudit(tx, {
-      actor,
-      action: "SetPoolDraining",
-      target: pool.id,
-      request: { draining: req.draining, reason: req.reason },
-      outcome: "ok",
-    });
     return pool;
   });
 }

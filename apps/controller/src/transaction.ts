@@ -1,4 +1,4 @@
-import type { Tx } from "@stowage/store";
+import { type AuditEntry, type Tx, writeAudit } from "@stowage/store";
 import type { ControllerContext } from "./context.js";
 
 /**
@@ -10,4 +10,17 @@ export async function mutate<T>(ctx: ControllerContext, fn: (tx: Tx) => Promise<
   ctx.kickRelay();
   ctx.notifyChange();
   return out;
+}
+
+/** A mutating transaction that changes one row and audits it (the row's id is the target) in the same transaction. */
+export async function mutateAudited<T extends { id: string }>(
+  ctx: ControllerContext,
+  audit: Pick<AuditEntry, "actor" | "action" | "request">,
+  change: (tx: Tx) => Promise<T>,
+): Promise<T> {
+  return mutate(ctx, async (tx) => {
+    const row = await change(tx);
+    await writeAudit(tx, { ...audit, target: row.id, outcome: "ok" });
+    return row;
+  });
 }

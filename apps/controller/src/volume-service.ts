@@ -29,7 +29,7 @@ import {
   type VolumeRow,
   writeAudit,
 } from "@stowage/store";
-import { requireVolumeWipe } from "./capabilities.js";
+import { requireVolumeCapability } from "./capabilities.js";
 import type { ControllerContext } from "./context.js";
 import { formats, qcow2FromWire, qcow2ToWire, wipeModes } from "./convert.js";
 import { enqueueOperation } from "./outbox.js";
@@ -364,7 +364,7 @@ export async function deleteVolume(
     if (v.state === "resizing" || v.state === "reverting")
       throw failedPrecondition(`volume ${v.name} is ${v.state}: wait for it to finish, then delete it`);
     const wipe = wipeModes.domain(req.wipe) ?? "none";
-    await requireVolumeWipe(ctx, tx, v, wipe);
+    await requireVolumeCapability(ctx, tx, v, { wipe });
     const snapshots = await liveSnapshotCount(tx, v.id);
     if (snapshots > 0) {
       throw failedPrecondition(

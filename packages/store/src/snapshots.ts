@@ -1,6 +1,7 @@
-import { failedPrecondition, SNAPSHOT_STATE_MACHINE, type SnapshotState } from "@stowage/core";
+import { SNAPSHOT_STATE_MACHINE, type SnapshotState } from "@stowage/core";
 import type { Queryable } from "./db.js";
 import type { ErrorRecord } from "./rows.js";
+import { inState, type StateChange, setState, transitionRow } from "./transition.js";
 
 export type { SnapshotState } from "@stowage/core";
 
@@ -81,29 +82,23 @@ export async function transitionSnapshot(
   to: SnapshotState,
   patch: SnapshotUpdate = {},
 ): Promise<SnapshotRow> {
-  SNAPSHOT_STATE_MACHINE.assertTransition(snapshot.state, to, `snapshot ${snapshot.name}`);
-  const [row] = await writeSnapshot(sql, snapshot.id, patch, { from: snapshot.state, to });
-  if (!row)
-    throw failedPrecondition(
-      `snapshot ${snapshot.name} is no longer ${snapshot.state}: read it again and retry`,
-    );
-  return row;
+  return transitionRow(SNAPSHOT_STATE_MACHINE, `snapshot ${snapshot.name}`, snapshot, to, (change) =>
+    writeSnapshot(sql, snapshot.id, patch, change),
+  );
 }
 
 async function writeSnapshot(
   sql: Queryable,
   id: string,
   u: SnapshotUpdate,
-  state?: { from: SnapshotState; to: SnapshotState },
+  change?: StateChange<SnapshotState>,
 ): Promise<SnapshotRow[]> {
   return sql<SnapshotRow[]>`
-    update snapshots set
-      state = coalesce(${state?.to ?? null}, state),
+    update snapshots set ${setState(sql, change)}
       error = case when ${u.error !== undefined} then ${u.error ? sql.json(u.error as never) : null}::jsonb else error end,
       operation_id = coalesce(${u.operationId ?? null}, operation_id),
-      deleted_at = case when ${state?.to ?? null} = 'deleted' then now() else deleted_at end,
       updated_at = clock_timestamp()
-    where id = ${id} and (${state?.from ?? null}::text is null or state = ${state?.from ?? null})
+    where id = ${id} ${inState(sql, change)}
     returning *`;
 }
 

@@ -1,6 +1,7 @@
-import { failedPrecondition, VOLUME_STATE_MACHINE, type VolumeState } from "@stowage/core";
+import { VOLUME_STATE_MACHINE, type VolumeState } from "@stowage/core";
 import type { Queryable } from "./db.js";
 import type { ErrorRecord, VolumeRow } from "./rows.js";
+import { inState, type StateChange, setState, transitionRow } from "./transition.js";
 
 export interface NewVolume {
   id: string;
@@ -118,30 +119,26 @@ export async function transitionVolume(
   to: VolumeState,
   patch: VolumeUpdate = {},
 ): Promise<VolumeRow> {
-  VOLUME_STATE_MACHINE.assertTransition(volume.state, to, `volume ${volume.name}`);
-  const [row] = await writeVolume(sql, volume.id, patch, { from: volume.state, to });
-  if (!row)
-    throw failedPrecondition(`volume ${volume.name} is no longer ${volume.state}: read it again and retry`);
-  return row;
+  return transitionRow(VOLUME_STATE_MACHINE, `volume ${volume.name}`, volume, to, (change) =>
+    writeVolume(sql, volume.id, patch, change),
+  );
 }
 
 async function writeVolume(
   sql: Queryable,
   id: string,
   u: VolumeUpdate,
-  state?: { from: VolumeState; to: VolumeState },
+  change?: StateChange<VolumeState>,
 ): Promise<VolumeRow[]> {
   return sql<VolumeRow[]>`
-    update volumes set
-      state = coalesce(${state?.to ?? null}, state),
+    update volumes set ${setState(sql, change)}
       error = case when ${u.error !== undefined} then ${u.error === undefined || u.error === null ? null : sql.json(u.error as never)}::jsonb else error end,
       operation_id = coalesce(${u.operationId ?? null}, operation_id),
       allocated_bytes = coalesce(${u.allocatedBytes ?? null}::int8, allocated_bytes),
       host_path = coalesce(${u.hostPath ?? null}, host_path),
       size_bytes = coalesce(${u.sizeBytes ?? null}::int8, size_bytes),
-      deleted_at = case when ${state?.to ?? null} = 'deleted' then now() else deleted_at end,
       updated_at = clock_timestamp()
-    where id = ${id} and (${state?.from ?? null}::text is null or state = ${state?.from ?? null})
+    where id = ${id} ${inState(sql, change)}
     returning *`;
 }
 

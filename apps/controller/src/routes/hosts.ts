@@ -1,29 +1,25 @@
 import type { ServiceImpl } from "@connectrpc/connect";
 import { type HostService, HostState } from "@stowage/proto";
-import { pageSize } from "@stowage/store";
 import { actorOf } from "../auth.js";
 import type { ControllerContext } from "../context.js";
 import { hostToWire } from "../convert.js";
 import { describeHost, listHostsPage, setHostSchedulable } from "../host-service.js";
-import { after, nextPageToken } from "./paging.js";
+import { paged } from "./paging.js";
 
 const STATES: Partial<Record<HostState, "up" | "down">> = { [HostState.UP]: "up", [HostState.DOWN]: "down" };
 
 export function hostRoutes(ctx: ControllerContext): ServiceImpl<typeof HostService> {
   return {
     async listHosts(req) {
-      const limit = pageSize(req.pageSize);
       const state = STATES[req.state];
-      const rows = await listHostsPage(ctx, {
-        ...(state ? { state } : {}),
-        zone: req.zone,
-        after: after(req.pageToken),
-        limit,
-      });
-      return {
-        hosts: rows.map((h) => hostToWire(h.host, h.counts)),
-        nextPageToken: nextPageToken(rows, limit, (h) => h.host.id),
-      };
+      const filter = { ...(state ? { state } : {}), zone: req.zone };
+      const p = await paged(
+        req,
+        (page) => listHostsPage(ctx, { ...filter, ...page }),
+        (h) => h.host.id,
+        (h) => hostToWire(h.host, h.counts),
+      );
+      return { hosts: p.rows, nextPageToken: p.nextPageToken };
     },
     async getHost(req) {
       const h = await describeHost(ctx, req.hostId);

@@ -1,11 +1,11 @@
 import type { ServiceImpl } from "@connectrpc/connect";
 import { notFound } from "@stowage/core";
 import type { OperationService } from "@stowage/proto";
-import { getOperation, listOperations, operationsChangedSince, pageSize } from "@stowage/store";
+import { getOperation, listOperations, operationsChangedSince } from "@stowage/store";
 import type { ControllerContext } from "../context.js";
 import { operationStates, operationToWire } from "../convert.js";
 import { resolveVolume } from "../volume-service.js";
-import { after, nextPageToken } from "./paging.js";
+import { paged } from "./paging.js";
 import { watchChanges } from "./watch.js";
 
 export function operationRoutes(ctx: ControllerContext): ServiceImpl<typeof OperationService> {
@@ -19,20 +19,16 @@ export function operationRoutes(ctx: ControllerContext): ServiceImpl<typeof Oper
       return { operation: operationToWire(await describe(req.operationId)) };
     },
     async listOperations(req) {
-      const limit = pageSize(req.pageSize);
       const state = req.state ? operationStates.domain(req.state) : undefined;
       const volumeId = req.volumeId ? (await resolveVolume(ctx.sql, req.volumeId)).id : "";
-      const rows = await listOperations(ctx.sql, {
-        volumeId,
-        hostId: req.hostId,
-        ...(state ? { state } : {}),
-        after: after(req.pageToken),
-        limit,
-      });
-      return {
-        operations: rows.map(operationToWire),
-        nextPageToken: nextPageToken(rows, limit, (o) => o.id),
-      };
+      const filter = { volumeId, hostId: req.hostId, ...(state ? { state } : {}) };
+      const p = await paged(
+        req,
+        (page) => listOperations(ctx.sql, { ...filter, ...page }),
+        (o) => o.id,
+        operationToWire,
+      );
+      return { operations: p.rows, nextPageToken: p.nextPageToken };
     },
     watchOperations(req, hc) {
       const filter: { id?: string; volumeId?: string } = {};

@@ -1,13 +1,29 @@
 import { invalidArgument } from "@stowage/core";
-import { decodePageToken, encodePageToken } from "@stowage/store";
+import { decodePageToken, encodePageToken, pageSize } from "@stowage/store";
 
-/** The next page token of a page that came back full, or "" after the last page. */
-export function nextPageToken<T>(rows: T[], limit: number, idOf: (row: T) => string): string {
-  return rows.length === limit ? encodePageToken(idOf(rows[rows.length - 1]!)) : "";
+/** Where a page starts and how long it is, from a List request. */
+export interface PageRequest {
+  pageSize: number;
+  pageToken: string;
 }
 
-/** The id a page starts after, from the page token the caller was given. */
-export function after(token: string): string {
+/**
+ * One page of a List call: reads rows after the request's page token, and answers them with the token of the
+ * next page ("" after the last one).
+ */
+export async function paged<T, W>(
+  req: PageRequest,
+  read: (page: { after: string; limit: number }) => Promise<T[]>,
+  idOf: (row: T) => string,
+  toWire: (row: T) => W,
+): Promise<{ rows: W[]; nextPageToken: string }> {
+  const limit = pageSize(req.pageSize);
+  const rows = await read({ after: after(req.pageToken), limit });
+  const last = rows.length === limit ? rows[rows.length - 1] : undefined;
+  return { rows: rows.map(toWire), nextPageToken: last ? encodePageToken(idOf(last)) : "" };
+}
+
+function after(token: string): string {
   try {
     return decodePageToken(token);
   } catch {

@@ -1,9 +1,9 @@
 import type { ServiceImpl } from "@connectrpc/connect";
 import type { SnapshotService } from "@stowage/proto";
-import { type OperationRow, pageSize, type SnapshotRow } from "@stowage/store";
+import type { OperationRow, SnapshotRow } from "@stowage/store";
 import { actorOf } from "../auth.js";
 import type { ControllerContext } from "../context.js";
-import { operationToWire, snapshotToWire } from "../convert.js";
+import { snapshotToWire } from "../convert.js";
 import {
   createSnapshot,
   deleteSnapshot,
@@ -12,14 +12,13 @@ import {
   revertSnapshot,
 } from "../lifecycle-service.js";
 import { resolveVolume } from "../volume-service.js";
-import { after, nextPageToken } from "./paging.js";
+import { paged } from "./paging.js";
+import { operationReply } from "./replies.js";
 
-function snapshotReply(out: { snapshot: SnapshotRow; operation?: OperationRow }) {
-  return {
-    snapshot: snapshotToWire(out.snapshot),
-    operation: out.operation ? operationToWire(out.operation) : undefined,
-  };
-}
+const snapshotReply = (out: { snapshot: SnapshotRow; operation?: OperationRow }) => ({
+  snapshot: snapshotToWire(out.snapshot),
+  operation: operationReply(out.operation),
+});
 
 export function snapshotRoutes(ctx: ControllerContext): ServiceImpl<typeof SnapshotService> {
   return {
@@ -29,12 +28,13 @@ export function snapshotRoutes(ctx: ControllerContext): ServiceImpl<typeof Snaps
       return { snapshot: snapshotToWire(await resolveSnapshot(ctx.sql, v, req.snapshot)) };
     },
     async listSnapshots(req) {
-      const limit = pageSize(req.pageSize);
-      const rows = await listSnapshotsPage(ctx, req.volume, { after: after(req.pageToken), limit });
-      return {
-        snapshots: rows.map((s) => snapshotToWire(s.snapshot, s.cloneCount)),
-        nextPageToken: nextPageToken(rows, limit, (s) => s.snapshot.id),
-      };
+      const p = await paged(
+        req,
+        (page) => listSnapshotsPage(ctx, req.volume, page),
+        (s) => s.snapshot.id,
+        (s) => snapshotToWire(s.snapshot, s.cloneCount),
+      );
+      return { snapshots: p.rows, nextPageToken: p.nextPageToken };
     },
     deleteSnapshot: async (req, hc) => snapshotReply(await deleteSnapshot(ctx, req, actorOf(hc))),
     revertSnapshot: async (req, hc) => snapshotReply(await revertSnapshot(ctx, req, actorOf(hc))),

@@ -1,15 +1,9 @@
 import type { ServiceImpl } from "@connectrpc/connect";
 import { VolumeEventType, type VolumeService } from "@stowage/proto";
-import {
-  listVolumes,
-  type OperationRow,
-  pageSize,
-  type VolumeRow,
-  volumesChangedSince,
-} from "@stowage/store";
+import { listVolumes, type OperationRow, type VolumeRow, volumesChangedSince } from "@stowage/store";
 import { actorOf } from "../auth.js";
 import type { ControllerContext } from "../context.js";
-import { operationToWire, placementToWire, volumeStates, volumeToWire } from "../convert.js";
+import { placementToWire, volumeStates, volumeToWire } from "../convert.js";
 import { cloneVolume, resizeVolume } from "../lifecycle-service.js";
 import {
   type CreateVolumeOutcome,
@@ -18,24 +12,21 @@ import {
   deleteVolume,
   resolveVolume,
 } from "../volume-service.js";
-import { after, nextPageToken } from "./paging.js";
+import { paged } from "./paging.js";
+import { operationReply } from "./replies.js";
 import { watchChanges } from "./watch.js";
 
 /** A volume and the operation changing it, as the mutating calls answer. */
-function volumeReply(out: { volume: VolumeRow; operation?: OperationRow }) {
-  return {
-    volume: volumeToWire(out.volume),
-    operation: out.operation ? operationToWire(out.operation) : undefined,
-  };
-}
+const volumeReply = (out: { volume: VolumeRow; operation?: OperationRow }) => ({
+  volume: volumeToWire(out.volume),
+  operation: operationReply(out.operation),
+});
 
-function createReply(out: CreateVolumeOutcome) {
-  return {
-    volume: out.volume ? volumeToWire(out.volume) : undefined,
-    operation: out.operation ? operationToWire(out.operation) : undefined,
-    placement: placementToWire(out.placement),
-  };
-}
+const createReply = (out: CreateVolumeOutcome) => ({
+  volume: out.volume ? volumeToWire(out.volume) : undefined,
+  operation: operationReply(out.operation),
+  placement: placementToWire(out.placement),
+});
 
 export function volumeRoutes(ctx: ControllerContext): ServiceImpl<typeof VolumeService> {
   return {
@@ -47,19 +38,22 @@ export function volumeRoutes(ctx: ControllerContext): ServiceImpl<typeof VolumeS
       return { volume: volumeToWire(await resolveVolume(ctx.sql, req.volume)) };
     },
     async listVolumes(req) {
-      const limit = pageSize(req.pageSize);
       const state = req.state ? volumeStates.domain(req.state) : undefined;
-      const rows = await listVolumes(ctx.sql, {
+      const filter = {
         ...(req.poolId ? { poolId: req.poolId } : {}),
         ...(req.hostId ? { hostId: req.hostId } : {}),
         ...(state ? { state } : {}),
         namePrefix: req.namePrefix,
         labels: req.labels,
         showDeleted: req.showDeleted,
-        after: after(req.pageToken),
-        limit,
-      });
-      return { volumes: rows.map(volumeToWire), nextPageToken: nextPageToken(rows, limit, (v) => v.id) };
+      };
+      const p = await paged(
+        req,
+        (page) => listVolumes(ctx.sql, { ...filter, ...page }),
+        (v) => v.id,
+        volumeToWire,
+      );
+      return { volumes: p.rows, nextPageToken: p.nextPageToken };
     },
     deleteVolume: async (req, hc) => volumeReply(await deleteVolume(ctx, req, actorOf(hc))),
     resizeVolume: async (req, hc) => volumeReply(await resizeVolume(ctx, req, actorOf(hc))),
