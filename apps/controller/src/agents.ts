@@ -35,8 +35,8 @@ import {
   upsertHost,
   volumesInFluxOnHost,
 } from "@stowage/store";
+import { formats, poolKinds } from "@stowage/wire";
 import type { ControllerContext } from "./context.js";
-import { formats, poolKinds } from "./convert.js";
 
 function poolReportFromWire(ctx: ControllerContext, p: PoolReport): PoolReportRecord {
   const kind = poolKinds.domain(p.kind);

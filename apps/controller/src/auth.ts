@@ -1,7 +1,21 @@
-import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
-import { principalKey } from "./api.js";
+import {
+  Code,
+  ConnectError,
+  createContextKey,
+  type HandlerContext,
+  type Interceptor,
+} from "@connectrpc/connect";
 
 type Role = "viewer" | "operator" | "admin";
+
+/** Who is calling: set by the auth interceptor. */
+export const principalKey = createContextKey<{ name: string; role: Role }>({
+  name: "anonymous",
+  role: "admin",
+});
+
+/** The name the audit log records for the caller of a handler. */
+export const actorOf = (hc: HandlerContext) => hc.values.get(principalKey).name;
 const RANK: Record<Role, number> = { viewer: 0, operator: 1, admin: 2 };
 
 /** Parses STOWAGE_API_TOKENS: "name:role:token,name:role:token". */

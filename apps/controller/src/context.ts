@@ -1,4 +1,5 @@
 import type { Bus } from "@stowage/bus";
+import type { CAPABILITIES } from "@stowage/core";
 import type { Database, Sql } from "@stowage/store";
 import type { Logger } from "@stowage/telemetry";
 import type { ControllerConfig } from "./config.js";
@@ -12,6 +13,8 @@ export interface ControllerContext {
   bus: Bus;
   log: Logger;
   metrics: ControllerMetrics;
+  /** What each pool kind and format can do (core's CAPABILITIES); requests they cannot do are refused. */
+  capabilities: typeof CAPABILITIES;
   /** Wakes the relay at once (after a transaction wrote to the outbox). */
   kickRelay(): void;
   /** Wakes watchers at once (after a change they may care about). */

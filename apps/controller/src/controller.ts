@@ -3,10 +3,10 @@ import http2 from "node:http2";
 import { ConnectError, type Interceptor } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { type Bus, connectBus, ensureStreams, pendingCommands } from "@stowage/bus";
+import { CAPABILITIES } from "@stowage/core";
 import { type Database, migrate, openDatabase } from "@stowage/store";
 import { createLogger, startOpsServer } from "@stowage/telemetry";
 import { subscribeAgentTraffic } from "./agents.js";
-import { createRoutes } from "./api.js";
 import { createAuthInterceptor, parseTokens } from "./auth.js";
 import { type ControllerConfig, splitHostPort } from "./config.js";
 import type { ControllerContext } from "./context.js";
@@ -16,6 +16,7 @@ import { createControllerMetrics } from "./metrics.js";
 import { reconcileOnce } from "./reconciler.js";
 import { relayOnce } from "./relay.js";
 import { runResultConsumer } from "./results.js";
+import { createRoutes } from "./routes/index.js";
 
 export interface ControllerHandle {
   grpcPort: number;
@@ -98,6 +99,7 @@ export async function startController(config: ControllerConfig): Promise<Control
     bus,
     log,
     metrics,
+    capabilities: CAPABILITIES,
     kickRelay: () => relay.kick(),
     notifyChange: () => changes.emit("change"),
     waitForChange: (ms, signal) =>

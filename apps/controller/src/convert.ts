@@ -32,18 +32,6 @@ import {
   volumeStates,
 } from "@stowage/wire";
 
-export {
-  errorRecordFromWire as errorFromWire,
-  formats,
-  operationKinds,
-  operationStates,
-  poolKinds,
-  qcow2FromWire,
-  qcow2ToWire,
-  snapshotStates,
-  volumeStates,
-} from "@stowage/wire";
-
 export function errorToWire(e: ErrorRecord | null): ErrorDetail | undefined {
   return e ? errorRecordToWire(e) : undefined;
 }

@@ -19,33 +19,37 @@ import type {
   RevertSnapshotRequest,
 } from "@stowage/proto";
 import {
+  cloneCountsBySnapshot,
   clonesOfSnapshot,
   getOperation,
   getSnapshot,
+  getVolumeById,
   getVolumeByName,
   getVolumeByRequestId,
   insertSnapshot,
   insertVolume,
+  listSnapshots,
   type OperationRow,
   type Queryable,
   reserveCapacity,
   resizeHolding,
   type SnapshotRow,
-  updateSnapshot,
-  updateVolume,
+  transitionSnapshot,
+  transitionVolume,
   type VolumeRow,
   writeAudit,
 } from "@stowage/store";
+import { formats } from "@stowage/wire";
+import { requireVolumeCapability } from "./capabilities.js";
 import type { ControllerContext } from "./context.js";
-import { formats } from "./convert.js";
-import { enqueueOperation, mutate } from "./outbox.js";
+import { enqueueOperation } from "./outbox.js";
+import { mutate } from "./transaction.js";
 import { validateRequestId } from "./validate.js";
 import { resolveVolume } from "./volume-service.js";
 
 async function lockVolume(tx: Queryable, ref: string): Promise<VolumeRow> {
   const v = await resolveVolume(tx, ref);
-  const [locked] = await tx<VolumeRow[]>`select * from volumes where id = ${v.id} for update`;
-  return locked!;
+  return (await getVolumeById(tx, v.id, true)) ?? v;
 }
 
 function requireAvailable(v: VolumeRow, what: string): void {
@@ -72,6 +76,7 @@ export async function resizeVolume(
     }
     requireAvailable(v, "a resize");
     if (newSize === v.sizeBytes) return { volume: v };
+    if (newSize < v.sizeBytes) await requireVolumeCapability(ctx, tx, v, "shrink");
     if (newSize < v.sizeBytes && !req.allowShrink) {
       throw failedPrecondition(
         `shrinking ${v.name} from ${formatSize(v.sizeBytes)} to ${formatSize(newSize)} throws away the data past the new end: pass allow_shrink (stowctl: --allow-shrink) if you mean it`,
@@ -92,7 +97,7 @@ export async function resizeVolume(
       actor,
     });
     // The volume row keeps its size until the agent confirms; the ledger already holds the new one.
-    const volume = await updateVolume(tx, v.id, { state: "resizing", operationId: operation.id });
+    const volume = await transitionVolume(tx, v, "resizing", { operationId: operation.id });
     await writeAudit(tx, {
       actor,
       action: "ResizeVolume",
@@ -116,7 +121,19 @@ export async function resolveSnapshot(sql: Queryable, volume: VolumeRow, ref: st
   return s;
 }
 
-/** CreateSnapshot: idempotent by (volume, name). */
+/** One page of a volume's snapshots, each with the number of live volumes cloned from it. */
+export async function listSnapshotsPage(
+  ctx: ControllerContext,
+  volumeRef: string,
+  page: { after: string; limit: number },
+): Promise<{ snapshot: SnapshotRow; cloneCount: number }[]> {
+  const v = await resolveVolume(ctx.sql, volumeRef);
+  const rows = await listSnapshots(ctx.sql, v.id, page);
+  const clones = await cloneCountsBySnapshot(ctx.sql, v.id);
+  return rows.map((snapshot) => ({ snapshot, cloneCount: clones.get(snapshot.id) ?? 0 }));
+}
+
+/** CreateSnapshot: idempotent by (volume, name); refused where the volume's pool kind and format has none. */
 export async function createSnapshot(
   ctx: ControllerContext,
   req: CreateSnapshotRequest,
@@ -126,6 +143,7 @@ export async function createSnapshot(
   validateRequestId(req.requestId);
   return mutate(ctx, async (tx) => {
     const v = await lockVolume(tx, req.volume);
+    await requireVolumeCapability(ctx, tx, v, "snapshots");
     const existing = await getSnapshot(tx, v.id, { name });
     if (existing) {
       const operation = existing.operationId ? await getOperation(tx, existing.operationId) : undefined;
@@ -185,7 +203,7 @@ export async function deleteSnapshot(
       payload: { case: "deleteSnapshot", value: { volumeId: v.id, snapshotId: s.id } },
       actor,
     });
-    const snapshot = await updateSnapshot(tx, s.id, { state: "deleting", operationId: operation.id });
+    const snapshot = await transitionSnapshot(tx, s, "deleting", { operationId: operation.id });
     await writeAudit(tx, {
       actor,
       action: "DeleteSnapshot",
@@ -197,7 +215,7 @@ export async function deleteSnapshot(
   });
 }
 
-/** RevertSnapshot: rolls the volume back; the volume is `resizing` (busy) until the agent confirms. */
+/** RevertSnapshot: rolls the volume back; the volume is `reverting` until the agent confirms. */
 export async function revertSnapshot(
   ctx: ControllerContext,
   req: RevertSnapshotRequest,
@@ -206,12 +224,13 @@ export async function revertSnapshot(
   validateRequestId(req.requestId);
   return mutate(ctx, async (tx) => {
     const v = await lockVolume(tx, req.volume);
+    await requireVolumeCapability(ctx, tx, v, "revert");
     const s = await resolveSnapshot(tx, v, req.snapshot);
     if (s.state !== "available")
       throw failedPrecondition(
         `snapshot ${s.name} is ${s.state}: only an available snapshot can be reverted to`,
       );
-    if (v.state === "resizing" && v.operationId) {
+    if (v.state === "reverting" && v.operationId) {
       const inFlight = await getOperation(tx, v.operationId);
       if (inFlight?.kind === "revert_snapshot" && inFlight.snapshotId === s.id)
         return { snapshot: s, operation: inFlight };
@@ -227,7 +246,7 @@ export async function revertSnapshot(
       payload: { case: "revertSnapshot", value: { volumeId: v.id, snapshotId: s.id } },
       actor,
     });
-    await updateVolume(tx, v.id, { state: "resizing", operationId: operation.id });
+    await transitionVolume(tx, v, "reverting", { operationId: operation.id });
     await writeAudit(tx, {
       actor,
       action: "RevertSnapshot",
@@ -263,6 +282,8 @@ export async function cloneVolume(
       return { volume: already, ...(operation ? { operation } : {}) };
     }
     const source = await lockVolume(tx, req.sourceVolume);
+    await requireVolumeCapability(ctx, tx, source, "clones");
+    if (req.flatten) await requireVolumeCapability(ctx, tx, source, "flatten");
     requireAvailable(source, "a clone");
     const snapshot = req.sourceSnapshot ? await resolveSnapshot(tx, source, req.sourceSnapshot) : undefined;
     if (snapshot && snapshot.state !== "available")

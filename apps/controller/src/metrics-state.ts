@@ -1,4 +1,4 @@
-import { VOLUME_STATES } from "@stowage/core";
+import { SNAPSHOT_STATES, VOLUME_STATES } from "@stowage/core";
 import {
   findingCountsByHost,
   migrationPlanCountsByPhase,
@@ -24,7 +24,6 @@ export const MIGRATION_PHASES = [
 export const FINDING_KINDS = ["orphan", "missing", "foreign"] as const;
 
 /** The states of a snapshot (table snapshots). */
-export const SNAPSHOT_STATES = ["creating", "available", "deleting", "deleted", "error"] as const;
 
 /** Volumes, snapshots and migration plans by state, read from the database at scrape time. */
 export function resourceStateGauges(registry: Registry, read: ScrapeRead) {

@@ -144,7 +144,7 @@ describe.each(backends)("controller metrics on %s", (_name, open) => {
   it("exports volumes and snapshots by state, every state included", async () => {
     const m = createControllerMetrics(() => db.sql);
     expect(await value(m, "stowage_volumes", { state: "available" })).toBe(0);
-    expect((await series(m, "stowage_volumes"))?.length).toBe(6);
+    expect((await series(m, "stowage_volumes"))?.length).toBe(7);
     expect((await series(m, "stowage_snapshots"))?.map((s) => s.labels.state).sort()).toEqual([
       "available",
       "creating",

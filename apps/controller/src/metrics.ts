@@ -7,7 +7,7 @@ import { scrapeReader } from "./metrics-scrape.js";
 import { findingGauges, resourceStateGauges } from "./metrics-state.js";
 
 export { OPERATION_RESULTS } from "./metrics-events.js";
-export { FINDING_KINDS, MIGRATION_PHASES, SNAPSHOT_STATES } from "./metrics-state.js";
+export { FINDING_KINDS, MIGRATION_PHASES } from "./metrics-state.js";
 
 export type ControllerMetrics = ReturnType<typeof createControllerMetrics>;
 

@@ -2,9 +2,8 @@ import { create, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { type OperationKind as DomainOperationKind, newId } from "@stowage/core";
 import { AgentCommandSchema } from "@stowage/proto";
-import { insertOperation, type OperationRow, type Queryable, type Tx, type VolumeRow } from "@stowage/store";
-import type { ControllerContext } from "./context.js";
-import { operationKinds } from "./convert.js";
+import { insertOperation, type OperationRow, type Queryable, type VolumeRow } from "@stowage/store";
+import { operationKinds } from "@stowage/wire";
 
 /**
  * Writes one operation for a volume's host to the outbox, in the caller's transaction: the command the agent
@@ -42,12 +41,4 @@ export async function enqueueOperation(
     command: toBinary(AgentCommandSchema, command),
     requestedBy: o.actor,
   });
-}
-
-/** Runs a mutating transaction, then wakes the relay (the outbox may have a new row) and the watchers. */
-export async function mutate<T>(ctx: ControllerContext, fn: (tx: Tx) => Promise<T>): Promise<T> {
-  const out = (await ctx.sql.begin(fn)) as T;
-  ctx.kickRelay();
-  ctx.notifyChange();
-  return out;
 }

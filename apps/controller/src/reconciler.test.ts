@@ -1,88 +1,36 @@
 import { create } from "@bufbuild/protobuf";
 import { InventorySchema, PoolKind, VolumeFormat } from "@stowage/proto";
 import {
-  applyPoolReports,
-  type Database,
   getOperation,
   getVolumeById,
   insertOperation,
   insertVolume,
   ledgerDiscrepancies,
-  migrate,
-  openDatabase,
   reserveCapacity,
-  upsertHost,
 } from "@stowage/store";
-import { createLogger } from "@stowage/telemetry";
-import { makeTempDir } from "@stowage/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { diffInventory } from "./agents.js";
-import { loadControllerConfig } from "./config.js";
 import type { ControllerContext } from "./context.js";
 import { reconcileOnce } from "./reconciler.js";
-
-const GiB = 1024n ** 3n;
+import { GiB, openServiceFixture, type ServiceFixture } from "./testing/service-fixture.js";
 
 describe("reconciler (on PGlite)", () => {
-  let db: Database;
-  let dir: Awaited<ReturnType<typeof makeTempDir>>;
+  let f: ServiceFixture;
   let ctx: ControllerContext;
 
   beforeAll(async () => {
-    dir = await makeTempDir("stowage-reconcile-");
-    db = await openDatabase({ dataDir: dir.path });
-    await migrate(db.sql);
-    ctx = {
-      config: loadControllerConfig({}, { reservationTtlMs: 1000, hostDownAfterMs: 1000 }),
-      db,
-      sql: db.sql,
-      log: createLogger("test", "silent"),
-      notifyChange: () => {},
-      kickRelay: () => {},
-    } as unknown as ControllerContext;
-    await upsertHost(db.sql, {
-      id: "h1",
-      zone: "",
-      labels: {},
-      numaNodes: [],
-      cpuCount: 1,
-      memoryBytes: 1n,
-      agentVersion: "t",
-      initiatorName: "",
-      metricsAddress: "",
-    });
-    await applyPoolReports(db.sql, "h1", [
-      {
-        name: "p",
-        kind: "dir",
-        numaNode: null,
-        healthy: true,
-        healthMessage: "",
-        totalBytes: 100n * GiB,
-        usedBytes: 0n,
-        freeBytes: 100n * GiB,
-        provisionedBytes: 0n,
-        dataPercent: null,
-        metadataPercent: null,
-        overcommitRatio: 1,
-        maxUsedPercent: 90,
-        reservedPercent: 0,
-        maxVolumes: 0,
-        labels: {},
-        formats: ["raw"],
-        shared: false,
-      },
-    ]);
-  }, 60_000);
+    f = await openServiceFixture({ reservationTtlMs: 1000, hostDownAfterMs: 1000 });
+    await f.addPool("p", "dir", ["raw"]);
+    ctx = f.ctx;
+  });
   afterAll(async () => {
-    await db?.close();
-    await dir?.cleanup();
+    await f?.close();
   });
 
   it("releases a reservation never confirmed within its time to live, and fails its volume and operation", async () => {
     const id = "vol-00000000000000000000000000000001";
     const op = "op-00000000000000000000000000000001";
-    await db.sql.begin(async (tx) => {
+    await f.sql.begin(async (tx) => {
       await insertVolume(tx, {
         id,
         name: "stuck",
@@ -113,23 +61,23 @@ describe("reconciler (on PGlite)", () => {
     });
     await new Promise((r) => setTimeout(r, 50));
     await reconcileOnce(ctx);
-    expect((await getVolumeById(db.sql, id))?.state).toBe("error");
-    expect((await getVolumeById(db.sql, id))?.error?.code).toBe("expired");
-    expect((await getOperation(db.sql, op))?.state).toBe("failed");
-    const [pool] = await db.sql<
+    expect((await getVolumeById(f.sql, id))?.state).toBe("error");
+    expect((await getVolumeById(f.sql, id))?.error?.code).toBe("expired");
+    expect((await getOperation(f.sql, op))?.state).toBe("failed");
+    const [pool] = await f.sql<
       { reservedBytes: bigint; volumeCount: number }[]
     >`select reserved_bytes, volume_count from pools where id = 'h1/p'`;
     expect(pool).toMatchObject({ reservedBytes: 0n, volumeCount: 0 });
-    expect(await ledgerDiscrepancies(db.sql)).toEqual([]);
+    expect(await ledgerDiscrepancies(f.sql)).toEqual([]);
     // A second pass changes nothing.
     await reconcileOnce(ctx);
-    expect(await ledgerDiscrepancies(db.sql)).toEqual([]);
+    expect(await ledgerDiscrepancies(f.sql)).toEqual([]);
   });
 
   it("marks a host down after it misses its heartbeats", async () => {
-    await db.sql`update hosts set last_heartbeat_at = now() - interval '10 seconds' where id = 'h1'`;
+    await f.sql`update hosts set last_heartbeat_at = now() - interval '10 seconds' where id = 'h1'`;
     await reconcileOnce(ctx);
-    const [h] = await db.sql<{ state: string }[]>`select state from hosts where id = 'h1'`;
+    const [h] = await f.sql<{ state: string }[]>`select state from hosts where id = 'h1'`;
     expect(h!.state).toBe("down");
   });
 });

@@ -4,7 +4,7 @@ import {
   getVolumeById,
   markStaleHostsDown,
   releaseCapacity,
-  updateVolume,
+  transitionVolume,
 } from "@stowage/store";
 import type { ControllerContext } from "./context.js";
 
@@ -26,7 +26,7 @@ export async function reconcileOnce(ctx: ControllerContext): Promise<void> {
           code: "expired",
           message: `the host did not create the volume within ${Math.round(ctx.config.reservationTtlMs / 1000)}s; its reservation was released`,
         };
-        await updateVolume(tx, v.id, { state: "error", error });
+        await transitionVolume(tx, v, "error", { error });
         if (v.operationId) await finishOperation(tx, v.operationId, false, error);
       }
     });

@@ -1,19 +1,32 @@
 import { fromBinary } from "@bufbuild/protobuf";
 import { type Bus, consumeLoop, ensureResultConsumer, RESULT_STREAM } from "@stowage/bus";
+import {
+  type OperationKind,
+  SNAPSHOT_STATE_MACHINE,
+  type SnapshotState,
+  VOLUME_STATE_MACHINE,
+  type VolumeState,
+} from "@stowage/core";
 import { type OperationResult, OperationResultSchema } from "@stowage/proto";
 import {
   confirmReservation,
+  type ErrorRecord,
   finishOperation,
   getOperation,
   getSnapshotById,
   getVolumeById,
+  type OperationRow,
   releaseCapacity,
   resizeHolding,
+  type Tx,
+  transitionSnapshot,
+  transitionVolume,
   updateSnapshot,
-  updateVolume,
+  type VolumeRow,
+  type VolumeUpdate,
 } from "@stowage/store";
+import { errorRecordFromWire as errorFromWire } from "@stowage/wire";
 import type { ControllerContext } from "./context.js";
-import { errorFromWire } from "./convert.js";
 
 /**
  * Applies one operation result. Results may arrive twice or late: an operation that is already finished is left
@@ -29,69 +42,7 @@ export async function applyResult(ctx: ControllerContext, r: OperationResult): P
     if (op.state === "succeeded" || op.state === "failed") return undefined;
     const error = r.success ? null : errorFromWire(r.error, "the agent reported a failure without details");
     await finishOperation(tx, op.id, r.success, error);
-    const volume = op.volumeId ? await getVolumeById(tx, op.volumeId, true) : undefined;
-    if (!volume) return op;
-    switch (op.kind) {
-      case "create_volume":
-      case "clone_volume":
-        if (r.success) {
-          await confirmReservation(tx, volume.id);
-          if (volume.state === "creating") {
-            await updateVolume(tx, volume.id, {
-              state: "available",
-              error: null,
-              allocatedBytes: r.artifact?.allocatedBytes ?? 0n,
-              hostPath: r.artifact?.path ?? "",
-            });
-          }
-        } else if (volume.state === "creating") {
-          await releaseCapacity(tx, volume.id);
-          await updateVolume(tx, volume.id, { state: "error", error });
-        }
-        break;
-      case "delete_volume":
-        if (r.success) {
-          await releaseCapacity(tx, volume.id);
-          await updateVolume(tx, volume.id, { state: "deleted", error: null, allocatedBytes: 0n });
-        } else {
-          await updateVolume(tx, volume.id, { state: "error", error });
-        }
-        break;
-      case "resize_volume":
-      case "revert_snapshot": {
-        if (volume.state !== "resizing" || volume.operationId !== op.id) break;
-        if (r.success) {
-          await updateVolume(tx, volume.id, {
-            state: "available",
-            error: null,
-            ...(r.artifact
-              ? { sizeBytes: r.artifact.sizeBytes, allocatedBytes: r.artifact.allocatedBytes }
-              : {}),
-          });
-        } else {
-          // The volume is as it was: give the ledger back its old size, and keep the error for `volume get`.
-          await resizeHolding(tx, { volumeId: volume.id, bytes: volume.sizeBytes, force: true });
-          await updateVolume(tx, volume.id, { state: "available", error });
-        }
-        if (op.kind === "revert_snapshot" && op.snapshotId && !r.success)
-          await updateSnapshot(tx, op.snapshotId, { error });
-        break;
-      }
-      case "create_snapshot":
-      case "delete_snapshot": {
-        const snapshot = op.snapshotId ? await getSnapshotById(tx, op.snapshotId) : undefined;
-        if (!snapshot) break;
-        const done = op.kind === "create_snapshot" ? "available" : "deleted";
-        if (r.success) await updateSnapshot(tx, snapshot.id, { state: done, error: null });
-        else await updateSnapshot(tx, snapshot.id, { state: "error", error });
-        break;
-      }
-      default:
-        ctx.log.warn(
-          { kind: op.kind, operationId: op.id },
-          "result of an operation kind this controller does not apply yet",
-        );
-    }
+    await applyToSubject(ctx, tx, op, r, error);
     return op;
   });
   if (applied) {
@@ -112,6 +63,116 @@ export async function applyResult(ctx: ControllerContext, r: OperationResult): P
     );
     ctx.notifyChange();
   }
+}
+
+/** The state a volume is in while an operation of this kind changes it in place. */
+const BUSY: Partial<Record<OperationKind, VolumeState>> = {
+  resize_volume: "resizing",
+  revert_snapshot: "reverting",
+};
+
+/** Moves the operation's volume or snapshot to where the result leaves it. */
+async function applyToSubject(
+  ctx: ControllerContext,
+  tx: Tx,
+  op: OperationRow,
+  r: OperationResult,
+  error: ErrorRecord | null,
+): Promise<void> {
+  const volume = op.volumeId ? await getVolumeById(tx, op.volumeId, true) : undefined;
+  if (!volume) return;
+  const settle = (to: VolumeState, patch: VolumeUpdate) => settleVolume(ctx, tx, op, volume, to, patch);
+  switch (op.kind) {
+    case "create_volume":
+    case "clone_volume":
+      if (r.success) {
+        await confirmReservation(tx, volume.id);
+        if (volume.state === "creating") {
+          await settle("available", {
+            error: null,
+            allocatedBytes: r.artifact?.allocatedBytes ?? 0n,
+            hostPath: r.artifact?.path ?? "",
+          });
+        }
+      } else if (volume.state === "creating") {
+        await releaseCapacity(tx, volume.id);
+        await settle("error", { error });
+      }
+      return;
+    case "delete_volume":
+      if (r.success) {
+        await releaseCapacity(tx, volume.id);
+        await settle("deleted", { error: null, allocatedBytes: 0n });
+      } else {
+        await settle("error", { error });
+      }
+      return;
+    case "resize_volume":
+    case "revert_snapshot": {
+      if (volume.state !== BUSY[op.kind] || volume.operationId !== op.id) return;
+      if (r.success) {
+        await settle("available", {
+          error: null,
+          ...(r.artifact
+            ? { sizeBytes: r.artifact.sizeBytes, allocatedBytes: r.artifact.allocatedBytes }
+            : {}),
+        });
+      } else {
+        // The volume is as it was: give the ledger back its old size, and keep the error for `volume get`.
+        await resizeHolding(tx, { volumeId: volume.id, bytes: volume.sizeBytes, force: true });
+        await settle("available", { error });
+      }
+      if (op.kind === "revert_snapshot" && op.snapshotId && !r.success)
+        await updateSnapshot(tx, op.snapshotId, { error });
+      return;
+    }
+    case "create_snapshot":
+    case "delete_snapshot": {
+      const snapshot = op.snapshotId ? await getSnapshotById(tx, op.snapshotId) : undefined;
+      if (!snapshot) return;
+      const to: SnapshotState = !r.success
+        ? "error"
+        : op.kind === "create_snapshot"
+          ? "available"
+          : "deleted";
+      if (!SNAPSHOT_STATE_MACHINE.canTransition(snapshot.state, to)) {
+        ctx.log.warn(
+          { operationId: op.id, snapshotId: snapshot.id, state: snapshot.state, to },
+          "result left the snapshot as it is: the transition is not allowed",
+        );
+        return;
+      }
+      await transitionSnapshot(tx, snapshot, to, { error });
+      return;
+    }
+    default:
+      ctx.log.warn(
+        { kind: op.kind, operationId: op.id },
+        "result of an operation kind this controller does not apply yet",
+      );
+  }
+}
+
+/**
+ * Moves the volume through the state machine. A result is never refused (it would be redelivered forever): one
+ * whose transition is not allowed any more (the volume moved on) is logged and leaves the volume as it is.
+ */
+async function settleVolume(
+  ctx: ControllerContext,
+  tx: Tx,
+  op: OperationRow,
+  volume: VolumeRow,
+  to: VolumeState,
+  patch: VolumeUpdate,
+): Promise<void> {
+  if (!VOLUME_STATE_MACHINE.canTransition(volume.state, to)) {
+    ctx.log.warn(
+      { operationId: op.id, volumeId: volume.id, state: volume.state, to },
+      "result left the volume as it is: the transition is not allowed",
+    );
+    return;
+  }
+  await transitionVolume(tx, volume, to, patch);
 }
 
 /** Reads results from JetStream until `signal` aborts; a result is acked only after its transaction commits. */

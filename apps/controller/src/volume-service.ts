@@ -13,12 +13,7 @@ import {
   validateName,
   validateVolumeSize,
 } from "@stowage/core";
-import {
-  type CreateVolumeGroupRequest,
-  type CreateVolumeRequest,
-  type DeleteVolumeRequest,
-  WipeMode,
-} from "@stowage/proto";
+import type { CreateVolumeGroupRequest, CreateVolumeRequest, DeleteVolumeRequest } from "@stowage/proto";
 import { type PlacementDecision, type PlacementRequest, refusedOnlyForCapacity } from "@stowage/scheduler";
 import {
   getOperation,
@@ -30,14 +25,16 @@ import {
   type OperationRow,
   type Queryable,
   reserveCapacity,
-  updateVolume,
+  transitionVolume,
   type VolumeRow,
   writeAudit,
 } from "@stowage/store";
+import { formats, qcow2FromWire, qcow2ToWire, wipeModes } from "@stowage/wire";
+import { requireVolumeCapability } from "./capabilities.js";
 import type { ControllerContext } from "./context.js";
-import { formats, qcow2FromWire, qcow2ToWire } from "./convert.js";
-import { enqueueOperation, mutate } from "./outbox.js";
+import { enqueueOperation } from "./outbox.js";
 import { checkConstraintTargets, decide, decideGroup } from "./scheduling.js";
+import { mutate } from "./transaction.js";
 import {
   constraintsFromWire,
   defaultFormat,
@@ -180,9 +177,7 @@ export async function createVolume(
     }
     if (req.dryRun) return { placement: decision };
     try {
-      const out = await ctx.sql.begin((tx) => writeCreate(ctx, tx, spec, decision, actor));
-      ctx.kickRelay();
-      ctx.notifyChange();
+      const out = await mutate(ctx, (tx) => writeCreate(ctx, tx, spec, decision, actor));
       ctx.log.info(
         {
           volumeId: out.volume.id,
@@ -254,7 +249,7 @@ export async function createVolumeGroup(
     }
     if (req.dryRun) return group.decisions.map((placement) => ({ placement }));
     try {
-      const out = await ctx.sql.begin(async (tx) => {
+      const out = await mutate(ctx, async (tx) => {
         const made = [];
         for (const [i, spec] of specs.entries()) {
           const d = group.decisions[i]!;
@@ -262,8 +257,6 @@ export async function createVolumeGroup(
         }
         return made;
       });
-      ctx.kickRelay();
-      ctx.notifyChange();
       ctx.log.info(
         { volumes: out.map((o) => o.volume.id), pools: out.map((o) => o.placement.poolId) },
         "volume group placed",
@@ -368,8 +361,10 @@ export async function deleteVolume(
       const operation = v.operationId ? await getOperation(tx, v.operationId) : undefined;
       return { volume: v, ...(operation ? { operation } : {}) };
     }
-    if (v.state === "resizing")
-      throw failedPrecondition(`volume ${v.name} is resizing: wait for it to finish, then delete it`);
+    if (v.state === "resizing" || v.state === "reverting")
+      throw failedPrecondition(`volume ${v.name} is ${v.state}: wait for it to finish, then delete it`);
+    const wipe = wipeModes.domain(req.wipe) ?? "none";
+    await requireVolumeCapability(ctx, tx, v, { wipe });
     const snapshots = await liveSnapshotCount(tx, v.id);
     if (snapshots > 0) {
       throw failedPrecondition(
@@ -381,11 +376,11 @@ export async function deleteVolume(
       volume: v,
       payload: {
         case: "deleteVolume",
-        value: { volumeId: v.id, wipe: req.wipe === WipeMode.UNSPECIFIED ? WipeMode.NONE : req.wipe },
+        value: { volumeId: v.id, wipe: wipeModes.wire(wipe) },
       },
       actor,
     });
-    const volume = await updateVolume(tx, v.id, { state: "deleting", operationId: operation.id });
+    const volume = await transitionVolume(tx, v, "deleting", { operationId: operation.id });
     await writeAudit(tx, {
       actor,
       action: "DeleteVolume",

@@ -37,6 +37,3 @@ export type OperationState = (typeof OPERATION_STATES)[number];
 
 export const HOST_STATES = ["up", "down"] as const;
 export type HostState = (typeof HOST_STATES)[number];
-
-export const SNAPSHOT_STATES = ["creating", "available", "deleting", "deleted", "error"] as const;
-export type SnapshotState = (typeof SNAPSHOT_STATES)[number];

@@ -1,29 +1,41 @@
-import { failedPrecondition } from "./errors.js";
+import { defineStateMachine } from "./state-machine.js";
 
-export const VOLUME_STATES = ["creating", "available", "resizing", "deleting", "deleted", "error"] as const;
+export const VOLUME_STATES = [
+  "creating",
+  "available",
+  "resizing",
+  "reverting",
+  "deleting",
+  "deleted",
+  "error",
+] as const;
 export type VolumeState = (typeof VOLUME_STATES)[number];
 
 /**
- * The volume state machine. `error` may be retried by deleting; `deleted` is final. Staying in a state is always
- * allowed, so that redelivered results converge instead of failing.
+ * The volume state machine. A failed resize or revert leaves the volume `available` (as it was) with the error
+ * kept; `error` may be retried by deleting; `deleted` is final. Staying in a state is always allowed, so that
+ * redelivered results converge instead of failing.
  */
-const TRANSITIONS: Record<VolumeState, readonly VolumeState[]> = {
-  creating: ["available", "error", "deleting"],
-  available: ["resizing", "deleting"],
-  resizing: ["available", "error"],
-  deleting: ["deleted", "error"],
-  deleted: [],
-  error: ["deleting", "available"],
-};
+export const VOLUME_STATE_MACHINE = defineStateMachine<VolumeState>(
+  {
+    creating: ["available", "error", "deleting"],
+    available: ["resizing", "reverting", "deleting"],
+    resizing: ["available", "error"],
+    reverting: ["available", "error"],
+    deleting: ["deleted", "error"],
+    deleted: [],
+    error: ["deleting", "available"],
+  },
+  { stay: true },
+);
 
 export function canTransition(from: VolumeState, to: VolumeState): boolean {
-  return from === to || TRANSITIONS[from].includes(to);
+  return VOLUME_STATE_MACHINE.canTransition(from, to);
 }
 
+/** Throws FAILED_PRECONDITION when the volume may not go from `from` to `to`. */
 export function assertTransition(from: VolumeState, to: VolumeState, volume = "volume"): void {
-  if (!canTransition(from, to)) {
-    throw failedPrecondition(`${volume} is ${from} and cannot become ${to}`, { from, to });
-  }
+  VOLUME_STATE_MACHINE.assertTransition(from, to, volume);
 }
 
 /** States in which a volume holds capacity in the ledger. */

@@ -88,3 +88,11 @@ export async function countsByHost(sql: Queryable): Promise<Map<string, { pools:
     from hosts h`;
   return new Map(rows.map((r) => [r.hostId, { pools: r.pools, volumes: r.volumes }]));
 }
+
+/** The zone of each of these hosts (host id to zone), for a page of pools. */
+export async function zonesOfHosts(sql: Queryable, ids: readonly string[]): Promise<Map<string, string>> {
+  if (ids.length === 0) return new Map();
+  const rows = await sql<{ id: string; zone: string }[]>`
+    select id, zone from hosts where id = any(${[...new Set(ids)]})`;
+  return new Map(rows.map((r) => [r.id, r.zone]));
+}

@@ -1,4 +1,4 @@
-import type { OperationKind } from "@stowage/core";
+import { OPERATION_STATE_MACHINE, type OperationKind } from "@stowage/core";
 import type { Queryable } from "./db.js";
 import type { ErrorRecord, OperationRow } from "./rows.js";
 
@@ -52,7 +52,7 @@ export async function operationsToPublish(
 
 export async function markOperationSent(sql: Queryable, id: string): Promise<void> {
   await sql`update operations set state = 'sent', attempts = attempts + 1, sent_at = now(), updated_at = clock_timestamp()
-    where id = ${id} and state in ('pending', 'sent')`;
+    where id = ${id} and state = any(${OPERATION_STATE_MACHINE.sourcesOf("sent")})`;
 }
 
 export async function finishOperation(
@@ -64,7 +64,7 @@ export async function finishOperation(
   const [row] = await sql<OperationRow[]>`
     update operations set state = ${ok ? "succeeded" : "failed"}, error = ${error ? sql.json(error as never) : null},
       finished_at = now(), updated_at = clock_timestamp()
-    where id = ${id} and state in ('pending', 'sent') returning *`;
+    where id = ${id} and state = any(${OPERATION_STATE_MACHINE.sourcesOf(ok ? "succeeded" : "failed")}) returning *`;
   return row;
 }
 

@@ -1,7 +1,9 @@
+import { SNAPSHOT_STATE_MACHINE, type SnapshotState } from "@stowage/core";
 import type { Queryable } from "./db.js";
 import type { ErrorRecord } from "./rows.js";
+import { inState, type StateChange, setState, transitionRow } from "./transition.js";
 
-export type SnapshotState = "creating" | "available" | "deleting" | "deleted" | "error";
+export type { SnapshotState } from "@stowage/core";
 
 export interface SnapshotRow {
   id: string;
@@ -59,20 +61,45 @@ export async function listSnapshots(
     order by id limit ${f.limit}`;
 }
 
-export async function updateSnapshot(
+/** What may change on a snapshot besides its state (which only `transitionSnapshot` changes). */
+export interface SnapshotUpdate {
+  error?: ErrorRecord | null;
+  operationId?: string;
+}
+
+export async function updateSnapshot(sql: Queryable, id: string, u: SnapshotUpdate): Promise<SnapshotRow> {
+  const [row] = await writeSnapshot(sql, id, u);
+  return row!;
+}
+
+/**
+ * Moves a snapshot to `to` through the state machine (packages/core). An illegal transition is
+ * FAILED_PRECONDITION; so is a snapshot that changed state since `snapshot` was read.
+ */
+export async function transitionSnapshot(
+  sql: Queryable,
+  snapshot: Pick<SnapshotRow, "id" | "name" | "state">,
+  to: SnapshotState,
+  patch: SnapshotUpdate = {},
+): Promise<SnapshotRow> {
+  return transitionRow(SNAPSHOT_STATE_MACHINE, `snapshot ${snapshot.name}`, snapshot, to, (change) =>
+    writeSnapshot(sql, snapshot.id, patch, change),
+  );
+}
+
+async function writeSnapshot(
   sql: Queryable,
   id: string,
-  u: { state?: SnapshotState; error?: ErrorRecord | null; operationId?: string },
-): Promise<SnapshotRow> {
-  const [row] = await sql<SnapshotRow[]>`
-    update snapshots set
-      state = coalesce(${u.state ?? null}, state),
+  u: SnapshotUpdate,
+  change?: StateChange<SnapshotState>,
+): Promise<SnapshotRow[]> {
+  return sql<SnapshotRow[]>`
+    update snapshots set ${setState(sql, change)}
       error = case when ${u.error !== undefined} then ${u.error ? sql.json(u.error as never) : null}::jsonb else error end,
       operation_id = coalesce(${u.operationId ?? null}, operation_id),
-      deleted_at = case when ${u.state ?? null} = 'deleted' then now() else deleted_at end,
       updated_at = clock_timestamp()
-    where id = ${id} returning *`;
-  return row!;
+    where id = ${id} ${inState(sql, change)}
+    returning *`;
 }
 
 /** Live volumes cloned from a snapshot: while there are any, the snapshot cannot be deleted. */

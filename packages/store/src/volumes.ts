@@ -1,6 +1,7 @@
-import type { VolumeState } from "@stowage/core";
+import { VOLUME_STATE_MACHINE, type VolumeState } from "@stowage/core";
 import type { Queryable } from "./db.js";
 import type { ErrorRecord, VolumeRow } from "./rows.js";
+import { inState, type StateChange, setState, transitionRow } from "./transition.js";
 
 export interface NewVolume {
   id: string;
@@ -94,8 +95,8 @@ export async function volumesChangedSince(
     order by updated_at limit 1000`;
 }
 
+/** What may change on a volume besides its state (which only `transitionVolume` changes). */
 export interface VolumeUpdate {
-  state?: VolumeState;
   error?: ErrorRecord | null;
   operationId?: string;
   allocatedBytes?: bigint;
@@ -104,20 +105,52 @@ export interface VolumeUpdate {
 }
 
 export async function updateVolume(sql: Queryable, id: string, u: VolumeUpdate): Promise<VolumeRow> {
-  const [row] = await sql<VolumeRow[]>`
-    update volumes set
-      state = coalesce(${u.state ?? null}, state),
+  const [row] = await writeVolume(sql, id, u);
+  return row!;
+}
+
+/**
+ * Moves a volume to `to` through the state machine (packages/core), with the other changes in `patch`. An
+ * illegal transition is FAILED_PRECONDITION; so is a volume that changed state since `volume` was read.
+ */
+export async function transitionVolume(
+  sql: Queryable,
+  volume: Pick<VolumeRow, "id" | "name" | "state">,
+  to: VolumeState,
+  patch: VolumeUpdate = {},
+): Promise<VolumeRow> {
+  return transitionRow(VOLUME_STATE_MACHINE, `volume ${volume.name}`, volume, to, (change) =>
+    writeVolume(sql, volume.id, patch, change),
+  );
+}
+
+async function writeVolume(
+  sql: Queryable,
+  id: string,
+  u: VolumeUpdate,
+  change?: StateChange<VolumeState>,
+): Promise<VolumeRow[]> {
+  return sql<VolumeRow[]>`
+    update volumes set ${setState(sql, change)}
       error = case when ${u.error !== undefined} then ${u.error === undefined || u.error === null ? null : sql.json(u.error as never)}::jsonb else error end,
       operation_id = coalesce(${u.operationId ?? null}, operation_id),
       allocated_bytes = coalesce(${u.allocatedBytes ?? null}::int8, allocated_bytes),
       host_path = coalesce(${u.hostPath ?? null}, host_path),
       size_bytes = coalesce(${u.sizeBytes ?? null}::int8, size_bytes),
-      deleted_at = case when ${u.state ?? null} = 'deleted' then now() else deleted_at end,
       updated_at = clock_timestamp()
-    where id = ${id} returning *`;
-  return row!;
+    where id = ${id} ${inState(sql, change)}
+    returning *`;
 }
 
 export async function liveVolumesOnHost(sql: Queryable, hostId: string): Promise<VolumeRow[]> {
   return sql<VolumeRow[]>`select * from volumes where host_id = ${hostId} and state <> 'deleted'`;
+}
+
+/** How many live volumes were cloned from each snapshot of a volume (snapshot id to count). */
+export async function cloneCountsBySnapshot(sql: Queryable, volumeId: string): Promise<Map<string, number>> {
+  const rows = await sql<{ sourceSnapshotId: string; n: number }[]>`
+    select source_snapshot_id, count(*)::int as n from volumes
+    where source_volume_id = ${volumeId} and source_snapshot_id <> '' and state <> 'deleted'
+    group by source_snapshot_id`;
+  return new Map(rows.map((r) => [r.sourceSnapshotId, r.n]));
 }

@@ -230,7 +230,7 @@ export function registerSnapshotCommands(program: Command, act: Act): void {
         ctx.note(`reverting ${volume} to ${res.snapshot?.name} … `);
         for (;;) {
           const v = (await ctx.clients.volumes.getVolume({ volume }, ctx.call())).volume!;
-          if (v.operationId === res.operation?.id && v.state !== VolumeState.RESIZING) {
+          if (v.operationId === res.operation?.id && v.state !== VolumeState.REVERTING) {
             if (v.error?.message) {
               ctx.note("failed\n");
               throw new CliError(Code.Unknown, `revert failed: ${formatError(v.error)}`);

@@ -1,0 +1,37 @@
+import type { ConnectRouter } from "@connectrpc/connect";
+import {
+  AgentService,
+  ExportService,
+  HostService,
+  MigrationService,
+  OperationService,
+  PlacementService,
+  PoolService,
+  SnapshotService,
+  VolumeService,
+} from "@stowage/proto";
+import type { ControllerContext } from "../context.js";
+import { agentRoutes } from "./agents.js";
+import { exportRoutes } from "./exports.js";
+import { hostRoutes } from "./hosts.js";
+import { migrationRoutes } from "./migrations.js";
+import { operationRoutes } from "./operations.js";
+import { placementRoutes } from "./placement.js";
+import { poolRoutes } from "./pools.js";
+import { snapshotRoutes } from "./snapshots.js";
+import { volumeRoutes } from "./volumes.js";
+
+/** The public API and the agent protocol: one route module per gRPC service. */
+export function createRoutes(ctx: ControllerContext) {
+  return (router: ConnectRouter) => {
+    router.service(VolumeService, volumeRoutes(ctx));
+    router.service(SnapshotService, snapshotRoutes(ctx));
+    router.service(HostService, hostRoutes(ctx));
+    router.service(PoolService, poolRoutes(ctx));
+    router.service(PlacementService, placementRoutes(ctx));
+    router.service(OperationService, operationRoutes(ctx));
+    router.service(AgentService, agentRoutes(ctx));
+    router.service(ExportService, exportRoutes());
+    router.service(MigrationService, migrationRoutes());
+  };
+}

@@ -1,0 +1,133 @@
+import { CAPABILITIES, newId, type PoolKind, type VolumeFormat } from "@stowage/core";
+import {
+  applyPoolReports,
+  confirmReservation,
+  type Database,
+  insertVolume,
+  migrate,
+  openDatabase,
+  type PoolReportRecord,
+  reserveCapacity,
+  type Sql,
+  transitionVolume,
+  upsertHost,
+  type VolumeRow,
+} from "@stowage/store";
+import { createLogger } from "@stowage/telemetry";
+import { makeTempDir } from "@stowage/testkit";
+import { type ControllerConfig, loadControllerConfig } from "../config.js";
+import type { ControllerContext } from "../context.js";
+import { createControllerMetrics } from "../metrics.js";
+
+export const GiB = 1024n ** 3n;
+
+/** A controller context on a fresh migrated PGlite, with host h1 and no bus: what the services need. */
+export interface ServiceFixture {
+  ctx: ControllerContext;
+  sql: Sql;
+  /** Adds a healthy pool `h1/<name>` of this kind with 100 GiB free (the pools added before stay). */
+  addPool(name: string, kind: PoolKind, formats: VolumeFormat[]): Promise<string>;
+  close(): Promise<void>;
+}
+
+export async function openServiceFixture(config: Partial<ControllerConfig> = {}): Promise<ServiceFixture> {
+  const dir = await makeTempDir("stowage-services-");
+  const db: Database = await openDatabase({ dataDir: dir.path });
+  await migrate(db.sql);
+  await upsertHost(db.sql, {
+    id: "h1",
+    zone: "z1",
+    labels: {},
+    numaNodes: [],
+    cpuCount: 1,
+    memoryBytes: 1n,
+    agentVersion: "t",
+    initiatorName: "",
+    metricsAddress: "",
+  });
+  const ctx = {
+    config: loadControllerConfig({}, config),
+    db,
+    sql: db.sql,
+    log: createLogger("test", "silent"),
+    metrics: createControllerMetrics(() => db.sql),
+    capabilities: CAPABILITIES,
+    kickRelay: () => {},
+    notifyChange: () => {},
+    waitForChange: async () => {},
+  } as unknown as ControllerContext;
+  const pools: PoolReportRecord[] = [];
+  return {
+    ctx,
+    sql: db.sql,
+    async addPool(name, kind, formats) {
+      pools.push(poolReport(name, kind, formats));
+      await applyPoolReports(db.sql, "h1", pools);
+      return `h1/${name}`;
+    },
+    async close() {
+      await db.close();
+      await dir.cleanup();
+    },
+  };
+}
+
+function poolReport(name: string, kind: PoolKind, formats: VolumeFormat[]): PoolReportRecord {
+  return {
+    name,
+    kind,
+    numaNode: null,
+    healthy: true,
+    healthMessage: "",
+    totalBytes: 100n * GiB,
+    usedBytes: 0n,
+    freeBytes: 100n * GiB,
+    provisionedBytes: 0n,
+    dataPercent: null,
+    metadataPercent: null,
+    overcommitRatio: 1,
+    maxUsedPercent: 90,
+    reservedPercent: 0,
+    maxVolumes: 0,
+    labels: {},
+    formats,
+    shared: false,
+  };
+}
+
+/** An available volume of 1 GiB in the pool, its capacity held in the ledger. */
+export async function addVolume(
+  sql: Sql,
+  v: { name: string; poolId: string; format: VolumeFormat },
+): Promise<VolumeRow> {
+  return sql.begin(async (tx) => {
+    const id = newId("vol");
+    const created = await insertVolume(tx, {
+      id,
+      name: v.name,
+      sizeBytes: GiB,
+      format: v.format,
+      poolId: v.poolId,
+      hostId: "h1",
+      numaNode: null,
+      cpuSet: "",
+      labels: {},
+      qcow2: {},
+      requestId: null,
+      operationId: newId("op"),
+      antiAffinityGroup: "",
+    });
+    await reserveCapacity(tx, { poolId: v.poolId, volumeId: id, bytes: GiB, ttlMs: 60_000 });
+    await confirmReservation(tx, id);
+    return transitionVolume(tx, created, "available");
+  }) as Promise<VolumeRow>;
+}
+
+/** How many rows a table holds (for "nothing was written"). */
+export async function countRows(
+  sql: Sql,
+  table: "snapshots" | "operations" | "audit_log" | "volumes",
+): Promise<number> {
+  const [row] = await sql<{ n: number }[]>`select count(*)::int as n from ${sql(table)}`;
+  return row!.n;
+}
