@@ -22,8 +22,8 @@ export const HOST_UP = 4;
 export const SCHEDULABLE = 8;
 export const OVER_FLOOR = 16;
 
-/** Where the live volumes of one anti-affinity group are. */
-export type GroupMembers = { hostId: string; zone: string }[];
+/** Where the live volumes of one anti-affinity group are: host and zone indexes (-1: not in the view). */
+export type GroupMembers = { host: number; zone: number }[];
 
 /** The state that placements move, saved and restored around a group placement. */
 export interface Reservations {
@@ -41,11 +41,11 @@ export class Columns {
   readonly poolIndex = new Map<string, number>();
   /** Ties go to the smallest pool id: each pool's place in id order. */
   readonly rank: Int32Array;
-  /** Host and zone of each pool, as indexes into `hostNames` and `zoneNames`. */
+  /** Host and zone of each pool, as indexes (`hostIndex`, `zoneIndex` map names to them). */
   readonly host: Int32Array;
   readonly zone: Int32Array;
-  readonly hostNames: string[] = [];
-  readonly zoneNames: string[] = [];
+  readonly hostCount: number;
+  readonly zoneCount: number;
   readonly hostIndex = new Map<string, number>();
   readonly zoneIndex = new Map<string, number>();
   /** The pools of each host and of each zone, by host or zone index. */
@@ -76,7 +76,6 @@ export class Columns {
     this.n = n;
     this.pools = pools;
     this.numa = view.numa;
-    this.groups = new Map([...view.groups].map(([k, v]) => [k, [...v]]));
     this.ids = new Array(n);
     this.rank = new Int32Array(n);
     this.host = new Int32Array(n);
@@ -99,8 +98,8 @@ export class Columns {
       this.ids[i] = p.id;
       this.poolIndex.set(p.id, i);
       if (i > 0 && this.ids[i - 1]! >= p.id) sorted = false;
-      this.host[i] = intern(p.hostId, this.hostIndex, this.hostNames, this.poolsOfHost);
-      this.zone[i] = intern(p.zone, this.zoneIndex, this.zoneNames, this.poolsOfZone);
+      this.host[i] = intern(p.hostId, this.hostIndex, this.poolsOfHost);
+      this.zone[i] = intern(p.zone, this.zoneIndex, this.poolsOfZone);
       this.poolsOfHost[this.host[i]!]!.push(i);
       this.poolsOfZone[this.zone[i]!]!.push(i);
       this.kindBit[i] = KIND_BIT[p.kind];
@@ -124,6 +123,14 @@ export class Columns {
       if (p.volumeCount > maxCount) maxCount = p.volumeCount;
       if ((p.load ?? 0) > maxLoad) maxLoad = p.load ?? 0;
     }
+    this.groups = new Map(
+      [...view.groups].map(([name, members]) => [
+        name,
+        members.map((m) => ({ host: this.hostIndex.get(m.hostId) ?? -1, zone: this.zoneIndex.get(m.zone) ?? -1 })),
+      ]),
+    );
+    this.hostCount = this.poolsOfHost.length;
+    this.zoneCount = this.poolsOfZone.length;
     this.maxCount = maxCount;
     this.invMaxLoad = maxLoad === 0 ? 0 : 1 / maxLoad;
     // The controller loads pools in id order already; rank them by id only when they are not.
@@ -141,7 +148,7 @@ export class Columns {
     if (this.count[i]! > this.maxCount) this.maxCount = this.count[i]!;
     if (group) {
       const members = this.groups.get(group) ?? [];
-      members.push({ hostId: this.hostNames[this.host[i]!]!, zone: this.zoneNames[this.zone[i]!]! });
+      members.push({ host: this.host[i]!, zone: this.zone[i]! });
       this.groups.set(group, members);
     }
   }
@@ -164,12 +171,11 @@ export class Columns {
 }
 
 /** The index of `name`, adding it (with an empty pool list) the first time it is seen. */
-function intern(name: string, index: Map<string, number>, names: string[], pools: number[][]): number {
+function intern(name: string, index: Map<string, number>, pools: number[][]): number {
   let k = index.get(name);
   if (k === undefined) {
-    k = names.length;
+    k = pools.length;
     index.set(name, k);
-    names.push(name);
     pools.push([]);
   }
   return k;

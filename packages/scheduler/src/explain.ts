@@ -44,13 +44,14 @@ export function explain(
       });
       continue;
     }
-    const scores: ScoreComponent[] = SCORERS.map((name) => ({
-      scorer: name,
-      value: scorer(name).score(c, r, i),
-      weight: weights[name],
-    }));
+    const scores: ScoreComponent[] = new Array(SCORERS.length);
     let score = 0;
-    for (const s of scores) score += s.weight * s.value;
+    for (let k = 0; k < SCORERS.length; k++) {
+      const name = SCORERS[k]!;
+      const value = scorer(name).score(c, r, i);
+      scores[k] = { scorer: name, value, weight: weights[name] };
+      score += weights[name] * value;
+    }
     feasible.push({ poolId, hostId, feasible: true, refusedBy: "", reason: "", score, scores });
   }
   const rankOf = (v: CandidateVerdict) => c.rank[c.poolIndex.get(v.poolId)!]!;

@@ -128,7 +128,7 @@ export const FILTER_TABLE: readonly Filter[] = [
     code: "anti-affinity",
     name: "anti-affinity",
     checks: "volumes of one group on distinct hosts (or zones)",
-    refuses: (_c, r, i) => r.antiMask !== undefined && r.antiMask[i] === 1,
+    refuses: (_c, r, i) => r.antiMask !== undefined && r.antiMask[r.antiOf[i]!] === 1,
     reason: (c, r, i) =>
       r.zoneScope
         ? `group ${r.group} already has a volume in zone ${c.pools[i]!.zone || "(none)"}`

@@ -30,8 +30,12 @@ export interface CompiledRequest {
   numaRequired: boolean;
   group: string;
   zoneScope: boolean;
-  /** 1 for the pools whose host (or zone) already holds a member of the anti-affinity group. */
+  /**
+   * 1 for each host (or zone) that already holds a member of the anti-affinity group, indexed by `antiOf[i]`
+   * (the pool's host, or its zone); undefined when the group has no members.
+   */
   antiMask: Uint8Array | undefined;
+  antiOf: Int32Array;
   binpack: boolean;
   /** 1 / the largest volume count in the view now (0 when every pool is empty). */
   invMaxCount: number;
@@ -60,6 +64,7 @@ export function compileRequest(c: Columns, req: PlacementRequest): CompiledReque
     group,
     zoneScope,
     antiMask: group ? antiAffinityMask(c, group, zoneScope) : undefined,
+    antiOf: zoneScope ? c.zone : c.host,
     binpack: k.strategy === "binpack",
     invMaxCount: c.maxCount === 0 ? 0 : 1 / c.maxCount,
   };
@@ -84,15 +89,14 @@ function labelMask(c: Columns, labels: [string, string][]): Uint8Array {
   return mask;
 }
 
-/** The pools on a host (or in a zone) that already holds a member of the group; undefined when it has none. */
+/** The hosts (or zones) that already hold a member of the group; undefined when it has none. */
 function antiAffinityMask(c: Columns, group: string, zoneScope: boolean): Uint8Array | undefined {
   const members = c.groups.get(group);
   if (!members?.length) return undefined;
-  const mask = new Uint8Array(c.n);
+  const mask = new Uint8Array(zoneScope ? c.zoneCount : c.hostCount);
   for (const m of members) {
-    const k = zoneScope ? c.zoneIndex.get(m.zone) : c.hostIndex.get(m.hostId);
-    if (k === undefined) continue;
-    for (const i of zoneScope ? c.poolsOfZone[k]! : c.poolsOfHost[k]!) mask[i] = 1;
+    const k = zoneScope ? m.zone : m.host;
+    if (k >= 0) mask[k] = 1;
   }
   return mask;
 }
