@@ -126,7 +126,10 @@ export class Columns {
     this.groups = new Map(
       [...view.groups].map(([name, members]) => [
         name,
-        members.map((m) => ({ host: this.hostIndex.get(m.hostId) ?? -1, zone: this.zoneIndex.get(m.zone) ?? -1 })),
+        members.map((m) => ({
+          host: this.hostIndex.get(m.hostId) ?? -1,
+          zone: this.zoneIndex.get(m.zone) ?? -1,
+        })),
       ]),
     );
     this.hostCount = this.poolsOfHost.length;

@@ -1,15 +1,16 @@
 import { formatSize } from "@stowage/core";
 import type { Columns } from "./columns.js";
-import { filterOf, firstRefusal } from "./filters.js";
+import { filterOf } from "./filters.js";
 import type { CompiledRequest } from "./request.js";
 import { SCORERS, type ScorerName, scorer } from "./scorers.js";
-import type { Selection } from "./select.js";
+import { judgeEvery, type Selection } from "./select.js";
 import type { CandidateVerdict, PlacementDecision, ScoreComponent } from "./types.js";
 
 /**
  * The explained path (dry runs, `stowctl placement explain`, and the controller's decisions): every pool is
- * judged by walking the filter table, and each feasible one is rated by every scorer by name. It reads the
- * same tables as the select loop, one call at a time; a property test holds the two to the same choice.
+ * judged by the select loop, pinned or not, with its refusal code recorded; each refused pool gets its filter's
+ * reason, each feasible one its rating by every scorer, by name; the best is the first after sorting. A
+ * property test holds it to the fast path's choice.
  */
 export interface Explanation extends Selection {
   /** Feasible candidates best first, then the refused ones, each group in pool id order among equals. */
@@ -20,18 +21,19 @@ export function explain(
   c: Columns,
   r: CompiledRequest,
   weights: Readonly<Record<ScorerName, number>>,
+  weightList: Float64Array,
   counts: Int32Array,
 ): Explanation {
-  counts.fill(0);
+  const codes = new Uint8Array(c.n);
+  judgeEvery(c, r, weightList, counts, codes);
   const feasible: CandidateVerdict[] = [];
   const refused: CandidateVerdict[] = [];
   for (let i = 0; i < c.n; i++) {
     // Each verdict is one literal (not a spread of a shared part): V8 keeps them all of one fast shape.
     const poolId = c.ids[i]!;
     const hostId = c.pools[i]!.hostId;
-    const code = firstRefusal(c, r, i);
+    const code = codes[i]!;
     if (code !== 0) {
-      counts[code]!++;
       const f = filterOf(code);
       refused.push({
         poolId,

@@ -167,16 +167,7 @@ export const FILTER_TABLE: readonly Filter[] = [
   },
 ];
 
-/**
- * The refusal code of the filter that refuses pool i first: its place in the table, from 1 (0: the pool is
- * feasible). Refusal counts are kept per code, indexed so.
- */
-export function firstRefusal(c: Columns, r: CompiledRequest, i: number): number {
-  for (let k = 0; k < FILTER_TABLE.length; k++) if (FILTER_TABLE[k]!.refuses(c, r, i)) return k + 1;
-  return 0;
-}
-
-/** The filter of a refusal code. */
+/** The filter of a refusal code: its place in the table, from 1 (0: the pool is feasible). */
 export const filterOf = (code: number): Filter => FILTER_TABLE[code - 1]!;
 
 /** Counts per refusal code (index 0 unused) as counts per filter name, for decisions and metrics. */

@@ -54,7 +54,7 @@ export class Scheduler {
     const c = this.columns;
     const r = compileRequest(c, req);
     if (opts.explain) {
-      const e = explain(c, r, this.weights, this.counts);
+      const e = explain(c, r, this.weights, this.weightList, this.counts);
       return decision(c, r, e, refusalsByName(this.counts), e.candidates);
     }
     const s = select(c, r, this.weightList, this.counts);
