@@ -47,7 +47,7 @@ export function compileRequest(c: Columns, req: PlacementRequest): CompiledReque
   const zoneScope = k.antiAffinityScope === "zone";
   let kindMask = 0;
   for (const kind of k.poolKinds ?? []) kindMask |= KIND_BIT[kind];
-  const labels = Object.entries(k.poolLabels ?? {});
+  const labels = k.poolLabels ? Object.entries(k.poolLabels) : [];
   return {
     req,
     size: Number(req.sizeBytes),

@@ -27,9 +27,10 @@ type SelectLoop = (
  *
  * Each filter and scorer is called from a call site of its own, which only ever sees that one function, so
  * V8 inlines them all and the loop runs as the hand-written if-chain would: no call, no allocation per pool.
- * (One call site looping over the table sees every filter, cannot inline, and measured several times slower
- * at 40,000 pools.) The generated text holds only indexes; the rules live in the tables. With `record`, the
- * loop also writes each pool's refusal code (0: feasible) for the explanations.
+ * (A loop over the table would have one call site that sees every filter, which V8 does not inline; the
+ * chain as a function of its own, called from the loop, measured about a third slower here.) The generated
+ * text holds only indexes; the rules live in the tables. With `record`, the loop also writes each pool's
+ * refusal code (0: feasible) for the explanations.
  */
 function generateSelectLoop(record: boolean): SelectLoop {
   const mark = (code: number) => (record ? `codes[i] = ${code}; ` : "");
@@ -87,17 +88,20 @@ function warmedUp(loop: SelectLoop): SelectLoop {
 const selectLoop = warmedUp(generateSelectLoop(false));
 const recordingLoop = warmedUp(generateSelectLoop(true));
 
+/** The filters that can pin a request to a few pools, with their refusal codes, in table order. */
+const PINS = FILTER_TABLE.flatMap((f, k) => (f.admits ? [{ code: k + 1, admits: f.admits }] : []));
+
 /**
  * The fast path: judges every pool (only the pools the request pins itself to, when it does) and keeps the
  * best. `counts` gets the refusals per code (see filters.ts); the pools a pin leaves out count for its filter.
  */
 export function select(c: Columns, r: CompiledRequest, weights: Float64Array, counts: Int32Array): Selection {
   counts.fill(0);
-  for (let k = 0; k < FILTER_TABLE.length; k++) {
-    const only = FILTER_TABLE[k]!.admits?.(c, r);
+  for (const pin of PINS) {
+    const only = pin.admits(c, r);
     if (only === undefined) continue;
     const s = selectLoop(c, r, weights, only, counts, undefined);
-    counts[k + 1]! += c.n - only.length;
+    counts[pin.code]! += c.n - only.length;
     return s;
   }
   return selectLoop(c, r, weights, undefined, counts, undefined);
