@@ -9,6 +9,7 @@ import type { PoolCandidate } from "./types.js";
  *   thick pools also:  reserved + request <= free physical bytes - total x reserved_percent
  *   thin pools also:   used physical bytes stay at or under max_used_percent of total (the physical floor)
  *
+ * (The ledger's `max_volumes` condition is the scheduler's max-volumes filter, in filters.ts.)
  * Thin follows from the pool's kind (core's THIN_KINDS). Only `reserved` moves while the scheduler places, so
  * everything else is folded into one headroom per pool when the columns are built, and the room left for a
  * request is `headroom - reserved`.
