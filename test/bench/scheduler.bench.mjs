@@ -2,7 +2,24 @@
 // clusters of 100, 1,000 and 10,000 hosts with 4 pools and 2 NUMA nodes each. Each placement is made against
 // the view left by the ones before it (reserved in memory, as the ledger would), with a mix of requests: plain,
 // NUMA-preferred, NUMA-required, kind-restricted and anti-affinity. Ends with one JSON line per cluster size.
-import { Scheduler } from "../../packages/scheduler/dist/index.js";
+// It measures the built package, as the controller runs it, so it builds @stowage/scheduler (and @stowage/core
+// before it) first; turbo's cache makes that instant when nothing changed, and only a failure is printed.
+import { spawnSync } from "node:child_process";
+import { fileURLToPath } from "node:url";
+
+const root = fileURLToPath(new URL("../..", import.meta.url));
+const build = spawnSync(
+  "node_modules/.bin/turbo",
+  ["run", "build", "--filter=@stowage/scheduler", "--output-logs=errors-only"],
+  { cwd: root, encoding: "utf8" },
+);
+if (build.status !== 0) {
+  process.stderr.write(
+    `building @stowage/scheduler failed:\n${build.stdout ?? ""}${build.stderr ?? ""}${build.error ?? ""}\n`,
+  );
+  process.exit(1);
+}
+const { Scheduler } = await import("../../packages/scheduler/dist/index.js");
 
 const GiB = 1024 ** 3;
 const SIZES = (process.env.BENCH_HOSTS ?? "100,1000,10000").split(",").map(Number);

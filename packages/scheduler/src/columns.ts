@@ -1,0 +1,185 @@
+import type { PoolKind, VolumeFormat } from "@stowage/core";
+import { headroom, overPhysicalFloor, provisionLimit } from "./capacity.js";
+import type { ClusterView, PoolCandidate } from "./types.js";
+
+/**
+ * The cluster view held column-wise: one typed array per property the select loop reads, indexed by pool. At
+ * 10,000 hosts a decision judges 40,000 pools, so the loop reads numbers from a few arrays and allocates
+ * nothing. Byte counts are doubles (exact up to 8 PiB per pool). Hosts and zones are small integers, so the
+ * loop compares numbers, not strings.
+ *
+ * `reserved`, `count`, `maxCount` and `groups` move as placements are recorded (`reserve`); the rest is fixed
+ * when the view is built.
+ */
+
+export const KIND_BIT: Record<PoolKind, number> = { dir: 1, lvm: 2, lvmthin: 4, netfs: 8, rbd: 16 };
+export const FORMAT_BIT: Record<VolumeFormat, number> = { raw: 1, qcow2: 2 };
+
+/** Bits of the `state` column. */
+export const HEALTHY = 1;
+export const DRAINING = 2;
+export const HOST_UP = 4;
+export const SCHEDULABLE = 8;
+export const OVER_FLOOR = 16;
+
+/** Where the live volumes of one anti-affinity group are: host and zone indexes (-1: not in the view). */
+export type GroupMembers = { host: number; zone: number }[];
+
+/** The state that placements move, saved and restored around a group placement. */
+export interface Reservations {
+  reserved: Float64Array;
+  count: Int32Array;
+  maxCount: number;
+  groups: Map<string, GroupMembers>;
+}
+
+export class Columns {
+  readonly n: number;
+  readonly pools: readonly PoolCandidate[];
+  readonly numa: ClusterView["numa"];
+  readonly ids: string[];
+  readonly poolIndex = new Map<string, number>();
+  /** Ties go to the smallest pool id: each pool's place in id order. */
+  readonly rank: Int32Array;
+  /** Host and zone of each pool, as indexes (`hostIndex`, `zoneIndex` map names to them). */
+  readonly host: Int32Array;
+  readonly zone: Int32Array;
+  readonly hostCount: number;
+  readonly zoneCount: number;
+  readonly hostIndex = new Map<string, number>();
+  readonly zoneIndex = new Map<string, number>();
+  /** The pools of each host and of each zone, by host or zone index. */
+  readonly poolsOfHost: number[][] = [];
+  readonly poolsOfZone: number[][] = [];
+  readonly kindBit: Uint8Array;
+  readonly formatMask: Uint8Array;
+  readonly state: Uint8Array;
+  readonly numaNode: Int32Array;
+  /** Bytes the pool could take with nothing reserved (capacity.ts). */
+  readonly headroom: Float64Array;
+  /** 1 / the provisioning limit (0 when the limit is 0): scoring multiplies instead of dividing. */
+  readonly invLimit: Float64Array;
+  readonly maxVolumes: Int32Array;
+  readonly load: Float64Array;
+  /** 1 / the largest load (0 when nothing is in flight). */
+  readonly invMaxLoad: number;
+  /** Pools whose labels match a label set, by the set (JSON of its sorted pairs). */
+  readonly labelMasks = new Map<string, Uint8Array>();
+  reserved: Float64Array;
+  count: Int32Array;
+  maxCount: number;
+  groups: Map<string, GroupMembers>;
+
+  constructor(view: ClusterView) {
+    const pools = view.pools;
+    const n = pools.length;
+    this.n = n;
+    this.pools = pools;
+    this.numa = view.numa;
+    this.ids = new Array(n);
+    this.rank = new Int32Array(n);
+    this.host = new Int32Array(n);
+    this.zone = new Int32Array(n);
+    this.kindBit = new Uint8Array(n);
+    this.formatMask = new Uint8Array(n);
+    this.state = new Uint8Array(n);
+    this.numaNode = new Int32Array(n);
+    this.headroom = new Float64Array(n);
+    this.invLimit = new Float64Array(n);
+    this.reserved = new Float64Array(n);
+    this.count = new Int32Array(n);
+    this.maxVolumes = new Int32Array(n);
+    this.load = new Float64Array(n);
+    let maxCount = 0;
+    let maxLoad = 0;
+    let sorted = true;
+    for (let i = 0; i < n; i++) {
+      const p = pools[i]!;
+      this.ids[i] = p.id;
+      this.poolIndex.set(p.id, i);
+      if (i > 0 && this.ids[i - 1]! >= p.id) sorted = false;
+      this.host[i] = intern(p.hostId, this.hostIndex, this.poolsOfHost);
+      this.zone[i] = intern(p.zone, this.zoneIndex, this.poolsOfZone);
+      this.poolsOfHost[this.host[i]!]!.push(i);
+      this.poolsOfZone[this.zone[i]!]!.push(i);
+      this.kindBit[i] = KIND_BIT[p.kind];
+      let formats = 0;
+      for (const f of p.formats) formats |= FORMAT_BIT[f];
+      this.formatMask[i] = formats;
+      this.state[i] =
+        (p.healthy ? HEALTHY : 0) |
+        (p.draining ? DRAINING : 0) |
+        (p.hostUp ? HOST_UP : 0) |
+        (p.hostSchedulable ? SCHEDULABLE : 0) |
+        (overPhysicalFloor(p) ? OVER_FLOOR : 0);
+      this.numaNode[i] = p.numaNode ?? -1;
+      this.headroom[i] = headroom(p);
+      const limit = provisionLimit(p);
+      this.invLimit[i] = limit > 0 ? 1 / limit : 0;
+      this.reserved[i] = Number(p.reservedBytes);
+      this.count[i] = p.volumeCount;
+      this.maxVolumes[i] = p.maxVolumes ?? 0;
+      this.load[i] = p.load ?? 0;
+      if (p.volumeCount > maxCount) maxCount = p.volumeCount;
+      if ((p.load ?? 0) > maxLoad) maxLoad = p.load ?? 0;
+    }
+    this.groups = new Map(
+      [...view.groups].map(([name, members]) => [
+        name,
+        members.map((m) => ({
+          host: this.hostIndex.get(m.hostId) ?? -1,
+          zone: this.zoneIndex.get(m.zone) ?? -1,
+        })),
+      ]),
+    );
+    this.hostCount = this.poolsOfHost.length;
+    this.zoneCount = this.poolsOfZone.length;
+    this.maxCount = maxCount;
+    this.invMaxLoad = maxLoad === 0 ? 0 : 1 / maxLoad;
+    // The controller loads pools in id order already; rank them by id only when they are not.
+    if (sorted) for (let i = 0; i < n; i++) this.rank[i] = i;
+    else {
+      const order = [...this.ids.keys()].sort((a, b) => (this.ids[a]! < this.ids[b]! ? -1 : 1));
+      for (let r = 0; r < n; r++) this.rank[order[r]!] = r;
+    }
+  }
+
+  /** Records a placement of `bytes` on pool i, as the ledger will (so a run of placements sees its own effect). */
+  reserve(i: number, bytes: number, group: string | undefined): void {
+    this.reserved[i]! += bytes;
+    this.count[i]! += 1;
+    if (this.count[i]! > this.maxCount) this.maxCount = this.count[i]!;
+    if (group) {
+      const members = this.groups.get(group) ?? [];
+      members.push({ host: this.host[i]!, zone: this.zone[i]! });
+      this.groups.set(group, members);
+    }
+  }
+
+  save(): Reservations {
+    return {
+      reserved: this.reserved.slice(),
+      count: this.count.slice(),
+      maxCount: this.maxCount,
+      groups: new Map([...this.groups].map(([k, v]) => [k, [...v]])),
+    };
+  }
+
+  restore(saved: Reservations): void {
+    this.reserved = saved.reserved;
+    this.count = saved.count;
+    this.maxCount = saved.maxCount;
+    this.groups = saved.groups;
+  }
+}
+
+/** The index of `name`, adding it (with an empty pool list) the first time it is seen. */
+function intern(name: string, index: Map<string, number>, pools: number[][]): number {
+  let k = index.get(name);
+  if (k === undefined) {
+    k = pools.length;
+    index.set(name, k);
+    pools.push([]);
+  }
+  return k;
+}
