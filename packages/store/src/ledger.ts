@@ -12,7 +12,7 @@ import type { ReservationRow } from "./rows.js";
  *   and the pool holds fewer than max_volumes volumes (0: no limit)
  *
  * Whether a pool is thin follows from its kind (core's THIN_KINDS), as in the scheduler. The scheduler
- * (packages/scheduler) applies the same rules to its in-memory view; this UPDATE decides.
+ * (packages/scheduler/src/capacity.ts) applies the same rules to its in-memory view; this UPDATE decides.
  */
 const THIN = [...THIN_KINDS];
 
