@@ -1,17 +1,19 @@
 import type { Queryable } from "./db.js";
-import type { HostRow, NumaNodeRecord } from "./rows.js";
+import type { HostRow } from "./rows.js";
 
-export interface HostRegistration {
-  id: string;
-  zone: string;
-  labels: Record<string, string>;
-  numaNodes: NumaNodeRecord[];
-  cpuCount: number;
-  memoryBytes: bigint;
-  agentVersion: string;
-  initiatorName: string;
-  metricsAddress: string;
-}
+/** What a registering agent says of its host: the host row's own fields. */
+export type HostRegistration = Pick<
+  HostRow,
+  | "id"
+  | "zone"
+  | "labels"
+  | "numaNodes"
+  | "cpuCount"
+  | "memoryBytes"
+  | "agentVersion"
+  | "initiatorName"
+  | "metricsAddress"
+>;
 
 /** Registers a host or refreshes what it says of itself; a registering host is up. */
 export async function upsertHost(sql: Queryable, h: HostRegistration): Promise<HostRow> {

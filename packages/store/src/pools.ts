@@ -1,28 +1,27 @@
-import type { PoolKind, VolumeFormat } from "@stowage/core";
 import type { Queryable } from "./db.js";
 import type { PoolRow } from "./rows.js";
 
-export interface PoolReportRecord {
-  name: string;
-  kind: PoolKind;
-  numaNode: number | null;
-  healthy: boolean;
-  healthMessage: string;
-  totalBytes: bigint;
-  usedBytes: bigint;
-  freeBytes: bigint;
-  provisionedBytes: bigint;
-  dataPercent: number | null;
-  metadataPercent: number | null;
-  overcommitRatio: number;
-  /** Thin pools: no new volumes above this physical use (percent). */
-  maxUsedPercent: number;
-  reservedPercent: number;
-  maxVolumes: number;
-  labels: Record<string, string>;
-  formats: VolumeFormat[];
-  shared: boolean;
-}
+/** What an agent reports of one pool: the pool row's reported fields (thin pools: `maxUsedPercent` is the physical floor). */
+export type PoolReportRecord = Pick<
+  PoolRow,
+  | "name"
+  | "kind"
+  | "numaNode"
+  | "healthy"
+  | "healthMessage"
+  | "totalBytes"
+  | "usedBytes"
+  | "freeBytes"
+  | "dataPercent"
+  | "metadataPercent"
+  | "overcommitRatio"
+  | "maxUsedPercent"
+  | "reservedPercent"
+  | "maxVolumes"
+  | "labels"
+  | "formats"
+  | "shared"
+> & { provisionedBytes: bigint };
 
 export const poolId = (hostId: string, name: string) => `${hostId}/${name}`;
 
