@@ -35,14 +35,13 @@ import {
   resizeHolding,
   type SnapshotRow,
   transitionSnapshot,
-  transitionVolume,
   type VolumeRow,
   writeAudit,
 } from "@stowage/store";
 import { formats } from "@stowage/wire";
 import { requireVolumeCapability } from "./capabilities.js";
 import type { ControllerContext } from "./context.js";
-import { enqueueOperation } from "./outbox.js";
+import { enqueueOperation, startVolumeOperation } from "./outbox.js";
 import { mutate } from "./transaction.js";
 import { validateRequestId } from "./validate.js";
 import { resolveVolume } from "./volume-service.js";
@@ -87,7 +86,8 @@ export async function resizeVolume(
         `pool ${v.poolId} cannot take ${formatSize(newSize - v.sizeBytes)} more for ${v.name}`,
       );
     }
-    const operation = await enqueueOperation(tx, {
+    // The volume row keeps its size until the agent confirms; the ledger already holds the new one.
+    return startVolumeOperation(tx, {
       kind: "resize_volume",
       volume: v,
       payload: {
@@ -95,17 +95,9 @@ export async function resizeVolume(
         value: { volumeId: v.id, newSizeBytes: newSize, allowShrink: req.allowShrink },
       },
       actor,
+      state: "resizing",
+      audit: { action: "ResizeVolume", request: { newSize, allowShrink: req.allowShrink } },
     });
-    // The volume row keeps its size until the agent confirms; the ledger already holds the new one.
-    const volume = await transitionVolume(tx, v, "resizing", { operationId: operation.id });
-    await writeAudit(tx, {
-      actor,
-      action: "ResizeVolume",
-      target: v.id,
-      request: { newSize, allowShrink: req.allowShrink },
-      outcome: "ok",
-    });
-    return { volume, operation };
   });
 }
 
@@ -239,20 +231,14 @@ export async function revertSnapshot(
     if (s.sizeBytes !== v.sizeBytes && !(await resizeHolding(tx, { volumeId: v.id, bytes: s.sizeBytes }))) {
       throw resourceExhausted(`pool ${v.poolId} cannot take the snapshot's size back`);
     }
-    const operation = await enqueueOperation(tx, {
+    const { operation } = await startVolumeOperation(tx, {
       kind: "revert_snapshot",
       volume: v,
       snapshotId: s.id,
       payload: { case: "revertSnapshot", value: { volumeId: v.id, snapshotId: s.id } },
       actor,
-    });
-    await transitionVolume(tx, v, "reverting", { operationId: operation.id });
-    await writeAudit(tx, {
-      actor,
-      action: "RevertSnapshot",
-      target: s.id,
-      request: { volume: v.id },
-      outcome: "ok",
+      state: "reverting",
+      audit: { action: "RevertSnapshot", target: s.id, request: { volume: v.id } },
     });
     return { snapshot: s, operation };
   });

@@ -1,8 +1,15 @@
 import { create, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
-import { type OperationKind as DomainOperationKind, newId } from "@stowage/core";
+import { type OperationKind as DomainOperationKind, newId, type VolumeState } from "@stowage/core";
 import { AgentCommandSchema } from "@stowage/proto";
-import { insertOperation, type OperationRow, type Queryable, type VolumeRow } from "@stowage/store";
+import {
+  insertOperation,
+  type OperationRow,
+  type Queryable,
+  transitionVolume,
+  type VolumeRow,
+  writeAudit,
+} from "@stowage/store";
 import { operationKinds } from "@stowage/wire";
 
 /**
@@ -41,4 +48,28 @@ export async function enqueueOperation(
     command: toBinary(AgentCommandSchema, command),
     requestedBy: o.actor,
   });
+}
+
+/**
+ * Starts an operation on a volume, in the caller's transaction: the operation in the outbox, the volume in the
+ * state it holds while the agent works (through the state machine), and the audit row of the request.
+ */
+export async function startVolumeOperation(
+  tx: Queryable,
+  o: Parameters<typeof enqueueOperation>[1] & {
+    volume: VolumeRow;
+    state: VolumeState;
+    audit: { action: string; target?: string; request: Record<string, unknown> };
+  },
+): Promise<{ volume: VolumeRow; operation: OperationRow }> {
+  const operation = await enqueueOperation(tx, o);
+  const volume = await transitionVolume(tx, o.volume, o.state, { operationId: operation.id });
+  await writeAudit(tx, {
+    actor: o.actor,
+    action: o.audit.action,
+    target: o.audit.target ?? o.volume.id,
+    request: o.audit.request,
+    outcome: "ok",
+  });
+  return { volume, operation };
 }

@@ -25,14 +25,13 @@ import {
   type OperationRow,
   type Queryable,
   reserveCapacity,
-  transitionVolume,
   type VolumeRow,
   writeAudit,
 } from "@stowage/store";
 import { formats, qcow2FromWire, qcow2ToWire, wipeModes } from "@stowage/wire";
 import { requireVolumeCapability } from "./capabilities.js";
 import type { ControllerContext } from "./context.js";
-import { enqueueOperation } from "./outbox.js";
+import { enqueueOperation, startVolumeOperation } from "./outbox.js";
 import { checkConstraintTargets, decide, decideGroup } from "./scheduling.js";
 import { mutate } from "./transaction.js";
 import {
@@ -371,24 +370,14 @@ export async function deleteVolume(
         `volume ${v.name} has ${snapshots} snapshot${snapshots === 1 ? "" : "s"}: delete them first (stowctl snapshot list ${v.name})`,
       );
     }
-    const operation = await enqueueOperation(tx, {
+    return startVolumeOperation(tx, {
       kind: "delete_volume",
       volume: v,
-      payload: {
-        case: "deleteVolume",
-        value: { volumeId: v.id, wipe: wipeModes.wire(wipe) },
-      },
+      payload: { case: "deleteVolume", value: { volumeId: v.id, wipe: wipeModes.wire(wipe) } },
       actor,
+      state: "deleting",
+      audit: { action: "DeleteVolume", request: { volume: req.volume, wipe: req.wipe } },
     });
-    const volume = await transitionVolume(tx, v, "deleting", { operationId: operation.id });
-    await writeAudit(tx, {
-      actor,
-      action: "DeleteVolume",
-      target: v.id,
-      request: { volume: req.volume, wipe: req.wipe },
-      outcome: "ok",
-    });
-    return { volume, operation };
   });
 }
 
