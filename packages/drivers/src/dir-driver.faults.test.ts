@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { newId } from "@stowage/core";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { createDirDriver, DIR_META } from "./dir-driver.js";
+import { createDirDriver, DIR_META } from "./dir/index.js";
 import { createToolRunner, ToolError, ToolOutputError } from "./runner.js";
 
 /**

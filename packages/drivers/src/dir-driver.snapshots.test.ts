@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { newId, StowageError } from "@stowage/core";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { readPattern, writePattern } from "./conformance/qemu-io.js";
-import { createDirDriver, DIR_META, type DirDriverOptions } from "./dir-driver.js";
+import { createDirDriver, DIR_META, type DirDriverOptions } from "./dir/index.js";
 import type { PoolDriver, VolumeArtifact } from "./driver.js";
 import { createToolRunner, type ToolInvocationEvent, type ToolRunner } from "./runner.js";
 

@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { newId, StowageError } from "@stowage/core";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { createDirDriver, DIR_META } from "./dir-driver.js";
+import { createDirDriver, DIR_META } from "./dir/index.js";
 import type { PoolDriver } from "./driver.js";
 import { createToolRunner, type ToolInvocationEvent, type ToolRunner } from "./runner.js";
 

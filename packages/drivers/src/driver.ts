@@ -1,4 +1,13 @@
-import { invalidArgument, isId, type PoolKind, type Qcow2Options, type VolumeFormat } from "@stowage/core";
+import {
+  invalidArgument,
+  isId,
+  type PoolKind,
+  type Qcow2Options,
+  type VolumeFormat,
+  type WipeMode,
+} from "@stowage/core";
+
+export type { WipeMode } from "@stowage/core";
 
 /**
  * The contract every pool kind implements (as Proxmox's pve-storage plugins do). Every mutating call is
@@ -51,8 +60,6 @@ export interface ResizeOptions {
   allowShrink: boolean;
   operationId: string;
 }
-
-export type WipeMode = "none" | "zero" | "discard";
 
 export interface DeleteOptions {
   operationId?: string;
@@ -157,4 +164,17 @@ export function assertOperationId(operationId: unknown): asserts operationId is 
       { field: "operationId" },
     );
   }
+}
+
+/** Inventories list volumes and snapshots in id order. */
+export function byVolumeId(a: { volumeId: string }, b: { volumeId: string }): number {
+  return compareIds(a.volumeId, b.volumeId);
+}
+
+export function bySnapshotId(a: { snapshotId: string }, b: { snapshotId: string }): number {
+  return compareIds(a.snapshotId, b.snapshotId);
+}
+
+function compareIds(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
 }

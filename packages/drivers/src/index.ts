@@ -1,4 +1,4 @@
-export { createDirDriver, DEFAULT_MAX_CHAIN_DEPTH, DIR_META, type DirDriverOptions } from "./dir-driver.js";
+export { createDirDriver, DEFAULT_MAX_CHAIN_DEPTH, DIR_META, type DirDriverOptions } from "./dir/index.js";
 export {
   assertOperationId,
   assertSnapshotId,

@@ -1,7 +1,7 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createDirDriver } from "../dir-driver.js";
+import { createDirDriver } from "../dir/index.js";
 import { createToolRunner } from "../runner.js";
 import { type ConformanceCapabilities, defineConformanceSuite } from "./suite.js";
 
