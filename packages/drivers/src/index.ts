@@ -15,6 +15,16 @@ export {
   type WipeMode,
 } from "./driver.js";
 export {
+  createLvmDriver,
+  LVM_NO_UDEV_CONFIG,
+  LVM_TAG,
+  type LvmDriverOptions,
+  lvmToolEnv,
+  lvName,
+  lvOldName,
+  lvTempName,
+} from "./lvm/index.js";
+export {
   assertLvmName,
   assertLvmTag,
   LVS_FIELDS,
@@ -47,16 +57,6 @@ export {
   vgsArgv,
   vgsReportSchema,
 } from "./lvm.js";
-export {
-  createLvmDriver,
-  LVM_NO_UDEV_CONFIG,
-  LVM_TAG,
-  type LvmDriverOptions,
-  lvmToolEnv,
-  lvName,
-  lvOldName,
-  lvTempName,
-} from "./lvm-driver.js";
 export {
   type BackingFile,
   createOptions,

@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { newId } from "@stowage/core";
 import { createLoopVg, type LoopVg } from "@stowage/testkit";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { createLvmDriver, LVM_NO_UDEV_CONFIG, lvmToolEnv, lvName, lvTempName } from "./lvm-driver.js";
+import { createLvmDriver, LVM_NO_UDEV_CONFIG, lvmToolEnv, lvName, lvTempName } from "./lvm/index.js";
 import { createToolRunner, ToolError, type ToolInvocationEvent, ToolOutputError } from "./runner.js";
 
 /**

@@ -2,7 +2,6 @@ import { newId, StowageError } from "@stowage/core";
 import { createLoopVg, type LoopVg } from "@stowage/testkit";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import type { PoolDriver } from "./driver.js";
-import { parseLvs } from "./lvm.js";
 import {
   createLvmDriver,
   LVM_NO_UDEV_CONFIG,
@@ -10,7 +9,8 @@ import {
   lvName,
   lvOldName,
   lvTempName,
-} from "./lvm-driver.js";
+} from "./lvm/index.js";
+import { parseLvs } from "./lvm.js";
 import { createToolRunner, type ToolInvocationEvent } from "./runner.js";
 
 // The LVM driver against real LVM on a loop device, metadata only: this host's kernel has no device-mapper, so

@@ -5,7 +5,6 @@ import { createLoopVg, inKernelVm, KERNEL_VM_SKIP_REASON, type LoopVg } from "@s
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { readPattern, writePattern } from "./conformance/qemu-io.js";
 import type { PoolDriver, VolumeArtifact } from "./driver.js";
-import { lvsArgv, parseLvs, tagValue } from "./lvm.js";
 import {
   createLvmDriver,
   LVM_NO_UDEV_CONFIG,
@@ -14,7 +13,8 @@ import {
   lvName,
   lvOldName,
   lvTempName,
-} from "./lvm-driver.js";
+} from "./lvm/index.js";
+import { lvsArgv, parseLvs, tagValue } from "./lvm.js";
 import { createToolRunner, type ToolInvocationEvent } from "./runner.js";
 
 // The LVM driver with real device-mapper: activation, thin pool numbers, snapshots, reverts, clones and wipes,

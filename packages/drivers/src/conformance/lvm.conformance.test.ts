@@ -1,5 +1,5 @@
 import { createLoopVg, inKernelVm, KERNEL_VM_SKIP_REASON } from "@stowage/testkit";
-import { createLvmDriver, LVM_NO_UDEV_CONFIG, lvmToolEnv } from "../lvm-driver.js";
+import { createLvmDriver, LVM_NO_UDEV_CONFIG, lvmToolEnv } from "../lvm/index.js";
 import { createToolRunner } from "../runner.js";
 import { defineConformanceSuite } from "./suite.js";
 
@@ -9,14 +9,6 @@ import { defineConformanceSuite } from "./suite.js";
 defineConformanceSuite({
   kind: "lvm",
   formats: ["raw"],
-  capabilities: {
-    snapshots: true,
-    clones: true,
-    revert: true,
-    flatten: true,
-    shrink: true,
-    wipe: ["none", "zero", "discard"],
-  },
   ...(inKernelVm() ? {} : { skipReason: KERNEL_VM_SKIP_REASON }),
   setup: async () => {
     const vg = await createLoopVg({ activation: true, sizeBytes: 2n * 1024n ** 3n });

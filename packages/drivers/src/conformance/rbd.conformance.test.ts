@@ -10,14 +10,6 @@ import { defineConformanceSuite } from "./suite.js";
 defineConformanceSuite({
   kind: "rbd",
   formats: ["raw"],
-  capabilities: {
-    snapshots: true,
-    clones: true,
-    revert: true,
-    flatten: true,
-    shrink: true,
-    wipe: ["none", "discard"],
-  },
   ...(cephAvailable() ? {} : { skipReason: `ceph-mon/ceph-osd not installed: ${CEPH_INSTALL_HINT}` }),
   setup: async () => {
     const ceph = await startCeph();
