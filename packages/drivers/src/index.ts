@@ -89,6 +89,7 @@ export {
   qemuImgResizeArgv,
   qemuImgSnapshotArgv,
 } from "./qemu-img.js";
+export { createRbdDriver, RBD_META, type RbdDriverOptions } from "./rbd/index.js";
 export {
   type CephDf,
   type CephOsdDump,
@@ -122,7 +123,6 @@ export {
   rbdSpec,
   validateRbdConnection,
 } from "./rbd.js";
-export { createRbdDriver, RBD_META, type RbdDriverOptions } from "./rbd-driver.js";
 export {
   createToolRunner,
   DEFAULT_KILL_GRACE_MS,

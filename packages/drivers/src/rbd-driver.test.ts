@@ -6,7 +6,7 @@ import { type CephCluster, cephAvailable, cephToolPath, sleep, startCeph } from 
 import { execa } from "execa";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import type { PoolDriver } from "./driver.js";
-import { createRbdDriver, RBD_META, type RbdDriverOptions } from "./rbd-driver.js";
+import { createRbdDriver, RBD_META, type RbdDriverOptions } from "./rbd/index.js";
 import { createToolRunner, ToolError, type ToolInvocationEvent, ToolOutputError } from "./runner.js";
 
 // These tests run the real rbd against a real one-node Ceph (one per file, started once): nothing is mocked,
