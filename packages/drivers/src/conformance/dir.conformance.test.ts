@@ -1,9 +1,7 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createDirDriver } from "../dir/index.js";
-import { createToolRunner } from "../runner.js";
-import { defineConformanceSuite } from "./suite.js";
+import { createDirDriver, createToolRunner, defineConformanceSuite } from "@stowage/drivers/testing";
 
 // dir pools on a temp directory, with the real qemu-img. qcow2 volumes have internal snapshots and linked
 // clones; raw files cannot be snapshotted (a raw file has nowhere to keep one), but clone and flatten by copy.

@@ -1,7 +1,5 @@
+import { createRbdDriver, createToolRunner, defineConformanceSuite } from "@stowage/drivers/testing";
 import { CEPH_INSTALL_HINT, cephAvailable, startCeph } from "@stowage/testkit";
-import { createRbdDriver } from "../rbd/index.js";
-import { createToolRunner } from "../runner.js";
-import { defineConformanceSuite } from "./suite.js";
 
 // rbd pools on a throwaway one-node Ceph (one mon, one bluestore OSD, no mgr; ~11 s to start) with the real
 // rbd CLI, and qemu-io reading and writing through librbd. RBD snapshots roll back in place and clones hang
