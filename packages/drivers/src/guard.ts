@@ -201,9 +201,7 @@ export function guardDriver<Volume, Names>(backend: DriverBackend<Volume, Names>
     },
 
     async createSnapshot(volumeId, snapshotId, opts) {
-      assertVolumeId(volumeId);
-      assertSnapshotId(snapshotId);
-      assertOperationId(opts.operationId);
+      assertSnapshotCall(volumeId, snapshotId, opts);
       return changing(volumeId, (volume) => backend.createSnapshot(volume, snapshotId, opts.operationId));
     },
 
@@ -213,9 +211,7 @@ export function guardDriver<Volume, Names>(backend: DriverBackend<Volume, Names>
     },
 
     async deleteSnapshot(volumeId, snapshotId, opts) {
-      assertVolumeId(volumeId);
-      assertSnapshotId(snapshotId);
-      assertOperationId(opts.operationId);
+      assertSnapshotCall(volumeId, snapshotId, opts);
       return lock.run(volumeId, async () => {
         const volume = await backend.findVolume(volumeId, "change");
         // The volume is gone, and its snapshots with it: repeated deletes succeed.
@@ -225,9 +221,7 @@ export function guardDriver<Volume, Names>(backend: DriverBackend<Volume, Names>
     },
 
     async revertSnapshot(volumeId, snapshotId, opts) {
-      assertVolumeId(volumeId);
-      assertSnapshotId(snapshotId);
-      assertOperationId(opts.operationId);
+      assertSnapshotCall(volumeId, snapshotId, opts);
       return changing(volumeId, (volume) => backend.revertSnapshot(volume, snapshotId, opts.operationId));
     },
 
@@ -257,6 +251,12 @@ export function guardDriver<Volume, Names>(backend: DriverBackend<Volume, Names>
       return changing(volumeId, (volume) => backend.flatten(volume, opts.operationId));
     },
   };
+}
+
+function assertSnapshotCall(volumeId: string, snapshotId: string, opts: { operationId: string }): void {
+  assertVolumeId(volumeId);
+  assertSnapshotId(snapshotId);
+  assertOperationId(opts.operationId);
 }
 
 /** A wipe throttle in bytes per second; 0: unthrottled. */

@@ -1,6 +1,5 @@
 import { alreadyExists, failedPrecondition, formatSize, invalidArgument, notFound } from "@stowage/core";
-import type { CloneSpec, CreateResult, VolumeArtifact } from "../driver.js";
-import type { SourceAccess } from "../guard.js";
+import type { VolumeArtifact } from "../driver.js";
 import {
   qemuImgConvertArgv,
   qemuImgCreateOverlayArgv,
@@ -10,33 +9,15 @@ import {
 import type { DirBases } from "./bases.js";
 import type { DirImages } from "./images.js";
 import { type DirPool, fsync, kindOf } from "./layout.js";
-import type { OwnedVolume, Sidecar } from "./records.js";
+import type { DirBackend, OwnedVolume, Sidecar } from "./records.js";
 import type { DirVolumes } from "./volumes.js";
 
 // Clones: linked (a qcow2 overlay on the snapshot's base image) when they can be, full copies otherwise.
 
-export interface DirClones {
-  clone(
-    spec: CloneSpec,
-    rec: Sidecar | undefined,
-    withSource: SourceAccess<OwnedVolume>,
-  ): Promise<CreateResult>;
-  flatten(volume: OwnedVolume): Promise<VolumeArtifact>;
-}
-
-export function createDirClones(
-  pool: DirPool,
-  images: DirImages,
-  bases: DirBases,
-  volumes: DirVolumes,
-): DirClones {
+export function createDirClones(pool: DirPool, images: DirImages, bases: DirBases, volumes: DirVolumes) {
   const { poolName, runner, copyTimeoutMs } = pool;
 
-  async function clone(
-    spec: CloneSpec,
-    rec: Sidecar | undefined,
-    withSource: SourceAccess<OwnedVolume>,
-  ): Promise<CreateResult> {
+  const clone: DirBackend["clone"] = async (spec, rec, withSource) => {
     const id = spec.volumeId;
     const sourceId = spec.sourceVolumeId;
     const snapshotId = spec.sourceSnapshotId;
@@ -130,7 +111,7 @@ export function createDirClones(
       });
       return { artifact, adopted: false };
     });
-  }
+  };
 
   /**
    * Copies what the volume reads from its backing chain into it and drops the backing file: `qemu-img rebase

@@ -30,19 +30,9 @@ export function createDirDriver(opts: DirDriverOptions): PoolDriver {
       await pool.assertRootUsable();
       return records.readSidecar(id);
     },
-    check: volumes.check,
-    capacity: volumes.capacity,
-    list: volumes.list,
     artifact: images.inspect,
-    validateCreate: volumes.validateCreate,
-    create: volumes.create,
-    delete: volumes.delete,
-    resize: volumes.resize,
-    createSnapshot: snapshots.create,
-    listSnapshots: snapshots.list,
-    deleteSnapshot: snapshots.delete,
-    revertSnapshot: (volume, snapshotId) => snapshots.revert(volume, snapshotId),
-    clone: clones.clone,
-    flatten: (volume) => clones.flatten(volume),
+    ...volumes,
+    ...snapshots,
+    ...clones,
   });
 }

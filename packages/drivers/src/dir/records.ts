@@ -2,6 +2,7 @@ import { open, readdir, readFile, rename } from "node:fs/promises";
 import { join } from "node:path";
 import { failedPrecondition, type VolumeFormat } from "@stowage/core";
 import { z } from "zod";
+import type { DriverBackend } from "../guard.js";
 import { type DirPool, fsync, isNoEnt, kindOf } from "./layout.js";
 
 // Ownership records: `.stowage/<volumeId>.json` per volume (its snapshots inside), `.stowage/base-<snapshotId>.json`
@@ -62,6 +63,9 @@ export interface OwnedVolume {
   id: string;
   rec: Sidecar;
 }
+
+/** Before a create or delete, what lies under a volume's names is its record, if any. */
+export type DirBackend = DriverBackend<OwnedVolume, Sidecar | undefined>;
 
 const OWNED_FILE = /^(vol-[0-9a-f]{32})\.(qcow2|raw)$/;
 const BASE_RECORD = /^base-(snap-[0-9a-f]{32})\.json$/;

@@ -10,23 +10,7 @@ import type { DirRecords, OwnedVolume, SnapshotRecord } from "./records.js";
 
 const RAW_SNAPSHOTS = "raw volumes in dir pools cannot be snapshotted; use qcow2";
 
-export interface DirSnapshots {
-  create(
-    volume: OwnedVolume,
-    snapshotId: string,
-    operationId: string,
-  ): Promise<{ snapshot: SnapshotInfo; adopted: boolean }>;
-  list(volume: OwnedVolume): Promise<SnapshotInfo[]>;
-  delete(volume: OwnedVolume, snapshotId: string): Promise<{ existed: boolean }>;
-  revert(volume: OwnedVolume, snapshotId: string): Promise<VolumeArtifact>;
-}
-
-export function createDirSnapshots(
-  pool: DirPool,
-  records: DirRecords,
-  images: DirImages,
-  bases: DirBases,
-): DirSnapshots {
+export function createDirSnapshots(pool: DirPool, records: DirRecords, images: DirImages, bases: DirBases) {
   const { poolName, runner } = pool;
 
   function toSnapshotInfo(volumeId: string, s: SnapshotRecord): SnapshotInfo {
@@ -140,5 +124,5 @@ export function createDirSnapshots(
     return images.inspect(volume);
   }
 
-  return { create, list, delete: deleteSnapshot, revert };
+  return { createSnapshot: create, listSnapshots: list, deleteSnapshot, revertSnapshot: revert };
 }

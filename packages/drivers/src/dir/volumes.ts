@@ -27,34 +27,15 @@ import { wipeFile } from "./wipe.js";
 const PREALLOCATED_CREATE_TIMEOUT_MS = 30 * 60_000;
 const LIST_CONCURRENCY = 8;
 
-export interface DirVolumes {
+export type DirVolumes = ReturnType<typeof createDirVolumes>;
+
+export function createDirVolumes(pool: DirPool, records: DirRecords, images: DirImages, bases: DirBases) {
+  const { poolName, root, metaDir, runner, options } = pool;
+
   /**
    * Runs `make(tmp)` to build the image in its temp file, then moves it under its final name. The record is
    * written first (the intent); a failure removes both, a crash is finished by the retry.
    */
-  materialise(record: Sidecar, make: (tmp: string) => Promise<void>): Promise<VolumeArtifact>;
-  /** Refuses files under the volume's names that its record does not account for (never taken over). */
-  assertNoForeignImage(id: string, rec: Sidecar | undefined, format: VolumeFormat): Promise<void>;
-  /** The finished image of `rec` under its final name, adopted (a stale temp file of it removed). */
-  adopt(id: string, rec: Sidecar | undefined, format: VolumeFormat): Promise<CreateResult | undefined>;
-  /** Builds the create command without running it: bad qcow2 options are refused before the lock. */
-  validateCreate(spec: CreateVolumeSpec): void;
-  create(spec: CreateVolumeSpec, rec: Sidecar | undefined): Promise<CreateResult>;
-  delete(id: string, rec: Sidecar | undefined, wipe: Wipe): Promise<{ existed: boolean }>;
-  resize(volume: OwnedVolume, sizeBytes: bigint, shrink: boolean): Promise<VolumeArtifact>;
-  list(): Promise<{ volumes: VolumeArtifact[]; foreign: string[] }>;
-  capacity(): Promise<PoolCapacityReport>;
-  check(): Promise<{ healthy: boolean; message: string }>;
-}
-
-export function createDirVolumes(
-  pool: DirPool,
-  records: DirRecords,
-  images: DirImages,
-  bases: DirBases,
-): DirVolumes {
-  const { poolName, root, metaDir, runner, options } = pool;
-
   async function materialise(record: Sidecar, make: (tmp: string) => Promise<void>): Promise<VolumeArtifact> {
     const id = record.volumeId;
     const tmpPath = pool.tempPath(id, record.format);
@@ -76,6 +57,7 @@ export function createDirVolumes(
     return images.inspect({ id, rec: record });
   }
 
+  /** Refuses files under the volume's names that its record does not account for (never taken over). */
   async function assertNoForeignImage(id: string, rec: Sidecar | undefined, format: VolumeFormat) {
     for (const f of FORMATS) {
       const p = pool.volumePath(id, f);
@@ -90,6 +72,7 @@ export function createDirVolumes(
     }
   }
 
+  /** The finished image of `rec` under its final name, adopted (a stale temp file of it removed). */
   async function adopt(id: string, rec: Sidecar | undefined, format: VolumeFormat) {
     await assertNoForeignImage(id, rec, format);
     if (!rec || (await kindOf(pool.volumePath(id, format))) !== "file") return undefined;
@@ -271,6 +254,7 @@ export function createDirVolumes(
     list,
     capacity,
     check,
-    validateCreate: (spec) => void createArgv(spec),
+    /** Builds the create command without running it: bad qcow2 options are refused before the lock. */
+    validateCreate: (spec: CreateVolumeSpec) => void createArgv(spec),
   };
 }

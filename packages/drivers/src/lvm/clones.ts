@@ -1,12 +1,9 @@
 import { alreadyExists, formatSize, invalidArgument, notFound } from "@stowage/core";
-import type { CloneSpec, CreateResult } from "../driver.js";
-import type { SourceAccess } from "../guard.js";
 import { lvcreateArgv, lvresizeArgv, tagValue } from "../lvm.js";
 import { LVM_TAG, type LvmPool, lvTempName } from "./layout.js";
-import { byName, type LvmRecords, type LvmVolume } from "./records.js";
+import { byName, type LvmBackend, type LvmRecords, type LvmVolume } from "./records.js";
 import type { LvmTemp } from "./temp.js";
 import type { LvmTools } from "./tools.js";
-import type { LvmNames } from "./volumes.js";
 
 /**
  * Clones. lvmthin: a writable thin snapshot of the source (or of its snapshot); it shares blocks, not a
@@ -15,11 +12,7 @@ import type { LvmNames } from "./volumes.js";
 export function createLvmClones(pool: LvmPool, tools: LvmTools, records: LvmRecords, temp: LvmTemp) {
   const { vg, thinPool, where, poolName, cfg } = pool;
 
-  async function clone(
-    spec: CloneSpec,
-    { lvs, lv: existing }: LvmNames,
-    withSource: SourceAccess<LvmVolume>,
-  ): Promise<CreateResult> {
+  const clone: LvmBackend["clone"] = async (spec, { lvs, lv: existing }, withSource) => {
     const id = spec.volumeId;
     if (existing) {
       if (tagValue(existing.tags, LVM_TAG.operation) !== spec.operationId) {
@@ -91,7 +84,7 @@ export function createLvmClones(pool: LvmPool, tools: LvmTools, records: LvmReco
       });
       return { artifact, adopted: false };
     });
-  }
+  };
 
   return {
     clone,

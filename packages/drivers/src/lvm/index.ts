@@ -48,19 +48,9 @@ export function createLvmDriver(opts: LvmDriverOptions): PoolDriver {
       const lvs = await temp.settle(await records.scan(), id);
       return { lvs, lv: records.volumeLv(lvs, id, purpose === "make" ? "take over" : "delete") };
     },
-    check: volumes.check,
-    capacity: volumes.capacity,
-    list: volumes.list,
     artifact: async ({ id, lv }) => records.artifactOf(id, lv),
-    create: volumes.create,
-    delete: volumes.delete,
-    roundSize: volumes.roundSize,
-    resize: volumes.resize,
-    createSnapshot: snapshots.create,
-    listSnapshots: snapshots.list,
-    deleteSnapshot: snapshots.delete,
-    revertSnapshot: snapshots.revert,
-    clone: clones.clone,
-    flatten: clones.flatten,
+    ...volumes,
+    ...snapshots,
+    ...clones,
   });
 }

@@ -1,5 +1,6 @@
 import { alreadyExists, failedPrecondition, notFound } from "@stowage/core";
 import type { SnapshotInfo, VolumeArtifact } from "../driver.js";
+import type { DriverBackend } from "../guard.js";
 import {
   type LvmLogicalVolume,
   lvsArgv,
@@ -20,6 +21,14 @@ export interface LvmVolume {
   lvs: LvmLogicalVolume[];
   lv: LvmLogicalVolume;
 }
+
+/** What lies under a volume's names before a create or delete: the scan, and our LV under its name if any. */
+export interface LvmNames {
+  lvs: LvmLogicalVolume[];
+  lv: LvmLogicalVolume | undefined;
+}
+
+export type LvmBackend = DriverBackend<LvmVolume, LvmNames>;
 
 export const byName = (lvs: LvmLogicalVolume[], name: string) => lvs.find((lv) => lv.name === name);
 export const hasTag = (lv: LvmLogicalVolume, key: string, value: string) => tagValue(lv.tags, key) === value;

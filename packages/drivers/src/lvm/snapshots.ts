@@ -8,23 +8,7 @@ import type { LvmTools } from "./tools.js";
 
 // Snapshots: thin snapshots (lvmthin) or classic COW snapshots of 100%ORIGIN (lvm); see layout.ts.
 
-export interface LvmSnapshots {
-  create(
-    volume: LvmVolume,
-    snapshotId: string,
-    operationId: string,
-  ): Promise<{ snapshot: SnapshotInfo; adopted: boolean }>;
-  list(volume: LvmVolume): Promise<SnapshotInfo[]>;
-  delete(volume: LvmVolume, snapshotId: string): Promise<{ existed: boolean }>;
-  revert(volume: LvmVolume, snapshotId: string, operationId: string): Promise<VolumeArtifact>;
-}
-
-export function createLvmSnapshots(
-  pool: LvmPool,
-  tools: LvmTools,
-  records: LvmRecords,
-  temp: LvmTemp,
-): LvmSnapshots {
+export function createLvmSnapshots(pool: LvmPool, tools: LvmTools, records: LvmRecords, temp: LvmTemp) {
   const { vg, thinPool, where, cfg } = pool;
 
   function snapshotTags(snapshotId: string, volumeId: string, operationId: string, timeMs: number): string[] {
@@ -187,5 +171,5 @@ export function createLvmSnapshots(
     return lv.tags.filter((t) => keys.some((k) => t.startsWith(`${k}=`)));
   }
 
-  return { create, list, delete: deleteSnapshot, revert };
+  return { createSnapshot: create, listSnapshots: list, deleteSnapshot, revertSnapshot: revert };
 }

@@ -9,7 +9,7 @@ import {
 import type { Wipe } from "../guard.js";
 import { type LvmLogicalVolume, lvcreateArgv, lvresizeArgv, tagValue, usedFromPercent } from "../lvm.js";
 import { LVM_TAG, type LvmPool, lvName, lvOldName, lvTempName } from "./layout.js";
-import { byName, type LvmRecords, type LvmVolume } from "./records.js";
+import { byName, type LvmNames, type LvmRecords, type LvmVolume } from "./records.js";
 import type { LvmTemp } from "./temp.js";
 import type { LvmTools } from "./tools.js";
 import { wipeLv } from "./wipe.js";
@@ -17,28 +17,7 @@ import { wipeLv } from "./wipe.js";
 /** A thin pool with data or metadata this full is reported unhealthy. */
 const THIN_POOL_FULL_PERCENT = 95;
 
-/** What lies under a volume's names before a create or delete: the scan, and our LV under its name if any. */
-export interface LvmNames {
-  lvs: LvmLogicalVolume[];
-  lv: LvmLogicalVolume | undefined;
-}
-
-export interface LvmVolumes {
-  roundSize(bytes: bigint): Promise<bigint>;
-  create(spec: CreateVolumeSpec, names: LvmNames): Promise<CreateResult>;
-  delete(id: string, names: LvmNames, wipe: Wipe): Promise<{ existed: boolean }>;
-  resize(volume: LvmVolume, sizeBytes: bigint, shrink: boolean): Promise<VolumeArtifact>;
-  list(): Promise<{ volumes: VolumeArtifact[]; foreign: string[] }>;
-  capacity(): Promise<PoolCapacityReport>;
-  check(): Promise<{ healthy: boolean; message: string }>;
-}
-
-export function createLvmVolumes(
-  pool: LvmPool,
-  tools: LvmTools,
-  records: LvmRecords,
-  temp: LvmTemp,
-): LvmVolumes {
+export function createLvmVolumes(pool: LvmPool, tools: LvmTools, records: LvmRecords, temp: LvmTemp) {
   const { vg, thinPool, where, poolName, cfg } = pool;
 
   async function roundSize(size: bigint): Promise<bigint> {

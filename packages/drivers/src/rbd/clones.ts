@@ -1,6 +1,5 @@
 import { formatSize, invalidArgument, notFound, StowageError } from "@stowage/core";
-import type { CloneSpec, CreateResult, VolumeArtifact } from "../driver.js";
-import type { SourceAccess } from "../guard.js";
+import type { VolumeArtifact } from "../driver.js";
 import {
   type RbdParent,
   type RbdSnapshot,
@@ -9,7 +8,7 @@ import {
   rbdResizeArgv,
   rbdSnapCreateArgv,
 } from "../rbd.js";
-import type { Owned, RbdImages } from "./images.js";
+import type { Owned, RbdBackend, RbdImages } from "./images.js";
 import { cloneSnapshot, finalImage, RBD_META, type RbdPool, tempImage } from "./layout.js";
 import type { RbdVolumes } from "./volumes.js";
 
@@ -29,11 +28,7 @@ export function createRbdClones(pool: RbdPool, images: RbdImages, volumes: RbdVo
     await images.dropCloneSnapshot(id, parent);
   }
 
-  async function clone(
-    req: CloneSpec,
-    owned: Owned | undefined,
-    withSource: SourceAccess<Owned>,
-  ): Promise<CreateResult> {
+  const clone: RbdBackend["clone"] = async (req, owned, withSource) => {
     const id = req.volumeId;
     const sourceId = req.sourceVolumeId;
     if (owned) {
@@ -116,7 +111,7 @@ export function createRbdClones(pool: RbdPool, images: RbdImages, volumes: RbdVo
     );
     if (req.flatten && hidden) await images.dropCloneSnapshot(id, sourceParent);
     return { artifact, adopted: false };
-  }
+  };
 
   async function flatten(owned: Owned): Promise<VolumeArtifact> {
     const image = finalImage(owned.id);

@@ -1,6 +1,7 @@
 import { alreadyExists, failedPrecondition, notFound, type StowageError } from "@stowage/core";
 import { z } from "zod";
 import type { VolumeArtifact } from "../driver.js";
+import type { DriverBackend } from "../guard.js";
 import type { KeyedLock } from "../keyed-lock.js";
 import {
   isRbdNotFound,
@@ -256,3 +257,6 @@ export function createRbdImages(pool: RbdPool, lock: KeyedLock) {
 }
 
 export type RbdImages = ReturnType<typeof createRbdImages>;
+
+/** Before a create or delete, what lies under a volume's name is its image, if it is ours. */
+export type RbdBackend = DriverBackend<Owned, Owned | undefined>;

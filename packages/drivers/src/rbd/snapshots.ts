@@ -113,5 +113,5 @@ export function createRbdSnapshots(pool: RbdPool, images: RbdImages) {
     return images.inspect(volumeId, owned.meta);
   }
 
-  return { create, list, delete: deleteSnapshot, revert };
+  return { createSnapshot: create, listSnapshots: list, deleteSnapshot, revertSnapshot: revert };
 }
