@@ -10,9 +10,11 @@ import {
 export type { WipeMode } from "@stowage/core";
 
 /**
- * The contract every pool kind implements (as Proxmox's pve-storage plugins do). Every mutating call is
- * idempotent: it looks at what already exists (the artefact and its ownership marker) before acting, so a
- * redelivered or retried operation converges instead of leaving a second artefact (DESIGN.md invariant 2).
+ * The contract every pool kind offers (as Proxmox's pve-storage plugins do); each kind implements it through
+ * guardDriver (guard.ts), which checks arguments, locks and looks volumes up the same way for all of them.
+ * Every mutating call is idempotent: it looks at what already exists (the artefact and its ownership marker)
+ * before acting, so a redelivered or retried operation converges instead of leaving a second artefact
+ * (docs/architecture.md, invariant 2).
  */
 
 /** One volume as it exists on the backend. */
@@ -144,8 +146,9 @@ export function assertSnapshotId(snapshotId: unknown): asserts snapshotId is str
 }
 
 /**
- * Every driver entry point calls this before anything else: artefact names are built from volume ids only,
- * and a volume id can never hold a path separator, `..`, or a shell word (DESIGN.md invariant 4).
+ * The guard (guard.ts) calls this before anything else, for every driver: artefact names are built from volume
+ * ids only, and a volume id can never hold a path separator, `..`, or a shell word (docs/architecture.md,
+ * invariant 4).
  */
 export function assertVolumeId(volumeId: unknown): asserts volumeId is string {
   if (typeof volumeId !== "string" || !isId(volumeId, "vol")) {
