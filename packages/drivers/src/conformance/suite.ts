@@ -19,6 +19,9 @@ import { readPattern, readPatterns, writePatterns } from "./qemu-io.js";
  *     skipReason: haveCeph ? undefined : "ceph-mon not installed",
  *   });
  *
+ * Each format gets the tests that core's capability table (`capabilitiesOf(kind, format)`) promises for it; a
+ * test needing a capability the row leaves out is registered as skipped, its name saying which.
+ *
  * Contract for drivers, beyond PoolDriver's comments: every test cleans up after itself (clones, then
  * snapshots, then volumes), so the pool must end as empty as it began; deleteSnapshot of a missing volume may
  * answer existed: false or not_found; a snapshot with dependent clones may refuse deletion
