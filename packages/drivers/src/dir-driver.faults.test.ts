@@ -4,9 +4,14 @@ import { chmod, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "n
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { newId } from "@stowage/core";
+import {
+  createDirDriver,
+  createToolRunner,
+  DIR_META,
+  ToolError,
+  ToolOutputError,
+} from "@stowage/drivers/testing";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { createDirDriver, DIR_META } from "./dir-driver.js";
-import { createToolRunner, ToolError, ToolOutputError } from "./runner.js";
 
 /**
  * Fault injection: small bash scripts named `qemu-img`, put first on PATH through the runner's `pathPrefix`.

@@ -2,11 +2,19 @@ import { link, mkdir, mkdtemp, readdir, readFile, rename, rm, stat, writeFile } 
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { newId, StowageError } from "@stowage/core";
+import {
+  createDirDriver,
+  createToolRunner,
+  DIR_META,
+  type DirDriverOptions,
+  type PoolDriver,
+  readPattern,
+  type ToolInvocationEvent,
+  type ToolRunner,
+  type VolumeArtifact,
+  writePattern,
+} from "@stowage/drivers/testing";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { readPattern, writePattern } from "./conformance/qemu-io.js";
-import { createDirDriver, DIR_META, type DirDriverOptions } from "./dir-driver.js";
-import type { PoolDriver, VolumeArtifact } from "./driver.js";
-import { createToolRunner, type ToolInvocationEvent, type ToolRunner } from "./runner.js";
 
 // What the conformance suite cannot see from outside: the files a dir pool makes for snapshots, clones,
 // flatten and wipes, and how they fail. Real qemu-img and qemu-io throughout.

@@ -2,10 +2,15 @@ import { mkdir, mkdtemp, readdir, readFile, rm, stat, statfs, writeFile } from "
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { newId, StowageError } from "@stowage/core";
+import {
+  createDirDriver,
+  createToolRunner,
+  DIR_META,
+  type PoolDriver,
+  type ToolInvocationEvent,
+  type ToolRunner,
+} from "@stowage/drivers/testing";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { createDirDriver, DIR_META } from "./dir-driver.js";
-import type { PoolDriver } from "./driver.js";
-import { createToolRunner, type ToolInvocationEvent, type ToolRunner } from "./runner.js";
 
 // These tests run the real qemu-img: nothing about it is mocked.
 

@@ -1,9 +1,20 @@
-import { invalidArgument, isId, type PoolKind, type Qcow2Options, type VolumeFormat } from "@stowage/core";
+import {
+  invalidArgument,
+  isId,
+  type PoolKind,
+  type Qcow2Options,
+  type VolumeFormat,
+  type WipeMode,
+} from "@stowage/core";
+
+export type { WipeMode } from "@stowage/core";
 
 /**
- * The contract every pool kind implements (as Proxmox's pve-storage plugins do). Every mutating call is
- * idempotent: it looks at what already exists (the artefact and its ownership marker) before acting, so a
- * redelivered or retried operation converges instead of leaving a second artefact (DESIGN.md invariant 2).
+ * The contract every pool kind offers (as Proxmox's pve-storage plugins do); each kind implements it through
+ * guardDriver (guard.ts), which checks arguments, locks and looks volumes up the same way for all of them.
+ * Every mutating call is idempotent: it looks at what already exists (the artefact and its ownership marker)
+ * before acting, so a redelivered or retried operation converges instead of leaving a second artefact
+ * (docs/architecture.md, invariant 2).
  */
 
 /** One volume as it exists on the backend. */
@@ -51,8 +62,6 @@ export interface ResizeOptions {
   allowShrink: boolean;
   operationId: string;
 }
-
-export type WipeMode = "none" | "zero" | "discard";
 
 export interface DeleteOptions {
   operationId?: string;
@@ -137,8 +146,9 @@ export function assertSnapshotId(snapshotId: unknown): asserts snapshotId is str
 }
 
 /**
- * Every driver entry point calls this before anything else: artefact names are built from volume ids only,
- * and a volume id can never hold a path separator, `..`, or a shell word (DESIGN.md invariant 4).
+ * The guard (guard.ts) calls this before anything else, for every driver: artefact names are built from volume
+ * ids only, and a volume id can never hold a path separator, `..`, or a shell word (docs/architecture.md,
+ * invariant 4).
  */
 export function assertVolumeId(volumeId: unknown): asserts volumeId is string {
   if (typeof volumeId !== "string" || !isId(volumeId, "vol")) {
@@ -157,4 +167,17 @@ export function assertOperationId(operationId: unknown): asserts operationId is 
       { field: "operationId" },
     );
   }
+}
+
+/** Inventories list volumes and snapshots in id order. */
+export function byVolumeId(a: { volumeId: string }, b: { volumeId: string }): number {
+  return compareIds(a.volumeId, b.volumeId);
+}
+
+export function bySnapshotId(a: { snapshotId: string }, b: { snapshotId: string }): number {
+  return compareIds(a.snapshotId, b.snapshotId);
+}
+
+function compareIds(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
 }

@@ -3,10 +3,19 @@ import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { newId } from "@stowage/core";
+import {
+  createLvmDriver,
+  createToolRunner,
+  LVM_NO_UDEV_CONFIG,
+  lvmToolEnv,
+  lvName,
+  lvTempName,
+  ToolError,
+  type ToolInvocationEvent,
+  ToolOutputError,
+} from "@stowage/drivers/testing";
 import { createLoopVg, type LoopVg } from "@stowage/testkit";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { createLvmDriver, LVM_NO_UDEV_CONFIG, lvmToolEnv, lvName, lvTempName } from "./lvm-driver.js";
-import { createToolRunner, ToolError, type ToolInvocationEvent, ToolOutputError } from "./runner.js";
 
 /**
  * Fault injection: bash scripts named like an LVM tool, first on PATH through the runner's `pathPrefix`, over

@@ -1,17 +1,18 @@
 import { newId, StowageError } from "@stowage/core";
-import { createLoopVg, type LoopVg } from "@stowage/testkit";
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import type { PoolDriver } from "./driver.js";
-import { parseLvs } from "./lvm.js";
 import {
   createLvmDriver,
+  createToolRunner,
   LVM_NO_UDEV_CONFIG,
   lvmToolEnv,
   lvName,
   lvOldName,
   lvTempName,
-} from "./lvm-driver.js";
-import { createToolRunner, type ToolInvocationEvent } from "./runner.js";
+  type PoolDriver,
+  parseLvs,
+  type ToolInvocationEvent,
+} from "@stowage/drivers/testing";
+import { createLoopVg, type LoopVg } from "@stowage/testkit";
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 
 // The LVM driver against real LVM on a loop device, metadata only: this host's kernel has no device-mapper, so
 // nothing is activated, but every lvcreate/lvrename/lvremove/lvchange/lvextend/lvreduce and every report is

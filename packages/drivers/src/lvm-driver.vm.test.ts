@@ -1,21 +1,26 @@
 import { spawn } from "node:child_process";
 import { stat } from "node:fs/promises";
 import { newId } from "@stowage/core";
-import { createLoopVg, inKernelVm, KERNEL_VM_SKIP_REASON, type LoopVg } from "@stowage/testkit";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { readPattern, writePattern } from "./conformance/qemu-io.js";
-import type { PoolDriver, VolumeArtifact } from "./driver.js";
-import { lvsArgv, parseLvs, tagValue } from "./lvm.js";
 import {
   createLvmDriver,
+  createToolRunner,
   LVM_NO_UDEV_CONFIG,
   LVM_TAG,
   lvmToolEnv,
   lvName,
   lvOldName,
+  lvsArgv,
   lvTempName,
-} from "./lvm-driver.js";
-import { createToolRunner, type ToolInvocationEvent } from "./runner.js";
+  type PoolDriver,
+  parseLvs,
+  readPattern,
+  type ToolInvocationEvent,
+  tagValue,
+  type VolumeArtifact,
+  writePattern,
+} from "@stowage/drivers/testing";
+import { createLoopVg, inKernelVm, KERNEL_VM_SKIP_REASON, type LoopVg } from "@stowage/testkit";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 // The LVM driver with real device-mapper: activation, thin pool numbers, snapshots, reverts, clones and wipes,
 // with data written and read back through qemu-io. Only in the kernel VM (scripts/vm-test.sh); skipped here.

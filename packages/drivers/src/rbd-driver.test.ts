@@ -2,12 +2,19 @@ import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { newId, StowageError } from "@stowage/core";
+import {
+  createRbdDriver,
+  createToolRunner,
+  type PoolDriver,
+  RBD_META,
+  type RbdDriverOptions,
+  ToolError,
+  type ToolInvocationEvent,
+  ToolOutputError,
+} from "@stowage/drivers/testing";
 import { type CephCluster, cephAvailable, cephToolPath, sleep, startCeph } from "@stowage/testkit";
 import { execa } from "execa";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import type { PoolDriver } from "./driver.js";
-import { createRbdDriver, RBD_META, type RbdDriverOptions } from "./rbd-driver.js";
-import { createToolRunner, ToolError, type ToolInvocationEvent, ToolOutputError } from "./runner.js";
 
 // These tests run the real rbd against a real one-node Ceph (one per file, started once): nothing is mocked,
 // except in the fault-injection block, where a fake `rbd` first on PATH misbehaves for one subcommand.

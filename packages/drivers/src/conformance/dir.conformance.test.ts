@@ -1,19 +1,10 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createDirDriver } from "../dir-driver.js";
-import { createToolRunner } from "../runner.js";
-import { type ConformanceCapabilities, defineConformanceSuite } from "./suite.js";
+import { createDirDriver, createToolRunner, defineConformanceSuite } from "@stowage/drivers/testing";
 
 // dir pools on a temp directory, with the real qemu-img. qcow2 volumes have internal snapshots and linked
 // clones; raw files cannot be snapshotted (a raw file has nowhere to keep one), but clone and flatten by copy.
-
-const common: Omit<ConformanceCapabilities, "snapshots" | "revert"> = {
-  clones: true,
-  flatten: true,
-  shrink: true,
-  wipe: ["none", "zero", "discard"],
-};
 
 function setup(label: string) {
   return async () => {
@@ -32,13 +23,11 @@ function setup(label: string) {
 defineConformanceSuite({
   kind: "dir",
   formats: ["qcow2"],
-  capabilities: { ...common, snapshots: true, revert: true },
   setup: setup("qcow2"),
 });
 
 defineConformanceSuite({
   kind: "dir",
   formats: ["raw"],
-  capabilities: { ...common, snapshots: false, revert: false },
   setup: setup("raw"),
 });

@@ -1,7 +1,11 @@
+import {
+  createLvmDriver,
+  createToolRunner,
+  defineConformanceSuite,
+  LVM_NO_UDEV_CONFIG,
+  lvmToolEnv,
+} from "@stowage/drivers/testing";
 import { createLoopVg, inKernelVm, KERNEL_VM_SKIP_REASON } from "@stowage/testkit";
-import { createLvmDriver, LVM_NO_UDEV_CONFIG, lvmToolEnv } from "../lvm-driver.js";
-import { createToolRunner } from "../runner.js";
-import { defineConformanceSuite } from "./suite.js";
 
 // Thick LVM on a loop-device VG with real device-mapper: only in the kernel VM (scripts/vm-test.sh). Snapshots
 // are classic COW snapshots (100%ORIGIN), revert merges them, clones are copies, so flatten has nothing to do.
@@ -9,14 +13,6 @@ import { defineConformanceSuite } from "./suite.js";
 defineConformanceSuite({
   kind: "lvm",
   formats: ["raw"],
-  capabilities: {
-    snapshots: true,
-    clones: true,
-    revert: true,
-    flatten: true,
-    shrink: true,
-    wipe: ["none", "zero", "discard"],
-  },
   ...(inKernelVm() ? {} : { skipReason: KERNEL_VM_SKIP_REASON }),
   setup: async () => {
     const vg = await createLoopVg({ activation: true, sizeBytes: 2n * 1024n ** 3n });

@@ -1,7 +1,11 @@
+import {
+  createLvmDriver,
+  createToolRunner,
+  defineConformanceSuite,
+  LVM_NO_UDEV_CONFIG,
+  lvmToolEnv,
+} from "@stowage/drivers/testing";
 import { createLoopVg, inKernelVm, KERNEL_VM_SKIP_REASON } from "@stowage/testkit";
-import { createLvmDriver, LVM_NO_UDEV_CONFIG, lvmToolEnv } from "../lvm-driver.js";
-import { createToolRunner } from "../runner.js";
-import { defineConformanceSuite } from "./suite.js";
 
 // Thin LVs in a thin pool on a loop-device VG with real device-mapper: only in the kernel VM
 // (scripts/vm-test.sh). Thin snapshots, merge to revert, clones are thin snapshots (independent, so flatten
@@ -10,14 +14,6 @@ import { defineConformanceSuite } from "./suite.js";
 defineConformanceSuite({
   kind: "lvmthin",
   formats: ["raw"],
-  capabilities: {
-    snapshots: true,
-    clones: true,
-    revert: true,
-    flatten: true,
-    shrink: true,
-    wipe: ["none", "zero", "discard"],
-  },
   ...(inKernelVm() ? {} : { skipReason: KERNEL_VM_SKIP_REASON }),
   setup: async () => {
     const vg = await createLoopVg({

@@ -1,23 +1,13 @@
+import { createRbdDriver, createToolRunner, defineConformanceSuite } from "@stowage/drivers/testing";
 import { CEPH_INSTALL_HINT, cephAvailable, startCeph } from "@stowage/testkit";
-import { createRbdDriver } from "../rbd-driver.js";
-import { createToolRunner } from "../runner.js";
-import { defineConformanceSuite } from "./suite.js";
 
 // rbd pools on a throwaway one-node Ceph (one mon, one bluestore OSD, no mgr; ~11 s to start) with the real
 // rbd CLI, and qemu-io reading and writing through librbd. RBD snapshots roll back in place and clones hang
-// from protected snapshots; "zero" wipes are refused by design (see rbd-driver.ts), so only none and discard.
+// from protected snapshots; "zero" wipes are refused by design (see rbd/layout.ts), so only none and discard.
 
 defineConformanceSuite({
   kind: "rbd",
   formats: ["raw"],
-  capabilities: {
-    snapshots: true,
-    clones: true,
-    revert: true,
-    flatten: true,
-    shrink: true,
-    wipe: ["none", "discard"],
-  },
   ...(cephAvailable() ? {} : { skipReason: `ceph-mon/ceph-osd not installed: ${CEPH_INSTALL_HINT}` }),
   setup: async () => {
     const ceph = await startCeph();

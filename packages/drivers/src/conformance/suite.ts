@@ -1,6 +1,6 @@
-import { newId, type PoolKind, type VolumeFormat } from "@stowage/core";
+import { type Capability, capabilitiesOf, newId, type PoolKind, type VolumeFormat } from "@stowage/core";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import type { CloneSpec, PoolDriver, VolumeArtifact, WipeMode } from "../driver.js";
+import type { CloneSpec, PoolDriver, VolumeArtifact } from "../driver.js";
 import { readPattern, readPatterns, writePatterns } from "./qemu-io.js";
 
 /**
@@ -14,11 +14,13 @@ import { readPattern, readPatterns, writePatterns } from "./qemu-io.js";
  *   defineConformanceSuite({
  *     kind: "rbd",
  *     formats: ["raw"],
- *     capabilities: { snapshots: true, clones: true, revert: true, flatten: true, shrink: true, wipe: ["none"] },
  *     setup: async () => ({ driver, qemuIoArgs: (a) => ["--image-opts", `driver=raw,file.driver=rbd,...`], teardown }),
  *     qemuIoEnv: { CEPH_CONF: conf },
  *     skipReason: haveCeph ? undefined : "ceph-mon not installed",
  *   });
+ *
+ * Each format gets the tests that core's capability table (`capabilitiesOf(kind, format)`) promises for it; a
+ * test needing a capability the row leaves out is registered as skipped, its name saying which.
  *
  * Contract for drivers, beyond PoolDriver's comments: every test cleans up after itself (clones, then
  * snapshots, then volumes), so the pool must end as empty as it began; deleteSnapshot of a missing volume may
@@ -27,15 +29,6 @@ import { readPattern, readPatterns, writePatterns } from "./qemu-io.js";
  * (invalid_argument or failed_precondition); a create, snapshot or clone redelivered with the same ids is
  * adopted (adopted: true) and never makes a second artefact.
  */
-
-export interface ConformanceCapabilities {
-  snapshots: boolean;
-  clones: boolean;
-  revert: boolean;
-  flatten: boolean;
-  shrink: boolean;
-  wipe: WipeMode[];
-}
 
 export interface ConformancePool {
   driver: PoolDriver;
@@ -46,8 +39,8 @@ export interface ConformancePool {
 
 export interface ConformanceTarget {
   kind: PoolKind;
+  /** Each format's tests are those core's capability table (`capabilitiesOf`) promises for it. */
   formats: VolumeFormat[];
-  capabilities: ConformanceCapabilities;
   /** A fresh, empty pool (called once per suite, in beforeAll). */
   setup(): Promise<ConformancePool>;
   /** Extra env for qemu-io (e.g. CEPH_CONF). */
@@ -90,8 +83,6 @@ const BAD_VOLUME_IDS = [
 ];
 const BAD_SNAPSHOT_IDS = ["../x", "snap-../../etc", "", `snap-${"0".repeat(31)}/`, `vol-${"0".repeat(32)}`];
 
-type Capability = Exclude<keyof ConformanceCapabilities, "wipe">;
-
 type Tracked =
   | { kind: "volume"; volumeId: string }
   | { kind: "snapshot"; volumeId: string; snapshotId: string };
@@ -127,7 +118,7 @@ function defineFormatTests(
   pool: () => ConformancePool,
   foreignAtStart: () => string[],
 ): void {
-  const caps = target.capabilities;
+  const caps = capabilitiesOf(target.kind, format);
   const env = target.qemuIoEnv;
 
   /** Registers a test, or a skipped one whose name says why (the suite cannot run, or a capability is off). */

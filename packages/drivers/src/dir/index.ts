@@ -1,0 +1,38 @@
+import type { PoolDriver } from "../driver.js";
+import { guardDriver } from "../guard.js";
+import { createKeyedLock } from "../keyed-lock.js";
+import { createDirBases } from "./bases.js";
+import { createDirClones } from "./clones.js";
+import { createDirImages } from "./images.js";
+import { createDirPool, type DirDriverOptions } from "./layout.js";
+import { createDirRecords } from "./records.js";
+import { createDirSnapshots } from "./snapshots.js";
+import { createDirVolumes } from "./volumes.js";
+
+export { DEFAULT_MAX_CHAIN_DEPTH, DIR_META, type DirDriverOptions } from "./layout.js";
+
+/** A `dir` pool (see layout.ts for how it keeps its files), behind the guard every driver goes through. */
+export function createDirDriver(opts: DirDriverOptions): PoolDriver {
+  const pool = createDirPool(opts);
+  const records = createDirRecords(pool);
+  const images = createDirImages(pool);
+  const bases = createDirBases(pool, records, images);
+  const volumes = createDirVolumes(pool, records, images, bases);
+  const snapshots = createDirSnapshots(pool, records, images, bases);
+  const clones = createDirClones(pool, images, bases, volumes);
+  return guardDriver({
+    kind: "dir",
+    poolName: pool.poolName,
+    where: pool.where,
+    lock: createKeyedLock(),
+    findVolume: (id) => records.findOwned(id),
+    async inspectNames(id) {
+      await pool.assertRootUsable();
+      return records.readSidecar(id);
+    },
+    artifact: images.inspect,
+    ...volumes,
+    ...snapshots,
+    ...clones,
+  });
+}

@@ -1,0 +1,172 @@
+import { lstat, open, stat, unlink } from "node:fs/promises";
+import { isAbsolute, join, resolve } from "node:path";
+import {
+  failedPrecondition,
+  invalidArgument,
+  type Qcow2Options,
+  type VolumeFormat,
+  validateName,
+} from "@stowage/core";
+import { assertWipeRate } from "../guard.js";
+import type { ToolRunner } from "../runner.js";
+
+/**
+ * `dir` pools: qcow2/raw files in one directory, `<root>/<volumeId>.<qcow2|raw>`, each owned through a sidecar
+ * record `<root>/.stowage/<volumeId>.json`. The sidecar is written before the image (it is the intent) and
+ * removed after it, so at every instant a file under a final name either has its record or is not ours.
+ *
+ * Snapshots, clones and flatten follow Proxmox's dir storage:
+ * - A snapshot is a qcow2 internal snapshot whose tag is the snapshot id, recorded in the volume's sidecar
+ *   (the record is written first, as the intent). Raw files have nowhere to keep one: refused.
+ * - A clone of a snapshot is a qcow2 overlay on a read-only base image, `.stowage/base-<snapshotId>.qcow2`,
+ *   exported from the snapshot once (`qemu-img convert -l`) and shared by every clone of that snapshot. A live
+ *   image cannot be a backing file (the VM keeps writing it), so a clone of a volume's current data, a clone
+ *   into raw, and a clone asked for with `flatten` are full copies (`qemu-img convert`).
+ * - A base exported from a snapshot of an overlay only holds what differs from the overlay's own base
+ *   (`convert -B`), so clones of clones share their data; `maxChainDepth` bounds the chains this builds.
+ * - A snapshot whose base image still has clones (or bases of their snapshots) on it cannot be deleted, nor
+ *   can its volume: failed_precondition names them (as RBD refuses to remove a snapshot with children).
+ *   The base lives as long as its snapshot, so later clones of the same snapshot reuse it.
+ */
+
+export interface DirDriverOptions {
+  poolName: string;
+  /** Absolute path of the pool directory. It must exist; the driver never creates it. */
+  root: string;
+  runner: ToolRunner;
+  /** Applied under each request's own qcow2 options (the request wins). Not applied to raw volumes. */
+  qcow2Defaults?: Qcow2Options;
+  /**
+   * The longest backing chain a linked clone may get, counted in backing files below it (a clone of a plain
+   * volume's snapshot: 1; a clone of a snapshot of that clone: 2). A clone that would go deeper is made as a
+   * full copy instead: every link costs a lookup on each cluster read that misses. 0: every clone is a full
+   * copy. Default 8.
+   */
+  maxChainDepth?: number;
+  /**
+   * Default throttle for `wipe: "zero"`, in bytes per second, so wiping a large volume does not starve the
+   * VMs on the same disks; a delete's own `wipeBytesPerSecond` wins. 0 or absent: unthrottled.
+   */
+  wipeBytesPerSecond?: number;
+  /**
+   * Timeout for `qemu-img create`. Default: the runner's default, or 30 minutes with falloc/full preallocation,
+   * which writes the whole image.
+   */
+  createTimeoutMs?: number;
+  /** Timeout for commands that copy a volume's data (clone by copy, base export, flatten). Default 6 hours. */
+  copyTimeoutMs?: number;
+  /** Clock for `createdAt` (tests). */
+  now?: () => Date;
+}
+
+/** Directory for ownership records and temp images, inside the pool so renames never cross filesystems. */
+export const DIR_META = ".stowage";
+export const DEFAULT_MAX_CHAIN_DEPTH = 8;
+const DEFAULT_COPY_TIMEOUT_MS = 6 * 60 * 60_000;
+export const FORMATS: readonly VolumeFormat[] = ["qcow2", "raw"];
+
+/** One dir pool: its settings and where each artefact lives. */
+export interface DirPool {
+  poolName: string;
+  where: string;
+  root: string;
+  metaDir: string;
+  runner: ToolRunner;
+  now: () => Date;
+  options: DirDriverOptions;
+  maxChainDepth: number;
+  copyTimeoutMs: number;
+  volumePath(id: string, format: VolumeFormat): string;
+  tempPath(id: string, format: VolumeFormat): string;
+  /** A deleted image is first renamed here, so it leaves its final name at once, and wiped afterwards. */
+  trashPath(id: string, format: VolumeFormat): string;
+  sidecarPath(id: string): string;
+  basePath(snapshotId: string): string;
+  baseTempPath(snapshotId: string): string;
+  baseRecordPath(snapshotId: string): string;
+  /** qcow2 options for images the driver makes by copying: the pool's, less preallocation (a copy is dense). */
+  copyOptions(format: VolumeFormat): Qcow2Options;
+  assertRootUsable(): Promise<void>;
+}
+
+export function createDirPool(opts: DirDriverOptions): DirPool {
+  const poolName = validateName("pool name", opts.poolName);
+  if (!isAbsolute(opts.root)) {
+    throw invalidArgument(`dir pool ${poolName}: root ${JSON.stringify(opts.root)} must be an absolute path`);
+  }
+  const maxChainDepth = opts.maxChainDepth ?? DEFAULT_MAX_CHAIN_DEPTH;
+  if (!Number.isInteger(maxChainDepth) || maxChainDepth < 0) {
+    throw invalidArgument(`dir pool ${poolName}: maxChainDepth ${maxChainDepth} must be a whole number ≥ 0`);
+  }
+  if (opts.wipeBytesPerSecond !== undefined) assertWipeRate(opts.wipeBytesPerSecond);
+  const root = resolve(opts.root);
+  const metaDir = join(root, DIR_META);
+  return {
+    poolName,
+    where: `pool ${poolName}`,
+    root,
+    metaDir,
+    runner: opts.runner,
+    now: opts.now ?? (() => new Date()),
+    options: opts,
+    maxChainDepth,
+    copyTimeoutMs: opts.copyTimeoutMs ?? DEFAULT_COPY_TIMEOUT_MS,
+    volumePath: (id, format) => join(root, `${id}.${format}`),
+    tempPath: (id, format) => join(metaDir, `tmp-${id}.${format}`),
+    trashPath: (id, format) => join(metaDir, `trash-${id}.${format}`),
+    sidecarPath: (id) => join(metaDir, `${id}.json`),
+    basePath: (snapshotId) => join(metaDir, `base-${snapshotId}.qcow2`),
+    baseTempPath: (snapshotId) => join(metaDir, `tmp-base-${snapshotId}.qcow2`),
+    baseRecordPath: (snapshotId) => join(metaDir, `base-${snapshotId}.json`),
+    copyOptions: (format) => {
+      if (format !== "qcow2") return {};
+      const { preallocation: _, ...rest } = opts.qcow2Defaults ?? {};
+      return rest;
+    },
+    async assertRootUsable() {
+      let st: Awaited<ReturnType<typeof stat>>;
+      try {
+        st = await stat(root);
+      } catch (e) {
+        if (isNoEnt(e)) throw failedPrecondition(`dir pool ${poolName}: root ${root} does not exist`);
+        throw e;
+      }
+      if (!st.isDirectory())
+        throw failedPrecondition(`dir pool ${poolName}: root ${root} is not a directory`);
+    },
+  };
+}
+
+export type PathKind = "missing" | "file" | "other";
+
+export async function kindOf(path: string): Promise<PathKind> {
+  try {
+    // lstat: a symlink under a volume's name is not a volume we made.
+    return (await lstat(path)).isFile() ? "file" : "other";
+  } catch (e) {
+    if (isNoEnt(e)) return "missing";
+    throw e;
+  }
+}
+
+export function isNoEnt(e: unknown): boolean {
+  return (e as NodeJS.ErrnoException | undefined)?.code === "ENOENT";
+}
+
+export async function removeIfExists(path: string): Promise<void> {
+  try {
+    await unlink(path);
+  } catch (e) {
+    if (!isNoEnt(e)) throw e;
+  }
+}
+
+/** Makes a file's data durable, or (for a directory) a rename or unlink in it. */
+export async function fsync(path: string): Promise<void> {
+  const fh = await open(path, "r");
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}

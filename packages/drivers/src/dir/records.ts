@@ -1,0 +1,202 @@
+import { open, readdir, readFile, rename } from "node:fs/promises";
+import { join } from "node:path";
+import { failedPrecondition, type VolumeFormat } from "@stowage/core";
+import { z } from "zod";
+import type { DriverBackend } from "../guard.js";
+import { type DirPool, fsync, isNoEnt, kindOf } from "./layout.js";
+
+// Ownership records: `.stowage/<volumeId>.json` per volume (its snapshots inside), `.stowage/base-<snapshotId>.json`
+// per base image. Each is written whole (write, flush, rename), so a crash leaves the old record or the new one.
+
+const decimal = z.string().regex(/^\d+$/);
+
+const snapshotRecordSchema = z.object({
+  snapshotId: z.string(),
+  operationId: z.string(),
+  /** The volume's virtual size when the snapshot was taken. */
+  sizeBytes: decimal,
+  createdAt: z.string(),
+});
+
+const sidecarSchema = z.object({
+  volumeId: z.string(),
+  operationId: z.string(),
+  format: z.enum(["qcow2", "raw"]),
+  /** Size asked for at creation, in bytes, as a decimal string (JSON has no 64-bit integers). */
+  sizeBytes: decimal,
+  createdAt: z.string(),
+  /** Internal snapshots of the image that Stowage made; absent when there are none. */
+  snapshots: z.array(snapshotRecordSchema).optional(),
+  /** Set for volumes made by cloneVolume: where the data came from. */
+  clone: z.object({ sourceVolumeId: z.string(), sourceSnapshotId: z.string().optional() }).optional(),
+});
+
+/** Ownership of a base image, `.stowage/base-<snapshotId>.json`: written before the image, removed after. */
+const baseRecordSchema = z.object({
+  snapshotId: z.string(),
+  sourceVolumeId: z.string(),
+  operationId: z.string(),
+  createdAt: z.string(),
+});
+
+export interface SnapshotRecord {
+  snapshotId: string;
+  operationId: string;
+  sizeBytes: bigint;
+  createdAt: string;
+}
+
+export interface Sidecar {
+  volumeId: string;
+  operationId: string;
+  format: VolumeFormat;
+  sizeBytes: bigint;
+  createdAt: string;
+  snapshots: SnapshotRecord[];
+  clone?: { sourceVolumeId: string; sourceSnapshotId?: string };
+}
+
+export type BaseRecord = z.output<typeof baseRecordSchema>;
+
+/** An owned, completed volume: its record, and an image under its final name. */
+export interface OwnedVolume {
+  id: string;
+  rec: Sidecar;
+}
+
+/** Before a create or delete, what lies under a volume's names is its record, if any. */
+export type DirBackend = DriverBackend<OwnedVolume, Sidecar | undefined>;
+
+const OWNED_FILE = /^(vol-[0-9a-f]{32})\.(qcow2|raw)$/;
+const BASE_RECORD = /^base-(snap-[0-9a-f]{32})\.json$/;
+
+export interface DirRecords {
+  readSidecar(id: string): Promise<Sidecar | undefined>;
+  writeSidecar(rec: Sidecar): Promise<void>;
+  readBaseRecord(snapshotId: string): Promise<BaseRecord | undefined>;
+  writeBaseRecord(rec: BaseRecord): Promise<void>;
+  /** The owned, completed volume for `id`, or undefined (no record, or the image was never finished). */
+  findOwned(id: string): Promise<OwnedVolume | undefined>;
+  /** Owned, completed volumes (record and image), from a directory listing; and the names that are not ours. */
+  scanOwned(): Promise<{ owned: OwnedVolume[]; foreign: string[] }>;
+  /** Base images exported from snapshots of `volumeId`. */
+  basesOf(volumeId: string): Promise<BaseRecord[]>;
+}
+
+export function createDirRecords(pool: DirPool): DirRecords {
+  const { poolName, metaDir } = pool;
+
+  async function readRecord<S extends z.ZodType>(path: string, schema: S): Promise<z.output<S> | undefined> {
+    let text: string;
+    try {
+      text = await readFile(path, "utf8");
+    } catch (e) {
+      if (isNoEnt(e)) return undefined;
+      throw e;
+    }
+    try {
+      return schema.parse(JSON.parse(text));
+    } catch (e) {
+      throw failedPrecondition(
+        `dir pool ${poolName}: ownership record ${path} is unreadable (${(e as Error).message.split("\n")[0]}); inspect or remove it by hand`,
+      );
+    }
+  }
+
+  async function writeRecord(path: string, value: unknown): Promise<void> {
+    const partial = `${path}.partial`;
+    const body = `${JSON.stringify(value, null, 2)}\n`;
+    // Write, flush, rename: a crash leaves either the old record or the new one, never half of one.
+    const fh = await open(partial, "w", 0o600);
+    try {
+      await fh.writeFile(body, "utf8");
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await rename(partial, path);
+    await fsync(metaDir);
+  }
+
+  async function readSidecar(id: string): Promise<Sidecar | undefined> {
+    const path = pool.sidecarPath(id);
+    const parsed = await readRecord(path, sidecarSchema);
+    if (!parsed) return undefined;
+    if (parsed.volumeId !== id) {
+      throw failedPrecondition(
+        `dir pool ${poolName}: ownership record ${path} names ${parsed.volumeId}, not ${id}; inspect it by hand`,
+      );
+    }
+    const { snapshots, clone, ...rest } = parsed;
+    return {
+      ...rest,
+      sizeBytes: BigInt(parsed.sizeBytes),
+      snapshots: (snapshots ?? []).map((s) => ({ ...s, sizeBytes: BigInt(s.sizeBytes) })),
+      ...(clone ? { clone } : {}),
+    };
+  }
+
+  async function writeSidecar(rec: Sidecar): Promise<void> {
+    const { snapshots, clone, ...rest } = rec;
+    await writeRecord(pool.sidecarPath(rec.volumeId), {
+      ...rest,
+      sizeBytes: rec.sizeBytes.toString(),
+      // Plain volumes keep the short record they always had.
+      ...(snapshots.length > 0
+        ? { snapshots: snapshots.map((s) => ({ ...s, sizeBytes: s.sizeBytes.toString() })) }
+        : {}),
+      ...(clone ? { clone } : {}),
+    });
+  }
+
+  async function findOwned(id: string): Promise<OwnedVolume | undefined> {
+    const rec = await readSidecar(id);
+    if (!rec) return undefined;
+    return (await kindOf(pool.volumePath(id, rec.format))) === "file" ? { id, rec } : undefined;
+  }
+
+  async function scanOwned(): Promise<{ owned: OwnedVolume[]; foreign: string[] }> {
+    const entries = await readdir(pool.root, { withFileTypes: true });
+    const foreign: string[] = [];
+    const owned: OwnedVolume[] = [];
+    for (const e of entries) {
+      if (e.isDirectory()) continue; // .stowage (records, bases, temp files), lost+found, ...: not volumes
+      const m = OWNED_FILE.exec(e.name);
+      let rec: Sidecar | undefined;
+      if (m && e.isFile()) {
+        // An unreadable record makes the file unaccounted for: report it rather than fail the inventory.
+        rec = await readSidecar(m[1]!).catch(() => undefined);
+      }
+      if (m && rec && rec.format === m[2]) owned.push({ id: m[1]!, rec });
+      else foreign.push(e.name);
+    }
+    return { owned, foreign };
+  }
+
+  async function basesOf(volumeId: string): Promise<BaseRecord[]> {
+    let names: string[];
+    try {
+      names = await readdir(metaDir);
+    } catch (e) {
+      if (isNoEnt(e)) return [];
+      throw e;
+    }
+    const out: BaseRecord[] = [];
+    for (const n of names) {
+      if (!BASE_RECORD.test(n)) continue;
+      const rec = await readRecord(join(metaDir, n), baseRecordSchema);
+      if (rec?.sourceVolumeId === volumeId) out.push(rec);
+    }
+    return out;
+  }
+
+  return {
+    readSidecar,
+    writeSidecar,
+    readBaseRecord: (snapshotId) => readRecord(pool.baseRecordPath(snapshotId), baseRecordSchema),
+    writeBaseRecord: (rec) => writeRecord(pool.baseRecordPath(rec.snapshotId), rec),
+    findOwned,
+    scanOwned,
+    basesOf,
+  };
+}

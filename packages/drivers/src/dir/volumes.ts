@@ -1,0 +1,260 @@
+import { constants } from "node:fs";
+import { access, mkdir, rename, stat, statfs, unlink } from "node:fs/promises";
+import {
+  alreadyExists,
+  failedPrecondition,
+  formatSize,
+  type Qcow2Options,
+  StowageError,
+  type VolumeFormat,
+} from "@stowage/core";
+import { mapLimit } from "../async.js";
+import {
+  byVolumeId,
+  type CreateResult,
+  type CreateVolumeSpec,
+  type PoolCapacityReport,
+  type VolumeArtifact,
+} from "../driver.js";
+import type { Wipe } from "../guard.js";
+import { qemuImgCreateArgv, qemuImgResizeArgv } from "../qemu-img.js";
+import type { DirBases } from "./bases.js";
+import type { DirImages } from "./images.js";
+import { type DirPool, FORMATS, fsync, kindOf, removeIfExists } from "./layout.js";
+import type { DirRecords, OwnedVolume, Sidecar } from "./records.js";
+import { wipeFile } from "./wipe.js";
+
+const PREALLOCATED_CREATE_TIMEOUT_MS = 30 * 60_000;
+const LIST_CONCURRENCY = 8;
+
+export type DirVolumes = ReturnType<typeof createDirVolumes>;
+
+export function createDirVolumes(pool: DirPool, records: DirRecords, images: DirImages, bases: DirBases) {
+  const { poolName, root, metaDir, runner, options } = pool;
+
+  /**
+   * Runs `make(tmp)` to build the image in its temp file, then moves it under its final name. The record is
+   * written first (the intent); a failure removes both, a crash is finished by the retry.
+   */
+  async function materialise(record: Sidecar, make: (tmp: string) => Promise<void>): Promise<VolumeArtifact> {
+    const id = record.volumeId;
+    const tmpPath = pool.tempPath(id, record.format);
+    await mkdir(metaDir, { recursive: true, mode: 0o700 });
+    // A crashed attempt may have left a half-written temp image; qemu-img must start from nothing.
+    await removeIfExists(tmpPath);
+    await records.writeSidecar(record);
+    try {
+      await make(tmpPath);
+      await fsync(tmpPath);
+      // The image appears under its final name complete, or not at all.
+      await rename(tmpPath, pool.volumePath(id, record.format));
+    } catch (e) {
+      await removeIfExists(tmpPath).catch(() => undefined);
+      await removeIfExists(pool.sidecarPath(id)).catch(() => undefined);
+      throw e;
+    }
+    await fsync(root);
+    return images.inspect({ id, rec: record });
+  }
+
+  /** Refuses files under the volume's names that its record does not account for (never taken over). */
+  async function assertNoForeignImage(id: string, rec: Sidecar | undefined, format: VolumeFormat) {
+    for (const f of FORMATS) {
+      const p = pool.volumePath(id, f);
+      const kind = await kindOf(p);
+      if (kind === "missing") continue;
+      if (!rec || f !== format || kind !== "file") {
+        throw alreadyExists(
+          `${p} already exists in pool ${poolName} without a matching Stowage ownership record; refusing to take it over (move it away, or import it)`,
+          { volumeId: id, poolName, path: p },
+        );
+      }
+    }
+  }
+
+  /** The finished image of `rec` under its final name, adopted (a stale temp file of it removed). */
+  async function adopt(id: string, rec: Sidecar | undefined, format: VolumeFormat) {
+    await assertNoForeignImage(id, rec, format);
+    if (!rec || (await kindOf(pool.volumePath(id, format))) !== "file") return undefined;
+    // Done before: a redelivery, or a crash after the rename but before the result went out.
+    await removeIfExists(pool.tempPath(id, format));
+    return { artifact: await images.inspect({ id, rec }), adopted: true };
+  }
+
+  const describe = (format: VolumeFormat, size: bigint) => `${format} ${formatSize(size)}`;
+
+  async function create(spec: CreateVolumeSpec, rec: Sidecar | undefined): Promise<CreateResult> {
+    const id = spec.volumeId;
+    const argv = createArgv(spec);
+    const timeoutMs =
+      options.createTimeoutMs ?? (argv.preallocated ? PREALLOCATED_CREATE_TIMEOUT_MS : undefined);
+    if (rec) {
+      const differs =
+        rec.clone !== undefined ||
+        rec.format !== spec.format ||
+        (rec.sizeBytes !== spec.sizeBytes && rec.operationId !== spec.operationId);
+      if (differs) {
+        throw alreadyExists(
+          `volume ${id} already exists in pool ${poolName} as ${describe(rec.format, rec.sizeBytes)}${rec.clone ? ` cloned from ${rec.clone.sourceVolumeId}` : ""} (operation ${rec.operationId}); this request asks for ${describe(spec.format, spec.sizeBytes)}`,
+          { volumeId: id, poolName },
+        );
+      }
+    }
+    const adopted = await adopt(id, rec, spec.format);
+    if (adopted) return adopted;
+    const record: Sidecar = {
+      volumeId: id,
+      operationId: spec.operationId,
+      format: spec.format,
+      sizeBytes: spec.sizeBytes,
+      createdAt: pool.now().toISOString(),
+      snapshots: [],
+    };
+    const artifact = await materialise(record, async () => {
+      await runner.run("qemu-img", argv.argv, timeoutMs === undefined ? {} : { timeoutMs });
+    });
+    return { artifact, adopted: false };
+  }
+
+  /** The create command; building it validates the qcow2 options, so bad options change nothing. */
+  function createArgv(spec: CreateVolumeSpec): { argv: string[]; preallocated: boolean } {
+    const qcow2: Qcow2Options =
+      spec.format === "qcow2" ? { ...options.qcow2Defaults, ...spec.qcow2 } : { ...spec.qcow2 };
+    return {
+      argv: qemuImgCreateArgv(pool.tempPath(spec.volumeId, spec.format), spec.format, spec.sizeBytes, qcow2),
+      preallocated: qcow2.preallocation === "falloc" || qcow2.preallocation === "full",
+    };
+  }
+
+  async function deleteVolume(id: string, rec: Sidecar | undefined, wipe: Wipe) {
+    const rate = wipe.bytesPerSecond ?? options.wipeBytesPerSecond ?? 0;
+    let existed = false;
+    if (rec) {
+      const p = pool.volumePath(id, rec.format);
+      const kind = await kindOf(p);
+      if (kind === "other") {
+        throw failedPrecondition(`${p} is not a regular file; refusing to delete it`, { path: p });
+      }
+      // Bases exported from this volume's snapshots outlive it only while nothing stands on them.
+      const owned = await records.basesOf(id);
+      for (const b of owned) {
+        const dependents = await bases.dependents(b.snapshotId);
+        if (dependents.length > 0) {
+          throw failedPrecondition(
+            `volume ${id} has snapshot ${b.snapshotId} that ${dependents.join(", ")} depend on; flatten or delete them first`,
+            { volumeId: id, snapshotId: b.snapshotId, dependents },
+          );
+        }
+      }
+      const trash = pool.trashPath(id, rec.format);
+      if (kind === "file") {
+        await rename(p, trash);
+        await fsync(root);
+      }
+      // Also finishes the wipe of an earlier attempt that crashed after the rename.
+      if ((await kindOf(trash)) === "file") {
+        await wipeFile(runner, trash, wipe.mode, rate);
+        await unlink(trash);
+        existed = true;
+      }
+      for (const b of owned) await bases.remove(b.snapshotId);
+    } else {
+      for (const f of FORMATS) {
+        const p = pool.volumePath(id, f);
+        if ((await kindOf(p)) !== "missing") {
+          throw failedPrecondition(
+            `${p} has no Stowage ownership record; refusing to delete a file that is not ours`,
+            { path: p },
+          );
+        }
+      }
+    }
+    for (const f of FORMATS) await removeIfExists(pool.tempPath(id, f));
+    // The record goes last: a crash before this line leaves a record without an image, which a retry
+    // (of the delete or the create) handles, never an image without a record.
+    if (rec) {
+      await removeIfExists(pool.sidecarPath(id));
+      await fsync(metaDir).catch(() => undefined);
+    }
+    return { existed };
+  }
+
+  async function resize(volume: OwnedVolume, sizeBytes: bigint, shrink: boolean) {
+    const { id, rec } = volume;
+    await runner.run(
+      "qemu-img",
+      qemuImgResizeArgv(pool.volumePath(id, rec.format), rec.format, sizeBytes, { shrink }),
+    );
+    return images.inspect(volume);
+  }
+
+  async function list(): Promise<{ volumes: VolumeArtifact[]; foreign: string[] }> {
+    await pool.assertRootUsable();
+    const { owned, foreign } = await records.scanOwned();
+    const volumes = await mapLimit(owned, LIST_CONCURRENCY, async (volume) => {
+      try {
+        return await images.inspect(volume);
+      } catch (e) {
+        // Deleted between readdir and info: it is simply gone.
+        if ((await kindOf(pool.volumePath(volume.id, volume.rec.format))) === "missing") return undefined;
+        throw e;
+      }
+    });
+    return {
+      volumes: volumes.filter((v): v is VolumeArtifact => v !== undefined).sort(byVolumeId),
+      foreign: foreign.sort(),
+    };
+  }
+
+  async function capacity(): Promise<PoolCapacityReport> {
+    await pool.assertRootUsable();
+    // Base images are not volumes, but they live on the same filesystem: statfs counts their bytes as used.
+    const s = await statfs(root, { bigint: true });
+    const totalBytes = s.blocks * s.bsize;
+    // bavail, not bfree: blocks reserved for root are not ours to promise.
+    const freeBytes = s.bavail * s.bsize;
+    const usedBytes = totalBytes - s.bfree * s.bsize;
+    const { volumes } = await list();
+    const provisionedBytes = volumes.reduce((sum, v) => sum + v.sizeBytes, 0n);
+    return { totalBytes, usedBytes, freeBytes, provisionedBytes };
+  }
+
+  async function check(): Promise<{ healthy: boolean; message: string }> {
+    const where = `dir pool ${poolName} at ${root}`;
+    try {
+      await pool.assertRootUsable();
+      await access(root, constants.W_OK | constants.X_OK);
+    } catch (e) {
+      const msg = e instanceof StowageError ? e.message : `${where} is not writable: ${(e as Error).message}`;
+      return { healthy: false, message: msg };
+    }
+    if ((await kindOf(metaDir)) !== "missing") {
+      try {
+        if (!(await stat(metaDir)).isDirectory()) throw new Error("not a directory");
+        await access(metaDir, constants.W_OK | constants.X_OK);
+      } catch (e) {
+        return { healthy: false, message: `${where}: ${metaDir} is not usable: ${(e as Error).message}` };
+      }
+    }
+    try {
+      const { stdout } = await runner.run("qemu-img", ["--version"], { timeoutMs: 10_000 });
+      return { healthy: true, message: `${where} is usable (${stdout.split("\n")[0]?.trim()})` };
+    } catch (e) {
+      return { healthy: false, message: `${where}: ${(e as Error).message}` };
+    }
+  }
+
+  return {
+    materialise,
+    assertNoForeignImage,
+    adopt,
+    create,
+    delete: deleteVolume,
+    resize,
+    list,
+    capacity,
+    check,
+    /** Builds the create command without running it: bad qcow2 options are refused before the lock. */
+    validateCreate: (spec: CreateVolumeSpec) => void createArgv(spec),
+  };
+}
