@@ -1,36 +1,20 @@
 import {
+  type CloneVolumeSpec as CloneSpec,
+  type CreateVolumeSpec,
   invalidArgument,
   isId,
   type PoolKind,
-  type Qcow2Options,
-  type VolumeFormat,
+  type VolumeArtifact,
   type WipeMode,
 } from "@stowage/core";
 
-export type { WipeMode } from "@stowage/core";
-
-/**
- * The contract every pool kind offers (as Proxmox's pve-storage plugins do); each kind implements it through
- * guardDriver (guard.ts), which checks arguments, locks and looks volumes up the same way for all of them.
- * Every mutating call is idempotent: it looks at what already exists (the artefact and its ownership marker)
- * before acting, so a redelivered or retried operation converges instead of leaving a second artefact
- * (docs/architecture.md, invariant 2).
- */
-
-/** One volume as it exists on the backend. */
-export interface VolumeArtifact {
-  volumeId: string;
-  poolName: string;
-  /** Virtual size, as the guest sees it. */
-  sizeBytes: bigint;
-  format: VolumeFormat;
-  /** Bytes the backend actually holds for it. */
-  allocatedBytes: bigint;
-  /** Where QEMU opens it (a file, a device node, an rbd: spec). */
-  path: string;
-  /** The operation that created it, from the ownership marker. */
-  operationId: string;
-}
+// The specs a driver is called with are core's plain domain values, the same the wire decodes commands to.
+export type {
+  CloneVolumeSpec as CloneSpec,
+  CreateVolumeSpec,
+  VolumeArtifact,
+  WipeMode,
+} from "@stowage/core";
 
 export interface PoolCapacityReport {
   totalBytes: bigint;
@@ -41,14 +25,6 @@ export interface PoolCapacityReport {
   /** Thin pools only. */
   dataPercent?: number;
   metadataPercent?: number;
-}
-
-export interface CreateVolumeSpec {
-  volumeId: string;
-  operationId: string;
-  sizeBytes: bigint;
-  format: VolumeFormat;
-  qcow2?: Qcow2Options;
 }
 
 export interface CreateResult {
@@ -82,20 +58,13 @@ export interface SnapshotInfo {
   operationId: string;
 }
 
-export interface CloneSpec {
-  /** The new volume. */
-  volumeId: string;
-  operationId: string;
-  sourceVolumeId: string;
-  /** Clone from this snapshot of the source; absent: from the source's current data. */
-  sourceSnapshotId?: string;
-  /** Defaults to the source's size; may be larger (grown after cloning). */
-  sizeBytes?: bigint;
-  format: VolumeFormat;
-  /** Copy every block now instead of sharing them with the source (no backing chain, no RBD parent). */
-  flatten?: boolean;
-}
-
+/**
+ * The contract every pool kind offers (as Proxmox's pve-storage plugins do); each kind implements it through
+ * guardDriver (guard.ts), which checks arguments, locks and looks volumes up the same way for all of them.
+ * Every mutating call is idempotent: it looks at what already exists (the artefact and its ownership marker)
+ * before acting, so a redelivered or retried operation converges instead of leaving a second artefact
+ * (docs/architecture.md, invariant 2).
+ */
 export interface PoolDriver {
   readonly kind: PoolKind;
   readonly poolName: string;

@@ -1,7 +1,7 @@
 // The public face of @stowage/drivers: the pool drivers' factories, the contract they implement, and the tool
 // runner with its errors. Parsers, argv builders, layout constants and the conformance suite are for tests:
 // "@stowage/drivers/testing".
-export { createDirDriver, type DirDriverOptions } from "./dir/index.js";
+export { createDirDriver, DEFAULT_MAX_CHAIN_DEPTH, type DirDriverOptions } from "./dir/index.js";
 export type {
   CloneSpec,
   CreateResult,
