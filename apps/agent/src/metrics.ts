@@ -1,4 +1,5 @@
 import { OPERATION_KINDS } from "@stowage/core";
+import type { PoolCapacityReport } from "@stowage/drivers";
 import {
   counter,
   createRegistry,
@@ -13,15 +14,10 @@ import {
 
 export type AgentMetrics = ReturnType<typeof createAgentMetrics>;
 
-export interface PoolSample {
+/** One pool as the last inventory saw it: its capacity report, health and volume count. */
+export interface PoolSample extends PoolCapacityReport {
   pool: string;
   kind: string;
-  totalBytes: bigint;
-  usedBytes: bigint;
-  freeBytes: bigint;
-  provisionedBytes: bigint;
-  dataPercent?: number;
-  metadataPercent?: number;
   healthy: boolean;
   volumes: number;
 }

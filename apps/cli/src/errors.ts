@@ -121,6 +121,32 @@ function firstLine(s: string): string {
   return s.split("\n", 1)[0]!.trim();
 }
 
+/** For each status: the text when the controller sent none, and what to do next. */
+const HINTS: Partial<Record<Code, (ctx: ErrorContext, server: string) => [string, string | undefined]>> = {
+  [Code.NotFound]: (ctx) => ["not found", ctx.notFoundHint],
+  [Code.AlreadyExists]: (ctx) => ["already exists", ctx.conflictHint],
+  [Code.Aborted]: () => ["aborted by a concurrent change", "it changed while we worked on it: try again"],
+  [Code.InvalidArgument]: () => ["invalid argument", "see the command's --help"],
+  [Code.OutOfRange]: () => ["invalid argument", "see the command's --help"],
+  [Code.ResourceExhausted]: () => [
+    "no capacity",
+    "no pool can take it; see why with `stowctl placement explain --size SIZE`, or free space",
+  ],
+  [Code.FailedPrecondition]: () => [
+    "failed precondition",
+    "the resource is not in a state that allows this; check it with its `get` command",
+  ],
+  [Code.Unauthenticated]: () => ["unauthenticated", "set a token with --token or STOWAGE_TOKEN"],
+  [Code.PermissionDenied]: () => [
+    "permission denied",
+    "your token's role does not allow this; ask for an operator or admin token",
+  ],
+  [Code.Unimplemented]: (_ctx, server) => [
+    "not implemented",
+    `the controller at ${server} does not support this call: upgrade it or use a matching stowctl`,
+  ],
+};
+
 /** Turns anything thrown while running a command into a CliError with a one-line, actionable message. */
 export function toCliError(err: unknown, ctx: ErrorContext = {}): CliError {
   if (err instanceof CliError) return err;
@@ -143,61 +169,18 @@ export function toCliError(err: unknown, ctx: ErrorContext = {}): CliError {
   }
   const msg = firstLine(err.rawMessage);
   let text: string;
-  switch (err.code) {
-    case Code.Unavailable:
-      text = `cannot reach the controller at ${server}${msg ? ` (${msg})` : ""}: is it running? start a local cluster with \`npm run up\` or set --server/STOWAGE_SERVER`;
-      break;
-    case Code.NotFound:
-      text = withHint(msg || "not found", ctx.notFoundHint);
-      break;
-    case Code.AlreadyExists:
-      text = withHint(msg || "already exists", ctx.conflictHint);
-      break;
-    case Code.Aborted:
-      text = withHint(msg || "aborted by a concurrent change", "it changed while we worked on it: try again");
-      break;
-    case Code.InvalidArgument:
-    case Code.OutOfRange:
-      text = withHint(msg || "invalid argument", "see the command's --help");
-      break;
-    case Code.ResourceExhausted:
-      text = withHint(
-        msg || "no capacity",
-        "no pool can take it; see why with `stowctl placement explain --size SIZE`, or free space",
-      );
-      break;
-    case Code.FailedPrecondition:
-      text = withHint(
-        msg || "failed precondition",
-        "the resource is not in a state that allows this; check it with its `get` command",
-      );
-      break;
-    case Code.DeadlineExceeded:
-      text = `the controller at ${server} did not answer in time${msg && msg !== "the operation timed out" ? ` (${msg})` : ""}: raise --timeout or check that the controller is healthy`;
-      break;
-    case Code.Unauthenticated:
-      text = withHint(msg || "unauthenticated", "set a token with --token or STOWAGE_TOKEN");
-      break;
-    case Code.PermissionDenied:
-      text = withHint(
-        msg || "permission denied",
-        "your token's role does not allow this; ask for an operator or admin token",
-      );
-      break;
-    case Code.Unimplemented:
-      text = withHint(
-        msg || "not implemented",
-        `the controller at ${server} does not support this call: upgrade it or use a matching stowctl`,
-      );
-      break;
-    case Code.Canceled:
-      text = msg || "canceled";
-      break;
-    default:
-      text = withHint(
-        msg || "the controller failed",
-        "this is a controller fault; see its logs (and report it if it repeats)",
-      );
+  if (err.code === Code.Unavailable) {
+    text = `cannot reach the controller at ${server}${msg ? ` (${msg})` : ""}: is it running? start a local cluster with \`npm run up\` or set --server/STOWAGE_SERVER`;
+  } else if (err.code === Code.DeadlineExceeded) {
+    text = `the controller at ${server} did not answer in time${msg && msg !== "the operation timed out" ? ` (${msg})` : ""}: raise --timeout or check that the controller is healthy`;
+  } else if (err.code === Code.Canceled) {
+    text = msg || "canceled";
+  } else {
+    const [fallback, hint] = HINTS[err.code]?.(ctx, server) ?? [
+      "the controller failed",
+      "this is a controller fault; see its logs (and report it if it repeats)",
+    ];
+    text = withHint(msg || fallback, hint);
   }
   return new CliError(err.code, text, { cause: err });
 }
