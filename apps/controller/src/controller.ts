@@ -4,7 +4,7 @@ import { ConnectError, type Interceptor } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { type Bus, connectBus, ensureStreams, pendingCommands } from "@stowage/bus";
 import { CAPABILITIES } from "@stowage/core";
-import { type Database, migrate, openDatabase } from "@stowage/store";
+import { type Database, databaseAnswers, migrate, openDatabase } from "@stowage/store";
 import { createLogger, startOpsServer } from "@stowage/telemetry";
 import { subscribeAgentTraffic } from "./agents.js";
 import { createAuthInterceptor, parseTokens } from "./auth.js";
@@ -165,11 +165,7 @@ export async function startController(config: ControllerConfig): Promise<Control
     port: mAddr.port,
     registry: metrics.registry,
     ready: async () => {
-      let database = false;
-      try {
-        await db!.sql`select 1`;
-        database = true;
-      } catch {}
+      const database = await databaseAnswers(db!.sql);
       const nats = !bus.nc.isClosed();
       return { ok: database && nats, detail: { database, nats } };
     },

@@ -113,3 +113,13 @@ function isAlive(pid: number): boolean {
     return true;
   }
 }
+
+/** Whether the database answers (readiness): true, or false on any error. */
+export async function databaseAnswers(sql: Queryable): Promise<boolean> {
+  try {
+    await sql`select 1`;
+    return true;
+  } catch {
+    return false;
+  }
+}

@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { databaseAnswers } from "./db.js";
 import { replaceFindings } from "./findings.js";
 import { upsertHost } from "./hosts.js";
 import { applyPoolReports } from "./pools.js";
@@ -144,5 +145,20 @@ describe.each(backends)("scrape-time reads on %s", (_name, makeBackend) => {
       volumeCount: 0,
     });
     expect(rows[1]!.updatedAt).toBeInstanceOf(Date);
+  });
+});
+
+describe("database readiness", () => {
+  it("answers true while the database is open and false once it is closed", async () => {
+    const [, makeBackend] = backends[0]!;
+    const backend = await makeBackend();
+    const db = await backend.open();
+    try {
+      expect(await databaseAnswers(db.sql)).toBe(true);
+    } finally {
+      await db.close();
+    }
+    expect(await databaseAnswers(db.sql)).toBe(false);
+    await backend.close();
   });
 });
