@@ -211,8 +211,7 @@ ${examples(
           },
           ctx.call(),
         );
-        const v = res.volume;
-        await showVolume(ctx, v, opts, "resizing");
+        await showVolume(ctx, res.volume, opts, "resizing");
       }),
     );
 
@@ -254,8 +253,7 @@ ${examples(
           },
           ctx.call(),
         );
-        const v = res.volume;
-        await showVolume(ctx, v, opts, "cloning");
+        await showVolume(ctx, res.volume, opts, "cloning");
       }),
     );
 
