@@ -149,11 +149,13 @@ async function main() {
     STOWAGE_GRPC_LISTEN: GRPC,
     STOWAGE_METRICS_LISTEN: METRICS,
     STOWAGE_DATA_DIR: join(dataDir, "controller"),
-    STOWAGE_DATABASE_URL: "",
+    // A user's PostgreSQL when STOWAGE_DATABASE_URL is set; otherwise embedded PGlite in the data directory.
+    STOWAGE_DATABASE_URL: process.env.STOWAGE_DATABASE_URL ?? "",
     STOWAGE_NATS_URL: `nats://127.0.0.1:${NATS_PORT}`,
   });
   await waitUntil("the controller", () => httpOk(`http://${METRICS}/readyz`), 120_000);
-  log(`    controller on ${GRPC} (embedded PGlite), metrics on http://${METRICS}/metrics`);
+  const database = process.env.STOWAGE_DATABASE_URL ? "PostgreSQL from STOWAGE_DATABASE_URL" : "embedded PGlite";
+  log(`    controller on ${GRPC} (${database}), metrics on http://${METRICS}/metrics`);
 
   for (const [i, h] of HOSTS.entries()) {
     const base = join(dataDir, "hosts", h.name);
