@@ -154,7 +154,9 @@ async function main() {
     STOWAGE_NATS_URL: `nats://127.0.0.1:${NATS_PORT}`,
   });
   await waitUntil("the controller", () => httpOk(`http://${METRICS}/readyz`), 120_000);
-  const database = process.env.STOWAGE_DATABASE_URL ? "PostgreSQL from STOWAGE_DATABASE_URL" : "embedded PGlite";
+  const database = process.env.STOWAGE_DATABASE_URL
+    ? "PostgreSQL from STOWAGE_DATABASE_URL"
+    : "embedded PGlite";
   log(`    controller on ${GRPC} (${database}), metrics on http://${METRICS}/metrics`);
 
   for (const [i, h] of HOSTS.entries()) {
