@@ -20,14 +20,17 @@ export async function listHostsPage(
   f: { state?: "up" | "down"; zone: string; after: string; limit: number },
 ): Promise<HostWithCounts[]> {
   const rows = await listHosts(ctx.sql, f);
-  const counts = await countsByHost(ctx.sql);
+  const counts = await countsByHost(
+    ctx.sql,
+    rows.map((h) => h.id),
+  );
   return rows.map((host) => ({ host, counts: counts.get(host.id) }));
 }
 
 export async function describeHost(ctx: ControllerContext, ref: string): Promise<HostWithCounts> {
   const host = await getHost(ctx.sql, validateName("host", ref));
   if (!host) throw notFound(`host ${ref} not found: list hosts with \`stowctl host list\``);
-  return { host, counts: (await countsByHost(ctx.sql)).get(host.id) };
+  return { host, counts: (await countsByHost(ctx.sql, [host.id])).get(host.id) };
 }
 
 /**

@@ -82,12 +82,17 @@ export async function setHostSchedulable(
   return row;
 }
 
-export async function countsByHost(sql: Queryable): Promise<Map<string, { pools: number; volumes: number }>> {
+/** The present pools and live volumes of each of these hosts (a page of ListHosts, or one host). */
+export async function countsByHost(
+  sql: Queryable,
+  ids: readonly string[],
+): Promise<Map<string, { pools: number; volumes: number }>> {
+  if (ids.length === 0) return new Map();
   const rows = await sql<{ hostId: string; pools: number; volumes: number }[]>`
     select h.id as host_id,
       (select count(*)::int from pools p where p.host_id = h.id and p.present) as pools,
       (select count(*)::int from volumes v where v.host_id = h.id and v.state <> 'deleted') as volumes
-    from hosts h`;
+    from hosts h where h.id = any(${[...new Set(ids)]})`;
   return new Map(rows.map((r) => [r.hostId, { pools: r.pools, volumes: r.volumes }]));
 }
 
