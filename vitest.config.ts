@@ -6,6 +6,7 @@ import { defineConfig } from "vitest/config";
 // points come first: an alias also matches every path below it.
 const alias = {
   "@stowage/drivers/testing": resolve(import.meta.dirname, "packages/drivers/src/testing.ts"),
+  "@stowage/store/testing": resolve(import.meta.dirname, "packages/store/src/testing/fixtures.ts"),
   ...Object.fromEntries(
     readdirSync(resolve(import.meta.dirname, "packages")).map((p) => [
       `@stowage/${p}`,

@@ -8,6 +8,7 @@ import {
   ledgerDiscrepancies,
   reserveCapacity,
 } from "@stowage/store";
+import { newVolume } from "@stowage/store/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { diffInventory } from "./agents.js";
 import type { ControllerContext } from "./context.js";
@@ -31,21 +32,7 @@ describe("reconciler (on PGlite)", () => {
     const id = "vol-00000000000000000000000000000001";
     const op = "op-00000000000000000000000000000001";
     await f.sql.begin(async (tx) => {
-      await insertVolume(tx, {
-        id,
-        name: "stuck",
-        sizeBytes: 10n * GiB,
-        format: "raw",
-        poolId: "h1/p",
-        hostId: "h1",
-        numaNode: null,
-        cpuSet: "",
-        labels: {},
-        qcow2: {},
-        requestId: null,
-        operationId: op,
-        antiAffinityGroup: "",
-      });
+      await insertVolume(tx, newVolume(id, "h1/p", 10n * GiB, { name: "stuck", operationId: op }));
       expect(await reserveCapacity(tx, { poolId: "h1/p", volumeId: id, bytes: 10n * GiB, ttlMs: 1 })).toBe(
         true,
       );

@@ -13,13 +13,14 @@ import {
   upsertHost,
   type VolumeRow,
 } from "@stowage/store";
+import { GiB, hostRegistration, newVolume, poolReport } from "@stowage/store/testing";
 import { createLogger } from "@stowage/telemetry";
 import { makeTempDir } from "@stowage/testkit";
 import { type ControllerConfig, loadControllerConfig } from "../config.js";
 import type { ControllerContext } from "../context.js";
 import { createControllerMetrics } from "../metrics.js";
 
-export const GiB = 1024n ** 3n;
+export { GiB };
 
 /** A controller context on a fresh migrated PGlite, with host h1 and no bus: what the services need. */
 export interface ServiceFixture {
@@ -34,17 +35,7 @@ export async function openServiceFixture(config: Partial<ControllerConfig> = {})
   const dir = await makeTempDir("stowage-services-");
   const db: Database = await openDatabase({ dataDir: dir.path });
   await migrate(db.sql);
-  await upsertHost(db.sql, {
-    id: "h1",
-    zone: "z1",
-    labels: {},
-    numaNodes: [],
-    cpuCount: 1,
-    memoryBytes: 1n,
-    agentVersion: "t",
-    initiatorName: "",
-    metricsAddress: "",
-  });
+  await upsertHost(db.sql, hostRegistration("h1", { zone: "z1", cpuCount: 1 }));
   const ctx = {
     config: loadControllerConfig({}, config),
     db,
@@ -61,7 +52,7 @@ export async function openServiceFixture(config: Partial<ControllerConfig> = {})
     ctx,
     sql: db.sql,
     async addPool(name, kind, formats) {
-      pools.push(poolReport(name, kind, formats));
+      pools.push(poolReport(name, 100n * GiB, { kind, formats }));
       await applyPoolReports(db.sql, "h1", pools);
       return `h1/${name}`;
     },
@@ -72,29 +63,6 @@ export async function openServiceFixture(config: Partial<ControllerConfig> = {})
   };
 }
 
-function poolReport(name: string, kind: PoolKind, formats: VolumeFormat[]): PoolReportRecord {
-  return {
-    name,
-    kind,
-    numaNode: null,
-    healthy: true,
-    healthMessage: "",
-    totalBytes: 100n * GiB,
-    usedBytes: 0n,
-    freeBytes: 100n * GiB,
-    provisionedBytes: 0n,
-    dataPercent: null,
-    metadataPercent: null,
-    overcommitRatio: 1,
-    maxUsedPercent: 90,
-    reservedPercent: 0,
-    maxVolumes: 0,
-    labels: {},
-    formats,
-    shared: false,
-  };
-}
-
 /** An available volume of 1 GiB in the pool, its capacity held in the ledger. */
 export async function addVolume(
   sql: Sql,
@@ -102,21 +70,10 @@ export async function addVolume(
 ): Promise<VolumeRow> {
   return sql.begin(async (tx) => {
     const id = newId("vol");
-    const created = await insertVolume(tx, {
-      id,
-      name: v.name,
-      sizeBytes: GiB,
-      format: v.format,
-      poolId: v.poolId,
-      hostId: "h1",
-      numaNode: null,
-      cpuSet: "",
-      labels: {},
-      qcow2: {},
-      requestId: null,
-      operationId: newId("op"),
-      antiAffinityGroup: "",
-    });
+    const created = await insertVolume(
+      tx,
+      newVolume(id, v.poolId, GiB, { name: v.name, format: v.format, operationId: newId("op") }),
+    );
     await reserveCapacity(tx, { poolId: v.poolId, volumeId: id, bytes: GiB, ttlMs: 60_000 });
     await confirmReservation(tx, id);
     return transitionVolume(tx, created, "available");
