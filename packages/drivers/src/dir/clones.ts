@@ -8,7 +8,7 @@ import {
 } from "../qemu-img.js";
 import type { DirBases } from "./bases.js";
 import type { DirImages } from "./images.js";
-import { type DirPool, fsync, kindOf } from "./layout.js";
+import { type DirPool, fsyncFile, kindOf } from "./layout.js";
 import type { DirBackend, OwnedVolume, Sidecar } from "./records.js";
 import type { DirVolumes } from "./volumes.js";
 
@@ -135,8 +135,8 @@ export function createDirClones(pool: DirPool, images: DirImages, bases: DirBase
       );
     }
     await runner.run("qemu-img", qemuImgFlattenArgv(path), { timeoutMs: copyTimeoutMs });
-    await fsync(path);
-    return images.inspect(volume);
+    // Flattening keeps the virtual size: the artifact is the one read above, with the blocks it holds now.
+    return images.toArtifact(id, rec, { ...image, actualSize: await fsyncFile(path) });
   }
 
   return { clone, flatten };

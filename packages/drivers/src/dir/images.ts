@@ -10,7 +10,7 @@ import {
   qemuImgInfoChainArgv,
 } from "../qemu-img.js";
 import type { DirPool } from "./layout.js";
-import type { OwnedVolume, Sidecar } from "./records.js";
+import { currentSize, type OwnedVolume, type Sidecar } from "./records.js";
 
 /** What qemu-img says about the pool's images. */
 export interface DirImages {
@@ -18,6 +18,8 @@ export interface DirImages {
   /** How many backing files lie below the image (0 for a flat image). */
   backingDepth(path: string, format: VolumeFormat): Promise<number>;
   toArtifact(id: string, rec: Sidecar, info: QemuImgInfo): VolumeArtifact;
+  /** The artifact from what the driver knows without asking qemu-img: the record, and the image's blocks. */
+  fromRecord(id: string, rec: Sidecar, allocatedBytes: bigint): VolumeArtifact;
   inspect(volume: OwnedVolume): Promise<VolumeArtifact>;
   backingOf(info: QemuImgInfo): BackingFile | undefined;
 }
@@ -43,8 +45,21 @@ export function createDirImages(pool: DirPool): DirImages {
     };
   }
 
+  function fromRecord(id: string, rec: Sidecar, allocatedBytes: bigint): VolumeArtifact {
+    return {
+      volumeId: id,
+      poolName: pool.poolName,
+      sizeBytes: currentSize(rec),
+      format: rec.format,
+      allocatedBytes,
+      path: pool.volumePath(id, rec.format),
+      operationId: rec.operationId,
+    };
+  }
+
   return {
     imageInfo,
+    fromRecord,
     async backingDepth(path, format) {
       if (format === "raw") return 0;
       const argv = qemuImgInfoChainArgv(path, format);

@@ -4,6 +4,7 @@ import { createKeyedLock } from "../keyed-lock.js";
 import { createDirBases } from "./bases.js";
 import { createDirClones } from "./clones.js";
 import { createDirImages } from "./images.js";
+import { createDirInventory } from "./inventory.js";
 import { createDirPool, type DirDriverOptions } from "./layout.js";
 import { createDirRecords } from "./records.js";
 import { createDirSnapshots } from "./snapshots.js";
@@ -17,8 +18,9 @@ export function createDirDriver(opts: DirDriverOptions): PoolDriver {
   const records = createDirRecords(pool);
   const images = createDirImages(pool);
   const bases = createDirBases(pool, records, images);
-  const volumes = createDirVolumes(pool, records, images, bases);
-  const snapshots = createDirSnapshots(pool, records, images, bases);
+  const inventory = createDirInventory(pool, records, images);
+  const volumes = createDirVolumes(pool, records, images, bases, inventory);
+  const snapshots = createDirSnapshots(pool, records, images, bases, inventory);
   const clones = createDirClones(pool, images, bases, volumes);
   return guardDriver({
     kind: "dir",

@@ -170,3 +170,19 @@ export async function fsync(path: string): Promise<void> {
     await fh.close();
   }
 }
+
+/** fsync of a file that also answers how many bytes it holds on disk (its blocks, as `qemu-img info` counts). */
+export async function fsyncFile(path: string): Promise<bigint> {
+  const fh = await open(path, "r");
+  try {
+    await fh.sync();
+    return allocatedOf(await fh.stat({ bigint: true }));
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Bytes a file holds on disk: st_blocks is in 512-byte units whatever the filesystem's block size. */
+export function allocatedOf(st: { blocks: bigint }): bigint {
+  return st.blocks * 512n;
+}

@@ -2,6 +2,7 @@ import { open, readdir, readFile, rename } from "node:fs/promises";
 import { join } from "node:path";
 import { failedPrecondition, type VolumeFormat } from "@stowage/core";
 import { z } from "zod";
+import { mapLimit } from "../async.js";
 import type { DriverBackend } from "../guard.js";
 import { type DirPool, fsync, isNoEnt, kindOf } from "./layout.js";
 
@@ -24,6 +25,8 @@ const sidecarSchema = z.object({
   format: z.enum(["qcow2", "raw"]),
   /** Size asked for at creation, in bytes, as a decimal string (JSON has no 64-bit integers). */
   sizeBytes: decimal,
+  /** The virtual size after the last resize or revert through the driver; absent: `sizeBytes`. */
+  virtualSizeBytes: decimal.optional(),
   createdAt: z.string(),
   /** Internal snapshots of the image that Stowage made; absent when there are none. */
   snapshots: z.array(snapshotRecordSchema).optional(),
@@ -51,9 +54,22 @@ export interface Sidecar {
   operationId: string;
   format: VolumeFormat;
   sizeBytes: bigint;
+  /** Set once a resize or revert through the driver changed the size it was made with. */
+  virtualSizeBytes?: bigint;
   createdAt: string;
   snapshots: SnapshotRecord[];
   clone?: { sourceVolumeId: string; sourceSnapshotId?: string };
+}
+
+/** The volume's virtual size as its record knows it. */
+export function currentSize(rec: Sidecar): bigint {
+  return rec.virtualSizeBytes ?? rec.sizeBytes;
+}
+
+/** `rec` with `sizeBytes` as its current virtual size (the size it was made with stays as it was). */
+export function withSize(rec: Sidecar, sizeBytes: bigint): Sidecar {
+  const { virtualSizeBytes: _, ...rest } = rec;
+  return sizeBytes === rec.sizeBytes ? rest : { ...rest, virtualSizeBytes: sizeBytes };
 }
 
 export type BaseRecord = z.output<typeof baseRecordSchema>;
@@ -67,6 +83,7 @@ export interface OwnedVolume {
 /** Before a create or delete, what lies under a volume's names is its record, if any. */
 export type DirBackend = DriverBackend<OwnedVolume, Sidecar | undefined>;
 
+const SCAN_CONCURRENCY = 16;
 const OWNED_FILE = /^(vol-[0-9a-f]{32})\.(qcow2|raw)$/;
 const BASE_RECORD = /^base-(snap-[0-9a-f]{32})\.json$/;
 
@@ -127,20 +144,22 @@ export function createDirRecords(pool: DirPool): DirRecords {
         `dir pool ${poolName}: ownership record ${path} names ${parsed.volumeId}, not ${id}; inspect it by hand`,
       );
     }
-    const { snapshots, clone, ...rest } = parsed;
+    const { snapshots, clone, virtualSizeBytes, ...rest } = parsed;
     return {
       ...rest,
       sizeBytes: BigInt(parsed.sizeBytes),
+      ...(virtualSizeBytes !== undefined ? { virtualSizeBytes: BigInt(virtualSizeBytes) } : {}),
       snapshots: (snapshots ?? []).map((s) => ({ ...s, sizeBytes: BigInt(s.sizeBytes) })),
       ...(clone ? { clone } : {}),
     };
   }
 
   async function writeSidecar(rec: Sidecar): Promise<void> {
-    const { snapshots, clone, ...rest } = rec;
+    const { snapshots, clone, virtualSizeBytes, ...rest } = rec;
     await writeRecord(pool.sidecarPath(rec.volumeId), {
       ...rest,
       sizeBytes: rec.sizeBytes.toString(),
+      ...(virtualSizeBytes !== undefined ? { virtualSizeBytes: virtualSizeBytes.toString() } : {}),
       // Plain volumes keep the short record they always had.
       ...(snapshots.length > 0
         ? { snapshots: snapshots.map((s) => ({ ...s, sizeBytes: s.sizeBytes.toString() })) }
@@ -157,19 +176,22 @@ export function createDirRecords(pool: DirPool): DirRecords {
 
   async function scanOwned(): Promise<{ owned: OwnedVolume[]; foreign: string[] }> {
     const entries = await readdir(pool.root, { withFileTypes: true });
+    // .stowage (records, bases, temp files), lost+found, ...: directories are not volumes.
+    const files = entries.filter((e) => !e.isDirectory());
+    const recs = await mapLimit(files, SCAN_CONCURRENCY, async (e) => {
+      const m = OWNED_FILE.exec(e.name);
+      if (!m || !e.isFile()) return undefined;
+      // An unreadable record makes the file unaccounted for: report it rather than fail the inventory.
+      const rec = await readSidecar(m[1]!).catch(() => undefined);
+      return rec && rec.format === m[2] ? { id: m[1]!, rec } : undefined;
+    });
     const foreign: string[] = [];
     const owned: OwnedVolume[] = [];
-    for (const e of entries) {
-      if (e.isDirectory()) continue; // .stowage (records, bases, temp files), lost+found, ...: not volumes
-      const m = OWNED_FILE.exec(e.name);
-      let rec: Sidecar | undefined;
-      if (m && e.isFile()) {
-        // An unreadable record makes the file unaccounted for: report it rather than fail the inventory.
-        rec = await readSidecar(m[1]!).catch(() => undefined);
-      }
-      if (m && rec && rec.format === m[2]) owned.push({ id: m[1]!, rec });
+    files.forEach((e, i) => {
+      const v = recs[i];
+      if (v) owned.push(v);
       else foreign.push(e.name);
-    }
+    });
     return { owned, foreign };
   }
 

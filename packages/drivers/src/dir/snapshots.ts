@@ -3,14 +3,21 @@ import type { SnapshotInfo, VolumeArtifact } from "../driver.js";
 import { qemuImgSnapshotArgv } from "../qemu-img.js";
 import type { DirBases } from "./bases.js";
 import type { DirImages } from "./images.js";
+import type { DirInventory } from "./inventory.js";
 import type { DirPool } from "./layout.js";
-import type { DirRecords, OwnedVolume, SnapshotRecord } from "./records.js";
+import { currentSize, type DirRecords, type OwnedVolume, type SnapshotRecord, withSize } from "./records.js";
 
 // qcow2 internal snapshots, tagged with the snapshot id and recorded in the volume's sidecar.
 
 const RAW_SNAPSHOTS = "raw volumes in dir pools cannot be snapshotted; use qcow2";
 
-export function createDirSnapshots(pool: DirPool, records: DirRecords, images: DirImages, bases: DirBases) {
+export function createDirSnapshots(
+  pool: DirPool,
+  records: DirRecords,
+  images: DirImages,
+  bases: DirBases,
+  inventory: DirInventory,
+) {
   const { poolName, runner } = pool;
 
   function toSnapshotInfo(volumeId: string, s: SnapshotRecord): SnapshotInfo {
@@ -121,7 +128,14 @@ export function createDirSnapshots(pool: DirPool, records: DirRecords, images: D
     }
     // Applying the same snapshot again yields the same image: a redelivered revert converges.
     await runner.run("qemu-img", qemuImgSnapshotArgv(path, "apply", snapshotId));
-    return images.inspect(volume);
+    const artifact = await images.inspect(volume);
+    // The snapshot brings back its own size: the record follows, so list() and capacity() report it.
+    if (artifact.sizeBytes !== currentSize(rec)) {
+      const reverted = withSize(rec, artifact.sizeBytes);
+      await records.writeSidecar(reverted);
+      inventory.put(reverted);
+    }
+    return artifact;
   }
 
   return { createSnapshot: create, listSnapshots: list, deleteSnapshot, revertSnapshot: revert };

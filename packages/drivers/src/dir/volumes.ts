@@ -1,5 +1,5 @@
 import { constants } from "node:fs";
-import { access, mkdir, rename, stat, statfs, unlink } from "node:fs/promises";
+import { access, lstat, mkdir, rename, stat, statfs, unlink } from "node:fs/promises";
 import {
   alreadyExists,
   failedPrecondition,
@@ -8,53 +8,70 @@ import {
   StowageError,
   type VolumeFormat,
 } from "@stowage/core";
-import { mapLimit } from "../async.js";
-import {
-  byVolumeId,
-  type CreateResult,
-  type CreateVolumeSpec,
-  type PoolCapacityReport,
-  type VolumeArtifact,
-} from "../driver.js";
+import type { CreateResult, CreateVolumeSpec, PoolCapacityReport, VolumeArtifact } from "../driver.js";
 import type { Wipe } from "../guard.js";
 import { qemuImgCreateArgv, qemuImgResizeArgv } from "../qemu-img.js";
 import type { DirBases } from "./bases.js";
 import type { DirImages } from "./images.js";
-import { type DirPool, FORMATS, fsync, kindOf, removeIfExists } from "./layout.js";
-import type { DirRecords, OwnedVolume, Sidecar } from "./records.js";
+import type { DirInventory } from "./inventory.js";
+import { allocatedOf, type DirPool, FORMATS, fsync, fsyncFile, kindOf, removeIfExists } from "./layout.js";
+import { type DirRecords, type OwnedVolume, type Sidecar, withSize } from "./records.js";
 import { wipeFile } from "./wipe.js";
 
 const PREALLOCATED_CREATE_TIMEOUT_MS = 30 * 60_000;
-const LIST_CONCURRENCY = 8;
 
 export type DirVolumes = ReturnType<typeof createDirVolumes>;
 
-export function createDirVolumes(pool: DirPool, records: DirRecords, images: DirImages, bases: DirBases) {
+export function createDirVolumes(
+  pool: DirPool,
+  records: DirRecords,
+  images: DirImages,
+  bases: DirBases,
+  inventory: DirInventory,
+) {
   const { poolName, root, metaDir, runner, options } = pool;
 
   /**
-   * Runs `make(tmp)` to build the image in its temp file, then moves it under its final name. The record is
-   * written first (the intent); a failure removes both, a crash is finished by the retry.
+   * Runs `make(tmp)` to build the image in its temp file, then moves it under its final name, and answers the
+   * artifact from what it knows (the record's size and format, the image's blocks) rather than `qemu-img info`:
+   * `make` must leave the image at exactly `currentSize(record)`. The record is written first (the intent); a
+   * failure removes both, a crash is finished by the retry.
+   *
+   * What each fsync guards (docs/architecture.md, invariant 2: never an image without its record):
+   * - the record's own (in writeSidecar: its data, then `.stowage/` for its rename): the record is durable
+   *   before the image can appear under its final name, so a crash never leaves an owned-looking image that
+   *   no record accounts for. It runs while `make` builds the image: both only touch temp names until then.
+   * - the temp image's: its data is durable before the rename, so the final name never holds a torn image.
+   * - the pool root's, after the rename: the volume exists for good before the result is reported.
    */
   async function materialise(record: Sidecar, make: (tmp: string) => Promise<void>): Promise<VolumeArtifact> {
     const id = record.volumeId;
     const tmpPath = pool.tempPath(id, record.format);
-    await mkdir(metaDir, { recursive: true, mode: 0o700 });
+    const finalPath = pool.volumePath(id, record.format);
+    await ensureMetaDir();
     // A crashed attempt may have left a half-written temp image; qemu-img must start from nothing.
     await removeIfExists(tmpPath);
-    await records.writeSidecar(record);
+    let allocatedBytes: bigint;
     try {
-      await make(tmpPath);
-      await fsync(tmpPath);
+      const [wrote, made] = await Promise.allSettled([records.writeSidecar(record), make(tmpPath)]);
+      if (wrote.status === "rejected") throw wrote.reason;
+      if (made.status === "rejected") throw made.reason;
+      allocatedBytes = await fsyncFile(tmpPath);
       // The image appears under its final name complete, or not at all.
-      await rename(tmpPath, pool.volumePath(id, record.format));
+      await rename(tmpPath, finalPath);
     } catch (e) {
       await removeIfExists(tmpPath).catch(() => undefined);
       await removeIfExists(pool.sidecarPath(id)).catch(() => undefined);
       throw e;
     }
     await fsync(root);
-    return images.inspect({ id, rec: record });
+    inventory.put(record);
+    return images.fromRecord(id, record, allocatedBytes);
+  }
+
+  /** `.stowage/`, its name made durable when this call made it (the record in it must outlive a crash). */
+  async function ensureMetaDir(): Promise<void> {
+    if ((await mkdir(metaDir, { recursive: true, mode: 0o700 })) !== undefined) await fsync(root);
   }
 
   /** Refuses files under the volume's names that its record does not account for (never taken over). */
@@ -78,7 +95,9 @@ export function createDirVolumes(pool: DirPool, records: DirRecords, images: Dir
     if (!rec || (await kindOf(pool.volumePath(id, format))) !== "file") return undefined;
     // Done before: a redelivery, or a crash after the rename but before the result went out.
     await removeIfExists(pool.tempPath(id, format));
-    return { artifact: await images.inspect({ id, rec }), adopted: true };
+    const artifact = await images.inspect({ id, rec });
+    inventory.put(rec);
+    return { artifact, adopted: true };
   }
 
   const describe = (format: VolumeFormat, size: bigint) => `${format} ${formatSize(size)}`;
@@ -176,36 +195,39 @@ export function createDirVolumes(pool: DirPool, records: DirRecords, images: Dir
       await removeIfExists(pool.sidecarPath(id));
       await fsync(metaDir).catch(() => undefined);
     }
+    inventory.remove(id);
     return { existed };
   }
 
+  /**
+   * `qemu-img resize`, with the new size recorded first (the intent, as for a create): a crash in between
+   * leaves a record that says more than the image, which the retried resize (the guard reads the image's
+   * real size first) puts right. The artifact is built from the new size: qemu-img resizes an image to exactly
+   * the size asked (sizes are whole sectors), so no `qemu-img info` afterwards. No fsync of the image: a resize
+   * never had one (qemu-img flushes its own metadata writes).
+   */
   async function resize(volume: OwnedVolume, sizeBytes: bigint, shrink: boolean) {
     const { id, rec } = volume;
-    await runner.run(
-      "qemu-img",
-      qemuImgResizeArgv(pool.volumePath(id, rec.format), rec.format, sizeBytes, { shrink }),
-    );
-    return images.inspect(volume);
+    const path = pool.volumePath(id, rec.format);
+    const resized = withSize(rec, sizeBytes);
+    await records.writeSidecar(resized);
+    try {
+      await runner.run("qemu-img", qemuImgResizeArgv(path, rec.format, sizeBytes, { shrink }));
+    } catch (e) {
+      await records.writeSidecar(rec).catch(() => undefined);
+      throw e;
+    }
+    inventory.put(resized);
+    return images.fromRecord(id, resized, allocatedOf(await lstat(path, { bigint: true })));
   }
 
-  async function list(): Promise<{ volumes: VolumeArtifact[]; foreign: string[] }> {
-    await pool.assertRootUsable();
-    const { owned, foreign } = await records.scanOwned();
-    const volumes = await mapLimit(owned, LIST_CONCURRENCY, async (volume) => {
-      try {
-        return await images.inspect(volume);
-      } catch (e) {
-        // Deleted between readdir and info: it is simply gone.
-        if ((await kindOf(pool.volumePath(volume.id, volume.rec.format))) === "missing") return undefined;
-        throw e;
-      }
-    });
-    return {
-      volumes: volumes.filter((v): v is VolumeArtifact => v !== undefined).sort(byVolumeId),
-      foreign: foreign.sort(),
-    };
-  }
+  /**
+   * Every owned volume, from the directory, the records and one lstat per image: no `qemu-img` run, so its
+   * cost is a few syscalls per volume. Sizes are the recorded ones (see inventory.ts for what that misses).
+   */
+  const list = () => inventory.scan();
 
+  /** statfs, and the provisioned bytes kept in memory: no process, and no work per volume. */
   async function capacity(): Promise<PoolCapacityReport> {
     await pool.assertRootUsable();
     // Base images are not volumes, but they live on the same filesystem: statfs counts their bytes as used.
@@ -214,10 +236,12 @@ export function createDirVolumes(pool: DirPool, records: DirRecords, images: Dir
     // bavail, not bfree: blocks reserved for root are not ours to promise.
     const freeBytes = s.bavail * s.bsize;
     const usedBytes = totalBytes - s.bfree * s.bsize;
-    const { volumes } = await list();
-    const provisionedBytes = volumes.reduce((sum, v) => sum + v.sizeBytes, 0n);
+    const provisionedBytes = await inventory.provisionedBytes();
     return { totalBytes, usedBytes, freeBytes, provisionedBytes };
   }
+
+  /** The first line of `qemu-img --version`, asked once: the binary does not change under a running agent. */
+  let qemuImgVersion: string | undefined;
 
   async function check(): Promise<{ healthy: boolean; message: string }> {
     const where = `dir pool ${poolName} at ${root}`;
@@ -237,8 +261,11 @@ export function createDirVolumes(pool: DirPool, records: DirRecords, images: Dir
       }
     }
     try {
-      const { stdout } = await runner.run("qemu-img", ["--version"], { timeoutMs: 10_000 });
-      return { healthy: true, message: `${where} is usable (${stdout.split("\n")[0]?.trim()})` };
+      if (qemuImgVersion === undefined) {
+        const { stdout } = await runner.run("qemu-img", ["--version"], { timeoutMs: 10_000 });
+        qemuImgVersion = stdout.split("\n")[0]?.trim() ?? "";
+      }
+      return { healthy: true, message: `${where} is usable (${qemuImgVersion})` };
     } catch (e) {
       return { healthy: false, message: `${where}: ${(e as Error).message}` };
     }
