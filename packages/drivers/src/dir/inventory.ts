@@ -7,15 +7,16 @@ import { currentSize, type DirRecords, type OwnedVolume, type Sidecar } from "./
 
 /**
  * What the pool holds, kept in memory so that capacity() costs no `qemu-img` run and no directory walk: each
- * owned volume's virtual size, from its sidecar record (list() reads the records afresh and costs no `qemu-img`
- * run either). Loaded once, lazily, from the directory
- * (readdir and the records); kept up to date by every create, clone, delete, resize and revert through the
- * driver, which calls `put`/`remove` under the volume's lock; and rebuilt from disk by every full `list()`, so a
- * volume added or removed behind the driver's back is found there.
+ * owned volume's virtual size, from its sidecar record. Loaded once, lazily, from the directory (readdir and
+ * the records); kept up to date by every create, clone, delete, resize and revert through the driver, which
+ * calls `put`/`remove` under the volume's lock; and rebuilt from disk by every full `list()` (readdir, the
+ * records, one lstat per image: no `qemu-img` run either), so a volume added or removed behind the driver's
+ * back is found there.
  *
- * Sizes come from the records, never from the images: a volume resized behind the driver's back (with
- * `qemu-img resize` by hand) keeps its recorded size in list() and capacity() until the driver resizes or
- * reverts it again. `info()` asks qemu-img and always tells the truth.
+ * Sizes come from the records, never from the images: a volume resized behind the driver's back (`qemu-img
+ * resize` by hand) keeps its recorded size in list() and capacity() until the driver resizes or reverts it
+ * again, and a volume deleted behind its back still counts in capacity() until the next list(). `info()` asks
+ * qemu-img and always tells the truth.
  */
 export interface DirInventory {
   /** Every owned volume, from the directory as it is now (readdir, the records, one lstat per image). */
