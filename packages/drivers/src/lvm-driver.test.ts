@@ -341,6 +341,24 @@ describe("lvm driver (metadata only): delete, resize, list, capacity, check", ()
     });
   });
 
+  it("capacity() and list() run the same few reports whatever the number of volumes", async () => {
+    const runs = async () => {
+      events = [];
+      await driver.capacity();
+      const capacity = tools();
+      events = [];
+      await driver.list();
+      return { capacity, list: tools() };
+    };
+    await driver.createVolume(spec(4n * MiB));
+    const one = await runs();
+    for (let i = 0; i < 5; i++) await driver.createVolume(spec(4n * MiB));
+    expect((await driver.list()).volumes).toHaveLength(6);
+    // One lvs for every LV with its tags, one vgs for the VG's size: never a run per LV.
+    expect(one).toEqual({ capacity: ["lvs", "vgs"], list: ["lvs"] });
+    expect(await runs()).toEqual(one);
+  });
+
   it("check: healthy on the VG, unhealthy with a reason for a missing VG or a missing thin pool", async () => {
     expect(await driver.check()).toEqual({
       healthy: true,
