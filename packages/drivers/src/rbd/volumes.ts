@@ -145,8 +145,18 @@ export function createRbdVolumes(pool: RbdPool, images: RbdImages) {
     }
   }
 
-  /** The inventory, and the pool's `rbd du` it was sized with. */
-  async function scan(): Promise<{ volumes: VolumeArtifact[]; foreign: string[]; usedBytes: bigint }> {
+  /**
+   * Images named like our volumes whose metadata, at the last full scan, did not name them (copied by hand):
+   * capacity() leaves them out without reading any image's metadata.
+   */
+  let strays = new Set<string>();
+
+  /**
+   * The inventory: `rbd ls -l` and `rbd du` for the whole pool, then each candidate image's metadata. The
+   * metadata read stays per image: the ownership marker lives in each image's own metadata and `rbd` has no
+   * call that lists it for many images at once. capacity() does not scan.
+   */
+  async function scan(): Promise<{ volumes: VolumeArtifact[]; foreign: string[] }> {
     const lsArgv = rbdLsLongArgv(conn, cephPool, namespace);
     const { images: listed } = parseRbdLsLong((await rbd(lsArgv)).stdout, lsArgv);
     const duArgv = rbdDuPoolArgv(conn, cephPool, namespace);
@@ -170,21 +180,27 @@ export function createRbdVolumes(pool: RbdPool, images: RbdImages) {
       }
       return images.artifact(c.id, c.sizeBytes, du.usedByImage.get(c.image) ?? 0n, meta);
     });
+    strays = new Set(foreign.filter((name) => OWNED_IMAGE.test(name)));
     return {
       volumes: found.filter((v): v is VolumeArtifact => v !== undefined).sort(byVolumeId),
       foreign: foreign.sort(),
-      usedBytes: du.totalUsedBytes,
     };
   }
 
-  async function list(): Promise<{ volumes: VolumeArtifact[]; foreign: string[] }> {
-    const { volumes, foreign } = await scan();
-    return { volumes, foreign };
-  }
+  const list = () => scan();
 
+  /**
+   * A constant number of tool runs, whatever the number of images: `rbd ls -l` (the provisioned bytes) and
+   * `ceph df`; without a ceph-mgr, also `rbd du` and the OSD map and metadata to estimate from. Provisioned
+   * bytes count the images under our volumes' names, less the strays the last list() found: an image copied
+   * by hand under one of our names between two lists counts until the next one (more provisioned, never less).
+   */
   async function capacity(): Promise<PoolCapacityReport> {
-    const { volumes, usedBytes } = await scan();
-    const provisionedBytes = volumes.reduce((s, v) => s + v.sizeBytes, 0n);
+    const lsArgv = rbdLsLongArgv(conn, cephPool, namespace);
+    const { images: listed } = parseRbdLsLong((await rbd(lsArgv)).stdout, lsArgv);
+    const provisionedBytes = listed
+      .filter((e) => OWNED_IMAGE.test(e.image) && !strays.has(e.image))
+      .reduce((s, e) => s + e.sizeBytes, 0n);
     const dfArgv = cephDfArgv(conn);
     const df = parseCephDf((await runner.run("ceph", dfArgv)).stdout, dfArgv);
     const stats = df.pools.get(cephPool);
@@ -197,6 +213,8 @@ export function createRbdVolumes(pool: RbdPool, images: RbdImages) {
         provisionedBytes,
       };
     }
+    const duArgv = rbdDuPoolArgv(conn, cephPool, namespace);
+    const usedBytes = parseRbdDu((await rbd(duArgv)).stdout, duArgv).totalUsedBytes;
     // No ceph-mgr, no statistics: estimate from the OSD map, the OSDs' devices and what the images hold.
     const dumpArgv = cephOsdDumpArgv(conn);
     const dump = parseCephOsdDump((await runner.run("ceph", dumpArgv)).stdout, dumpArgv);
