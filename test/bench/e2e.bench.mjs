@@ -674,9 +674,13 @@ async function growthPhase(cluster, create, base, counter) {
     if (b >= times.length || a < 0 || b <= a) return null;
     return round((b - a) / ((times[b].at - times[a].at) / 1000));
   };
-  const w = cfg.window;
-  // The first window starts at the 100th volume of the cluster (or at the round's start, if later).
-  const firstStart = Math.max(0, Math.min(times.length - 1, 100 - from - 1));
+  // The first window starts at the 100th volume of the cluster (or at the round's start, if later). A round cut
+  // short by its cap has fewer creates than two windows after that mark: the windows shrink to half of them each
+  // (`window` says how many creates each rate is over).
+  // A round that ends before 100 volumes and a few more is measured from its start.
+  const mark = Math.max(0, 100 - from - 1);
+  const firstStart = times.length - 1 - mark >= 4 ? mark : 0;
+  const w = Math.max(2, Math.min(cfg.window, Math.floor((times.length - 1 - firstStart) / 2)));
   const first = rate(firstStart, firstStart + w);
   const last = times.length > w ? rate(times.length - 1 - w, times.length - 1) : null;
   const series = [];
@@ -710,6 +714,7 @@ async function growthPhase(cluster, create, base, counter) {
     concurrency: cfg.growthConcurrency,
     volumes: w,
     volumes_per_s: first,
+    capped: r.capped,
     from_volumes: from + firstStart + 1,
     source: "the growth round's first window",
     baseline_files_per_s_c8: round(base.filesPerS8, 1),
