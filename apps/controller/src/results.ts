@@ -19,7 +19,7 @@ import {
   confirmReservation,
   type ErrorRecord,
   finishOperation,
-  getOperation,
+  getOperationsForUpdate,
   getSnapshotById,
   getVolumeById,
   type OperationRow,
@@ -46,9 +46,15 @@ export async function applyResults(
 ): Promise<void> {
   if (results.length === 0) return;
   const applied = await ctx.sql.begin(async (tx) => {
+    // One read locks the batch's operations; each result then sees what the ones before it in the batch did.
+    const locked = await getOperationsForUpdate(
+      tx,
+      results.map((r) => r.operationId),
+    );
+    const ops = new Map(locked.map((op) => [op.id, op]));
     const finished: { op: OperationRow; r: OperationResult }[] = [];
     for (const r of results) {
-      const op = await applyInTransaction(ctx, tx, r);
+      const op = await applyInTransaction(ctx, tx, r, ops);
       if (op) finished.push({ op, r });
     }
     return finished;
@@ -75,20 +81,25 @@ export function applyResult(ctx: ControllerContext, r: OperationResult): Promise
   return applyResults(ctx, [r]);
 }
 
-/** One result's effect, in the batch's transaction; answers the operation when this result finished it. */
+/**
+ * One result's effect, in the batch's transaction, on the batch's operations (`ops`, kept current); answers the
+ * operation when this result finished it.
+ */
 async function applyInTransaction(
   ctx: ControllerContext,
   tx: Tx,
   r: OperationResult,
+  ops: Map<string, OperationRow>,
 ): Promise<OperationRow | undefined> {
-  const op = await getOperation(tx, r.operationId, true);
+  const op = ops.get(r.operationId);
   if (!op) {
     ctx.log.warn({ operationId: r.operationId, host: r.hostId }, "result for an unknown operation ignored");
     return undefined;
   }
   if (op.state === "succeeded" || op.state === "failed") return undefined;
   const error = r.success ? null : errorFromWire(r.error, "the agent reported a failure without details");
-  await finishOperation(tx, op.id, r.success, error);
+  const done = await finishOperation(tx, op.id, r.success, error);
+  if (done) ops.set(op.id, done);
   await applyToSubject(ctx, tx, op, r, error);
   return op;
 }

@@ -1,7 +1,12 @@
 import { beforeAll, describe, expect, it } from "vitest";
 import type { Database } from "./db.js";
 import { upsertHost } from "./hosts.js";
-import { getOperation, markOperationsSent, operationsToPublish } from "./operations.js";
+import {
+  getOperation,
+  getOperationsForUpdate,
+  markOperationsSent,
+  operationsToPublish,
+} from "./operations.js";
 import { backends, migratedDatabase } from "./testing/backends.js";
 import { hostRegistration, operationInState } from "./testing/fixtures.js";
 
@@ -26,6 +31,12 @@ describe.each(backends)("the outbox on %s", (_name, makeBackend) => {
       "op-c",
     ]);
     expect((await operationsToPublish(db.sql, 60_000, 1)).map((o) => o.id)).toEqual(["op-a"]);
+  });
+
+  it("reads many operations at once, in id order, leaving out unknown ids", async () => {
+    expect(await getOperationsForUpdate(db.sql, [])).toEqual([]);
+    const rows = await db.sql.begin((tx) => getOperationsForUpdate(tx, ["op-c", "op-x", "op-a", "op-c"]));
+    expect(rows.map((r) => r.id)).toEqual(["op-a", "op-c"]);
   });
 
   it("marks many operations sent in one statement, and leaves a finished one as it is", async () => {

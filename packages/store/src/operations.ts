@@ -35,6 +35,20 @@ export async function getOperation(
 }
 
 /**
+ * The operations with these ids, locked for update in id order (so two transactions locking overlapping sets wait
+ * for each other rather than deadlock). Ids that name no operation are left out.
+ */
+export async function getOperationsForUpdate(
+  sql: Queryable,
+  ids: readonly string[],
+): Promise<OperationRow[]> {
+  if (ids.length === 0) return [];
+  return sql<
+    OperationRow[]
+  >`select * from operations where id = any(${ids as string[]}) order by id for update`;
+}
+
+/**
  * Operations the relay should publish: pending ones, and sent ones with no result after `resendAfterMs` (the message
  * or its result may have been lost with a broker). Only for hosts that are up. `skip` leaves out operations the
  * relay already tried in this round (a failed publish is retried in the next round, not over and over in this one).
