@@ -181,7 +181,8 @@ describe.skipIf(!natsAvailable())("outbox relay (on PGlite and a real nats-serve
       await enqueue(f.sql, "h1");
       relay.kick();
       for (let i = 0; i < 20; i++) relay.kick();
-      await delay(400);
+      await expect.poll(() => relay.rounds - before, { timeout: 5_000 }).toBe(2);
+      await delay(300);
       expect(relay.rounds - before).toBe(2);
     } finally {
       await relay.stop();
