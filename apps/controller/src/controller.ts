@@ -14,7 +14,7 @@ import { errorInterceptor } from "./errors.js";
 import { withMinimalGrpcMessage } from "./grpc-message.js";
 import { createControllerMetrics } from "./metrics.js";
 import { reconcileOnce } from "./reconciler.js";
-import { relayOnce } from "./relay.js";
+import { startRelay } from "./relay.js";
 import { runResultConsumer } from "./results.js";
 import { createRoutes } from "./routes/index.js";
 
@@ -115,7 +115,7 @@ export async function startController(config: ControllerConfig): Promise<Control
         signal?.addEventListener("abort", done, { once: true });
       }),
   };
-  const relay = loop("relay", config.relayIntervalMs, () => relayOnce(ctx), log);
+  const relay = startRelay(ctx);
   const reconciler = loop("reconciler", config.reconcileIntervalMs, () => reconcileOnce(ctx), log);
   const abort = new AbortController();
   const resultsDone = runResultConsumer(ctx, bus, abort.signal).catch((err) =>

@@ -1,63 +1,191 @@
-import { getOperation, type OperationRow } from "@stowage/store";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { setTimeout as delay } from "node:timers/promises";
+import { type Bus, COMMAND_STREAM, commandSubject, connectBus, ensureStreams } from "@stowage/bus";
+import { newId } from "@stowage/core";
+import {
+  applyPoolReports,
+  getOperation,
+  type OperationRow,
+  type Queryable,
+  type Sql,
+  upsertHost,
+} from "@stowage/store";
+import { hostRegistration, poolReport } from "@stowage/store/testing";
+import { type NatsServer, natsAvailable, startNats } from "@stowage/testkit";
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import type { ControllerContext } from "./context.js";
 import { enqueueOperation } from "./outbox.js";
-import { relayOnce } from "./relay.js";
-import { addVolume, openServiceFixture, type ServiceFixture } from "./testing/service-fixture.js";
+import { RELAY_PAGE, relayOnce, startRelay } from "./relay.js";
+import { GiB, openServiceFixture, type ServiceFixture } from "./testing/service-fixture.js";
+import { mutate } from "./transaction.js";
 
-describe("outbox relay (on PGlite, with a recording bus)", () => {
+describe.skipIf(!natsAvailable())("outbox relay (on PGlite and a real nats-server)", () => {
   let f: ServiceFixture;
-  let ops: OperationRow[];
-  const published: { subject: string; msgID: string }[] = [];
-  let failAfter = Number.POSITIVE_INFINITY;
+  let nats: NatsServer;
+  let bus: Bus;
+  /** Hosts whose publishes fail, and how long each publish is held before it goes out (fault injection). */
+  const broken = new Set<string>();
+  let publishDelayMs = 0;
+  let updates = 0;
 
-  const relayCtx = (): ControllerContext => ({
-    ...f.ctx,
-    bus: {
-      js: {
-        async publish(subject: string, _data: Uint8Array, opts: { msgID: string }) {
-          if (published.length >= failAfter) throw new Error("broker unavailable");
-          published.push({ subject, msgID: opts.msgID });
-        },
+  /** The fixture's context with the real bus behind a js that can fail or slow publishes, and a counting sql. */
+  const relayCtx = (): ControllerContext => {
+    const js = new Proxy(bus.js, {
+      get(target, prop, receiver) {
+        if (prop !== "publish") return Reflect.get(target, prop, receiver);
+        return (...args: Parameters<Bus["js"]["publish"]>) => {
+          for (const h of broken) if (args[0] === commandSubject(h)) throw new Error(`no route to ${h}`);
+          // Written to the connection at once; with a delay, acked late (a slow broker).
+          const ack = target.publish(...args);
+          return publishDelayMs === 0 ? ack : delay(publishDelayMs).then(() => ack);
+        };
       },
-    } as unknown as ControllerContext["bus"],
-  });
+    });
+    const sql = new Proxy(f.sql, {
+      apply(target, self, args) {
+        if (
+          Array.isArray(args[0]) &&
+          String(args[0].join("?")).includes("update operations set state = 'sent'")
+        )
+          updates++;
+        return Reflect.apply(target, self, args);
+      },
+    }) as Sql;
+    return { ...f.ctx, sql, bus: { ...bus, js } };
+  };
+
+  const enqueue = (sql: Queryable, hostId: string) =>
+    enqueueOperation(sql, {
+      kind: "delete_volume",
+      volume: { id: newId("vol"), hostId, poolId: `${hostId}/files` },
+      payload: { case: "deleteVolume", value: { volumeId: "v" } },
+      actor: "test",
+    });
+  const states = async (ops: OperationRow[]) =>
+    Promise.all(ops.map(async (o) => (await getOperation(f.sql, o.id))?.state));
+  /** Message ids in the command stream for a host, in stream order. */
+  async function streamed(hostId: string): Promise<string[]> {
+    const ids: string[] = [];
+    const info = await bus.jsm.streams.info(COMMAND_STREAM);
+    for (let seq = info.state.first_seq; seq <= info.state.last_seq && info.state.messages > 0; seq++) {
+      const m = await bus.jsm.streams.getMessage(COMMAND_STREAM, { seq }).catch(() => null);
+      if (m && m.subject === commandSubject(hostId)) ids.push(m.header.get("Nats-Msg-Id"));
+    }
+    return ids;
+  }
+  const purge = () => bus.jsm.streams.purge(COMMAND_STREAM);
 
   beforeAll(async () => {
+    nats = await startNats();
+    bus = await connectBus({ servers: nats.url, name: "relay-test" });
+    await ensureStreams(bus.jsm);
     f = await openServiceFixture();
-    const pool = await f.addPool("files", "dir", ["raw"]);
-    const v = await addVolume(f.sql, { name: "disk", poolId: pool, format: "raw" });
-    ops = [];
-    for (let i = 0; i < 3; i++) {
-      ops.push(
-        await enqueueOperation(f.sql, {
-          kind: "delete_volume",
-          volume: v,
-          payload: { case: "deleteVolume", value: { volumeId: v.id } },
-          actor: "test",
-        }),
-      );
+    await f.addPool("files", "dir", ["raw"]);
+    for (const h of ["h2", "h3"]) {
+      await upsertHost(f.sql, hostRegistration(h));
+      await applyPoolReports(f.sql, h, [poolReport("files", 100n * GiB)]);
     }
   });
   afterAll(async () => {
+    await bus?.close();
     await f?.close();
+    await nats?.stop();
+  });
+  beforeEach(async () => {
+    broken.clear();
+    publishDelayMs = 0;
+    updates = 0;
+    await f.sql`update operations set state = 'succeeded' where state in ('pending', 'sent')`;
+    await purge();
   });
 
-  it("stops at the first publish that fails, leaving the rest pending for the next pass", async () => {
-    failAfter = 1;
-    expect(await relayOnce(relayCtx())).toBe(1);
-    expect((await getOperation(f.sql, ops[0]!.id))?.state).toBe("sent");
-    expect((await getOperation(f.sql, ops[1]!.id))?.state).toBe("pending");
-  });
-
-  it("publishes pending operations to their host's subject with the operation id as message id, then marks them sent", async () => {
-    failAfter = Number.POSITIVE_INFINITY;
-    expect(await relayOnce(relayCtx())).toBe(2);
-    expect(published.map((p) => p.msgID)).toEqual(ops.map((o) => o.id));
-    expect(new Set(published.map((p) => p.subject)).size).toBe(1);
-    expect(published[0]!.subject).toMatch(/h1/);
-    for (const o of ops) expect((await getOperation(f.sql, o.id))?.state).toBe("sent");
+  it("publishes every pending operation in one round, in outbox order, and marks them sent in one statement per page", async () => {
+    const ops: OperationRow[] = [];
+    for (let i = 0; i < 300; i++) ops.push(await enqueue(f.sql, ["h1", "h2", "h3"][i % 3]!));
+    expect(await relayOnce(relayCtx())).toBe(300);
+    expect(updates).toBe(Math.ceil(300 / RELAY_PAGE));
+    expect(new Set(await states(ops))).toEqual(new Set(["sent"]));
+    for (const h of ["h1", "h2", "h3"])
+      expect(await streamed(h)).toEqual(ops.filter((o) => o.hostId === h).map((o) => o.id));
     // Nothing is left to send until the resend delay passes.
     expect(await relayOnce(relayCtx())).toBe(0);
+  });
+
+  it("keeps the operation id as the message id, so a re-send within the duplicate window is dropped", async () => {
+    const op = await enqueue(f.sql, "h1");
+    expect(await relayOnce(relayCtx())).toBe(1);
+    await f.sql`update operations set state = 'pending' where id = ${op.id}`;
+    expect(await relayOnce(relayCtx())).toBe(1);
+    expect(await streamed("h1")).toEqual([op.id]);
+  });
+
+  it("lets a host whose publishes fail hold back only its own operations, which go out in a later round", async () => {
+    const ops: OperationRow[] = [];
+    for (let i = 0; i < 30; i++) ops.push(await enqueue(f.sql, ["h1", "h2", "h3"][i % 3]!));
+    broken.add("h2");
+    expect(await relayOnce(relayCtx())).toBe(20);
+    const after = await states(ops);
+    expect(after.filter((s, i) => ops[i]!.hostId === "h2" && s === "pending")).toHaveLength(10);
+    expect(after.filter((s, i) => ops[i]!.hostId !== "h2" && s === "sent")).toHaveLength(20);
+    expect(await streamed("h2")).toEqual([]);
+    broken.clear();
+    expect(await relayOnce(relayCtx())).toBe(10);
+    expect(new Set(await states(ops))).toEqual(new Set(["sent"]));
+  });
+
+  it("ends a round when nothing of a page goes out (the broker is away), trying each operation once", async () => {
+    for (let i = 0; i < RELAY_PAGE + 10; i++) await enqueue(f.sql, "h3");
+    broken.add("h3");
+    const t0 = performance.now();
+    expect(await relayOnce(relayCtx())).toBe(0);
+    expect(performance.now() - t0).toBeLessThan(5_000);
+  });
+
+  it("starts a round at once for a lone create, and coalesces a burst of creates into a few rounds", async () => {
+    const ctx = relayCtx();
+    // A long interval: only kicks can explain a prompt publish.
+    const relay = startRelay(ctx, 60_000);
+    ctx.kickRelay = () => relay.kick();
+    try {
+      await delay(50);
+      const idle = relay.rounds;
+      const t0 = performance.now();
+      const lone = await mutate(ctx, (tx) => enqueue(tx, "h1"));
+      await expect.poll(async () => (await states([lone]))[0], { interval: 5 }).toBe("sent");
+      expect(performance.now() - t0).toBeLessThan(1_000);
+      expect(relay.rounds).toBe(idle + 1);
+
+      // A slow broker: each round takes 30 ms, so the burst's kicks arrive while a round runs.
+      publishDelayMs = 30;
+      const before = relay.rounds;
+      const burst = await Promise.all(
+        Array.from({ length: 40 }, (_, i) => mutate(ctx, (tx) => enqueue(tx, `h${(i % 3) + 1}`))),
+      );
+      await expect
+        .poll(async () => new Set(await states(burst)), { timeout: 10_000 })
+        .toEqual(new Set(["sent"]));
+      await delay(100);
+      expect(relay.rounds - before).toBeLessThanOrEqual(10);
+      expect(relay.rounds - before).toBeGreaterThanOrEqual(1);
+    } finally {
+      await relay.stop();
+    }
+  });
+
+  it("runs one more round, not one per kick, for the kicks that arrive while a round runs", async () => {
+    publishDelayMs = 100;
+    const ctx = relayCtx();
+    const relay = startRelay(ctx, 60_000);
+    try {
+      await delay(150);
+      const before = relay.rounds;
+      await enqueue(f.sql, "h1");
+      relay.kick();
+      for (let i = 0; i < 20; i++) relay.kick();
+      await expect.poll(() => relay.rounds - before, { timeout: 5_000 }).toBe(2);
+      await delay(300);
+      expect(relay.rounds - before).toBe(2);
+    } finally {
+      await relay.stop();
+    }
   });
 });

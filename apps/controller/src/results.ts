@@ -1,5 +1,12 @@
 import { fromBinary } from "@bufbuild/protobuf";
-import { type Bus, consumeLoop, ensureResultConsumer, RESULT_STREAM } from "@stowage/bus";
+import {
+  type Bus,
+  type Consumer,
+  consumeBatches,
+  ensureResultConsumer,
+  type JsMsg,
+  RESULT_STREAM,
+} from "@stowage/bus";
 import {
   type OperationKind,
   SNAPSHOT_STATE_MACHINE,
@@ -12,7 +19,7 @@ import {
   confirmReservation,
   type ErrorRecord,
   finishOperation,
-  getOperation,
+  getOperationsForUpdate,
   getSnapshotById,
   getVolumeById,
   type OperationRow,
@@ -29,40 +36,72 @@ import { errorRecordFromWire as errorFromWire } from "@stowage/wire";
 import type { ControllerContext } from "./context.js";
 
 /**
- * Applies one operation result. Results may arrive twice or late: an operation that is already finished is left
- * as it is, so applying a result is idempotent.
+ * Applies operation results in one transaction, then counts, logs and notifies watchers once. Results may arrive
+ * twice or late, also within one batch: an operation that is already finished is left as it is, so applying a
+ * result is idempotent.
  */
-export async function applyResult(ctx: ControllerContext, r: OperationResult): Promise<void> {
+export async function applyResults(
+  ctx: ControllerContext,
+  results: readonly OperationResult[],
+): Promise<void> {
+  if (results.length === 0) return;
   const applied = await ctx.sql.begin(async (tx) => {
-    const op = await getOperation(tx, r.operationId, true);
-    if (!op) {
-      ctx.log.warn({ operationId: r.operationId, host: r.hostId }, "result for an unknown operation ignored");
-      return undefined;
-    }
-    if (op.state === "succeeded" || op.state === "failed") return undefined;
-    const error = r.success ? null : errorFromWire(r.error, "the agent reported a failure without details");
-    await finishOperation(tx, op.id, r.success, error);
-    await applyToSubject(ctx, tx, op, r, error);
-    return op;
-  });
-  if (applied) {
-    ctx.metrics.operations.inc({ kind: applied.kind, result: r.success ? "succeeded" : "failed" });
-    ctx.metrics.operationDuration.observe(
-      { kind: applied.kind },
-      (Date.now() - applied.createdAt.getTime()) / 1000,
+    // One read locks the batch's operations; each result then sees what the ones before it in the batch did.
+    const locked = await getOperationsForUpdate(
+      tx,
+      results.map((r) => r.operationId),
     );
+    const ops = new Map(locked.map((op) => [op.id, op]));
+    const finished: { op: OperationRow; r: OperationResult }[] = [];
+    for (const r of results) {
+      const op = await applyInTransaction(ctx, tx, r, ops);
+      if (op) finished.push({ op, r });
+    }
+    return finished;
+  });
+  for (const { op, r } of applied) {
+    ctx.metrics.operations.inc({ kind: op.kind, result: r.success ? "succeeded" : "failed" });
+    ctx.metrics.operationDuration.observe({ kind: op.kind }, (Date.now() - op.createdAt.getTime()) / 1000);
     ctx.log.info(
       {
         operationId: r.operationId,
-        kind: applied.kind,
+        kind: op.kind,
         success: r.success,
         adopted: r.adopted,
         error: r.error?.message,
       },
       "operation finished",
     );
-    ctx.notifyChange();
   }
+  if (applied.length > 0) ctx.notifyChange();
+}
+
+/** Applies one operation result (a batch of one). */
+export function applyResult(ctx: ControllerContext, r: OperationResult): Promise<void> {
+  return applyResults(ctx, [r]);
+}
+
+/**
+ * One result's effect, in the batch's transaction, on the batch's operations (`ops`, kept current); answers the
+ * operation when this result finished it.
+ */
+async function applyInTransaction(
+  ctx: ControllerContext,
+  tx: Tx,
+  r: OperationResult,
+  ops: Map<string, OperationRow>,
+): Promise<OperationRow | undefined> {
+  const op = ops.get(r.operationId);
+  if (!op) {
+    ctx.log.warn({ operationId: r.operationId, host: r.hostId }, "result for an unknown operation ignored");
+    return undefined;
+  }
+  if (op.state === "succeeded" || op.state === "failed") return undefined;
+  const error = r.success ? null : errorFromWire(r.error, "the agent reported a failure without details");
+  const done = await finishOperation(tx, op.id, r.success, error);
+  if (done) ops.set(op.id, done);
+  await applyToSubject(ctx, tx, op, r, error);
+  return op;
 }
 
 /** The state a volume is in while an operation of this kind changes it in place. */
@@ -175,26 +214,58 @@ async function settleVolume(
   await transitionVolume(tx, volume, to, patch);
 }
 
-/** Reads results from JetStream until `signal` aborts; a result is acked only after its transaction commits. */
+/**
+ * Reads results from JetStream until `signal` aborts, applying what has arrived (up to 64) in one transaction; the
+ * results are acked only after it commits. A batch that fails is applied again one result at a time, so a result
+ * that cannot be applied is retried on its own (nak'ed with a delay) and the others go through.
+ */
 export async function runResultConsumer(
   ctx: ControllerContext,
   bus: Bus,
   signal: AbortSignal,
 ): Promise<void> {
   const durable = await ensureResultConsumer(bus.jsm);
-  const consumer = await bus.js.consumers.get(RESULT_STREAM, durable);
-  await consumeLoop(
+  await consumeResults(ctx, await bus.js.consumers.get(RESULT_STREAM, durable), signal);
+}
+
+/** The result consumer on a given durable consumer (tests give one with a short ack wait). */
+export async function consumeResults(
+  ctx: ControllerContext,
+  consumer: Consumer,
+  signal: AbortSignal,
+): Promise<void> {
+  await consumeBatches(
     consumer,
-    async (msg) => {
-      let result: OperationResult;
-      try {
-        result = fromBinary(OperationResultSchema, msg.data);
-      } catch (err) {
-        ctx.log.error({ err, subject: msg.subject }, "undecodable result dropped");
-        return;
-      }
-      await applyResult(ctx, result);
+    {
+      batch: (msgs) => applyResults(ctx, decodeResults(ctx, msgs)),
+      one: (msg) => applyResults(ctx, decodeResults(ctx, [msg])),
     },
-    { signal, onError: (err) => ctx.log.warn({ err }, "result handling failed; will retry") },
+    {
+      signal,
+      maxBatch: RESULT_BATCH,
+      onError: (err, msgs) =>
+        ctx.log.warn(
+          { err, results: msgs.length },
+          msgs.length > 1
+            ? "result batch failed; applying its results one by one"
+            : "result handling failed; will retry",
+        ),
+    },
   );
+}
+
+/** The most results applied in one transaction. */
+export const RESULT_BATCH = 64;
+
+/** Decodes result messages; one that does not decode is logged and dropped (acked with the others). */
+function decodeResults(ctx: ControllerContext, msgs: JsMsg[]): OperationResult[] {
+  const results: OperationResult[] = [];
+  for (const msg of msgs) {
+    try {
+      results.push(fromBinary(OperationResultSchema, msg.data));
+    } catch (err) {
+      ctx.log.error({ err, subject: msg.subject }, "undecodable result dropped");
+    }
+  }
+  return results;
 }

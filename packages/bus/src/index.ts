@@ -1,3 +1,4 @@
+export * from "./batch.js";
 export * from "./connection.js";
 export * from "./consume.js";
 export * from "./subjects.js";

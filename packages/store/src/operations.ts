@@ -35,24 +35,49 @@ export async function getOperation(
 }
 
 /**
+ * The operations with these ids, locked for update in id order (so two transactions locking overlapping sets wait
+ * for each other rather than deadlock). Ids that name no operation are left out.
+ */
+export async function getOperationsForUpdate(
+  sql: Queryable,
+  ids: readonly string[],
+): Promise<OperationRow[]> {
+  if (ids.length === 0) return [];
+  return sql<
+    OperationRow[]
+  >`select * from operations where id = any(${ids as string[]}) order by id for update`;
+}
+
+/**
  * Operations the relay should publish: pending ones, and sent ones with no result after `resendAfterMs` (the message
- * or its result may have been lost with a broker). Only for hosts that are up.
+ * or its result may have been lost with a broker). Only for hosts that are up. `skip` leaves out operations the
+ * relay already tried in this round (a failed publish is retried in the next round, not over and over in this one).
  */
 export async function operationsToPublish(
   sql: Queryable,
   resendAfterMs: number,
   limit = 100,
+  skip: readonly string[] = [],
 ): Promise<OperationRow[]> {
   return sql<OperationRow[]>`
     select o.* from operations o join hosts h on h.id = o.host_id
     where (o.state = 'pending' or (o.state = 'sent' and o.sent_at < now() - make_interval(secs => ${resendAfterMs / 1000})))
       and h.state = 'up'
+      and o.id <> all(${skip as string[]})
     order by o.created_at limit ${limit}`;
 }
 
 export async function markOperationSent(sql: Queryable, id: string): Promise<void> {
-  await sql`update operations set state = 'sent', attempts = attempts + 1, sent_at = now(), updated_at = clock_timestamp()
-    where id = ${id} and state = any(${OPERATION_STATE_MACHINE.sourcesOf("sent")})`;
+  await markOperationsSent(sql, [id]);
+}
+
+/** Marks the operations sent in one statement (those already past `sent`, e.g. finished, are left as they are). */
+export async function markOperationsSent(sql: Queryable, ids: readonly string[]): Promise<number> {
+  if (ids.length === 0) return 0;
+  const rows = await sql`update operations set state = 'sent', attempts = attempts + 1, sent_at = now(),
+      updated_at = clock_timestamp()
+    where id = any(${ids as string[]}) and state = any(${OPERATION_STATE_MACHINE.sourcesOf("sent")})`;
+  return rows.count;
 }
 
 export async function finishOperation(
