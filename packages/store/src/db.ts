@@ -22,6 +22,8 @@ export interface OpenDatabaseOptions {
   dataDir?: string;
   /** Connection pool size for PostgreSQL (PGlite always uses 1). */
   max?: number;
+  /** PGlite only: how often its hot tables are vacuumed (default PGLITE_VACUUM_INTERVAL_MS). */
+  vacuumIntervalMs?: number;
 }
 
 const options = {
@@ -41,14 +43,14 @@ export async function openDatabase(opts: OpenDatabaseOptions): Promise<Database>
     return { sql, kind: "postgres", close: () => sql.end({ timeout: 5 }) };
   }
   if (!opts.dataDir) throw new Error("openDatabase needs a url or a dataDir");
-  return openPglite(opts.dataDir);
+  return openPglite(opts.dataDir, opts.vacuumIntervalMs ?? PGLITE_VACUUM_INTERVAL_MS);
 }
 
 /**
  * The embedded default: PGlite in `<dataDir>/pglite`, served on a unix socket inside the data directory through
  * pglite-socket, so the same postgres.js code talks to it. PGlite is single-connection: pool size 1.
  */
-async function openPglite(dataDir: string): Promise<Database> {
+async function openPglite(dataDir: string, vacuumIntervalMs: number): Promise<Database> {
   const { PGlite } = await import("@electric-sql/pglite");
   const { PGLiteSocketServer } = await import("@electric-sql/pglite-socket");
   mkdirSync(dataDir, { recursive: true });
@@ -69,16 +71,43 @@ async function openPglite(dataDir: string): Promise<Database> {
     username: "postgres",
   }) as unknown as Sql;
   await sql`select 1`;
+  const stopVacuum = startVacuum(sql, vacuumIntervalMs);
   return {
     sql,
     kind: "pglite",
     async close() {
+      stopVacuum();
       await sql.end({ timeout: 5 });
       await server.stop();
       await pg.close();
       releaseLock();
     },
   };
+}
+
+/** How often the embedded database's hot tables are vacuumed (docs/architecture.md, "Cost as the fleet grows"). */
+export const PGLITE_VACUUM_INTERVAL_MS = 10_000;
+const HOT_TABLES = ["pools", "hosts", "reservations", "operations", "volumes"];
+
+/**
+ * PGlite runs no autovacuum: every reservation, confirmation and inventory rewrites a few pool rows, and their
+ * dead versions pile up until each update of a pool walks thousands of them (results fell from ~400/s to ~30/s
+ * after ~4,000 updates of four pool rows). A plain VACUUM of the hot tables every few seconds keeps them small;
+ * it takes the one connection for a few milliseconds. Returns what stops it.
+ */
+function startVacuum(sql: Sql, intervalMs: number): () => void {
+  let running = false;
+  const timer = setInterval(() => {
+    if (running) return;
+    running = true;
+    void (async () => {
+      for (const t of HOT_TABLES) await sql.unsafe(`vacuum ${t}`).catch(() => undefined);
+    })().finally(() => {
+      running = false;
+    });
+  }, intervalMs);
+  timer.unref();
+  return () => clearInterval(timer);
 }
 
 /**
