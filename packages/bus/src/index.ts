@@ -1,3 +1,4 @@
 export * from "./connection.js";
 export * from "./consume.js";
+export * from "./pull.js";
 export * from "./subjects.js";
