@@ -16,7 +16,7 @@ import {
   scanPools,
   startReporting,
 } from "./inventory.js";
-import { createAgentMetrics, type PoolSample, serveMetrics } from "./metrics.js";
+import { createAgentMetrics, serveMetrics } from "./metrics.js";
 import { type AgentPool, createMeteredToolRunner, openPools } from "./pools.js";
 import { keepRegistered, registerWhenReachable } from "./registration.js";
 

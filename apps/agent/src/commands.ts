@@ -1,6 +1,5 @@
 import { fromBinary, toBinary } from "@bufbuild/protobuf";
-import type { Consumer, JsMsg } from "@nats-io/jetstream";
-import { type Bus, COMMAND_STREAM, pullLoop } from "@stowage/bus";
+import { type Bus, COMMAND_STREAM, type Consumer, type JsMsg, pullLoop } from "@stowage/bus";
 import type { PoolDriver } from "@stowage/drivers";
 import {
   type AgentCommand,
@@ -116,7 +115,10 @@ export async function startCommandConsumer(o: CommandConsumerOptions): Promise<C
       run: () =>
         execute(msg, cmd)
           .catch((err) => {
-            o.log.warn({ err, operationId: cmd.operationId }, "command handling failed; it will be redelivered");
+            o.log.warn(
+              { err, operationId: cmd.operationId },
+              "command handling failed; it will be redelivered",
+            );
             msg.nak(1000);
           })
           .finally(() => clearInterval(progress)),
@@ -143,7 +145,8 @@ export async function startCommandConsumer(o: CommandConsumerOptions): Promise<C
       abort.abort();
       await pulling;
       const left = await scheduler.drain(graceMs);
-      if (left > 0) o.log.warn({ running: left }, "stopping with operations still running; they will be redelivered");
+      if (left > 0)
+        o.log.warn({ running: left }, "stopping with operations still running; they will be redelivered");
     },
   };
 }

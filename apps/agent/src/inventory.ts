@@ -219,7 +219,10 @@ export function createInventory(o: InventoryOptions) {
     sequence++;
     o.bus.nc.publish(
       reg.inventorySubject,
-      toBinary(InventorySchema, create(InventorySchema, { ...inv, hostId: reg.hostId, sequence, at: timestampNow() })),
+      toBinary(
+        InventorySchema,
+        create(InventorySchema, { ...inv, hostId: reg.hostId, sequence, at: timestampNow() }),
+      ),
     );
   };
 

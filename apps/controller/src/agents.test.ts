@@ -1,5 +1,11 @@
 import { create, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
-import { type Bus, connectBus, heartbeatSubject, inventoryRequestSubject, inventorySubject } from "@stowage/bus";
+import {
+  type Bus,
+  connectBus,
+  heartbeatSubject,
+  inventoryRequestSubject,
+  inventorySubject,
+} from "@stowage/bus";
 import {
   HeartbeatSchema,
   type Inventory,

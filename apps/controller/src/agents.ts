@@ -274,7 +274,12 @@ export function requestFullInventory(bus: Bus, hostId: string): void {
   bus.nc.publish(inventoryRequestSubject(hostId));
 }
 
-async function applyHeartbeat(ctx: ControllerContext, bus: Bus, hostId: string, bootId: string): Promise<void> {
+async function applyHeartbeat(
+  ctx: ControllerContext,
+  bus: Bus,
+  hostId: string,
+  bootId: string,
+): Promise<void> {
   const r = await recordHeartbeat(ctx.sql, hostId, bootId);
   if (r.cameBack) {
     ctx.log.info({ host: hostId }, "host is up again");

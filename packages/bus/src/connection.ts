@@ -142,7 +142,11 @@ async function ensureConsumer(
 /** The durable consumer an agent reads its commands from (one per host; Debian's 2.9 server: one filter subject). */
 export async function ensureAgentConsumer(jsm: JetStreamManager, hostId: string): Promise<string> {
   const durable = agentConsumerName(hostId);
-  await ensureConsumer(jsm, COMMAND_STREAM, durable, commandSubject(hostId),
+  await ensureConsumer(
+    jsm,
+    COMMAND_STREAM,
+    durable,
+    commandSubject(hostId),
     COMMAND_ACK_WAIT_MS,
     AGENT_MAX_ACK_PENDING,
   );

@@ -1,6 +1,8 @@
 import { setTimeout as delay } from "node:timers/promises";
 import type { Consumer, ConsumerMessages, JsMsg } from "@nats-io/jetstream";
 
+export type { Consumer, JsMsg };
+
 export interface PullLoopOptions {
   /** Stops pulling; the pull request under way is closed at once. */
   signal: AbortSignal;
@@ -22,7 +24,9 @@ export interface PullLoopOptions {
  */
 export async function pullLoop(consumer: Consumer, opts: PullLoopOptions): Promise<void> {
   const { signal } = opts;
-  const aborted = new Promise<void>((resolve) => signal.addEventListener("abort", () => resolve(), { once: true }));
+  const aborted = new Promise<void>((resolve) =>
+    signal.addEventListener("abort", () => resolve(), { once: true }),
+  );
   let batch: ConsumerMessages | undefined;
   const closeBatch = () => void batch?.close().catch(() => {});
   signal.addEventListener("abort", closeBatch, { once: true });
