@@ -7,9 +7,17 @@ import { createLogger, type Logger } from "@stowage/telemetry";
 import { type CommandConsumer, startCommandConsumer } from "./commands.js";
 import type { AgentConfig } from "./config.js";
 import { discoverHost } from "./discovery.js";
-import { createReporter, hostInfo, type PoolScan, scanPools, startReporting } from "./inventory.js";
-import { createAgentMetrics, type PoolSample, serveMetrics } from "./metrics.js";
-import { createMeteredToolRunner, openPools } from "./pools.js";
+import {
+  createInventory,
+  hostInfo,
+  type Inventory,
+  type PoolScan,
+  poolReports,
+  scanPools,
+  startReporting,
+} from "./inventory.js";
+import { createAgentMetrics, serveMetrics } from "./metrics.js";
+import { type AgentPool, createMeteredToolRunner, openPools } from "./pools.js";
 import { keepRegistered, registerWhenReachable } from "./registration.js";
 
 export { AGENT_VERSION } from "./inventory.js";
@@ -17,9 +25,21 @@ export { AGENT_VERSION } from "./inventory.js";
 export interface AgentHandle {
   hostId: string;
   metricsPort: number;
-  /** Publishes a full inventory now. */
+  /** Publishes a full inventory now (sharing a scan under way or the next one). */
   publishInventory(): Promise<void>;
+  /** Commands held now (running or waiting). */
+  heldCommands(): number;
+  /** Hands back what it has not started and waits `shutdownGraceMs` at most for what runs, then closes. */
   stop(): Promise<void>;
+}
+
+/** What tests change in an agent: its drivers (fault injection, counting) and its full scan. */
+export interface AgentHooks {
+  wrapPool?: (pool: AgentPool) => AgentPool;
+  /** Counts or replaces the full scan (default: every pool's check, capacity and list). */
+  wrapScan?: (scan: () => Promise<PoolScan>) => () => Promise<PoolScan>;
+  /** Milliseconds between progress acks of a held command (default 10 s). */
+  progressIntervalMs?: number;
 }
 
 async function connectAgentBus(config: AgentConfig): Promise<Bus> {
@@ -37,35 +57,54 @@ async function connectAgentBus(config: AgentConfig): Promise<Bus> {
 
 interface RunningAgent {
   log: Logger;
+  config: AgentConfig;
   stopTimers: (() => void)[];
   commands: CommandConsumer;
+  inventory: Inventory;
   bus: Bus;
   metricsServer: { close(): Promise<void> };
 }
 
-/** Stops in the order that loses nothing: timers, the consumer (after the operation under way), connections. */
+/**
+ * Stops in the order that loses nothing, within about `shutdownGraceMs` plus a second or two: timers and
+ * subscriptions first, then the consumer (it stops pulling, hands back what it has not started and waits for
+ * what runs), the last delta, and the connections (the bus drain is bounded too).
+ */
 async function stopAgent(a: RunningAgent): Promise<void> {
+  const t0 = Date.now();
   for (const stop of a.stopTimers) stop();
-  await a.commands.stop();
+  await a.commands.stop(a.config.shutdownGraceMs);
+  await a.inventory.stop(1000);
   await a.bus.close();
   await a.metricsServer.close();
-  a.log.info("agent stopped");
+  a.log.info({ ms: Date.now() - t0 }, "agent stopped");
+}
+
+/** Publishes a full inventory after every NATS reconnect (core NATS may have dropped deltas meanwhile). */
+function fullInventoryOnReconnect(bus: Bus, inventory: Inventory): () => void {
+  let stopped = false;
+  void (async () => {
+    for await (const s of bus.nc.status()) {
+      if (stopped) return;
+      if (s.type === "reconnect") void inventory.refresh();
+    }
+  })().catch(() => {});
+  return () => {
+    stopped = true;
+  };
 }
 
 /**
- * Starts the agent: opens its pools, serves its metrics, registers with the controller (waiting for it), then
- * reports inventory and heartbeats and runs the commands JetStream delivers for this host.
+ * Starts the agent: opens its pools, serves its metrics, registers with the controller (waiting for it) with
+ * its pools' capacity only, heartbeats at once, runs the commands JetStream delivers for this host, and then
+ * publishes its first full inventory (docs/architecture.md, join).
  */
-export async function startAgent(config: AgentConfig): Promise<AgentHandle> {
+export async function startAgent(config: AgentConfig, hooks: AgentHooks = {}): Promise<AgentHandle> {
   const log = createLogger(`stowage-agent`, config.logLevel).child({ host: config.hostName });
-  let samples: PoolSample[] = [];
-  const metrics = createAgentMetrics(config.hostName, () => samples);
-  const pools = await openPools(config, createMeteredToolRunner(config, metrics, log));
-  const scan = async (): Promise<PoolScan> => {
-    const s = await scanPools(pools.values());
-    samples = s.samples;
-    return s;
-  };
+  let inventory: Inventory | undefined;
+  const metrics = createAgentMetrics(config.hostName, () => inventory?.samples() ?? []);
+  const opened = await openPools(config, createMeteredToolRunner(config, metrics, log));
+  const pools = new Map([...opened].map(([name, p]) => [name, hooks.wrapPool ? hooks.wrapPool(p) : p]));
   const host = await discoverHost({ sysfsRoot: config.sysfsRoot, procRoot: config.procRoot });
 
   let registered: RegisterAgentResponse | undefined;
@@ -77,9 +116,12 @@ export async function startAgent(config: AgentConfig): Promise<AgentHandle> {
   const info = () => hostInfo(config, host, metricsServer.address);
 
   const client = createClient(AgentService, createGrpcTransport({ baseUrl: config.controllerUrl }));
+  // Registration carries each pool's health and capacity, not its volumes: it stays cheap at any pool size.
   const register = async () => {
-    const { reports } = await scan();
-    registered = await client.registerAgent({ host: info(), pools: reports }, { timeoutMs: 10_000 });
+    registered = await client.registerAgent(
+      { host: info(), pools: await poolReports(pools.values()) },
+      { timeoutMs: 10_000 },
+    );
     return registered;
   };
   const reg = await registerWhenReachable(register, config.controllerUrl, log);
@@ -93,40 +135,52 @@ export async function startAgent(config: AgentConfig): Promise<AgentHandle> {
   }
 
   let commands: CommandConsumer | undefined;
-  const reporter = createReporter({
+  const scan = async (): Promise<PoolScan> => scanPools(pools.values());
+  const inv = createInventory({
     bus,
     registration: reg,
     bootId: randomUUID(),
     host: info,
-    scan,
+    pools,
+    scan: hooks.wrapScan ? hooks.wrapScan(scan) : scan,
     runningOperations: () => commands?.running() ?? 0,
     log,
   });
-  reporter.publishHeartbeat();
-  await reporter.refresh();
+  inventory = inv;
+  inv.publishHeartbeat();
+  const stopReporting = startReporting(inv, reg.heartbeatIntervalMs || 3000, config.inventoryIntervalMs);
+  const stopServing = inv.serveRequests();
   commands = await startCommandConsumer({
     bus,
     registration: reg,
     pools,
     metrics,
     log,
-    afterOperation: () => void reporter.refresh(),
+    poolConcurrency: config.poolConcurrency,
+    maxConcurrency: config.maxConcurrency,
+    ...(hooks.progressIntervalMs ? { progressIntervalMs: hooks.progressIntervalMs } : {}),
+    afterOperation: (cmd, result) => inv.noteOperation(cmd, result),
   });
+  void inv.refresh();
 
   const running: RunningAgent = {
     log,
-    stopTimers: [
-      startReporting(reporter, reg.heartbeatIntervalMs || 3000, config.inventoryIntervalMs),
-      keepRegistered(register),
-    ],
+    config,
+    stopTimers: [stopReporting, stopServing, fullInventoryOnReconnect(bus, inv), keepRegistered(register)],
     commands,
+    inventory: inv,
     bus,
     metricsServer,
   };
+  let stopping: Promise<void> | undefined;
   return {
     hostId: reg.hostId,
     metricsPort: metricsServer.port,
-    publishInventory: () => reporter.publishInventory(),
-    stop: () => stopAgent(running),
+    publishInventory: () => inv.publishFull(),
+    heldCommands: () => commands.held(),
+    stop: () => {
+      stopping ??= stopAgent(running);
+      return stopping;
+    },
   };
 }

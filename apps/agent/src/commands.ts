@@ -1,9 +1,10 @@
 import { fromBinary, toBinary } from "@bufbuild/protobuf";
-import { type Bus, COMMAND_STREAM, consumeLoop } from "@stowage/bus";
+import { type Bus, COMMAND_STREAM, type Consumer, type JsMsg, pullLoop } from "@stowage/bus";
 import type { PoolDriver } from "@stowage/drivers";
 import {
   type AgentCommand,
   AgentCommandSchema,
+  type OperationResult,
   OperationResultSchema,
   type RegisterAgentResponse,
 } from "@stowage/proto";
@@ -12,6 +13,7 @@ import { operationKinds } from "@stowage/wire";
 import { executeCommand } from "./executor.js";
 import type { AgentMetrics } from "./metrics.js";
 import type { AgentPool } from "./pools.js";
+import { createOperationScheduler } from "./scheduler.js";
 
 export interface CommandConsumerOptions {
   bus: Bus;
@@ -19,42 +21,56 @@ export interface CommandConsumerOptions {
   pools: ReadonlyMap<string, AgentPool>;
   metrics: AgentMetrics;
   log: Logger;
-  /** After each operation (the pool changed): the agent reports its inventory. */
-  afterOperation: () => void;
+  /** Operations running at once in one pool. */
+  poolConcurrency: number;
+  /** Commands held at once (running or waiting for their volume's or pool's turn); also what one pull asks for. */
+  maxConcurrency: number;
+  /** How often a held command tells JetStream it is still being worked on (well under the consumer's ack wait). */
+  progressIntervalMs?: number;
+  /** The consumer to read (tests); default the registration's durable consumer. */
+  consumer?: Consumer;
+  /** After each operation (its pool changed): the agent reports a delta of its inventory. */
+  afterOperation: (cmd: AgentCommand, result: OperationResult) => void;
 }
 
 export interface CommandConsumer {
   /** Operations running now, for heartbeats. */
   running(): number;
-  /** Finishes the operation under way, then stops taking commands. */
-  stop(): Promise<void>;
+  /** Commands held now (running or waiting). */
+  held(): number;
+  /**
+   * Stops pulling, hands back (nak, no delay) the commands not started, and waits up to `graceMs` for the
+   * running ones; a command still running then is redelivered after the ack wait, and converges (drivers are
+   * idempotent).
+   */
+  stop(graceMs: number): Promise<void>;
 }
 
-/** Takes this host's commands from its durable JetStream consumer, one at a time, and publishes each result. */
+/** The volume a command acts on, which orders commands: one at a time per volume. */
+function commandKey(cmd: AgentCommand): string {
+  const v = cmd.payload.value;
+  return v && "volumeId" in v && v.volumeId ? v.volumeId : cmd.operationId;
+}
+
+/**
+ * Takes this host's commands from its durable JetStream consumer, no more than it has slots for, runs them in
+ * parallel across volumes (scheduler.ts), and publishes each result before acking its command.
+ */
 export async function startCommandConsumer(o: CommandConsumerOptions): Promise<CommandConsumer> {
   const reg = o.registration;
   const drivers = new Map<string, PoolDriver>([...o.pools].map(([name, p]) => [name, p.driver]));
-  let running = 0;
+  const scheduler = createOperationScheduler({
+    poolConcurrency: o.poolConcurrency,
+    maxConcurrency: o.maxConcurrency,
+  });
 
-  const handle: Parameters<typeof consumeLoop>[1] = async (msg) => {
-    let cmd: AgentCommand;
-    try {
-      cmd = fromBinary(AgentCommandSchema, msg.data);
-    } catch (err) {
-      o.log.error({ err, seq: msg.seq }, "undecodable command dropped");
-      return;
-    }
-    if (msg.info.deliveryCount > 1) o.metrics.redeliveries.inc();
+  const execute = async (msg: JsMsg, cmd: AgentCommand) => {
     const kind = operationKinds.domain(cmd.kind) ?? "unknown";
     const oplog = o.log.child({ operationId: cmd.operationId, kind, pool: cmd.poolName });
     oplog.info({ delivery: msg.info.deliveryCount }, "operation started");
-    running++;
     const backend = o.pools.get(cmd.poolName)?.config.kind ?? "unknown";
     const end = o.metrics.operationDuration.startTimer({ kind, backend });
-    const result = await executeCommand(drivers, reg.hostId, cmd).finally(() => {
-      running--;
-      end();
-    });
+    const result = await executeCommand(drivers, reg.hostId, cmd).finally(end);
     o.metrics.operations.inc({ kind, backend, result: result.success ? "succeeded" : "failed" });
     // The result is durable in JetStream before the command is acked; a crash in between means a redelivery,
     // which the idempotent driver adopts.
@@ -62,6 +78,7 @@ export async function startCommandConsumer(o: CommandConsumerOptions): Promise<C
       msgID: `result-${cmd.operationId}`,
       timeout: 10_000,
     });
+    msg.ack();
     oplog.info(
       {
         success: result.success,
@@ -71,20 +88,65 @@ export async function startCommandConsumer(o: CommandConsumerOptions): Promise<C
       },
       "operation finished",
     );
-    o.afterOperation();
+    o.afterOperation(cmd, result);
   };
 
   const abort = new AbortController();
-  const consumer = await o.bus.js.consumers.get(reg.commandStream || COMMAND_STREAM, reg.commandConsumer);
-  const consuming = consumeLoop(consumer, handle, {
+  const hold = (msg: JsMsg) => {
+    // A message that arrives while the pull is being closed is handed straight back.
+    if (abort.signal.aborted) {
+      msg.nak();
+      return;
+    }
+    let cmd: AgentCommand;
+    try {
+      cmd = fromBinary(AgentCommandSchema, msg.data);
+    } catch (err) {
+      o.log.error({ err, seq: msg.seq }, "undecodable command dropped");
+      msg.term();
+      return;
+    }
+    if (msg.info.deliveryCount > 1) o.metrics.redeliveries.inc();
+    // Held means being worked on, waiting or running: JetStream must not give it to anyone else meanwhile.
+    const progress = setInterval(() => msg.working(), o.progressIntervalMs ?? 10_000);
+    scheduler.submit({
+      key: commandKey(cmd),
+      pool: cmd.poolName,
+      run: () =>
+        execute(msg, cmd)
+          .catch((err) => {
+            o.log.warn(
+              { err, operationId: cmd.operationId },
+              "command handling failed; it will be redelivered",
+            );
+            msg.nak(1000);
+          })
+          .finally(() => clearInterval(progress)),
+      cancel: () => {
+        clearInterval(progress);
+        msg.nak();
+      },
+    });
+  };
+
+  const consumer =
+    o.consumer ?? (await o.bus.js.consumers.get(reg.commandStream || COMMAND_STREAM, reg.commandConsumer));
+  const pulling = pullLoop(consumer, {
     signal: abort.signal,
-    onError: (err) => o.log.warn({ err }, "command handling failed; it will be redelivered"),
+    freeSlots: () => scheduler.free(),
+    slotFreed: () => scheduler.slotFreed(),
+    deliver: hold,
+    onError: (err) => o.log.warn({ err }, "pulling commands failed; retrying"),
   });
   return {
-    running: () => running,
-    async stop() {
+    running: () => scheduler.running(),
+    held: () => scheduler.held(),
+    async stop(graceMs) {
       abort.abort();
-      await consuming;
+      await pulling;
+      const left = await scheduler.drain(graceMs);
+      if (left > 0)
+        o.log.warn({ running: left }, "stopping with operations still running; they will be redelivered");
     },
   };
 }

@@ -20,7 +20,10 @@ const HOST: Record<string, string> = {
   sysfsRoot: '"/sys"',
   procRoot: '"/proc"',
   metricsListen: '"127.0.0.1:7482"',
-  inventoryIntervalMs: "15000",
+  inventoryIntervalMs: "300000",
+  poolConcurrency: "4",
+  maxConcurrency: "16",
+  shutdownGraceMs: "5000",
   toolTimeoutMs: "600000",
   initiatorName: '""',
   pools: "required",
@@ -138,7 +141,10 @@ describe("parseAgentConfig", () => {
       sysfsRoot: "/sys",
       procRoot: "/proc",
       metricsListen: "127.0.0.1:7482",
-      inventoryIntervalMs: 15000,
+      inventoryIntervalMs: 300000,
+      poolConcurrency: 4,
+      maxConcurrency: 16,
+      shutdownGraceMs: 5000,
       toolTimeoutMs: 600000,
       initiatorName: "",
       logLevel: "info",
@@ -155,6 +161,15 @@ describe("parseAgentConfig", () => {
         },
       ],
     });
+  });
+
+  it("bounds the operations it runs at once, per pool and in all, to what the command consumer allows", () => {
+    const base = { hostName: "node1", pools: [{ name: "default", kind: "dir", path: "/srv/p" }] };
+    const c = parseAgentConfig({ ...base, poolConcurrency: 2, maxConcurrency: 8, shutdownGraceMs: 1000 });
+    expect([c.poolConcurrency, c.maxConcurrency, c.shutdownGraceMs]).toEqual([2, 8, 1000]);
+    expect(() => parseAgentConfig({ ...base, poolConcurrency: 0 })).toThrow(/poolConcurrency/);
+    expect(() => parseAgentConfig({ ...base, maxConcurrency: 65 })).toThrow(/maxConcurrency/);
+    expect(() => parseAgentConfig({ ...base, shutdownGraceMs: -1 })).toThrow(/shutdownGraceMs/);
   });
 
   it("takes a pool of every kind with its own fields", () => {

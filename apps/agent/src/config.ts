@@ -1,5 +1,6 @@
 import { readFileSync } from "node:fs";
 import { hostname } from "node:os";
+import { AGENT_MAX_ACK_PENDING } from "@stowage/bus";
 import { NAME_PATTERN } from "@stowage/core";
 import { DEFAULT_MAX_CHAIN_DEPTH } from "@stowage/drivers";
 import { z } from "zod";
@@ -181,8 +182,24 @@ export const AgentConfigSchema = z
       "address of the agent's /metrics and /healthz",
     ),
     inventoryIntervalMs: setting(
-      z.number().int().min(200).default(15_000),
-      "a full inventory is published this often (ms), and after every operation",
+      z
+        .number()
+        .int()
+        .min(200)
+        .default(5 * 60_000),
+      "a full inventory (every volume of every pool) is published this often (ms), besides on reconnect and on the controller's request; after an operation only a delta is",
+    ),
+    poolConcurrency: setting(
+      z.number().int().min(1).max(AGENT_MAX_ACK_PENDING).default(4),
+      "operations running at once in one pool (always one at a time per volume)",
+    ),
+    maxConcurrency: setting(
+      z.number().int().min(1).max(AGENT_MAX_ACK_PENDING).default(16),
+      "commands the agent holds at once, running or waiting for their volume's or pool's turn; it fetches no more",
+    ),
+    shutdownGraceMs: setting(
+      z.number().int().min(0).max(60_000).default(5000),
+      "on SIGTERM, how long running operations may finish (ms); commands not started are handed back at once",
     ),
     toolTimeoutMs: setting(
       z

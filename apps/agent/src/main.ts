@@ -16,13 +16,15 @@ if (!path) {
 }
 
 try {
-  const agent = await startAgent(loadAgentConfig(path));
+  const config = loadAgentConfig(path);
+  const agent = await startAgent(config);
   let stopping = false;
   const stop = async (signal: string) => {
     if (stopping) return;
     stopping = true;
     process.stderr.write(`stowage-agent: ${signal}, stopping\n`);
-    const force = setTimeout(() => process.exit(1), 10_000);
+    // stop() is bounded (the grace for running operations, then a bounded drain); this is the last resort.
+    const force = setTimeout(() => process.exit(1), config.shutdownGraceMs + 5000);
     force.unref();
     await agent.stop();
     process.exit(0);

@@ -8,6 +8,7 @@ import {
   commandSubject,
   ensureAgentConsumer,
   heartbeatSubject,
+  inventoryRequestSubject,
   inventorySubject,
   resultSubject,
 } from "@stowage/bus";
@@ -23,7 +24,9 @@ import {
   RegisterAgentResponseSchema,
 } from "@stowage/proto";
 import {
+  applyPoolDeltas,
   applyPoolReports,
+  dropVolumeFindings,
   type Finding,
   liveVolumesOnHost,
   markInventoryReceived,
@@ -160,7 +163,8 @@ export function diffInventory(
   return findings;
 }
 
-export async function applyInventory(ctx: ControllerContext, inv: Inventory): Promise<void> {
+/** A full inventory: the host, every pool (the others marked absent) and its findings, judged anew. */
+async function applyFullInventory(ctx: ControllerContext, inv: Inventory): Promise<void> {
   if (!inv.host) return;
   const hostId = validateName("host name", inv.hostId);
   const pools = inv.pools.map((p) => poolReportFromWire(ctx, p));
@@ -187,11 +191,100 @@ export async function applyInventory(ctx: ControllerContext, inv: Inventory): Pr
     ctx.log.warn({ host: hostId, findings: findings.length }, "inventory differs from the database");
 }
 
-async function applyHeartbeat(ctx: ControllerContext, data: Uint8Array): Promise<void> {
-  const h = fromBinary(HeartbeatSchema, data);
-  const r = await recordHeartbeat(ctx.sql, h.hostId, h.bootId);
+/**
+ * A delta: what one or more operations changed. Only the named pools are updated (the others are left as they
+ * are, not marked absent), and only the touched volumes' findings are dropped; its cost is that of the delta,
+ * never of the host's size.
+ */
+async function applyInventoryDelta(ctx: ControllerContext, inv: Inventory): Promise<void> {
+  const hostId = validateName("host name", inv.hostId);
+  const pools = inv.pools.map((p) => poolReportFromWire(ctx, p));
+  const touched = [...inv.volumes.map((a) => a.volumeId), ...inv.removedVolumeIds];
+  await ctx.sql.begin(async (tx) => {
+    await applyPoolDeltas(tx, hostId, pools);
+    await dropVolumeFindings(tx, hostId, touched);
+  });
+}
+
+export async function applyInventory(ctx: ControllerContext, inv: Inventory): Promise<void> {
+  if (inv.delta) await applyInventoryDelta(ctx, inv);
+  else await applyFullInventory(ctx, inv);
+}
+
+/** What a controller last saw of a host's sequence (heartbeats, inventories and deltas share one). */
+interface HostSequence {
+  last: bigint;
+  lastFull: bigint;
+  /** When a full inventory was last asked for, since the last one arrived. */
+  requestedAt: number | undefined;
+}
+
+export type SequenceVerdict = {
+  /** False for a delta older than the last full inventory: that inventory already says more. */
+  apply: boolean;
+  /** A full inventory should be asked for: a message was lost (a gap), or the host is new to this controller. */
+  requestFull: boolean;
+};
+
+/**
+ * Follows each host's sequence, in arrival order (core NATS keeps one publisher's order). A gap means a lost
+ * message, possibly a delta: the controller then asks the host for a full inventory, at most once per
+ * `requestEveryMs` until one arrives. A sequence that goes back is a restarted agent (it counts from 1 again).
+ * With several controller replicas in the queue group, each sees part of a host's messages, so gaps are
+ * overcounted; the rate limit bounds what that costs.
+ */
+export function createSequenceTracker(requestEveryMs = 30_000, now: () => number = Date.now) {
+  const hosts = new Map<string, HostSequence>();
+  return {
+    observe(hostId: string, sequence: bigint, kind: "heartbeat" | "full" | "delta"): SequenceVerdict {
+      const h = hosts.get(hostId);
+      if (!h || sequence <= h.last) {
+        // New to this controller, or a restarted agent (counting from 1 again): the start of its sequence.
+        const requestFull = kind !== "full";
+        hosts.set(hostId, {
+          last: sequence,
+          lastFull: kind === "full" ? sequence : 0n,
+          requestedAt: requestFull ? now() : undefined,
+        });
+        return { apply: true, requestFull };
+      }
+      const gap = sequence > h.last + 1n;
+      h.last = sequence;
+      if (kind === "full") {
+        h.lastFull = sequence;
+        h.requestedAt = undefined;
+        return { apply: true, requestFull: false };
+      }
+      const apply = kind !== "delta" || sequence > h.lastFull;
+      if (gap && (h.requestedAt === undefined || now() - h.requestedAt >= requestEveryMs)) {
+        h.requestedAt = now();
+        return { apply, requestFull: true };
+      }
+      return { apply, requestFull: false };
+    },
+    forget(hostId: string): void {
+      hosts.delete(hostId);
+    },
+  };
+}
+export type SequenceTracker = ReturnType<typeof createSequenceTracker>;
+
+/** Asks a host's agent for a full inventory (core NATS; a host that is down simply does not answer). */
+export function requestFullInventory(bus: Bus, hostId: string): void {
+  bus.nc.publish(inventoryRequestSubject(hostId));
+}
+
+async function applyHeartbeat(
+  ctx: ControllerContext,
+  bus: Bus,
+  hostId: string,
+  bootId: string,
+): Promise<void> {
+  const r = await recordHeartbeat(ctx.sql, hostId, bootId);
   if (r.cameBack) {
-    ctx.log.info({ host: h.hostId }, "host is up again");
+    ctx.log.info({ host: hostId }, "host is up again");
+    // What it reported while it was down may have been lost.
+    requestFullInventory(bus, hostId);
     ctx.kickRelay();
     ctx.notifyChange();
   }
@@ -220,13 +313,49 @@ function subscribeQueued(
   });
 }
 
-/** Heartbeats and inventories arrive on core NATS, shared by controller replicas through a queue group. */
-export function subscribeAgentTraffic(ctx: ControllerContext, bus: Bus): () => void {
+/** Runs each host's inventories one after another, in arrival order: an older delta never lands after a newer one. */
+function perHostQueue() {
+  const tails = new Map<string, Promise<void>>();
+  return (hostId: string, fn: () => Promise<void>): Promise<void> => {
+    const run = (tails.get(hostId) ?? Promise.resolve()).then(fn);
+    const tail = run.catch(() => {});
+    tails.set(hostId, tail);
+    void tail.then(() => {
+      if (tails.get(hostId) === tail) tails.delete(hostId);
+    });
+    return run;
+  };
+}
+
+/**
+ * Heartbeats and inventories arrive on core NATS, shared by controller replicas through a queue group. Sequences
+ * are followed as messages arrive (before any await), so a gap is seen in order.
+ */
+export function subscribeAgentTraffic(
+  ctx: ControllerContext,
+  bus: Bus,
+  tracker: SequenceTracker = createSequenceTracker(),
+): () => void {
+  const inOrder = perHostQueue();
+  const observe = (hostId: string, sequence: bigint, kind: "heartbeat" | "full" | "delta") => {
+    const v = tracker.observe(hostId, sequence, kind);
+    if (v.requestFull) {
+      ctx.log.info({ host: hostId, sequence }, "asking the host for a full inventory");
+      requestFullInventory(bus, hostId);
+    }
+    return v.apply;
+  };
   const subscriptions = [
-    subscribeQueued(ctx, bus, ALL_HEARTBEATS, "heartbeat", (data) => applyHeartbeat(ctx, data)),
-    subscribeQueued(ctx, bus, ALL_INVENTORIES, "inventory", (data) =>
-      applyInventory(ctx, fromBinary(InventorySchema, data)),
-    ),
+    subscribeQueued(ctx, bus, ALL_HEARTBEATS, "heartbeat", async (data) => {
+      const h = fromBinary(HeartbeatSchema, data);
+      observe(h.hostId, h.sequence, "heartbeat");
+      await applyHeartbeat(ctx, bus, h.hostId, h.bootId);
+    }),
+    subscribeQueued(ctx, bus, ALL_INVENTORIES, "inventory", async (data) => {
+      const inv = fromBinary(InventorySchema, data);
+      if (!observe(inv.hostId, inv.sequence, inv.delta ? "delta" : "full")) return;
+      await inOrder(inv.hostId, () => applyInventory(ctx, inv));
+    }),
   ];
   return () => {
     for (const s of subscriptions) s.unsubscribe();

@@ -50,8 +50,16 @@ export async function connectBus(opts: BusOptions): Promise<Bus> {
     nc,
     js,
     jsm,
+    // Drains what is in flight, but never for long: a shutdown must not wait on the server.
     close: async () => {
-      if (!nc.isClosed()) await nc.drain().catch(() => nc.close());
+      if (nc.isClosed()) return;
+      let timer: NodeJS.Timeout | undefined;
+      const drained = nc.drain().catch(() => {});
+      const late = new Promise<"late">((r) => {
+        timer = setTimeout(() => r("late"), 2000);
+      });
+      if ((await Promise.race([drained, late])) === "late") await nc.close().catch(() => {});
+      clearTimeout(timer);
     },
   };
 }
@@ -60,6 +68,11 @@ export async function connectBus(opts: BusOptions): Promise<Bus> {
 export const DUPLICATE_WINDOW_MS = 120_000;
 /** How long an agent may hold a command without acking before it is redelivered (agents signal progress). */
 export const COMMAND_ACK_WAIT_MS = 60_000;
+/**
+ * The most commands an agent may hold unacked (running, or waiting for its volume's or pool's turn). An agent
+ * fetches no more than its free slots (`maxConcurrency`, at most this), so this is only the server's ceiling.
+ */
+export const AGENT_MAX_ACK_PENDING = 64;
 
 async function ensureStream(jsm: JetStreamManager, name: string, subjects: string[]): Promise<void> {
   const config = {
@@ -96,6 +109,7 @@ async function ensureConsumer(
   durable: string,
   filter: string,
   ackWaitMs: number,
+  maxAckPending: number,
 ) {
   const config = {
     durable_name: durable,
@@ -104,7 +118,7 @@ async function ensureConsumer(
     filter_subject: filter,
     ack_wait: nanos(ackWaitMs),
     max_deliver: -1,
-    max_ack_pending: 64,
+    max_ack_pending: maxAckPending,
   };
   let exists = true;
   try {
@@ -128,7 +142,14 @@ async function ensureConsumer(
 /** The durable consumer an agent reads its commands from (one per host; Debian's 2.9 server: one filter subject). */
 export async function ensureAgentConsumer(jsm: JetStreamManager, hostId: string): Promise<string> {
   const durable = agentConsumerName(hostId);
-  await ensureConsumer(jsm, COMMAND_STREAM, durable, commandSubject(hostId), COMMAND_ACK_WAIT_MS);
+  await ensureConsumer(
+    jsm,
+    COMMAND_STREAM,
+    durable,
+    commandSubject(hostId),
+    COMMAND_ACK_WAIT_MS,
+    AGENT_MAX_ACK_PENDING,
+  );
   return durable;
 }
 
@@ -140,7 +161,7 @@ export const RESULT_ACK_WAIT_MS = 5_000;
 
 /** The durable consumer controllers share to read operation results. */
 export async function ensureResultConsumer(jsm: JetStreamManager): Promise<string> {
-  await ensureConsumer(jsm, RESULT_STREAM, RESULT_CONSUMER, ALL_RESULTS, RESULT_ACK_WAIT_MS);
+  await ensureConsumer(jsm, RESULT_STREAM, RESULT_CONSUMER, ALL_RESULTS, RESULT_ACK_WAIT_MS, 64);
   return RESULT_CONSUMER;
 }
 

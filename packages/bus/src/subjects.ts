@@ -13,6 +13,12 @@ export const commandSubject = (hostId: string) => `stowage.cmd.${hostToken(hostI
 export const resultSubject = (hostId: string) => `stowage.result.${hostToken(hostId)}`;
 export const heartbeatSubject = (hostId: string) => `stowage.heartbeat.${hostToken(hostId)}`;
 export const inventorySubject = (hostId: string) => `stowage.inventory.${hostToken(hostId)}`;
+/**
+ * Core-NATS request subject on which a host's agent publishes a full inventory when asked (a controller that saw
+ * a gap in the host's sequence, or the host coming back). One token more than `inventorySubject`, so
+ * `ALL_INVENTORIES` never matches it.
+ */
+export const inventoryRequestSubject = (hostId: string) => `stowage.inventory.request.${hostToken(hostId)}`;
 export const agentConsumerName = (hostId: string) => `agent-${hostToken(hostId)}`;
 
 export const ALL_RESULTS = "stowage.result.>";

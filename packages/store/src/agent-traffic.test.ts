@@ -1,7 +1,13 @@
 import { describe, expect, it } from "vitest";
-import { markInventoryReceived, volumesInFluxOnHost } from "./agent-traffic.js";
+import {
+  applyPoolDeltas,
+  dropVolumeFindings,
+  markInventoryReceived,
+  volumesInFluxOnHost,
+} from "./agent-traffic.js";
+import { listFindings, replaceFindings } from "./findings.js";
 import { getHost, upsertHost } from "./hosts.js";
-import { applyPoolReports } from "./pools.js";
+import { applyPoolReports, getPool } from "./pools.js";
 import { backends, migratedDatabase } from "./testing/backends.js";
 import { GiB, hostRegistration, newVolume, poolReport, volumeInState } from "./testing/fixtures.js";
 
@@ -38,5 +44,40 @@ describe.each(backends)("agent traffic on %s", (_name, makeBackend) => {
         await sql`update volumes set deleted_at = now() - ${deletedAgo}::interval where id = ${id}`;
     }
     expect([...(await volumesInFluxOnHost(sql, "fx"))].sort()).toEqual(["vol-f1", "vol-f2", "vol-f3"]);
+  });
+
+  it("applies a delta's pools only: the others keep their report and stay present, unknown pools are skipped", async () => {
+    const { sql } = db();
+    await upsertHost(sql, hostRegistration("dl"));
+    await applyPoolReports(sql, "dl", [poolReport("a", 100n * GiB), poolReport("b", 100n * GiB)]);
+    const n = await applyPoolDeltas(sql, "dl", [
+      poolReport("a", 100n * GiB, { usedBytes: 7n * GiB, freeBytes: 93n * GiB, provisionedBytes: 9n * GiB }),
+      poolReport("new", 10n * GiB),
+    ]);
+    expect(n).toBe(1);
+    const a = await getPool(sql, "dl/a");
+    expect([a?.usedBytes, a?.freeBytes, a?.reportedProvisionedBytes, a?.present]).toEqual([
+      7n * GiB,
+      93n * GiB,
+      9n * GiB,
+      true,
+    ]);
+    const b = await getPool(sql, "dl/b");
+    expect([b?.usedBytes, b?.present, b?.healthy]).toEqual([0n, true, true]);
+    expect(await getPool(sql, "dl/new")).toBeUndefined();
+  });
+
+  it("drops the orphan and missing findings of the named volumes only", async () => {
+    const { sql } = db();
+    await upsertHost(sql, hostRegistration("fd"));
+    await replaceFindings(sql, "fd", [
+      { hostId: "fd", kind: "missing", subject: "vol-a", poolId: "fd/p", detail: "" },
+      { hostId: "fd", kind: "orphan", subject: "vol-b", poolId: "fd/p", detail: "" },
+      { hostId: "fd", kind: "missing", subject: "vol-c", poolId: "fd/p", detail: "" },
+      { hostId: "fd", kind: "foreign", subject: "vol-a", poolId: "", detail: "" },
+    ]);
+    await dropVolumeFindings(sql, "fd", ["vol-a", "vol-b"]);
+    const left = (await listFindings(sql, "fd")).map((f) => `${f.kind}:${f.subject}`).sort();
+    expect(left).toEqual(["foreign:vol-a", "missing:vol-c"]);
   });
 });
