@@ -90,10 +90,10 @@ export const PGLITE_VACUUM_INTERVAL_MS = 10_000;
 const HOT_TABLES = ["pools", "hosts", "reservations", "operations", "volumes"];
 
 /**
- * PGlite runs no autovacuum: every reservation, confirmation and inventory rewrites a few pool rows, and their
- * dead versions pile up until each update of a pool walks thousands of them (results fell from ~400/s to ~30/s
- * after ~4,000 updates of four pool rows). A plain VACUUM of the hot tables every few seconds keeps them small;
- * it takes the one connection for a few milliseconds. Returns what stops it.
+ * PGlite runs no autovacuum: every reservation, confirmation, result and inventory rewrites rows of these tables,
+ * and nothing else ever reclaims their dead versions or refreshes the planner's statistics (a benchmark of
+ * thousands of results saw the rate fall several-fold until a VACUUM). A plain VACUUM of the hot tables every
+ * few seconds does what autovacuum would; it takes the one connection for a few milliseconds. Returns what stops it.
  */
 function startVacuum(sql: Sql, intervalMs: number): () => void {
   let running = false;
