@@ -8,8 +8,10 @@ import type { ClusterView, PoolCandidate } from "./types.js";
  * nothing. Byte counts are doubles (exact up to 8 PiB per pool). Hosts and zones are small integers, so the
  * loop compares numbers, not strings.
  *
- * `reserved`, `count`, `maxCount` and `groups` move as placements are recorded (`reserve`); the rest is fixed
- * when the view is built.
+ * `reserved`, `count`, `maxCount` and `groups` move as placements are recorded (`reserve`). A live view (the
+ * controller's) also moves any pool in place with `update`, from a fresh reading of it: the same columns as a
+ * rebuild from scratch would hold (a property test in select.test.ts holds it to that), at the cost of one
+ * pool, except when the pool held the largest volume count or load and gave it up (one pass to find the next).
  */
 
 export const KIND_BIT: Record<PoolKind, number> = { dir: 1, lvm: 2, lvmthin: 4, netfs: 8, rbd: 16 };
@@ -35,7 +37,8 @@ export interface Reservations {
 
 export class Columns {
   readonly n: number;
-  readonly pools: readonly PoolCandidate[];
+  /** Each pool as last read (`update` replaces its entry). */
+  readonly pools: PoolCandidate[];
   readonly numa: ClusterView["numa"];
   readonly ids: string[];
   readonly poolIndex = new Map<string, number>();
@@ -62,7 +65,8 @@ export class Columns {
   readonly maxVolumes: Int32Array;
   readonly load: Float64Array;
   /** 1 / the largest load (0 when nothing is in flight). */
-  readonly invMaxLoad: number;
+  invMaxLoad: number;
+  private maxLoad: number;
   /** Pools whose labels match a label set, by the set (JSON of its sorted pairs). */
   readonly labelMasks = new Map<string, Uint8Array>();
   reserved: Float64Array;
@@ -74,7 +78,7 @@ export class Columns {
     const pools = view.pools;
     const n = pools.length;
     this.n = n;
-    this.pools = pools;
+    this.pools = [...pools];
     this.numa = view.numa;
     this.ids = new Array(n);
     this.rank = new Int32Array(n);
@@ -102,24 +106,7 @@ export class Columns {
       this.zone[i] = intern(p.zone, this.zoneIndex, this.poolsOfZone);
       this.poolsOfHost[this.host[i]!]!.push(i);
       this.poolsOfZone[this.zone[i]!]!.push(i);
-      this.kindBit[i] = KIND_BIT[p.kind];
-      let formats = 0;
-      for (const f of p.formats) formats |= FORMAT_BIT[f];
-      this.formatMask[i] = formats;
-      this.state[i] =
-        (p.healthy ? HEALTHY : 0) |
-        (p.draining ? DRAINING : 0) |
-        (p.hostUp ? HOST_UP : 0) |
-        (p.hostSchedulable ? SCHEDULABLE : 0) |
-        (overPhysicalFloor(p) ? OVER_FLOOR : 0);
-      this.numaNode[i] = p.numaNode ?? -1;
-      this.headroom[i] = headroom(p);
-      const limit = provisionLimit(p);
-      this.invLimit[i] = limit > 0 ? 1 / limit : 0;
-      this.reserved[i] = Number(p.reservedBytes);
-      this.count[i] = p.volumeCount;
-      this.maxVolumes[i] = p.maxVolumes ?? 0;
-      this.load[i] = p.load ?? 0;
+      this.fill(i, p);
       if (p.volumeCount > maxCount) maxCount = p.volumeCount;
       if ((p.load ?? 0) > maxLoad) maxLoad = p.load ?? 0;
     }
@@ -135,6 +122,7 @@ export class Columns {
     this.hostCount = this.poolsOfHost.length;
     this.zoneCount = this.poolsOfZone.length;
     this.maxCount = maxCount;
+    this.maxLoad = maxLoad;
     this.invMaxLoad = maxLoad === 0 ? 0 : 1 / maxLoad;
     // The controller loads pools in id order already; rank them by id only when they are not.
     if (sorted) for (let i = 0; i < n; i++) this.rank[i] = i;
@@ -142,6 +130,62 @@ export class Columns {
       const order = [...this.ids.keys()].sort((a, b) => (this.ids[a]! < this.ids[b]! ? -1 : 1));
       for (let r = 0; r < n; r++) this.rank[order[r]!] = r;
     }
+  }
+
+  /** Writes pool i's columns that follow from its reading alone (not its host, zone or id). */
+  private fill(i: number, p: PoolCandidate): void {
+    this.kindBit[i] = KIND_BIT[p.kind];
+    let formats = 0;
+    for (const f of p.formats) formats |= FORMAT_BIT[f];
+    this.formatMask[i] = formats;
+    this.state[i] =
+      (p.healthy ? HEALTHY : 0) |
+      (p.draining ? DRAINING : 0) |
+      (p.hostUp ? HOST_UP : 0) |
+      (p.hostSchedulable ? SCHEDULABLE : 0) |
+      (overPhysicalFloor(p) ? OVER_FLOOR : 0);
+    this.numaNode[i] = p.numaNode ?? -1;
+    this.headroom[i] = headroom(p);
+    const limit = provisionLimit(p);
+    this.invLimit[i] = limit > 0 ? 1 / limit : 0;
+    this.reserved[i] = Number(p.reservedBytes);
+    this.count[i] = p.volumeCount;
+    this.maxVolumes[i] = p.maxVolumes ?? 0;
+    this.load[i] = p.load ?? 0;
+  }
+
+  /**
+   * Moves pool i to a fresh reading of it, in place. The pool keeps its id, host and zone (false, and nothing
+   * changed, when the reading says otherwise: the caller rebuilds the columns then).
+   */
+  update(i: number, p: PoolCandidate): boolean {
+    const before = this.pools[i]!;
+    if (p.id !== before.id || p.hostId !== before.hostId || p.zone !== before.zone) return false;
+    const oldCount = this.count[i]!;
+    const oldLoad = this.load[i]!;
+    this.pools[i] = p;
+    this.fill(i, p);
+    if (p.labels !== before.labels)
+      for (const [key, mask] of this.labelMasks) {
+        const labels = JSON.parse(key) as [string, string][];
+        mask[i] = labels.every(([k, v]) => p.labels[k] === v) ? 1 : 0;
+      }
+    const count = this.count[i]!;
+    if (count > this.maxCount) this.maxCount = count;
+    else if (oldCount === this.maxCount && count < oldCount) this.maxCount = maxOf(this.count);
+    const load = this.load[i]!;
+    if (load > this.maxLoad) this.maxLoad = load;
+    else if (oldLoad === this.maxLoad && load < oldLoad) this.maxLoad = maxOf(this.load);
+    this.invMaxLoad = this.maxLoad === 0 ? 0 : 1 / this.maxLoad;
+    return true;
+  }
+
+  /** Sets where the live volumes of one anti-affinity group are (a live view loads only the request's groups). */
+  setGroup(name: string, members: readonly { hostId: string; zone: string }[]): void {
+    this.groups.set(
+      name,
+      members.map((m) => ({ host: this.hostIndex.get(m.hostId) ?? -1, zone: this.zoneIndex.get(m.zone) ?? -1 })),
+    );
   }
 
   /** Records a placement of `bytes` on pool i, as the ledger will (so a run of placements sees its own effect). */
@@ -171,6 +215,13 @@ export class Columns {
     this.maxCount = saved.maxCount;
     this.groups = saved.groups;
   }
+}
+
+/** The largest value of a column (0 when empty or all below 0). */
+function maxOf(column: Int32Array | Float64Array): number {
+  let max = 0;
+  for (let i = 0; i < column.length; i++) if (column[i]! > max) max = column[i]!;
+  return max;
 }
 
 /** The index of `name`, adding it (with an empty pool list) the first time it is seen. */
