@@ -276,6 +276,8 @@ export class LiveView {
   /** Re-reads the dirty pools and hosts until none is left; concurrent callers share one run. */
   private drain(): Promise<void> {
     this.draining ??= (async () => {
+      // Not synchronously: `finally` must run after the assignment above, or it would never be cleared.
+      await null;
       try {
         while (!this.stopped && (this.dirtyPools.size > 0 || this.dirtyHosts.size > 0)) {
           const pools = [...this.dirtyPools];
@@ -369,6 +371,7 @@ export class LiveView {
   /** A full load (the first, a rebuild, the backstop); concurrent callers share one. */
   private load(): Promise<void> {
     this.loading ??= (async () => {
+      await null; // as in drain
       try {
         while (this.stale && !this.stopped) {
           this.stale = false;

@@ -184,7 +184,10 @@ export class Columns {
   setGroup(name: string, members: readonly { hostId: string; zone: string }[]): void {
     this.groups.set(
       name,
-      members.map((m) => ({ host: this.hostIndex.get(m.hostId) ?? -1, zone: this.zoneIndex.get(m.zone) ?? -1 })),
+      members.map((m) => ({
+        host: this.hostIndex.get(m.hostId) ?? -1,
+        zone: this.zoneIndex.get(m.zone) ?? -1,
+      })),
     );
   }
 

@@ -105,7 +105,11 @@ function topCandidates(
       refusedBy: "",
       reason: "",
       score: top.scores[k]!,
-      scores: SCORERS.map((name) => ({ scorer: name, value: scorer(name).score(c, r, i), weight: weights[name] })),
+      scores: SCORERS.map((name) => ({
+        scorer: name,
+        value: scorer(name).score(c, r, i),
+        weight: weights[name],
+      })),
     });
   }
   return out;

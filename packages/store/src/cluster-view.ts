@@ -69,6 +69,8 @@ export async function placementChangesSince(
 
 /** The sequence number of the latest change (0 when none): where a full load starts following the feed. */
 export async function lastPlacementChange(sql: Queryable): Promise<bigint> {
-  const [row] = await sql<{ seq: bigint }[]>`select coalesce(max(seq), 0)::int8 as seq from placement_changes`;
+  const [row] = await sql<
+    { seq: bigint }[]
+  >`select coalesce(max(seq), 0)::int8 as seq from placement_changes`;
   return row!.seq;
 }
