@@ -200,8 +200,8 @@ export class LiveView {
   hold(poolId: string, bytes: bigint, group = ""): Hold {
     const p = this.base.get(poolId);
     const h: Hold = { poolId, bytes, group, hostId: p?.hostId ?? "", zone: p?.zone ?? "", committedAt: 0 };
-    let set = this.holds.get(poolId);
-    if (!set) this.holds.set(poolId, (set = new Set()));
+    const set = this.holds.get(poolId) ?? new Set<Hold>();
+    this.holds.set(poolId, set);
     set.add(h);
     this.refreshPool(poolId);
     return h;
