@@ -32,6 +32,7 @@ export interface Reservations {
   reserved: Float64Array;
   count: Int32Array;
   maxCount: number;
+  countHistogram: Map<number, number>;
   groups: Map<string, GroupMembers>;
 }
 
@@ -67,6 +68,9 @@ export class Columns {
   /** 1 / the largest load (0 when nothing is in flight). */
   invMaxLoad: number;
   private maxLoad: number;
+  /** How many pools hold each volume count and each load: the next largest is found without a pass. */
+  private countHistogram = new Map<number, number>();
+  private readonly loadHistogram = new Map<number, number>();
   /** Pools whose labels match a label set, by the set (JSON of its sorted pairs). */
   readonly labelMasks = new Map<string, Uint8Array>();
   reserved: Float64Array;
@@ -107,6 +111,8 @@ export class Columns {
       this.poolsOfHost[this.host[i]!]!.push(i);
       this.poolsOfZone[this.zone[i]!]!.push(i);
       this.fill(i, p);
+      bump(this.countHistogram, this.count[i]!, 1);
+      bump(this.loadHistogram, this.load[i]!, 1);
       if (p.volumeCount > maxCount) maxCount = p.volumeCount;
       if ((p.load ?? 0) > maxLoad) maxLoad = p.load ?? 0;
     }
@@ -170,12 +176,8 @@ export class Columns {
         const labels = JSON.parse(key) as [string, string][];
         mask[i] = labels.every(([k, v]) => p.labels[k] === v) ? 1 : 0;
       }
-    const count = this.count[i]!;
-    if (count > this.maxCount) this.maxCount = count;
-    else if (oldCount === this.maxCount && count < oldCount) this.maxCount = maxOf(this.count);
-    const load = this.load[i]!;
-    if (load > this.maxLoad) this.maxLoad = load;
-    else if (oldLoad === this.maxLoad && load < oldLoad) this.maxLoad = maxOf(this.load);
+    this.maxCount = moved(this.countHistogram, this.maxCount, oldCount, this.count[i]!);
+    this.maxLoad = moved(this.loadHistogram, this.maxLoad, oldLoad, this.load[i]!);
     this.invMaxLoad = this.maxLoad === 0 ? 0 : 1 / this.maxLoad;
     return true;
   }
@@ -195,7 +197,7 @@ export class Columns {
   reserve(i: number, bytes: number, group: string | undefined): void {
     this.reserved[i]! += bytes;
     this.count[i]! += 1;
-    if (this.count[i]! > this.maxCount) this.maxCount = this.count[i]!;
+    this.maxCount = moved(this.countHistogram, this.maxCount, this.count[i]! - 1, this.count[i]!);
     if (group) {
       const members = this.groups.get(group) ?? [];
       members.push({ host: this.host[i]!, zone: this.zone[i]! });
@@ -208,6 +210,7 @@ export class Columns {
       reserved: this.reserved.slice(),
       count: this.count.slice(),
       maxCount: this.maxCount,
+      countHistogram: new Map(this.countHistogram),
       groups: new Map([...this.groups].map(([k, v]) => [k, [...v]])),
     };
   }
@@ -216,15 +219,31 @@ export class Columns {
     this.reserved = saved.reserved;
     this.count = saved.count;
     this.maxCount = saved.maxCount;
+    this.countHistogram = saved.countHistogram;
     this.groups = saved.groups;
   }
 }
 
-/** The largest value of a column (0 when empty or all below 0). */
-function maxOf(column: Int32Array | Float64Array): number {
-  let max = 0;
-  for (let i = 0; i < column.length; i++) if (column[i]! > max) max = column[i]!;
-  return max;
+function bump(histogram: Map<number, number>, value: number, by: number): void {
+  const n = (histogram.get(value) ?? 0) + by;
+  if (n === 0) histogram.delete(value);
+  else histogram.set(value, n);
+}
+
+/**
+ * One pool's value moved from `from` to `to`: the histogram follows, and the largest value (at least 0) is
+ * returned. When the largest is given up, the next one is found among the histogram's values (few: counts and
+ * loads repeat), not by a pass over the pools.
+ */
+function moved(histogram: Map<number, number>, max: number, from: number, to: number): number {
+  if (from === to) return max;
+  bump(histogram, from, -1);
+  bump(histogram, to, 1);
+  if (to > max) return to;
+  if (from !== max || histogram.has(max)) return max;
+  let next = 0;
+  for (const v of histogram.keys()) if (v > next) next = v;
+  return next;
 }
 
 /** The index of `name`, adding it (with an empty pool list) the first time it is seen. */

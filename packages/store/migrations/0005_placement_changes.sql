@@ -39,3 +39,6 @@ CREATE TRIGGER hosts_placement_added AFTER INSERT OR DELETE ON hosts
 
 -- A placement with anti-affinity loads the members of its own group only.
 CREATE INDEX volumes_anti_affinity_group ON volumes (anti_affinity_group) WHERE anti_affinity_group <> '';
+
+-- A re-read of a few pools counts their operations in flight (the pool-load scorer) without a scan.
+CREATE INDEX operations_pool_in_flight ON operations (pool_id) WHERE state IN ('pending', 'sent');

@@ -93,9 +93,17 @@ export async function loadSchedulingView(
   sql: Queryable,
   only?: { poolIds?: readonly string[]; hostIds?: readonly string[] },
 ): Promise<SchedulingRow[]> {
-  const where = only
-    ? sql`p.id = any(${[...(only.poolIds ?? [])]}) or p.host_id = any(${[...(only.hostIds ?? [])]})`
-    : sql`p.present`;
+  // Two conditions, not one `or`: each uses its index (the primary key, and (host_id, name)).
+  const poolIds = [...(only?.poolIds ?? [])];
+  const hostIds = [...(only?.hostIds ?? [])];
+  const where = !only
+    ? sql`p.present`
+    : hostIds.length === 0
+      ? sql`p.id = any(${poolIds})`
+      : poolIds.length === 0
+        ? sql`p.host_id = any(${hostIds})`
+        : sql`p.id in (select id from pools where id = any(${poolIds})
+            union select id from pools where host_id = any(${hostIds}))`;
   const load = only
     ? sql`(select count(*) from operations o where o.pool_id = p.id and o.state in ('pending', 'sent'))::int`
     : sql`coalesce(o.n, 0)::int`;
