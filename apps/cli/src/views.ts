@@ -337,6 +337,11 @@ export function placementView(
   if (res.feasible && p?.poolId) lines.push(`Chosen pool: ${chosenLine(p)}`);
   else lines.push("Chosen pool: none: no pool passed every filter (see REFUSED_BY and REASON below)");
   if (p?.summary) lines.push(`Summary:     ${p.summary}`);
+  const refusals = Object.entries(p?.refusals ?? {}).sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1));
+  if (refusals.length > 0)
+    lines.push(
+      `Refused:     ${refusals.map(([f, n]) => `${n} by ${f}`).join(", ")}${p?.poolsConsidered ? ` (of ${p.poolsConsidered} pools)` : ""}`,
+    );
   let text = `${lines.join("\n")}\n`;
   if (p && p.candidates.length > 0) text += `\n${candidateTable(p, o)}`;
   else text += "\nNo candidate pools: are any hosts registered? see `stowctl pool list`\n";

@@ -3,6 +3,7 @@ import type { CAPABILITIES } from "@stowage/core";
 import type { Database, Sql } from "@stowage/store";
 import type { Logger } from "@stowage/telemetry";
 import type { ControllerConfig } from "./config.js";
+import type { LiveView } from "./live-view.js";
 import type { ControllerMetrics } from "./metrics.js";
 
 /** What every part of the controller works with. */
@@ -15,6 +16,8 @@ export interface ControllerContext {
   metrics: ControllerMetrics;
   /** What each pool kind and format can do (core's CAPABILITIES); requests they cannot do are refused. */
   capabilities: typeof CAPABILITIES;
+  /** The scheduler's live view (live-view.ts); made on first use when absent (scheduling.ts `liveView`). */
+  placement?: LiveView;
   /** Wakes the relay at once (after a transaction wrote to the outbox). */
   kickRelay(): void;
   /** Wakes watchers at once (after a change they may care about). */

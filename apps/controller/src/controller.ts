@@ -12,6 +12,7 @@ import { type ControllerConfig, splitHostPort } from "./config.js";
 import type { ControllerContext } from "./context.js";
 import { errorInterceptor } from "./errors.js";
 import { withMinimalGrpcMessage } from "./grpc-message.js";
+import { LiveView } from "./live-view.js";
 import { createControllerMetrics } from "./metrics.js";
 import { reconcileOnce } from "./reconciler.js";
 import { startRelay } from "./relay.js";
@@ -115,6 +116,10 @@ export async function startController(config: ControllerConfig): Promise<Control
         signal?.addEventListener("abort", done, { once: true });
       }),
   };
+  // The scheduler's live view follows the change feed from now on (live-view.ts); loaded before serving.
+  const placement = new LiveView(db, { weights: config.schedulerWeights, log });
+  ctx.placement = placement;
+  await placement.start();
   const relay = startRelay(ctx);
   const reconciler = loop("reconciler", config.reconcileIntervalMs, () => reconcileOnce(ctx), log);
   const abort = new AbortController();
@@ -188,6 +193,7 @@ export async function startController(config: ControllerConfig): Promise<Control
       await relay.stop();
       await reconciler.stop();
       await resultsDone;
+      await placement.stop();
       await bus.close();
       await db!.close();
       log.info("controller stopped");

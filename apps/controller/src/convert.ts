@@ -155,6 +155,8 @@ export function placementToWire(d: PlacementDecision): Placement {
           scores: c.scores,
         }),
     ),
+    refusals: Object.fromEntries(d.refusals ?? []),
+    poolsConsidered: d.poolsConsidered ?? 0,
   });
 }
 

@@ -1,56 +1,33 @@
 import { notFound } from "@stowage/core";
-import {
-  type ClusterView,
-  type GroupPlacementDecision,
-  type PlacementDecision,
-  type PlacementRequest,
-  type PoolCandidate,
-  placeVolume,
-  Scheduler,
-} from "@stowage/scheduler";
-import { getHost, getPool, loadClusterViewRows, type Queryable } from "@stowage/store";
+import type { GroupPlacementDecision, PlacementDecision, PlacementRequest } from "@stowage/scheduler";
+import { getHost, getPool, type Queryable } from "@stowage/store";
 import type { ControllerContext } from "./context.js";
+import { type Hold, LiveView } from "./live-view.js";
 
-/** Builds the scheduler's in-memory view from the database (pools, ledger numbers, hosts, NUMA, groups). */
-export async function loadClusterView(sql: Queryable): Promise<ClusterView> {
-  const { pools: rows, numa, groups } = await loadClusterViewRows(sql);
-  const pools: PoolCandidate[] = rows.map(({ pool, hostState, hostSchedulable, zone, load }) => ({
-    id: pool.id,
-    hostId: pool.hostId,
-    kind: pool.kind,
-    zone,
-    numaNode: pool.numaNode,
-    labels: pool.labels,
-    formats: pool.formats,
-    healthy: pool.healthy,
-    draining: pool.draining,
-    hostUp: hostState === "up",
-    hostSchedulable,
-    totalBytes: pool.totalBytes,
-    usedBytes: pool.usedBytes,
-    freeBytes: pool.freeBytes,
-    allocatedBytes: pool.allocatedBytes,
-    reservedBytes: pool.reservedBytes,
-    overcommitRatio: pool.overcommitRatio,
-    maxUsedPercent: pool.maxUsedPercent,
-    reservedPercent: pool.reservedPercent,
-    volumeCount: pool.volumeCount,
-    maxVolumes: pool.maxVolumes,
-    load,
-  }));
-  return { pools, numa, groups };
+/**
+ * The controller's live placement view (live-view.ts): made with the context (controller.ts), or on first use
+ * for a context made without one (the services' test fixture).
+ */
+export function liveView(ctx: ControllerContext): LiveView {
+  ctx.placement ??= new LiveView(ctx.db, { weights: ctx.config.schedulerWeights, log: ctx.log });
+  return ctx.placement;
 }
 
 /** Checks that hosts and pools named in constraints exist, so a typo gets NOT_FOUND rather than "no capacity". */
-export async function checkConstraintTargets(sql: Queryable, req: PlacementRequest): Promise<void> {
+export async function checkConstraintTargets(
+  sql: Queryable,
+  req: PlacementRequest,
+  view?: LiveView,
+): Promise<void> {
   const c = req.constraints;
-  if (c.poolId && !(await getPool(sql, c.poolId))) {
+  const hostExists = async (id: string) => view?.knowsHost(id) || Boolean(await getHost(sql, id));
+  if (c.poolId && !view?.knowsPool(c.poolId) && !(await getPool(sql, c.poolId))) {
     throw notFound(`pool ${c.poolId} not found: list pools with \`stowctl pool list\``, { field: "pool" });
   }
-  if (c.hostId && !(await getHost(sql, c.hostId))) {
+  if (c.hostId && !(await hostExists(c.hostId))) {
     throw notFound(`host ${c.hostId} not found: list hosts with \`stowctl host list\``, { field: "host" });
   }
-  if (c.numa?.hostId && !(await getHost(sql, c.numa.hostId))) {
+  if (c.numa?.hostId && !(await hostExists(c.numa.hostId))) {
     throw notFound(`host ${c.numa.hostId} (the VM's host) not found`, { field: "numa.host" });
   }
 }
@@ -65,28 +42,45 @@ function recordPlacement(
   ctx.metrics.schedulerDuration.observe((performance.now() - startedAt) / 1000);
   ctx.metrics.schedulerDecisions.inc({ result: feasible ? "placed" : "refused" }, decisions.length);
   for (const d of decisions)
-    for (const c of d.candidates) if (!c.feasible) ctx.metrics.schedulerRefusals.inc({ filter: c.refusedBy });
+    for (const [filter, n] of d.refusals ?? []) ctx.metrics.schedulerRefusals.inc({ filter }, n);
 }
 
-/** Places a volume against a fresh view, recording metrics. */
-export async function decide(ctx: ControllerContext, req: PlacementRequest): Promise<PlacementDecision> {
-  const view = await loadClusterView(ctx.sql);
+export interface DecideOptions {
+  /** Every pool's verdict (ExplainPlacement, dry runs); off for CreateVolume. */
+  explain?: boolean;
+  /** Hold the placement in the live view (the caller commits or releases it with its transaction). */
+  hold?: boolean;
+}
+
+/**
+ * Places a volume on the live view, recording metrics. The duration covers the whole decision: the view's
+ * readiness, the request's anti-affinity group and the select.
+ */
+export async function decide(
+  ctx: ControllerContext,
+  req: PlacementRequest,
+  opts: DecideOptions = {},
+): Promise<{ decision: PlacementDecision; hold?: Hold }> {
   const t0 = performance.now();
-  const decision = placeVolume(view, req, { weights: ctx.config.schedulerWeights });
-  recordPlacement(ctx, t0, decision.feasible, [decision]);
-  return decision;
+  const view = liveView(ctx);
+  await view.ready();
+  const groups = await view.groupMembers([req]);
+  const out = view.place(req, groups, opts);
+  recordPlacement(ctx, t0, out.decision.feasible, [out.decision]);
+  return out;
 }
 
-/** Places the disks of one VM all or nothing, against a fresh view, with explanations. */
+/** Places the disks of one VM all or nothing on the live view. */
 export async function decideGroup(
   ctx: ControllerContext,
   reqs: PlacementRequest[],
-): Promise<GroupPlacementDecision> {
-  const view = await loadClusterView(ctx.sql);
+  opts: DecideOptions = {},
+): Promise<{ group: GroupPlacementDecision; holds: Hold[] }> {
   const t0 = performance.now();
-  const group = new Scheduler(view, { weights: ctx.config.schedulerWeights }).placeGroup(reqs, {
-    explain: true,
-  });
-  recordPlacement(ctx, t0, group.feasible, group.decisions);
-  return group;
+  const view = liveView(ctx);
+  await view.ready();
+  const groups = await view.groupMembers(reqs);
+  const out = view.placeGroup(reqs, groups, opts);
+  recordPlacement(ctx, t0, out.group.feasible, out.group.decisions);
+  return out;
 }

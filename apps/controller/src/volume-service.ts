@@ -32,7 +32,7 @@ import { formats, qcow2FromWire, qcow2ToWire, wipeModes } from "@stowage/wire";
 import { requireVolumeCapability } from "./capabilities.js";
 import type { ControllerContext } from "./context.js";
 import { enqueueOperation, startVolumeOperation } from "./outbox.js";
-import { checkConstraintTargets, decide, decideGroup } from "./scheduling.js";
+import { checkConstraintTargets, decide, decideGroup, liveView } from "./scheduling.js";
 import { mutate } from "./transaction.js";
 import {
   constraintsFromWire,
@@ -154,8 +154,9 @@ function refusal(summary: string, capacity: boolean): StowageError {
 
 /**
  * CreateVolume: validate, make idempotent by name and request id, place, and write the reservation, the volume
- * row, the outbox row and the audit entry in one transaction. A reservation the ledger refuses (another controller
- * took the space) means placing again against fresh numbers.
+ * row, the outbox row and the audit entry in one transaction. The placement is held in the live view while the
+ * transaction runs, so concurrent creates see each other (live-view.ts). A reservation the ledger refuses
+ * (another controller took the space) means re-reading that pool and placing again.
  */
 export async function createVolume(
   ctx: ControllerContext,
@@ -166,17 +167,21 @@ export async function createVolume(
   const existing = await findExisting(ctx.sql, spec.name, spec.requestId);
   if (existing) return sameOrConflict(ctx, existing, spec);
 
-  await checkConstraintTargets(ctx.sql, spec.placement);
+  await checkConstraintTargets(ctx.sql, spec.placement, liveView(ctx));
   for (let attempt = 1; attempt <= MAX_PLACEMENT_ATTEMPTS; attempt++) {
-    const decision = await decide(ctx, spec.placement);
+    const { decision, hold } = await decide(ctx, spec.placement, {
+      explain: Boolean(req.dryRun),
+      hold: !req.dryRun,
+    });
     if (!decision.feasible) {
       const err = refusal(decision.summary, refusedOnlyForCapacity(decision));
       await audit(ctx, actor, "CreateVolume", spec.name, req, err);
       throw err;
     }
-    if (req.dryRun) return { placement: decision };
+    if (req.dryRun || !hold) return { placement: decision };
     try {
       const out = await mutate(ctx, (tx) => writeCreate(ctx, tx, spec, decision, actor));
+      liveView(ctx).commit(hold);
       ctx.log.info(
         {
           volumeId: out.volume.id,
@@ -188,9 +193,11 @@ export async function createVolume(
       );
       return { ...out, placement: decision };
     } catch (err) {
+      liveView(ctx).release(hold);
       if (err instanceof ReservationConflict) {
         ctx.metrics.reservationConflicts.inc();
         ctx.metrics.schedulerDecisions.inc({ result: "conflict" });
+        await liveView(ctx).reread([decision.poolId]);
         continue;
       }
       if (isUniqueViolation(err)) {
@@ -233,12 +240,13 @@ export async function createVolumeGroup(
     throw alreadyExists(
       `volume ${clash.name} already exists: a group is created all or nothing; choose other names`,
     );
-  for (const s of specs) await checkConstraintTargets(ctx.sql, s.placement);
+  for (const s of specs) await checkConstraintTargets(ctx.sql, s.placement, liveView(ctx));
 
   for (let attempt = 1; attempt <= MAX_PLACEMENT_ATTEMPTS; attempt++) {
-    const group = await decideGroup(
+    const { group, holds } = await decideGroup(
       ctx,
       specs.map((s) => s.placement),
+      { explain: Boolean(req.dryRun), hold: !req.dryRun },
     );
     if (!group.feasible) {
       const capacity = group.decisions.some((d) => !d.feasible && refusedOnlyForCapacity(d));
@@ -256,15 +264,18 @@ export async function createVolumeGroup(
         }
         return made;
       });
+      for (const h of holds) liveView(ctx).commit(h);
       ctx.log.info(
         { volumes: out.map((o) => o.volume.id), pools: out.map((o) => o.placement.poolId) },
         "volume group placed",
       );
       return out;
     } catch (err) {
+      for (const h of holds) liveView(ctx).release(h);
       if (err instanceof ReservationConflict) {
         ctx.metrics.reservationConflicts.inc();
         ctx.metrics.schedulerDecisions.inc({ result: "conflict" });
+        await liveView(ctx).reread([...new Set(group.decisions.map((d) => d.poolId))]);
         continue;
       }
       if (isUniqueViolation(err))

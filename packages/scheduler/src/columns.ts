@@ -8,8 +8,10 @@ import type { ClusterView, PoolCandidate } from "./types.js";
  * nothing. Byte counts are doubles (exact up to 8 PiB per pool). Hosts and zones are small integers, so the
  * loop compares numbers, not strings.
  *
- * `reserved`, `count`, `maxCount` and `groups` move as placements are recorded (`reserve`); the rest is fixed
- * when the view is built.
+ * `reserved`, `count`, `maxCount` and `groups` move as placements are recorded (`reserve`). A live view (the
+ * controller's) also moves any pool in place with `update`, from a fresh reading of it: the same columns as a
+ * rebuild from scratch would hold (a property test in select.test.ts holds it to that), at the cost of one
+ * pool, except when the pool held the largest volume count or load and gave it up (one pass to find the next).
  */
 
 export const KIND_BIT: Record<PoolKind, number> = { dir: 1, lvm: 2, lvmthin: 4, netfs: 8, rbd: 16 };
@@ -30,12 +32,14 @@ export interface Reservations {
   reserved: Float64Array;
   count: Int32Array;
   maxCount: number;
+  countHistogram: Map<number, number>;
   groups: Map<string, GroupMembers>;
 }
 
 export class Columns {
   readonly n: number;
-  readonly pools: readonly PoolCandidate[];
+  /** Each pool as last read (`update` replaces its entry). */
+  readonly pools: PoolCandidate[];
   readonly numa: ClusterView["numa"];
   readonly ids: string[];
   readonly poolIndex = new Map<string, number>();
@@ -62,7 +66,11 @@ export class Columns {
   readonly maxVolumes: Int32Array;
   readonly load: Float64Array;
   /** 1 / the largest load (0 when nothing is in flight). */
-  readonly invMaxLoad: number;
+  invMaxLoad: number;
+  private maxLoad: number;
+  /** How many pools hold each volume count and each load: the next largest is found without a pass. */
+  private countHistogram = new Map<number, number>();
+  private readonly loadHistogram = new Map<number, number>();
   /** Pools whose labels match a label set, by the set (JSON of its sorted pairs). */
   readonly labelMasks = new Map<string, Uint8Array>();
   reserved: Float64Array;
@@ -74,7 +82,7 @@ export class Columns {
     const pools = view.pools;
     const n = pools.length;
     this.n = n;
-    this.pools = pools;
+    this.pools = [...pools];
     this.numa = view.numa;
     this.ids = new Array(n);
     this.rank = new Int32Array(n);
@@ -102,24 +110,9 @@ export class Columns {
       this.zone[i] = intern(p.zone, this.zoneIndex, this.poolsOfZone);
       this.poolsOfHost[this.host[i]!]!.push(i);
       this.poolsOfZone[this.zone[i]!]!.push(i);
-      this.kindBit[i] = KIND_BIT[p.kind];
-      let formats = 0;
-      for (const f of p.formats) formats |= FORMAT_BIT[f];
-      this.formatMask[i] = formats;
-      this.state[i] =
-        (p.healthy ? HEALTHY : 0) |
-        (p.draining ? DRAINING : 0) |
-        (p.hostUp ? HOST_UP : 0) |
-        (p.hostSchedulable ? SCHEDULABLE : 0) |
-        (overPhysicalFloor(p) ? OVER_FLOOR : 0);
-      this.numaNode[i] = p.numaNode ?? -1;
-      this.headroom[i] = headroom(p);
-      const limit = provisionLimit(p);
-      this.invLimit[i] = limit > 0 ? 1 / limit : 0;
-      this.reserved[i] = Number(p.reservedBytes);
-      this.count[i] = p.volumeCount;
-      this.maxVolumes[i] = p.maxVolumes ?? 0;
-      this.load[i] = p.load ?? 0;
+      this.fill(i, p);
+      bump(this.countHistogram, this.count[i]!, 1);
+      bump(this.loadHistogram, this.load[i]!, 1);
       if (p.volumeCount > maxCount) maxCount = p.volumeCount;
       if ((p.load ?? 0) > maxLoad) maxLoad = p.load ?? 0;
     }
@@ -135,6 +128,7 @@ export class Columns {
     this.hostCount = this.poolsOfHost.length;
     this.zoneCount = this.poolsOfZone.length;
     this.maxCount = maxCount;
+    this.maxLoad = maxLoad;
     this.invMaxLoad = maxLoad === 0 ? 0 : 1 / maxLoad;
     // The controller loads pools in id order already; rank them by id only when they are not.
     if (sorted) for (let i = 0; i < n; i++) this.rank[i] = i;
@@ -144,11 +138,66 @@ export class Columns {
     }
   }
 
+  /** Writes pool i's columns that follow from its reading alone (not its host, zone or id). */
+  private fill(i: number, p: PoolCandidate): void {
+    this.kindBit[i] = KIND_BIT[p.kind];
+    let formats = 0;
+    for (const f of p.formats) formats |= FORMAT_BIT[f];
+    this.formatMask[i] = formats;
+    this.state[i] =
+      (p.healthy ? HEALTHY : 0) |
+      (p.draining ? DRAINING : 0) |
+      (p.hostUp ? HOST_UP : 0) |
+      (p.hostSchedulable ? SCHEDULABLE : 0) |
+      (overPhysicalFloor(p) ? OVER_FLOOR : 0);
+    this.numaNode[i] = p.numaNode ?? -1;
+    this.headroom[i] = headroom(p);
+    const limit = provisionLimit(p);
+    this.invLimit[i] = limit > 0 ? 1 / limit : 0;
+    this.reserved[i] = Number(p.reservedBytes);
+    this.count[i] = p.volumeCount;
+    this.maxVolumes[i] = p.maxVolumes ?? 0;
+    this.load[i] = p.load ?? 0;
+  }
+
+  /**
+   * Moves pool i to a fresh reading of it, in place. The pool keeps its id, host and zone (false, and nothing
+   * changed, when the reading says otherwise: the caller rebuilds the columns then).
+   */
+  update(i: number, p: PoolCandidate): boolean {
+    const before = this.pools[i]!;
+    if (p.id !== before.id || p.hostId !== before.hostId || p.zone !== before.zone) return false;
+    const oldCount = this.count[i]!;
+    const oldLoad = this.load[i]!;
+    this.pools[i] = p;
+    this.fill(i, p);
+    if (p.labels !== before.labels)
+      for (const [key, mask] of this.labelMasks) {
+        const labels = JSON.parse(key) as [string, string][];
+        mask[i] = labels.every(([k, v]) => p.labels[k] === v) ? 1 : 0;
+      }
+    this.maxCount = moved(this.countHistogram, this.maxCount, oldCount, this.count[i]!);
+    this.maxLoad = moved(this.loadHistogram, this.maxLoad, oldLoad, this.load[i]!);
+    this.invMaxLoad = this.maxLoad === 0 ? 0 : 1 / this.maxLoad;
+    return true;
+  }
+
+  /** Sets where the live volumes of one anti-affinity group are (a live view loads only the request's groups). */
+  setGroup(name: string, members: readonly { hostId: string; zone: string }[]): void {
+    this.groups.set(
+      name,
+      members.map((m) => ({
+        host: this.hostIndex.get(m.hostId) ?? -1,
+        zone: this.zoneIndex.get(m.zone) ?? -1,
+      })),
+    );
+  }
+
   /** Records a placement of `bytes` on pool i, as the ledger will (so a run of placements sees its own effect). */
   reserve(i: number, bytes: number, group: string | undefined): void {
     this.reserved[i]! += bytes;
     this.count[i]! += 1;
-    if (this.count[i]! > this.maxCount) this.maxCount = this.count[i]!;
+    this.maxCount = moved(this.countHistogram, this.maxCount, this.count[i]! - 1, this.count[i]!);
     if (group) {
       const members = this.groups.get(group) ?? [];
       members.push({ host: this.host[i]!, zone: this.zone[i]! });
@@ -161,6 +210,7 @@ export class Columns {
       reserved: this.reserved.slice(),
       count: this.count.slice(),
       maxCount: this.maxCount,
+      countHistogram: new Map(this.countHistogram),
       groups: new Map([...this.groups].map(([k, v]) => [k, [...v]])),
     };
   }
@@ -169,8 +219,31 @@ export class Columns {
     this.reserved = saved.reserved;
     this.count = saved.count;
     this.maxCount = saved.maxCount;
+    this.countHistogram = saved.countHistogram;
     this.groups = saved.groups;
   }
+}
+
+function bump(histogram: Map<number, number>, value: number, by: number): void {
+  const n = (histogram.get(value) ?? 0) + by;
+  if (n === 0) histogram.delete(value);
+  else histogram.set(value, n);
+}
+
+/**
+ * One pool's value moved from `from` to `to`: the histogram follows, and the largest value (at least 0) is
+ * returned. When the largest is given up, the next one is found among the histogram's values (few: counts and
+ * loads repeat), not by a pass over the pools.
+ */
+function moved(histogram: Map<number, number>, max: number, from: number, to: number): number {
+  if (from === to) return max;
+  bump(histogram, from, -1);
+  bump(histogram, to, 1);
+  if (to > max) return to;
+  if (from !== max || histogram.has(max)) return max;
+  let next = 0;
+  for (const v of histogram.keys()) if (v > next) next = v;
+  return next;
 }
 
 /** The index of `name`, adding it (with an empty pool list) the first time it is seen. */

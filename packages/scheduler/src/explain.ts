@@ -87,6 +87,7 @@ export function decision(
       candidates,
       summary: refusalSummary(c, r, refusals),
       refusals,
+      poolsConsidered: c.n,
     };
   }
   const node = c.numaNode[s.best]!;
@@ -102,6 +103,7 @@ export function decision(
     candidates,
     summary: `placed ${formatSize(req.sizeBytes)} ${req.format} on ${poolId}${node < 0 ? "" : ` (NUMA node ${node})`}: best of ${s.feasible} feasible of ${c.n} pools, score ${s.score.toFixed(3)}`,
     refusals,
+    poolsConsidered: c.n,
   };
 }
 

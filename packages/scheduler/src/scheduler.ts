@@ -3,10 +3,17 @@ import { decision, explain } from "./explain.js";
 import { FILTER_TABLE, refusalsByName } from "./filters.js";
 import { placeGroup } from "./group.js";
 import { compileRequest } from "./request.js";
-import { SCORERS, type ScorerName, weightsOf } from "./scorers.js";
-import { select } from "./select.js";
-import type { ClusterView, GroupPlacementDecision, PlacementDecision, PlacementRequest } from "./types.js";
+import { SCORERS, type ScorerName, scorer, weightsOf } from "./scorers.js";
+import { select, TopPools } from "./select.js";
+import type {
+  CandidateVerdict,
+  ClusterView,
+  GroupPlacementDecision,
+  PlacementDecision,
+  PlacementRequest,
+} from "./types.js";
 
+export { Columns } from "./columns.js";
 export { FILTERS } from "./filters.js";
 export { DEFAULT_WEIGHTS, SCORERS, type ScorerName } from "./scorers.js";
 
@@ -33,17 +40,22 @@ export interface PlaceOptions {
   explain?: boolean;
 }
 
+/** Without an explanation, a decision names the best this many pools, with their scores. */
+export const TOP_CANDIDATES = 3;
+
 export class Scheduler {
   readonly n: number;
   private readonly columns: Columns;
   private readonly weights: Record<ScorerName, number>;
   /** The weights in the scorers' order, for the select loop. */
   private readonly weightList: Float64Array;
-  /** Refusals per code (filters.ts), reused by every decision. */
+  /** Refusals per code (filters.ts) and the best few pools, reused by every decision. */
   private readonly counts = new Int32Array(FILTER_TABLE.length + 1);
+  private readonly top = new TopPools(TOP_CANDIDATES);
 
-  constructor(view: ClusterView, opts: SchedulerOptions = {}) {
-    this.columns = new Columns(view);
+  /** Over a view (built into columns here), or over live columns that the caller keeps up to date. */
+  constructor(view: ClusterView | Columns, opts: SchedulerOptions = {}) {
+    this.columns = view instanceof Columns ? view : new Columns(view);
     this.n = this.columns.n;
     this.weights = weightsOf(opts.weights);
     this.weightList = Float64Array.from(SCORERS, (name) => this.weights[name]);
@@ -57,8 +69,8 @@ export class Scheduler {
       const e = explain(c, r, this.weights, this.weightList, this.counts);
       return decision(c, r, e, refusalsByName(this.counts), e.candidates);
     }
-    const s = select(c, r, this.weightList, this.counts);
-    return decision(c, r, s, refusalsByName(this.counts), []);
+    const s = select(c, r, this.weightList, this.counts, this.top);
+    return decision(c, r, s, refusalsByName(this.counts), topCandidates(c, r, this.top, this.weights));
   }
 
   /** Records a placement in the in-memory view, as the ledger will (so a run of placements sees its own effect). */
@@ -74,6 +86,33 @@ export class Scheduler {
   placeGroup(reqs: readonly PlacementRequest[], opts: PlaceOptions = {}): GroupPlacementDecision {
     return placeGroup(this.columns, reqs, (req) => this.place(req, opts));
   }
+}
+
+/** The verdicts of the best few pools of a fast selection, best first, each with its scores. */
+function topCandidates(
+  c: Columns,
+  r: ReturnType<typeof compileRequest>,
+  top: TopPools,
+  weights: Readonly<Record<ScorerName, number>>,
+): CandidateVerdict[] {
+  const out: CandidateVerdict[] = [];
+  for (let k = 0; k < top.found; k++) {
+    const i = top.pools[k]!;
+    out.push({
+      poolId: c.ids[i]!,
+      hostId: c.pools[i]!.hostId,
+      feasible: true,
+      refusedBy: "",
+      reason: "",
+      score: top.scores[k]!,
+      scores: SCORERS.map((name) => ({
+        scorer: name,
+        value: scorer(name).score(c, r, i),
+        weight: weights[name],
+      })),
+    });
+  }
+  return out;
 }
 
 /** One placement with a full explanation (dry runs, `stowctl placement explain`). */

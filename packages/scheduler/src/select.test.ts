@@ -1,7 +1,9 @@
 import type { PoolKind, VolumeFormat } from "@stowage/core";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
+import { Columns } from "./columns.js";
 import { FILTER_TABLE } from "./filters.js";
+import { compileRequest } from "./request.js";
 import { SCORERS, Scheduler } from "./scheduler.js";
 import type { ClusterView, PlacementDecision, PlacementRequest, PoolCandidate } from "./types.js";
 
@@ -205,6 +207,111 @@ describe("the fast path and the explained path", () => {
         for (const v of d.candidates)
           if (!v.feasible) byName.set(v.refusedBy, (byName.get(v.refusedBy) ?? 0) + 1);
         expect(d.refusals).toEqual(byName);
+      }),
+      { numRuns: 1000 },
+    );
+  });
+});
+
+/** Every column a decision reads, as plain values (so two Columns compare with toEqual). */
+function columnsOf(c: Columns) {
+  return {
+    ids: c.ids,
+    rank: [...c.rank],
+    host: [...c.host],
+    zone: [...c.zone],
+    kindBit: [...c.kindBit],
+    formatMask: [...c.formatMask],
+    state: [...c.state],
+    numaNode: [...c.numaNode],
+    headroom: [...c.headroom],
+    invLimit: [...c.invLimit],
+    reserved: [...c.reserved],
+    count: [...c.count],
+    maxVolumes: [...c.maxVolumes],
+    load: [...c.load],
+    maxCount: c.maxCount,
+    invMaxLoad: c.invMaxLoad,
+    pools: c.pools,
+  };
+}
+
+describe("columns updated in place", () => {
+  it("equal the columns rebuilt from scratch, and decide alike", () => {
+    fc.assert(
+      fc.property(
+        arbCluster,
+        arbCluster,
+        fc.array(fc.tuple(fc.nat(), fc.nat()), { minLength: 1, maxLength: 8 }),
+        arbRequest,
+        (a, b, updates, req) => {
+          fc.pre(a.pools.length > 0 && b.pools.length > 0);
+          const live = new Columns(view(a));
+          // Label masks cached before the updates must follow them.
+          compileRequest(live, { ...req, constraints: { poolLabels: { tier: "ssd" } } });
+          const pools = [...a.pools];
+          for (const [i, j] of updates) {
+            const k = i % pools.length;
+            const reading = { ...b.pools[j % b.pools.length]!, id: pools[k]!.id, hostId: pools[k]!.hostId };
+            const next = { ...reading, zone: pools[k]!.zone };
+            expect(live.update(k, next)).toBe(true);
+            pools[k] = next;
+          }
+          const rebuilt = new Columns(view({ pools, groups: a.groups }));
+          expect(columnsOf(live)).toEqual(columnsOf(rebuilt));
+          const ssd = { ...req, constraints: { ...req.constraints, poolLabels: { tier: "ssd" } } };
+          for (const r of [req, ssd]) {
+            const fromLive = new Scheduler(live).place(r);
+            const fromScratch = new Scheduler(rebuilt).place(r);
+            expect(choice(fromLive)).toEqual(choice(fromScratch));
+            expect(fromLive.candidates).toEqual(fromScratch.candidates);
+          }
+        },
+      ),
+      { numRuns: 1000 },
+    );
+  });
+
+  it("refuse a reading that moves the pool to another host or zone", () => {
+    const pool = (zone: string): PoolCandidate => ({
+      id: "h0/p",
+      hostId: "h0",
+      kind: "dir",
+      zone,
+      numaNode: null,
+      labels: {},
+      formats: ["raw"],
+      healthy: true,
+      draining: false,
+      hostUp: true,
+      hostSchedulable: true,
+      totalBytes: GiB,
+      usedBytes: 0n,
+      freeBytes: GiB,
+      allocatedBytes: 0n,
+      reservedBytes: 0n,
+      overcommitRatio: 1,
+      maxUsedPercent: 90,
+      volumeCount: 0,
+    });
+    const c = new Columns({ pools: [pool("z1")], numa: new Map(), groups: new Map() });
+    expect(c.update(0, pool("z2"))).toBe(false);
+    expect(c.update(0, { ...pool("z1"), hostId: "h1" })).toBe(false);
+    expect(c.pools[0]!.zone).toBe("z1");
+  });
+});
+
+describe("the fast path's best few", () => {
+  it("are the explained path's first feasible candidates, in order", () => {
+    fc.assert(
+      fc.property(arbCluster, arbRequest, arbWeights, (c, req, w) => {
+        const s = new Scheduler(view(c), { weights: w });
+        const fast = s.place(req);
+        const explained = s.place(req, { explain: true });
+        const feasible = explained.candidates.filter((v) => v.feasible).slice(0, 3);
+        expect(fast.candidates.map((v) => v.poolId)).toEqual(feasible.map((v) => v.poolId));
+        expect(fast.candidates.map((v) => v.score)).toEqual(feasible.map((v) => v.score));
+        expect(fast.poolsConsidered).toBe(c.pools.length);
       }),
       { numRuns: 1000 },
     );

@@ -96,9 +96,14 @@ export interface PlacementDecision {
   hostId: string;
   numaNode: number | null;
   cpuSet: string;
-  /** Feasible candidates best first, then the refused ones. */
+  /**
+   * Explained: every pool, feasible candidates best first, then the refused ones. Not explained: the best few
+   * feasible pools (scheduler.ts TOP_CANDIDATES), best first.
+   */
   candidates: CandidateVerdict[];
   summary: string;
   /** How many pools each filter refused (always counted, also without an explanation). */
   refusals?: Map<string, number>;
+  /** How many pools were judged (the view's size). */
+  poolsConsidered?: number;
 }

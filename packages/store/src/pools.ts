@@ -75,19 +75,48 @@ export async function listPools(
     order by id limit ${f.limit}`;
 }
 
-/** Every pool with its host's state and its operations in flight, for the scheduler's in-memory view. */
+/** A pool with its host's state and its operations in flight, as the scheduler's view reads it. */
+export interface SchedulingRow {
+  pool: PoolRow;
+  hostState: string;
+  hostSchedulable: boolean;
+  zone: string;
+  load: number;
+}
+
+/**
+ * Pools with their host's state and their operations in flight, for the scheduler's in-memory view: every
+ * present pool in id order, or (a live view's re-read) only the pools named or on the hosts named, present or
+ * not, so that a pool gone absent is seen to go.
+ */
 export async function loadSchedulingView(
   sql: Queryable,
-): Promise<{ pool: PoolRow; hostState: string; hostSchedulable: boolean; zone: string; load: number }[]> {
+  only?: { poolIds?: readonly string[]; hostIds?: readonly string[] },
+): Promise<SchedulingRow[]> {
+  // Two conditions, not one `or`: each uses its index (the primary key, and (host_id, name)).
+  const poolIds = [...(only?.poolIds ?? [])];
+  const hostIds = [...(only?.hostIds ?? [])];
+  const where = !only
+    ? sql`p.present`
+    : hostIds.length === 0
+      ? sql`p.id = any(${poolIds})`
+      : poolIds.length === 0
+        ? sql`p.host_id = any(${hostIds})`
+        : sql`p.id in (select id from pools where id = any(${poolIds})
+            union select id from pools where host_id = any(${hostIds}))`;
+  const load = only
+    ? sql`(select count(*) from operations o where o.pool_id = p.id and o.state in ('pending', 'sent'))::int`
+    : sql`coalesce(o.n, 0)::int`;
+  const loads = only
+    ? sql``
+    : sql`left join (select pool_id, count(*) as n from operations where state in ('pending', 'sent')
+        group by pool_id) o on o.pool_id = p.id`;
   const rows = await sql<
     (PoolRow & { hostState: string; hostSchedulable: boolean; hostZone: string; load: number })[]
   >`
-    select p.*, h.state as host_state, h.schedulable as host_schedulable, h.zone as host_zone,
-      coalesce(o.n, 0)::int as load
-    from pools p join hosts h on h.id = p.host_id
-    left join (select pool_id, count(*) as n from operations where state in ('pending', 'sent') group by pool_id) o
-      on o.pool_id = p.id
-    where p.present order by p.id`;
+    select p.*, h.state as host_state, h.schedulable as host_schedulable, h.zone as host_zone, ${load} as load
+    from pools p join hosts h on h.id = p.host_id ${loads}
+    where ${where} order by p.id`;
   return rows.map(({ hostState, hostSchedulable, hostZone, load, ...pool }) => ({
     pool: pool as PoolRow,
     hostState,

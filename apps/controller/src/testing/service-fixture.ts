@@ -57,6 +57,7 @@ export async function openServiceFixture(config: Partial<ControllerConfig> = {})
       return `h1/${name}`;
     },
     async close() {
+      await ctx.placement?.stop();
       await db.close();
       await dir.cleanup();
     },
