@@ -176,7 +176,6 @@ async function main() {
           sysfsRoot: join(sysroot, "sys"),
           procRoot: join(sysroot, "proc"),
           metricsListen: `127.0.0.1:${7482 + i}`,
-          inventoryIntervalMs: 5000,
           pools: [
             {
               name: "default",

@@ -33,7 +33,7 @@ const USAGE = `usage: npm run bench:e2e -- [options]
   --idle-seconds S       idle measure length (default 30)
   --decision-hosts H     also measure the decision at H simulated hosts with 4 pools each (default 0: skip)
   --decision-samples N   dry runs and creates timed at H hosts (default 50)
-  --inventory-interval-ms MS  agents' full-inventory interval (default 5000, as \`npm run up\`)
+  --inventory-interval-ms MS  agents' full-inventory interval (default 300000, the agent's default, as \`npm run up\`)
   --create-timeout S     one create's wait for available (default 120)
   --skip-build           do not run \`npx turbo run build\` first
   --keep                 keep the temp directory (logs) and the database`;
@@ -53,7 +53,7 @@ try {
       "idle-seconds": { type: "string", default: "30" },
       "decision-hosts": { type: "string", default: "0" },
       "decision-samples": { type: "string", default: "50" },
-      "inventory-interval-ms": { type: "string", default: "5000" },
+      "inventory-interval-ms": { type: "string", default: "300000" },
       "create-timeout": { type: "string", default: "120" },
       "skip-build": { type: "boolean", default: false },
       keep: { type: "boolean", default: false },
