@@ -21,6 +21,9 @@ import {
 } from "@stowage/store";
 import type { Logger } from "@stowage/telemetry";
 
+/** How long PostgreSQL's change notifications are gathered before the pools they name are re-read. */
+export const NOTIFY_COALESCE_MS = 25;
+
 /**
  * The scheduler's columns kept alive between decisions (docs/architecture.md, "Placement from memory"). A
  * decision reads memory only (plus the members of its own anti-affinity group); the columns move in place:
@@ -81,6 +84,7 @@ export class LiveView {
   private unlisten: (() => Promise<void>) | undefined;
   /** Full loads and pool re-reads done, for tests and metrics. */
   readonly stats = { loads: 0, rereads: 0, poolsReread: 0 };
+  private drainTimer: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly db: Pick<Database, "sql" | "kind">,
@@ -117,6 +121,7 @@ export class LiveView {
   async stop(): Promise<void> {
     this.stopped = true;
     for (const t of this.timers) clearInterval(t);
+    if (this.drainTimer) clearTimeout(this.drainTimer);
     await this.unlisten?.().catch(() => {});
     await Promise.allSettled([this.started, this.loading, this.draining]);
   }
@@ -253,7 +258,22 @@ export class LiveView {
     const id = payload.slice(colon + 1);
     if (kind === "pool") this.dirtyPools.add(id);
     else if (kind === "host") this.dirtyHosts.add(id);
-    void this.drain();
+    this.drainSoon();
+  }
+
+  /**
+   * Notifications come one per changed row and per transaction: a burst of creates sends several per create
+   * (the reservation, the confirmation, the agent's delta). They are gathered for NOTIFY_COALESCE_MS and re-read
+   * together; this controller's own placements are in the view at once through their holds, so only other
+   * writers' changes wait that long.
+   */
+  private drainSoon(): void {
+    if (this.drainTimer) return;
+    this.drainTimer = setTimeout(() => {
+      this.drainTimer = undefined;
+      void this.drain();
+    }, NOTIFY_COALESCE_MS);
+    this.drainTimer.unref();
   }
 
   private async poll(): Promise<void> {
