@@ -19,7 +19,7 @@ import {
   getOperation,
   getVolumeById,
   getVolumeByName,
-  getVolumeByRequestId,
+  getVolumeByRequestOrName,
   insertVolume,
   liveSnapshotCount,
   type OperationRow,
@@ -301,11 +301,7 @@ async function findExisting(
   name: string,
   requestId: string | null,
 ): Promise<VolumeRow | undefined> {
-  if (requestId) {
-    const byRequest = await getVolumeByRequestId(sql, requestId);
-    if (byRequest) return byRequest;
-  }
-  return getVolumeByName(sql, name);
+  return getVolumeByRequestOrName(sql, name, requestId);
 }
 
 async function sameOrConflict(

@@ -6,7 +6,7 @@ import { loadMigrations, migrate } from "./migrate.js";
 import { applyPoolReports } from "./pools.js";
 import { backends, migratedDatabase } from "./testing/backends.js";
 import { GiB, hostRegistration, newVolume, poolReport } from "./testing/fixtures.js";
-import { insertVolume } from "./volumes.js";
+import { getVolumeByRequestOrName, insertVolume } from "./volumes.js";
 
 let seq = 0;
 async function volumeIn(db: Database, poolId: string, size: bigint): Promise<string> {
@@ -41,6 +41,22 @@ describe.each(backends)("store on %s", (_name, makeBackend) => {
     await expect(migrate(db.sql, edited)).rejects.toThrow(/was changed after it was applied/);
     const [row] = await db.sql<{ n: number }[]>`select count(*)::int as n from schema_migrations`;
     expect(row!.n).toBe(loadMigrations().length);
+  });
+
+  it("finds the volume a create repeats by request id first, else by live name, in one query", async () => {
+    const a = `vol-${"a".repeat(31)}1`;
+    const b = `vol-${"a".repeat(31)}2`;
+    await insertVolume(
+      db.sql,
+      newVolume(a, "h1/thick", GiB, { name: "rq-a", hostId: "h1", requestId: "req-1" }),
+    );
+    await insertVolume(db.sql, newVolume(b, "h1/thick", GiB, { name: "rq-b", hostId: "h1" }));
+    expect((await getVolumeByRequestOrName(db.sql, "rq-b", "req-1"))?.id).toBe(a);
+    expect((await getVolumeByRequestOrName(db.sql, "rq-b", "req-2"))?.id).toBe(b);
+    expect((await getVolumeByRequestOrName(db.sql, "rq-b", null))?.id).toBe(b);
+    expect(await getVolumeByRequestOrName(db.sql, "rq-c", "req-2")).toBeUndefined();
+    await db.sql`update volumes set state = 'deleted' where id = ${b}`;
+    expect(await getVolumeByRequestOrName(db.sql, "rq-b", null)).toBeUndefined();
   });
 
   it("reserves until a thick pool is full, then refuses", async () => {

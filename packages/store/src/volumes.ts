@@ -49,6 +49,21 @@ export async function getVolumeByName(sql: Queryable, name: string): Promise<Vol
   return row;
 }
 
+/**
+ * The volume a create with this name and request id repeats, in one query: the one made with the request id if
+ * any, else the live volume of that name.
+ */
+export async function getVolumeByRequestOrName(
+  sql: Queryable,
+  name: string,
+  requestId: string | null,
+): Promise<VolumeRow | undefined> {
+  const [row] = await sql<VolumeRow[]>`
+    select * from volumes where request_id = ${requestId} or (name = ${name} and state <> 'deleted')
+    order by request_id is not distinct from ${requestId} desc limit 1`;
+  return row;
+}
+
 export async function getVolumeByRequestId(
   sql: Queryable,
   requestId: string,
