@@ -3,7 +3,7 @@
 // applied through JetStream. "before" is the old code path, kept here to compare: the relay publishing one
 // operation at a time with one UPDATE each, and results applied one transaction each (consumeLoop). One JSON line
 // per measure.
-// Run from the repository root (under a minute): node --conditions=stowage-source --import tsx test/bench/outbox.bench.mjs
+// Run from the repository root (under a minute): npm run bench:outbox (it runs the sources through tsx, no build).
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { AckPolicy } from "@nats-io/jetstream";
 import { nanos } from "@nats-io/transport-node";
