@@ -13,6 +13,7 @@ import type { ControllerContext } from "./context.js";
 import { errorInterceptor } from "./errors.js";
 import { withMinimalGrpcMessage } from "./grpc-message.js";
 import { LiveView } from "./live-view.js";
+import { startLoop } from "./loop.js";
 import { createControllerMetrics } from "./metrics.js";
 import { reconcileOnce } from "./reconciler.js";
 import { startRelay } from "./relay.js";
@@ -24,44 +25,6 @@ export interface ControllerHandle {
   metricsPort: number;
   context: ControllerContext;
   stop(): Promise<void>;
-}
-
-/** Runs `fn` every `ms` (and whenever kicked) until stopped; one run at a time; errors are logged, not fatal. */
-function loop(name: string, ms: number, fn: () => Promise<unknown>, log: ControllerContext["log"]) {
-  let timer: NodeJS.Timeout | undefined;
-  let running = false;
-  let again = false;
-  let stopped = false;
-  let current: Promise<void> = Promise.resolve();
-  const run = () => {
-    if (stopped) return;
-    if (running) {
-      again = true;
-      return;
-    }
-    running = true;
-    clearTimeout(timer);
-    current = fn()
-      .then(() => {})
-      .catch((err) => log.warn({ err, loop: name }, "loop iteration failed"))
-      .finally(() => {
-        running = false;
-        if (stopped) return;
-        if (again) {
-          again = false;
-          setImmediate(run);
-        } else timer = setTimeout(run, ms);
-      });
-  };
-  timer = setTimeout(run, 0);
-  return {
-    kick: run,
-    stop: async () => {
-      stopped = true;
-      clearTimeout(timer);
-      await current;
-    },
-  };
 }
 
 export async function startController(config: ControllerConfig): Promise<ControllerHandle> {
@@ -121,7 +84,7 @@ export async function startController(config: ControllerConfig): Promise<Control
   ctx.placement = placement;
   await placement.start();
   const relay = startRelay(ctx);
-  const reconciler = loop("reconciler", config.reconcileIntervalMs, () => reconcileOnce(ctx), log);
+  const reconciler = startLoop("reconciler", config.reconcileIntervalMs, () => reconcileOnce(ctx), log);
   const abort = new AbortController();
   const resultsDone = runResultConsumer(ctx, bus, abort.signal).catch((err) =>
     log.error({ err }, "result consumer stopped"),

@@ -1,6 +1,7 @@
 import { commandSubject } from "@stowage/bus";
 import { markOperationsSent, type OperationRow, operationsToPublish } from "@stowage/store";
 import type { ControllerContext } from "./context.js";
+import { type Loop, startLoop } from "./loop.js";
 
 /** How many operations a round reads from the outbox at a time. */
 export const RELAY_PAGE = 256;
@@ -58,57 +59,9 @@ async function publishAll(
   return { sent: ops.filter((_, i) => stored[i]), unsent: ops.filter((_, i) => !stored[i]) };
 }
 
-export interface RelayLoop {
-  /** Starts a round at once when none runs; during a round, queues one more (any number of kicks coalesce). */
-  kick(): void;
-  /** Waits for the round in progress and runs no more. */
-  stop(): Promise<void>;
-  /** Rounds run so far. */
-  readonly rounds: number;
-}
+/** The relay's loop (loop.ts): a round at once for a lone create, kicks during a round coalesced into one more. */
+export type RelayLoop = Loop;
 
-/**
- * Runs the relay every `intervalMs` and whenever kicked. A lone create is published without waiting (an idle
- * relay starts at once), and a burst of them shares a few rounds rather than one round each.
- */
 export function startRelay(ctx: ControllerContext, intervalMs = ctx.config.relayIntervalMs): RelayLoop {
-  let timer: NodeJS.Timeout | undefined;
-  let running = false;
-  let again = false;
-  let stopped = false;
-  let rounds = 0;
-  let current: Promise<void> = Promise.resolve();
-  const run = () => {
-    if (stopped) return;
-    if (running) {
-      again = true;
-      return;
-    }
-    running = true;
-    clearTimeout(timer);
-    rounds++;
-    current = relayOnce(ctx)
-      .then(() => {})
-      .catch((err) => ctx.log.warn({ err }, "relay round failed"))
-      .finally(() => {
-        running = false;
-        if (stopped) return;
-        if (again) {
-          again = false;
-          setImmediate(run);
-        } else timer = setTimeout(run, intervalMs);
-      });
-  };
-  timer = setTimeout(run, 0);
-  return {
-    kick: run,
-    async stop() {
-      stopped = true;
-      clearTimeout(timer);
-      await current;
-    },
-    get rounds() {
-      return rounds;
-    },
-  };
+  return startLoop("relay", intervalMs, () => relayOnce(ctx), ctx.log);
 }
