@@ -3,13 +3,12 @@ import type { AddressInfo } from "node:net";
 import { create, fromBinary } from "@bufbuild/protobuf";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import {
+  agentSubjects,
   COMMAND_STREAM,
-  commandSubject,
   ensureAgentConsumer,
   heartbeatSubject,
   inventoryRequestSubject,
   inventorySubject,
-  resultSubject,
 } from "@stowage/bus";
 import { AgentService, type Inventory, InventorySchema, RegisterAgentResponseSchema } from "@stowage/proto";
 import { makeFakeSysfs, natsAvailable } from "@stowage/testkit";
@@ -56,12 +55,8 @@ describe.skipIf(!natsAvailable())("agent (real nats-server, real qemu-img dir po
             const durable = await ensureAgentConsumer(f.bus.jsm, hostId);
             return create(RegisterAgentResponseSchema, {
               hostId,
-              commandSubject: commandSubject(hostId),
-              commandStream: COMMAND_STREAM,
+              ...agentSubjects(hostId),
               commandConsumer: durable,
-              resultSubject: resultSubject(hostId),
-              inventorySubject: inventorySubject(hostId),
-              heartbeatSubject: heartbeatSubject(hostId),
               heartbeatIntervalMs: 200,
             });
           },

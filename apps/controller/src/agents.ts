@@ -2,15 +2,11 @@ import { create, fromBinary } from "@bufbuild/protobuf";
 import {
   ALL_HEARTBEATS,
   ALL_INVENTORIES,
+  agentSubjects,
   type Bus,
-  COMMAND_STREAM,
   CONTROLLER_QUEUE,
-  commandSubject,
   ensureAgentConsumer,
-  heartbeatSubject,
   inventoryRequestSubject,
-  inventorySubject,
-  resultSubject,
 } from "@stowage/bus";
 import { invalidArgument, isId, THIN_KINDS, validateLabels, validateName } from "@stowage/core";
 import {
@@ -105,12 +101,8 @@ export async function registerAgent(
   ctx.notifyChange();
   return create(RegisterAgentResponseSchema, {
     hostId,
-    commandSubject: commandSubject(hostId),
-    commandStream: COMMAND_STREAM,
+    ...agentSubjects(hostId),
     commandConsumer: durable,
-    resultSubject: resultSubject(hostId),
-    inventorySubject: inventorySubject(hostId),
-    heartbeatSubject: heartbeatSubject(hostId),
     heartbeatIntervalMs: ctx.config.heartbeatIntervalMs,
   });
 }

@@ -21,6 +21,17 @@ export const inventorySubject = (hostId: string) => `stowage.inventory.${hostTok
 export const inventoryRequestSubject = (hostId: string) => `stowage.inventory.request.${hostToken(hostId)}`;
 export const agentConsumerName = (hostId: string) => `agent-${hostToken(hostId)}`;
 
+/** Where a host's agent reads its commands and publishes the rest: the subjects of a RegisterAgent answer. */
+export function agentSubjects(hostId: string) {
+  return {
+    commandSubject: commandSubject(hostId),
+    commandStream: COMMAND_STREAM,
+    resultSubject: resultSubject(hostId),
+    inventorySubject: inventorySubject(hostId),
+    heartbeatSubject: heartbeatSubject(hostId),
+  };
+}
+
 export const ALL_RESULTS = "stowage.result.>";
 export const ALL_HEARTBEATS = "stowage.heartbeat.*";
 export const ALL_INVENTORIES = "stowage.inventory.*";
