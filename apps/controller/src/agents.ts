@@ -96,6 +96,8 @@ export async function registerAgent(
     await applyHostInfo(tx, req.host!);
     await applyPoolReports(tx, hostId, pools);
   });
+  // The host's pools are placeable through this controller once it answers (other controllers follow the feed).
+  await ctx.placement?.refresh([hostId]);
   ctx.log.info({ host: hostId, pools: pools.map((p) => p.name) }, "agent registered");
   ctx.kickRelay();
   ctx.notifyChange();

@@ -147,4 +147,13 @@ describe.each(backends)("the live placement view (%s)", (_name, makeBackend) => 
     expect(view.stats.poolsReread - before.poolsReread).toBeGreaterThanOrEqual(1);
     expect(view.place(req(), none).decision.poolId).not.toBe("h3/p");
   });
+
+  it("sees a host this controller registered itself as soon as refresh resolves, without waiting for the feed", async () => {
+    await upsertHost(db.sql, hostRegistration("h4", { zone: "z3" }));
+    await applyPoolReports(db.sql, "h4", [poolReport("p", 900n * GiB)]);
+    await view.refresh(["h4"]);
+    expect(view.poolView("h4/p")?.totalBytes).toBe(900n * GiB);
+    expect(view.knowsHost("h4")).toBe(true);
+    expect(view.place(req(), none).decision.poolId).toBe("h4/p");
+  });
 });

@@ -227,6 +227,15 @@ export class LiveView {
     void this.drain();
   }
 
+  /**
+   * This controller changed these hosts and their pools itself (a registration): re-read them now rather than
+   * after the change feed, so its next placement sees them; resolves once applied.
+   */
+  refresh(hostIds: readonly string[]): Promise<void> {
+    for (const id of hostIds) this.dirtyHosts.add(id);
+    return this.drain();
+  }
+
   /** Re-reads these pools from the database now (after a ledger conflict), resolving once applied. */
   reread(poolIds: readonly string[]): Promise<void> {
     for (const id of poolIds) this.dirtyPools.add(id);
