@@ -13,6 +13,7 @@ import { GiB, hostRegistration, newVolume, poolReport } from "@stowage/store/tes
 import { makeTempDir, testPostgres } from "@stowage/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { LiveView } from "./live-view.js";
+import { checkConstraintTargets } from "./scheduling.js";
 
 const req = (over: Partial<PlacementRequest> = {}): PlacementRequest => ({
   name: "v",
@@ -155,5 +156,16 @@ describe.each(backends)("the live placement view (%s)", (_name, makeBackend) => 
     expect(view.poolView("h4/p")?.totalBytes).toBe(900n * GiB);
     expect(view.knowsHost("h4")).toBe(true);
     expect(view.place(req(), none).decision.poolId).toBe("h4/p");
+  });
+
+  it("reads a host the database has and the view has not seen into the view before a request naming it", async () => {
+    await upsertHost(writer(), hostRegistration("h5", { zone: "z3" }));
+    await applyPoolReports(writer(), "h5", [poolReport("p", 10n * GiB)]);
+    await checkConstraintTargets(db.sql, req({ constraints: { hostId: "h5" } }), view);
+    expect(view.knowsHost("h5")).toBe(true);
+    expect(view.place(req({ constraints: { hostId: "h5" } }), none).decision.poolId).toBe("h5/p");
+    await expect(
+      checkConstraintTargets(db.sql, req({ constraints: { hostId: "h6" } }), view),
+    ).rejects.toThrow(/host h6 not found/);
   });
 });

@@ -13,16 +13,30 @@ export function liveView(ctx: ControllerContext): LiveView {
   return ctx.placement;
 }
 
-/** Checks that hosts and pools named in constraints exist, so a typo gets NOT_FOUND rather than "no capacity". */
+/**
+ * Checks that hosts and pools named in constraints exist, so a typo gets NOT_FOUND rather than "no capacity". One
+ * the database has and the live view has not seen yet (another controller registered it a moment ago) is read
+ * into the view first, so the placement judges it.
+ */
 export async function checkConstraintTargets(
   sql: Queryable,
   req: PlacementRequest,
   view?: LiveView,
 ): Promise<void> {
   const c = req.constraints;
-  const hostExists = async (id: string) => view?.knowsHost(id) || Boolean(await getHost(sql, id));
-  if (c.poolId && !view?.knowsPool(c.poolId) && !(await getPool(sql, c.poolId))) {
-    throw notFound(`pool ${c.poolId} not found: list pools with \`stowctl pool list\``, { field: "pool" });
+  const unseen: string[] = [];
+  const hostExists = async (id: string) => {
+    if (view?.knowsHost(id)) return true;
+    if (!(await getHost(sql, id))) return false;
+    unseen.push(id);
+    return true;
+  };
+  if (c.poolId && !view?.knowsPool(c.poolId)) {
+    const pool = await getPool(sql, c.poolId);
+    if (!pool) {
+      throw notFound(`pool ${c.poolId} not found: list pools with \`stowctl pool list\``, { field: "pool" });
+    }
+    unseen.push(pool.hostId);
   }
   if (c.hostId && !(await hostExists(c.hostId))) {
     throw notFound(`host ${c.hostId} not found: list hosts with \`stowctl host list\``, { field: "host" });
@@ -30,6 +44,7 @@ export async function checkConstraintTargets(
   if (c.numa?.hostId && !(await hostExists(c.numa.hostId))) {
     throw notFound(`host ${c.numa.hostId} (the VM's host) not found`, { field: "numa.host" });
   }
+  if (view && unseen.length > 0) await view.refresh(unseen);
 }
 
 /** Counts a placement: its time since `startedAt`, its result (once per volume) and the filters that refused pools. */
