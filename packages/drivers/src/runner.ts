@@ -1,5 +1,5 @@
+import { spawn } from "node:child_process";
 import { type ErrorCode, StowageError } from "@stowage/core";
-import { execa } from "execa";
 import type { z } from "zod";
 
 /**
@@ -27,8 +27,8 @@ export interface ToolRunnerOptions {
   /** After the timeout's SIGTERM, how long a tool gets before SIGKILL. */
   killGraceMs?: number;
   /**
-   * Per-stream cap on captured stdout/stderr; a tool printing more fails instead of exhausting memory. (execa
-   * counts characters of the decoded text, so for non-ASCII output the byte bound is looser.)
+   * Per-stream cap on captured stdout/stderr, in bytes; a tool printing more is killed and fails instead of
+   * exhausting memory.
    */
   maxOutputBytes?: number;
   /** Called once per invocation, success or not (metrics and logs hang off this). */
@@ -174,8 +174,7 @@ export function parseJsonOutput<S extends z.ZodType>(
 }
 
 /**
- * Process groups of tools still running. Detached children are not killed with the agent (execa's `cleanup`
- * does not apply to them), so an exiting agent kills them itself rather than leave a qemu-img writing behind it.
+ * Process groups of tools still running. Detached children are not killed with the agent, so an exiting agent kills them itself rather than leave a qemu-img writing behind it.
  */
 const liveGroups = new Set<number>();
 let exitHookInstalled = false;
@@ -233,53 +232,18 @@ export function createToolRunner(opts: ToolRunnerOptions = {}): ToolRunner {
     const timeoutMs = runOpts.timeoutMs ?? defaultTimeoutMs;
     const started = performance.now();
 
-    const sub = execa(tool, argv, {
+    // Its own process group, so a timeout kills the whole tree: a wrapper script's children would otherwise
+    // keep the pipes open and the run would never end. Node's own spawn, not a wrapper library: it is on the
+    // hot path of every operation, and each process costs the agent a fork (docs/operating.md, "The agent's memory").
+    const result = await spawnTool(tool, argv, {
       env,
-      extendEnv: true,
-      shell: false,
-      reject: false,
-      // Its own process group, so a timeout kills the whole tree: a wrapper script's children would otherwise
-      // keep the pipes open and the run would never end.
-      detached: true,
-      maxBuffer: maxOutputBytes,
-      stripFinalNewline: false,
-      encoding: "utf8",
-      ...(runOpts.input !== undefined ? { input: runOpts.input } : { stdin: "ignore" as const }),
+      input: runOpts.input,
+      maxOutputBytes,
+      timeoutMs,
+      killGraceMs,
     });
-
-    if (sub.pid !== undefined) trackGroup(sub.pid);
-    let timedOut = false;
-    let graceTimer: NodeJS.Timeout | undefined;
-    const killGroup = (signal: NodeJS.Signals) => {
-      if (sub.pid === undefined) return;
-      try {
-        process.kill(-sub.pid, signal);
-      } catch {
-        // Already gone.
-      }
-    };
-    const timer = setTimeout(() => {
-      // Exited already, only its pipes are still draining: not a timeout.
-      if (sub.exitCode !== null || sub.signalCode !== null) return;
-      timedOut = true;
-      killGroup("SIGTERM");
-      graceTimer = setTimeout(() => killGroup("SIGKILL"), killGraceMs);
-      graceTimer.unref();
-    }, timeoutMs);
-    timer.unref();
-
-    let result: Awaited<typeof sub>;
-    try {
-      result = await sub;
-    } finally {
-      if (sub.pid !== undefined) liveGroups.delete(sub.pid);
-      clearTimeout(timer);
-      if (graceTimer) clearTimeout(graceTimer);
-    }
     const durationMs = Math.round(performance.now() - started);
-    const stdout = typeof result.stdout === "string" ? result.stdout : "";
-    const stderr = typeof result.stderr === "string" ? result.stderr : "";
-    const exitCode = typeof result.exitCode === "number" ? result.exitCode : undefined;
+    const { stdout, stderr, exitCode, timedOut } = result;
     const fields: ToolErrorFields = { tool, argv, exitCode, stderr, timedOut };
     const label = `${tool} ${formatArgv(argv)}`.trim();
 
@@ -288,7 +252,7 @@ export function createToolRunner(opts: ToolRunnerOptions = {}): ToolRunner {
       throw err;
     };
 
-    const errno = (result as { code?: string }).code;
+    const errno = (result.spawnError as NodeJS.ErrnoException | undefined)?.code;
     if (exitCode === undefined && (errno === "ENOENT" || errno === "EACCES")) {
       const pkg = PACKAGE_HINTS[tool];
       fail(
@@ -298,7 +262,7 @@ export function createToolRunner(opts: ToolRunnerOptions = {}): ToolRunner {
             ? `tool ${tool} not found on PATH${pkg ? `; install package ${pkg}` : `; install it`} (PATH=${PATH})`
             : `tool ${tool} found on PATH but is not executable (PATH=${PATH})`,
           fields,
-          { cause: result.cause },
+          { cause: result.spawnError },
         ),
       );
     }
@@ -311,7 +275,7 @@ export function createToolRunner(opts: ToolRunnerOptions = {}): ToolRunner {
         ),
       );
     }
-    if (result.isMaxBuffer) {
+    if (result.overflowed) {
       fail(
         new ToolError(
           "internal",
@@ -328,9 +292,11 @@ export function createToolRunner(opts: ToolRunnerOptions = {}): ToolRunner {
           ? `exited with code ${exitCode}`
           : result.signal
             ? `was killed by ${result.signal}`
-            : `failed to run: ${(result as { originalMessage?: string }).originalMessage ?? "unknown error"}`;
+            : `failed to run: ${result.spawnError?.message ?? "unknown error"}`;
       fail(
-        new ToolError("internal", `${label} ${how}${stderrSuffix(stderr)}`, fields, { cause: result.cause }),
+        new ToolError("internal", `${label} ${how}${stderrSuffix(stderr)}`, fields, {
+          cause: result.spawnError,
+        }),
       );
     }
 
@@ -339,6 +305,119 @@ export function createToolRunner(opts: ToolRunnerOptions = {}): ToolRunner {
   }
 
   return { run };
+}
+
+interface SpawnResult {
+  stdout: string;
+  stderr: string;
+  /** Undefined when the process never started or was killed by a signal. */
+  exitCode: number | undefined;
+  signal: NodeJS.Signals | undefined;
+  timedOut: boolean;
+  /** One stream passed maxOutputBytes; the process group was killed. */
+  overflowed: boolean;
+  /** Why the process could not start (ENOENT, EACCES, ...). */
+  spawnError: Error | undefined;
+}
+
+/**
+ * Runs one process in its own group without a shell and collects its output. Resolves once the process has
+ * exited and both pipes are closed (or it could not start); never rejects. A timeout sends SIGTERM to the group
+ * and SIGKILL after the grace; output over the cap kills the group at once.
+ */
+function spawnTool(
+  tool: string,
+  argv: string[],
+  o: {
+    env: Record<string, string>;
+    input: string | Uint8Array | undefined;
+    maxOutputBytes: number;
+    timeoutMs: number;
+    killGraceMs: number;
+  },
+): Promise<SpawnResult> {
+  return new Promise((resolve) => {
+    const child = spawn(tool, argv, {
+      env: { ...process.env, ...o.env },
+      shell: false,
+      detached: true,
+      stdio: [o.input !== undefined ? "pipe" : "ignore", "pipe", "pipe"],
+    });
+    const pid = child.pid;
+    if (pid !== undefined) trackGroup(pid);
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    let outBytes = 0;
+    let errBytes = 0;
+    let overflowed = false;
+    let timedOut = false;
+    let exited = false;
+    let spawnError: Error | undefined;
+    let graceTimer: NodeJS.Timeout | undefined;
+    const killGroup = (signal: NodeJS.Signals) => {
+      if (pid === undefined) return;
+      try {
+        process.kill(-pid, signal);
+      } catch {
+        // Already gone.
+      }
+    };
+    const overflow = () => {
+      if (overflowed) return;
+      overflowed = true;
+      killGroup("SIGKILL");
+    };
+    child.stdout?.on("data", (b: Buffer) => {
+      outBytes += b.length;
+      if (outBytes > o.maxOutputBytes) return overflow();
+      out.push(b);
+    });
+    child.stderr?.on("data", (b: Buffer) => {
+      errBytes += b.length;
+      if (errBytes > o.maxOutputBytes) return overflow();
+      err.push(b);
+    });
+    if (o.input !== undefined && child.stdin) {
+      // A tool that exits without reading its input closes the pipe: that is its answer, not our failure.
+      child.stdin.on("error", () => {});
+      child.stdin.end(o.input);
+    }
+    child.on("exit", () => {
+      exited = true;
+    });
+    const timer = setTimeout(() => {
+      // Exited already, only its pipes are still draining: not a timeout.
+      if (exited) return;
+      timedOut = true;
+      killGroup("SIGTERM");
+      graceTimer = setTimeout(() => killGroup("SIGKILL"), o.killGraceMs);
+      graceTimer.unref();
+    }, o.timeoutMs);
+    timer.unref();
+    let settled = false;
+    const settle = (exitCode: number | null, signal: NodeJS.Signals | null) => {
+      if (settled) return;
+      settled = true;
+      if (pid !== undefined) liveGroups.delete(pid);
+      clearTimeout(timer);
+      if (graceTimer) clearTimeout(graceTimer);
+      resolve({
+        stdout: Buffer.concat(out).toString("utf8"),
+        stderr: Buffer.concat(err).toString("utf8"),
+        exitCode: exitCode ?? undefined,
+        signal: signal ?? undefined,
+        timedOut,
+        overflowed,
+        spawnError,
+      });
+    };
+    child.on("error", (e) => {
+      spawnError = e;
+      // A process that never started emits no "close" after its "error".
+      if (pid === undefined) settle(null, null);
+    });
+    child.on("close", (code, signal) => settle(code, signal));
+  });
 }
 
 function stderrSuffix(stderr: string): string {
