@@ -7,6 +7,7 @@ import { spawn } from "node:child_process";
 import { createWriteStream, existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { makeFakeSysfs } from "@stowage/testkit";
+import { AGENT_ENV, AGENT_NODE_ARGS } from "./agent-runtime.mjs";
 
 const root = resolve(import.meta.dirname, "..");
 const dataDir = resolve(process.env.STOWAGE_LOCAL_DIR ?? join(root, ".stowage"));
@@ -190,7 +191,12 @@ async function main() {
         2,
       )}\n`,
     );
-    start(`agent-${h.name}`, process.execPath, [join(root, "apps/agent/dist/main.js"), "--config", config]);
+    start(
+      `agent-${h.name}`,
+      process.execPath,
+      [...AGENT_NODE_ARGS, join(root, "apps/agent/dist/main.js"), "--config", config],
+      AGENT_ENV,
+    );
   }
   await waitUntil(
     "three agents",

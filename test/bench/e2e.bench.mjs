@@ -15,6 +15,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { parseArgs } from "node:util";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
+import { AGENT_ENV, AGENT_NODE_ARGS } from "../../scripts/agent-runtime.mjs";
 
 const ROOT = resolve(import.meta.dirname, "../..");
 const CONTROLLER = join(ROOT, "apps/controller/dist/main.js");
@@ -146,6 +147,12 @@ const kit = await import("@stowage/testkit");
 
 // ---------------------------------------------------------------------------------------------- processes
 
+/** Extra node flags for a profiling run, e.g. BENCH_CONTROLLER_NODE_ARGS="--require ./profile.cjs" (docs/benchmarks.md). */
+function extraNodeArgs(name) {
+  const v = process.env[name]?.trim();
+  return v ? v.split(/\s+/) : [];
+}
+
 const CLK_TCK = Number(spawnSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).stdout.trim()) || 100;
 
 /** CPU seconds of a process (self, and its reaped children such as qemu-img) from /proc/PID/stat. */
@@ -255,7 +262,7 @@ async function startCluster(dir, databaseUrl) {
       const service = kit.spawnService({
         name: "controller",
         command: process.execPath,
-        args: [CONTROLLER],
+        args: [...extraNodeArgs("BENCH_CONTROLLER_NODE_ARGS"), CONTROLLER],
         env: { ...baseEnv, ...extraEnv },
         readyWhen: `${cluster.metricsUrl}/readyz`,
         readyTimeoutMs: 180_000,
@@ -295,7 +302,9 @@ async function startCluster(dir, databaseUrl) {
       const service = await kit.spawnService({
         name: `agent-${h.name}`,
         command: process.execPath,
-        args: [AGENT, "--config", configFile],
+        // As `npm run up` starts its agents (scripts/agent-runtime.mjs).
+        args: [...AGENT_NODE_ARGS, ...extraNodeArgs("BENCH_AGENT_NODE_ARGS"), AGENT, "--config", configFile],
+        env: AGENT_ENV,
         readyWhen: (line) => line.includes("registered with the controller"),
         readyTimeoutMs: 180_000,
         stopTimeoutMs: STOP_TIMEOUT_MS,
