@@ -111,6 +111,24 @@ describe.skipIf(!natsAvailable())("the public API through a plain @grpc/grpc-js 
     expect(list.volumes.map((v) => v.name)).toEqual(["grpc-disk"]);
   });
 
+  it("refuses enum numbers this build does not know (format, wipe, a list filter) instead of reading them as the default", async () => {
+    await expect(
+      call(volumes, "CreateVolume", { name: "odd-format", sizeBytes: "1073741824", format: 99 }),
+    ).rejects.toMatchObject({
+      code: grpc.status.INVALID_ARGUMENT,
+      details: expect.stringMatching(/format/),
+    });
+    await expect(call(volumes, "DeleteVolume", { volume: "grpc-disk", wipe: 99 })).rejects.toMatchObject({
+      code: grpc.status.INVALID_ARGUMENT,
+      details: expect.stringMatching(/wipe/),
+    });
+    await expect(call(volumes, "ListVolumes", { state: 99 })).rejects.toMatchObject({
+      code: grpc.status.INVALID_ARGUMENT,
+    });
+    const list = await call<{ volumes: { name: string; state: string }[] }>(volumes, "ListVolumes", {});
+    expect(list.volumes.map((v) => [v.name, v.state])).toEqual([["grpc-disk", "VOLUME_STATE_AVAILABLE"]]);
+  });
+
   it("reports what is not built yet as UNIMPLEMENTED", async () => {
     await expect(call(exports, "ListExports", {})).rejects.toMatchObject({ code: grpc.status.UNIMPLEMENTED });
   });

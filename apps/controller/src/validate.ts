@@ -67,6 +67,16 @@ export function constraintsFromWire(c: WireConstraints | undefined): PlacementCo
     out.antiAffinityGroup = validateName("anti-affinity group", c.antiAffinityGroup);
     out.antiAffinityScope = c.antiAffinityScope === AntiAffinityScope.ZONE ? "zone" : "host";
   }
+  if (!(c.antiAffinityScope in AntiAffinityScope))
+    throw invalidArgument(
+      `anti_affinity_scope ${c.antiAffinityScope} is not a known value: use HOST or ZONE (or leave it unset)`,
+      { field: "constraints.anti_affinity_scope" },
+    );
+  if (!(c.strategy in PlacementStrategy))
+    throw invalidArgument(
+      `strategy ${c.strategy} is not a known value: use SPREAD or BINPACK (or leave it unset)`,
+      { field: "constraints.strategy" },
+    );
   if (c.strategy === PlacementStrategy.BINPACK) out.strategy = "binpack";
   return out;
 }

@@ -94,3 +94,48 @@ describe("volume service: concurrent creates (on PGlite)", () => {
     expect(row!.n).toBe(30);
   });
 });
+
+describe("volume service: enum values this build does not know are refused at the edge (on PGlite)", () => {
+  let f: ServiceFixture;
+
+  beforeAll(async () => {
+    f = await openServiceFixture();
+    await f.addPool("a", "dir", ["raw", "qcow2"]);
+  });
+  afterAll(async () => {
+    await f?.close();
+  });
+
+  const nothingWritten = async () => {
+    expect(await countRows(f.sql, "volumes")).toBe(0);
+    expect(await countRows(f.sql, "operations")).toBe(0);
+    expect(await countRows(f.sql, "audit_log")).toBe(0);
+    const [row] = await f.sql<{ n: string }[]>`select coalesce(sum(reserved_bytes), 0)::text as n from pools`;
+    expect(row!.n).toBe("0");
+  };
+
+  it.each([
+    ["format", { format: 99 as VolumeFormat }],
+    ["constraints.strategy", { constraints: { strategy: 7 as PlacementStrategy } }],
+    ["constraints.anti_affinity_scope", { constraints: { antiAffinityGroup: "g", antiAffinityScope: 9 } }],
+  ])("CreateVolume with an unknown %s: INVALID_ARGUMENT, nothing made", async (field, extra) => {
+    const req = create(CreateVolumeRequestSchema, { name: "odd", sizeBytes: GiB, ...extra });
+    await expect(createVolume(f.ctx, req, "test")).rejects.toMatchObject({
+      code: "invalid_argument",
+      details: { field },
+    });
+    await nothingWritten();
+  });
+
+  it("DeleteVolume with an unknown wipe mode: INVALID_ARGUMENT, the volume is untouched (no silent 'none')", async () => {
+    const pool = (await f.sql<{ id: string }[]>`select id from pools limit 1`)[0]!.id;
+    const v = await addVolume(f.sql, { name: "keep", poolId: pool, format: "raw" });
+    const req = create(DeleteVolumeRequestSchema, { volume: "keep", wipe: 99 as WipeMode });
+    await expect(deleteVolume(f.ctx, req, "test")).rejects.toMatchObject({
+      code: "invalid_argument",
+      details: { field: "wipe" },
+    });
+    expect((await getVolumeById(f.sql, v.id))?.state).toBe("available");
+    expect(await countRows(f.sql, "operations")).toBe(0);
+  });
+});

@@ -66,7 +66,7 @@ function validateCreate(req: CreateVolumeRequest, requestId = validateRequestId(
   const name = validateName("volume name", req.name);
   const sizeBytes = validateVolumeSize(req.sizeBytes, "size_bytes");
   const constraints = constraintsFromWire(req.constraints);
-  const format: VolumeFormat = formats.domain(req.format) ?? defaultFormat(constraints.poolKinds);
+  const format: VolumeFormat = formats.optional(req.format, "format") ?? defaultFormat(constraints.poolKinds);
   const qcow2 = validateQcow2(format, qcow2FromWire(req.qcow2));
   const labels = validateLabels(req.labels);
   return {
@@ -356,6 +356,7 @@ export async function deleteVolume(
 ): Promise<{ volume: VolumeRow; operation?: OperationRow }> {
   const ref = validateVolumeRef(req.volume);
   validateRequestId(req.requestId);
+  const wipe = wipeModes.optional(req.wipe, "wipe") ?? "none";
   return mutate(ctx, async (tx) => {
     const found = ref.id ? await getVolumeById(tx, ref.id, true) : await getVolumeByName(tx, ref.name!);
     if (!found)
@@ -369,7 +370,6 @@ export async function deleteVolume(
     }
     if (v.state === "resizing" || v.state === "reverting")
       throw failedPrecondition(`volume ${v.name} is ${v.state}: wait for it to finish, then delete it`);
-    const wipe = wipeModes.domain(req.wipe) ?? "none";
     await requireVolumeCapability(ctx, tx, v, { wipe });
     const snapshots = await liveSnapshotCount(tx, v.id);
     if (snapshots > 0) {

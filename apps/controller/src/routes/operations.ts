@@ -20,7 +20,7 @@ export function operationRoutes(ctx: ControllerContext): ServiceImpl<typeof Oper
       return { operation: operationToWire(await describe(req.operationId)) };
     },
     async listOperations(req) {
-      const state = req.state ? operationStates.domain(req.state) : undefined;
+      const state = operationStates.optional(req.state, "state");
       const volumeId = req.volumeId ? (await resolveVolume(ctx.sql, req.volumeId)).id : "";
       const filter = { volumeId, hostId: req.hostId, ...(state ? { state } : {}) };
       const p = await paged(

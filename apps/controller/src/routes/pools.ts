@@ -10,7 +10,7 @@ import { paged } from "./paging.js";
 export function poolRoutes(ctx: ControllerContext): ServiceImpl<typeof PoolService> {
   return {
     async listPools(req) {
-      const kind = req.kind ? poolKinds.domain(req.kind) : undefined;
+      const kind = poolKinds.optional(req.kind, "kind");
       const filter = { hostId: req.hostId, ...(kind ? { kind } : {}) };
       const p = await paged(
         req,

@@ -39,7 +39,7 @@ export function volumeRoutes(ctx: ControllerContext): ServiceImpl<typeof VolumeS
       return { volume: volumeToWire(await resolveVolume(ctx.sql, req.volume)) };
     },
     async listVolumes(req) {
-      const state = req.state ? volumeStates.domain(req.state) : undefined;
+      const state = volumeStates.optional(req.state, "state");
       const filter = {
         ...(req.poolId ? { poolId: req.poolId } : {}),
         ...(req.hostId ? { hostId: req.hostId } : {}),
