@@ -129,6 +129,19 @@ describe.skipIf(!natsAvailable())("the public API through a plain @grpc/grpc-js 
     expect(list.volumes.map((v) => [v.name, v.state])).toEqual([["grpc-disk", "VOLUME_STATE_AVAILABLE"]]);
   });
 
+  it("answers a 3 MiB label value with a short INVALID_ARGUMENT, not a reset stream", async () => {
+    const err = await call(volumes, "CreateVolume", {
+      name: "big-label",
+      sizeBytes: "1073741824",
+      labels: { note: "x".repeat(3 * 1024 * 1024) },
+    }).catch((e: grpc.ServiceError) => e);
+    expect(err).toMatchObject({ code: grpc.status.INVALID_ARGUMENT });
+    expect((err as grpc.ServiceError).details.length).toBeLessThan(2048);
+    await expect(call(volumes, "GetVolume", { volume: "big-label" })).rejects.toMatchObject({
+      code: grpc.status.NOT_FOUND,
+    });
+  });
+
   it("reports what is not built yet as UNIMPLEMENTED", async () => {
     await expect(call(exports, "ListExports", {})).rejects.toMatchObject({ code: grpc.status.UNIMPLEMENTED });
   });

@@ -10,7 +10,7 @@ import { subscribeAgentTraffic } from "./agents.js";
 import { createAuthInterceptor, parseTokens } from "./auth.js";
 import { type ControllerConfig, splitHostPort } from "./config.js";
 import type { ControllerContext } from "./context.js";
-import { errorInterceptor } from "./errors.js";
+import { createErrorInterceptor } from "./errors.js";
 import { withMinimalGrpcMessage } from "./grpc-message.js";
 import { LiveView } from "./live-view.js";
 import { startLoop } from "./loop.js";
@@ -110,7 +110,11 @@ export async function startController(config: ControllerConfig): Promise<Control
   };
   const handler = connectNodeAdapter({
     routes: createRoutes(ctx),
-    interceptors: [observe, errorInterceptor, createAuthInterceptor(parseTokens(config.apiTokens))],
+    interceptors: [
+      observe,
+      createErrorInterceptor(ctx.log),
+      createAuthInterceptor(parseTokens(config.apiTokens)),
+    ],
     grpc: true,
     grpcWeb: false,
     connect: true,

@@ -19,7 +19,7 @@ export async function* watchChanges<R extends { id: string; updatedAt: Date }, O
     yield* poll(ctx, hc.signal, await w.start(), w.changedSince, w.toMessage);
   } catch (err) {
     if (hc.signal.aborted) return;
-    throw toConnectError(err);
+    throw toConnectError(err, ctx.log);
   }
 }
 
