@@ -1,4 +1,5 @@
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { linkSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import postgres from "postgres";
 
@@ -112,21 +113,60 @@ function startVacuum(sql: Sql, intervalMs: number): () => void {
 
 /**
  * PGlite is one process's database: a second controller on the same data directory would corrupt it. The lock
- * is a pid file; one whose process is gone (a crash) is taken over.
+ * is a pid file put in place with link(2), so of two controllers started at once exactly one makes it. A file whose
+ * process is gone (a crash) is taken over: renamed away first (atomic), and removed only if it still names the
+ * dead process, so a takeover cannot remove the lock that another starter has just made.
  */
-function lockDataDir(dataDir: string): () => void {
+export function lockDataDir(dataDir: string): () => void {
   const file = join(dataDir, "controller.pid");
-  let holder: number | undefined;
-  try {
-    holder = Number(readFileSync(file, "utf8").trim());
-  } catch {}
-  if (holder && holder !== process.pid && isAlive(holder)) {
-    throw new Error(
-      `the data directory ${dataDir} is in use by process ${holder} (another controller?): stop it, or use another STOWAGE_DATA_DIR`,
-    );
+  for (let attempt = 0; attempt < 20; attempt++) {
+    // Written whole beside it, then linked into place: link(2) fails if the lock exists, and a reader never
+    // sees a half-written pid.
+    const mine = `${file}.new-${process.pid}-${randomBytes(4).toString("hex")}`;
+    writeFileSync(mine, `${process.pid}\n`);
+    try {
+      linkSync(mine, file);
+      return () => rmSync(file, { force: true });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+    } finally {
+      rmSync(mine, { force: true });
+    }
+    const holder = readPid(file);
+    if (holder === undefined) continue; // Removed, or not written yet: look again.
+    if (holder === process.pid) return () => rmSync(file, { force: true });
+    if (isAlive(holder)) {
+      throw new Error(
+        `the data directory ${dataDir} is in use by process ${holder} (another controller?): stop it, or use another STOWAGE_DATA_DIR`,
+      );
+    }
+    const aside = `${file}.stale-${process.pid}-${randomBytes(4).toString("hex")}`;
+    try {
+      renameSync(file, aside);
+    } catch {
+      continue; // Someone else moved it first.
+    }
+    if (readPid(aside) !== holder) {
+      // Not the dead holder's file any more but a new starter's: put it back, unless yet another one exists.
+      try {
+        linkSync(aside, file);
+      } catch {}
+    }
+    rmSync(aside, { force: true });
   }
-  writeFileSync(file, `${process.pid}\n`);
-  return () => rmSync(file, { force: true });
+  throw new Error(`could not take the lock ${file}: it keeps changing; is another controller starting?`);
+}
+
+/** The pid in a lock file; undefined when it is missing or not (yet) a whole pid. */
+function readPid(file: string): number | undefined {
+  try {
+    const text = readFileSync(file, "utf8");
+    if (!text.endsWith("\n")) return undefined;
+    const pid = Number(text.trim());
+    return Number.isInteger(pid) && pid > 0 ? pid : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 function isAlive(pid: number): boolean {
