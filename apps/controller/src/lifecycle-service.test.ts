@@ -158,3 +158,74 @@ describe("lifecycle service (on PGlite)", () => {
     expect(out.operation?.kind).toBe("resize_volume");
   });
 });
+
+describe("request ids make lifecycle calls retry-safe (on PGlite)", () => {
+  let f: ServiceFixture;
+  let pool: string;
+
+  beforeAll(async () => {
+    f = await openServiceFixture();
+    pool = await f.addPool("files", "dir", ["qcow2", "raw"]);
+  });
+  afterAll(async () => {
+    await f?.close();
+  });
+
+  /** What the agent's result does to the volume: the operation is over and the volume available again. */
+  const finish = (volumeId: string) =>
+    f.sql`update volumes set state = 'available', operation_id = null where id = ${volumeId}`;
+
+  it("a revert retried with its request id after it finished returns that revert and runs no second one", async () => {
+    const v = await addVolume(f.sql, { name: "vm-root", poolId: pool, format: "qcow2" });
+    await f.sql.begin(async (tx) => {
+      const s = await insertSnapshot(tx, {
+        id: "snap-00000000000000000000000000000009",
+        name: "before-upgrade",
+        volumeId: v.id,
+        sizeBytes: v.sizeBytes,
+        operationId: "op-x",
+      });
+      return transitionSnapshot(tx, s, "available");
+    });
+    const req = create(RevertSnapshotRequestSchema, {
+      volume: "vm-root",
+      snapshot: "before-upgrade",
+      requestId: "revert-1",
+    });
+    const first = await revertSnapshot(f.ctx, req, "test");
+    await finish(v.id);
+    const ops = await countRows(f.sql, "operations");
+    // The answer was lost; the client retries: the same operation, nothing new, the volume left as it is.
+    for (let i = 0; i < 3; i++) {
+      const again = await revertSnapshot(f.ctx, req, "test");
+      expect(again.operation?.id).toBe(first.operation?.id);
+      expect(again.snapshot.name).toBe("before-upgrade");
+    }
+    expect(await countRows(f.sql, "operations")).toBe(ops);
+    expect((await getVolumeById(f.sql, v.id))?.state).toBe("available");
+    // Without a request id a second revert is a new call.
+    const fresh = await revertSnapshot(f.ctx, { ...req, requestId: "" }, "test");
+    expect(fresh.operation?.id).not.toBe(first.operation?.id);
+  });
+
+  it("a resize retried with its request id returns its operation; the id used for another call is ALREADY_EXISTS", async () => {
+    const v = await addVolume(f.sql, { name: "data", poolId: pool, format: "raw" });
+    const req = create(ResizeVolumeRequestSchema, {
+      volume: "data",
+      newSizeBytes: 2n * GiB,
+      requestId: "grow-1",
+    });
+    const first = await resizeVolume(f.ctx, req, "test");
+    expect(first.operation?.requestId).toBe("grow-1");
+    await finish(v.id);
+    expect((await resizeVolume(f.ctx, req, "test")).operation?.id).toBe(first.operation?.id);
+    const ops = await countRows(f.sql, "operations");
+    const reuse = create(DeleteVolumeRequestSchema, { volume: "data", requestId: "grow-1" });
+    await expect(deleteVolume(f.ctx, reuse, "test")).rejects.toMatchObject({
+      code: "already_exists",
+      message: expect.stringMatching(/request id grow-1 was already used for resize volume of volume vol-/),
+    });
+    expect(await countRows(f.sql, "operations")).toBe(ops);
+    expect((await getVolumeById(f.sql, v.id))?.state).toBe("available");
+  });
+});

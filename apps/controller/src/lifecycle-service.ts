@@ -41,7 +41,7 @@ import {
 import { formats } from "@stowage/wire";
 import { requireVolumeCapability } from "./capabilities.js";
 import type { ControllerContext } from "./context.js";
-import { enqueueOperation, startVolumeOperation } from "./outbox.js";
+import { enqueueOperation, startedBefore, startVolumeOperation } from "./outbox.js";
 import { mutate } from "./transaction.js";
 import { validateRequestId } from "./validate.js";
 import { resolveVolume } from "./volume-service.js";
@@ -56,6 +56,13 @@ function requireAvailable(v: VolumeRow, what: string): void {
     throw failedPrecondition(`volume ${v.name} is ${v.state}: ${what} needs it available`);
 }
 
+/** The snapshot an earlier operation was about, as it is now. */
+async function snapshotOf(tx: Queryable, v: VolumeRow, op: OperationRow): Promise<SnapshotRow> {
+  const s = await getSnapshot(tx, v.id, { id: op.snapshotId });
+  if (!s) throw notFound(`snapshot ${op.snapshotId} of volume ${v.name} not found`);
+  return s;
+}
+
 /**
  * ResizeVolume: growing reserves the extra bytes in the ledger first (and is refused with RESOURCE_EXHAUSTED when
  * they do not fit); shrinking loses data and needs allow_shrink. The same size again returns the volume as is.
@@ -66,9 +73,11 @@ export async function resizeVolume(
   actor: string,
 ): Promise<{ volume: VolumeRow; operation?: OperationRow }> {
   const newSize = validateVolumeSize(req.newSizeBytes, "new_size_bytes");
-  validateRequestId(req.requestId);
+  const requestId = validateRequestId(req.requestId);
   return mutate(ctx, async (tx) => {
     const v = await lockVolume(tx, req.volume);
+    const before = await startedBefore(tx, requestId, "resize_volume", v);
+    if (before) return { volume: v, operation: before };
     if (v.state === "resizing" && v.sizeBytes === newSize) {
       const operation = v.operationId ? await getOperation(tx, v.operationId) : undefined;
       return { volume: v, ...(operation ? { operation } : {}) };
@@ -95,6 +104,7 @@ export async function resizeVolume(
         value: { volumeId: v.id, newSizeBytes: newSize, allowShrink: req.allowShrink },
       },
       actor,
+      requestId,
       state: "resizing",
       audit: { action: "ResizeVolume", request: { newSize, allowShrink: req.allowShrink } },
     });
@@ -132,9 +142,11 @@ export async function createSnapshot(
   actor: string,
 ): Promise<{ snapshot: SnapshotRow; operation?: OperationRow }> {
   const name = validateName("snapshot name", req.name);
-  validateRequestId(req.requestId);
+  const requestId = validateRequestId(req.requestId);
   return mutate(ctx, async (tx) => {
     const v = await lockVolume(tx, req.volume);
+    const before = await startedBefore(tx, requestId, "create_snapshot", v);
+    if (before) return { snapshot: await snapshotOf(tx, v, before), operation: before };
     await requireVolumeCapability(ctx, tx, v, "snapshots");
     const existing = await getSnapshot(tx, v.id, { name });
     if (existing) {
@@ -149,6 +161,7 @@ export async function createSnapshot(
       snapshotId,
       payload: { case: "createSnapshot", value: { volumeId: v.id, snapshotId } },
       actor,
+      requestId,
     });
     const snapshot = await insertSnapshot(tx, {
       id: snapshotId,
@@ -174,9 +187,11 @@ export async function deleteSnapshot(
   req: DeleteSnapshotRequest,
   actor: string,
 ): Promise<{ snapshot: SnapshotRow; operation?: OperationRow }> {
-  validateRequestId(req.requestId);
+  const requestId = validateRequestId(req.requestId);
   return mutate(ctx, async (tx) => {
     const v = await lockVolume(tx, req.volume);
+    const before = await startedBefore(tx, requestId, "delete_snapshot", v);
+    if (before) return { snapshot: await snapshotOf(tx, v, before), operation: before };
     const s = await resolveSnapshot(tx, v, req.snapshot);
     if (s.state === "deleting" || s.state === "deleted") {
       const operation = s.operationId ? await getOperation(tx, s.operationId) : undefined;
@@ -194,6 +209,7 @@ export async function deleteSnapshot(
       snapshotId: s.id,
       payload: { case: "deleteSnapshot", value: { volumeId: v.id, snapshotId: s.id } },
       actor,
+      requestId,
     });
     const snapshot = await transitionSnapshot(tx, s, "deleting", { operationId: operation.id });
     await writeAudit(tx, {
@@ -213,9 +229,11 @@ export async function revertSnapshot(
   req: RevertSnapshotRequest,
   actor: string,
 ): Promise<{ snapshot: SnapshotRow; operation?: OperationRow }> {
-  validateRequestId(req.requestId);
+  const requestId = validateRequestId(req.requestId);
   return mutate(ctx, async (tx) => {
     const v = await lockVolume(tx, req.volume);
+    const before = await startedBefore(tx, requestId, "revert_snapshot", v);
+    if (before) return { snapshot: await snapshotOf(tx, v, before), operation: before };
     await requireVolumeCapability(ctx, tx, v, "revert");
     const s = await resolveSnapshot(tx, v, req.snapshot);
     if (s.state !== "available")
@@ -237,6 +255,7 @@ export async function revertSnapshot(
       snapshotId: s.id,
       payload: { case: "revertSnapshot", value: { volumeId: v.id, snapshotId: s.id } },
       actor,
+      requestId,
       state: "reverting",
       audit: { action: "RevertSnapshot", target: s.id, request: { volume: v.id } },
     });

@@ -1,8 +1,14 @@
 import { create, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
-import { type OperationKind as DomainOperationKind, newId, type VolumeState } from "@stowage/core";
+import {
+  alreadyExists,
+  type OperationKind as DomainOperationKind,
+  newId,
+  type VolumeState,
+} from "@stowage/core";
 import { AgentCommandSchema } from "@stowage/proto";
 import {
+  getOperationByRequestId,
   insertOperation,
   type OperationRow,
   type Queryable,
@@ -26,6 +32,8 @@ export async function enqueueOperation(
     actor: string;
     /** When the caller needed the id first (to write it on the volume row). */
     operationId?: string;
+    /** The caller's request id (lifecycle-service.ts, `startedBefore`). */
+    requestId?: string | null;
   },
 ): Promise<OperationRow> {
   const operationId = o.operationId ?? newId("op");
@@ -47,6 +55,7 @@ export async function enqueueOperation(
     ...(o.snapshotId ? { snapshotId: o.snapshotId } : {}),
     command: toBinary(AgentCommandSchema, command),
     requestedBy: o.actor,
+    requestId: o.requestId ?? null,
   });
 }
 
@@ -72,4 +81,26 @@ export async function startVolumeOperation(
     outcome: "ok",
   });
   return { volume, operation };
+}
+
+/**
+ * The operation that an earlier call with this request id started, when it was the same call on the same volume:
+ * a retry returns it (whatever happened since) instead of starting another, so a revert or resize retried after
+ * a lost answer runs once. The id used for another call or volume is ALREADY_EXISTS.
+ */
+export async function startedBefore(
+  tx: Queryable,
+  requestId: string | null,
+  kind: DomainOperationKind,
+  v: VolumeRow,
+): Promise<OperationRow | undefined> {
+  if (!requestId) return undefined;
+  const op = await getOperationByRequestId(tx, requestId);
+  if (!op) return undefined;
+  if (op.kind !== kind || op.volumeId !== v.id)
+    throw alreadyExists(
+      `request id ${requestId} was already used for ${op.kind.replaceAll("_", " ")} of volume ${op.volumeId}: use a new request id for a new call`,
+      { field: "request_id" },
+    );
+  return op;
 }

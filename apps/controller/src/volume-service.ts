@@ -31,7 +31,7 @@ import {
 import { formats, qcow2FromWire, qcow2ToWire, wipeModes } from "@stowage/wire";
 import { requireVolumeCapability } from "./capabilities.js";
 import type { ControllerContext } from "./context.js";
-import { enqueueOperation, startVolumeOperation } from "./outbox.js";
+import { enqueueOperation, startedBefore, startVolumeOperation } from "./outbox.js";
 import { checkConstraintTargets, decide, decideGroup, liveView } from "./scheduling.js";
 import { mutate } from "./transaction.js";
 import {
@@ -355,7 +355,7 @@ export async function deleteVolume(
   actor: string,
 ): Promise<{ volume: VolumeRow; operation?: OperationRow }> {
   const ref = validateVolumeRef(req.volume);
-  validateRequestId(req.requestId);
+  const requestId = validateRequestId(req.requestId);
   const wipe = wipeModes.optional(req.wipe, "wipe") ?? "none";
   return mutate(ctx, async (tx) => {
     const found = ref.id ? await getVolumeById(tx, ref.id, true) : await getVolumeByName(tx, ref.name!);
@@ -364,6 +364,8 @@ export async function deleteVolume(
         field: "volume",
       });
     const v = ref.id ? found : ((await getVolumeById(tx, found.id, true)) ?? found);
+    const before = await startedBefore(tx, requestId, "delete_volume", v);
+    if (before) return { volume: v, operation: before };
     if (v.state === "deleted" || v.state === "deleting") {
       const operation = v.operationId ? await getOperation(tx, v.operationId) : undefined;
       return { volume: v, ...(operation ? { operation } : {}) };
@@ -382,6 +384,7 @@ export async function deleteVolume(
       volume: v,
       payload: { case: "deleteVolume", value: { volumeId: v.id, wipe: wipeModes.wire(wipe) } },
       actor,
+      requestId,
       state: "deleting",
       audit: { action: "DeleteVolume", request: { volume: req.volume, wipe: req.wipe } },
     });

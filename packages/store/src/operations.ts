@@ -11,16 +11,27 @@ export interface NewOperation {
   snapshotId?: string;
   command: Uint8Array;
   requestedBy: string;
+  /** The caller's request id: a second operation with the same one is refused by a unique index. */
+  requestId?: string | null;
 }
 
 /** Writes an operation in state `pending`: the outbox row that the relay will publish. */
 export async function insertOperation(sql: Queryable, op: NewOperation): Promise<OperationRow> {
   const [row] = await sql<OperationRow[]>`
-    insert into operations (id, kind, state, host_id, pool_id, volume_id, snapshot_id, command, requested_by)
+    insert into operations (id, kind, state, host_id, pool_id, volume_id, snapshot_id, command, requested_by, request_id)
     values (${op.id}, ${op.kind}, 'pending', ${op.hostId}, ${op.poolId}, ${op.volumeId}, ${op.snapshotId ?? ""},
-      ${Buffer.from(op.command)}, ${op.requestedBy})
+      ${Buffer.from(op.command)}, ${op.requestedBy}, ${op.requestId ?? null})
     returning *`;
   return row!;
+}
+
+/** The operation a call with this request id started, if any. */
+export async function getOperationByRequestId(
+  sql: Queryable,
+  requestId: string,
+): Promise<OperationRow | undefined> {
+  const [row] = await sql<OperationRow[]>`select * from operations where request_id = ${requestId}`;
+  return row;
 }
 
 export async function getOperation(

@@ -105,6 +105,8 @@ export interface OperationRow {
   attempts: number;
   error: ErrorRecord | null;
   requestedBy: string;
+  /** The request id of the call that started it, when the caller gave one. */
+  requestId: string | null;
   createdAt: Date;
   updatedAt: Date;
   sentAt: Date | null;

@@ -91,6 +91,9 @@ export type CreateSnapshotRequest = Message<"stowage.v1.CreateSnapshotRequest"> 
   name: string;
 
   /**
+   * Makes retries safe: a second request with the same id returns the operation the first one started (a
+   * revert retried after a lost answer runs once); the id used before for another call is ALREADY_EXISTS.
+   *
    * @generated from field: string request_id = 3;
    */
   requestId: string;
@@ -230,6 +233,9 @@ export type DeleteSnapshotRequest = Message<"stowage.v1.DeleteSnapshotRequest"> 
   snapshot: string;
 
   /**
+   * Makes retries safe: a second request with the same id returns the operation the first one started (a
+   * revert retried after a lost answer runs once); the id used before for another call is ALREADY_EXISTS.
+   *
    * @generated from field: string request_id = 3;
    */
   requestId: string;
@@ -279,6 +285,9 @@ export type RevertSnapshotRequest = Message<"stowage.v1.RevertSnapshotRequest"> 
   snapshot: string;
 
   /**
+   * Makes retries safe: a second request with the same id returns the operation the first one started (a
+   * revert retried after a lost answer runs once); the id used before for another call is ALREADY_EXISTS.
+   *
    * @generated from field: string request_id = 3;
    */
   requestId: string;

@@ -412,6 +412,9 @@ export type DeleteVolumeRequest = Message<"stowage.v1.DeleteVolumeRequest"> & {
   wipe: WipeMode;
 
   /**
+   * Makes retries safe: a second request with the same id returns the operation the first one started; the id
+   * used before for another call or volume is ALREADY_EXISTS.
+   *
    * @generated from field: string request_id = 3;
    */
   requestId: string;
@@ -468,6 +471,9 @@ export type ResizeVolumeRequest = Message<"stowage.v1.ResizeVolumeRequest"> & {
   allowShrink: boolean;
 
   /**
+   * Makes retries safe: a second request with the same id returns the operation the first one started, even
+   * after it finished; the id used before for another call or volume is ALREADY_EXISTS.
+   *
    * @generated from field: string request_id = 4;
    */
   requestId: string;
