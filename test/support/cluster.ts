@@ -1,4 +1,4 @@
-import { writeFileSync } from "node:fs";
+import { existsSync, writeFileSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import {
@@ -38,7 +38,8 @@ export interface Cluster {
   agents: AgentProcess[];
   databaseUrl: string;
   startController(): Promise<Service>;
-  startAgent(name: string): Promise<AgentProcess>;
+  /** Starts (or starts again) an agent; `env` is added to its environment (a PATH with fake tools first, say). */
+  startAgent(name: string, opts?: { env?: Record<string, string> }): Promise<AgentProcess>;
   stowctl(
     args: string[],
     opts?: { reject?: boolean },
@@ -88,9 +89,16 @@ export async function startCluster(opts: {
       logFile: join(tmp.path, "controller.log"),
     });
 
-  const startAgent = async (name: string): Promise<AgentProcess> => {
+  const startAgent = async (
+    name: string,
+    o: { env?: Record<string, string> } = {},
+  ): Promise<AgentProcess> => {
     const base = join(tmp.path, "hosts", name);
-    const sys = await makeFakeSysfs(join(base, "sysroot"), { nodes: 2, cpusPerNode: 2 });
+    const sysroot = join(base, "sysroot");
+    // Made once: an agent started again finds the same host.
+    const sys = existsSync(join(sysroot, "sys"))
+      ? { sysfsRoot: join(sysroot, "sys"), procRoot: join(sysroot, "proc") }
+      : await makeFakeSysfs(sysroot, { nodes: 2, cpusPerNode: 2 });
     const poolDir = join(tmp.path, "pools", name, "default");
     await mkdir(poolDir, { recursive: true });
     const configFile = join(base, "agent.json");
@@ -111,6 +119,7 @@ export async function startCluster(opts: {
       name: `agent-${name}`,
       command: process.execPath,
       args: [AGENT, "--config", configFile],
+      ...(o.env ? { env: o.env } : {}),
       readyWhen: (line) => line.includes("registered with the controller"),
       readyTimeoutMs: 60_000,
       logFile: join(base, "agent.log"),

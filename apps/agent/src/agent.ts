@@ -119,7 +119,7 @@ export async function startAgent(config: AgentConfig, hooks: AgentHooks = {}): P
   // Registration carries each pool's health and capacity, not its volumes: it stays cheap at any pool size.
   const register = async () => {
     registered = await client.registerAgent(
-      { host: info(), pools: await poolReports(pools.values()) },
+      { host: info(), pools: await poolReports(pools.values()), processStart: registered === undefined },
       { timeoutMs: 10_000 },
     );
     return registered;

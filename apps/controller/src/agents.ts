@@ -7,6 +7,7 @@ import {
   CONTROLLER_QUEUE,
   ensureAgentConsumer,
   inventoryRequestSubject,
+  redeliverAgentCommands,
 } from "@stowage/bus";
 import { invalidArgument, isId, THIN_KINDS, validateLabels, validateName } from "@stowage/core";
 import {
@@ -92,6 +93,14 @@ export async function registerAgent(
   const hostId = validateName("host name", req.host.name);
   const pools = req.pools.map((p) => poolReportFromWire(ctx, p));
   const durable = await ensureAgentConsumer(ctx.bus.jsm, hostId);
+  if (req.processStart) {
+    const handedBack = await redeliverAgentCommands(ctx.bus.jsm, hostId);
+    if (handedBack > 0)
+      ctx.log.info(
+        { host: hostId, commands: handedBack },
+        "a new agent process: its predecessor's unacked commands are delivered again",
+      );
+  }
   await ctx.sql.begin(async (tx) => {
     await applyHostInfo(tx, req.host!);
     await applyPoolReports(tx, hostId, pools);

@@ -154,6 +154,30 @@ export async function ensureAgentConsumer(jsm: JetStreamManager, hostId: string)
 }
 
 /**
+ * Hands out again, at once, the commands a host's consumer has delivered and not seen acked: called when a new
+ * agent process of the host registers, before it pulls, so what its killed predecessor held is not left waiting
+ * for the ack wait. The consumer is made anew; the work-queue stream still holds exactly the unacked commands,
+ * which a new consumer delivers from the start. Returns how many were pending (0: nothing was changed).
+ */
+export async function redeliverAgentCommands(jsm: JetStreamManager, hostId: string): Promise<number> {
+  const durable = agentConsumerName(hostId);
+  let pending = 0;
+  try {
+    pending = (await jsm.consumers.info(COMMAND_STREAM, durable)).num_ack_pending;
+  } catch {
+    return 0;
+  }
+  if (pending === 0) return 0;
+  try {
+    await jsm.consumers.delete(COMMAND_STREAM, durable);
+  } catch (err) {
+    if (!/consumer not found/i.test(String(err))) throw err;
+  }
+  await ensureAgentConsumer(jsm, hostId);
+  return pending;
+}
+
+/**
  * How long a controller may hold a result before JetStream gives it to another (or, after a crash, to the same
  * controller restarted). Applying a result is one short transaction, and the consume loop signals progress.
  */
