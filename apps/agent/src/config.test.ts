@@ -31,7 +31,8 @@ const HOST: Record<string, string> = {
 };
 const POOL: Record<string, string> = {
   name: "required",
-  numaNode: "unset (dir: read from sysfs for the backing device; other kinds: none)",
+  numaNode:
+    "unset (dir: read from sysfs for the backing device; lvm and lvmthin: for the volume group's physical volumes, when they share one; rbd: none)",
   labels: "{}",
   overcommitRatio:
     "unset (1 for dir and lvm, the controller's STOWAGE_THIN_OVERCOMMIT_RATIO for lvmthin and rbd)",

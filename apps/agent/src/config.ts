@@ -46,7 +46,7 @@ const poolCommon = {
   numaNode: setting(
     z.number().int().min(0).optional(),
     "the pool's NUMA node",
-    "dir: read from sysfs for the backing device; other kinds: none",
+    "dir: read from sysfs for the backing device; lvm and lvmthin: for the volume group's physical volumes, when they share one; rbd: none",
   ),
   labels: setting(z.record(z.string(), z.string()).default({}), "labels for placement selectors"),
   overcommitRatio: setting(

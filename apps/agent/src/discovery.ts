@@ -114,6 +114,25 @@ export async function poolNumaNode(path: string, sysfsRoot = "/sys"): Promise<nu
   return blockDeviceNumaNode(sysfsRoot, `${major}:${minor}`);
 }
 
+/**
+ * The NUMA node of a set of block devices (an LVM volume group's physical volumes, given as `/dev/...` paths):
+ * their common node, or undefined when they are spread over nodes or any of them has none.
+ */
+export async function devicesNumaNode(
+  devices: readonly string[],
+  sysfsRoot = "/sys",
+): Promise<number | undefined> {
+  if (devices.length === 0) return undefined;
+  const nodes = new Set<number | undefined>();
+  for (const d of devices) {
+    const st = await stat(d, { bigint: true });
+    if (!st.isBlockDevice()) return undefined;
+    const { major, minor } = devMajorMinor(st.rdev);
+    nodes.add(await blockDeviceNumaNode(sysfsRoot, `${major}:${minor}`));
+  }
+  return nodes.size === 1 ? [...nodes][0] : undefined;
+}
+
 /** Same as `poolNumaNode` for a block device given as "MAJ:MIN". */
 export async function blockDeviceNumaNode(
   sysfsRoot: string,

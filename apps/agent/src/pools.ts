@@ -5,13 +5,14 @@ import {
   createRbdDriver,
   createToolRunner,
   LVM_NO_UDEV_CONFIG,
+  lvmPhysicalDevices,
   lvmToolEnv,
   type PoolDriver,
   type ToolRunner,
 } from "@stowage/drivers";
 import type { Logger } from "@stowage/telemetry";
 import type { AgentConfig, PoolConfig } from "./config.js";
-import { poolNumaNode } from "./discovery.js";
+import { devicesNumaNode, poolNumaNode } from "./discovery.js";
 import type { AgentMetrics } from "./metrics.js";
 
 /** A configured pool with its driver and its NUMA node. */
@@ -79,7 +80,10 @@ async function createPoolDriver(p: PoolConfig, runner: ToolRunnerFactory): Promi
   }
 }
 
-/** The configured pools by name; a pool's NUMA node is configured, or found from a dir pool's device. */
+/**
+ * The configured pools by name; a pool's NUMA node is configured, or found in sysfs: a dir pool's from the
+ * device of its directory, an LVM pool's from its volume group's physical volumes (when they all agree).
+ */
 export async function openPools(
   config: AgentConfig,
   runner: ToolRunnerFactory,
@@ -87,9 +91,28 @@ export async function openPools(
   const pools = new Map<string, AgentPool>();
   for (const p of config.pools) {
     const driver = await createPoolDriver(p, runner);
-    const numaNode =
-      p.numaNode ?? (p.kind === "dir" ? await poolNumaNode(p.path, config.sysfsRoot) : undefined);
+    const numaNode = p.numaNode ?? (await discoveredNumaNode(p, config.sysfsRoot, runner));
     pools.set(p.name, { config: p, driver, numaNode });
   }
   return pools;
+}
+
+async function discoveredNumaNode(
+  p: PoolConfig,
+  sysfsRoot: string | undefined,
+  runner: ToolRunnerFactory,
+): Promise<number | undefined> {
+  if (p.kind === "dir") return poolNumaNode(p.path, sysfsRoot);
+  if (p.kind !== "lvm" && p.kind !== "lvmthin") return undefined;
+  try {
+    const devices = await lvmPhysicalDevices(
+      runner(lvmToolEnv()),
+      p.vg,
+      p.udev ? undefined : LVM_NO_UDEV_CONFIG,
+    );
+    return await devicesNumaNode(devices, sysfsRoot);
+  } catch {
+    // A VG that is missing or unreadable is the pool's health check's to report, not a reason not to start.
+    return undefined;
+  }
 }

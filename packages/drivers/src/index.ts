@@ -14,7 +14,13 @@ export type {
   VolumeArtifact,
   WipeMode,
 } from "./driver.js";
-export { createLvmDriver, LVM_NO_UDEV_CONFIG, type LvmDriverOptions, lvmToolEnv } from "./lvm/index.js";
+export {
+  createLvmDriver,
+  LVM_NO_UDEV_CONFIG,
+  type LvmDriverOptions,
+  lvmPhysicalDevices,
+  lvmToolEnv,
+} from "./lvm/index.js";
 export { createRbdDriver, type RbdDriverOptions } from "./rbd/index.js";
 export {
   createToolRunner,

@@ -1,6 +1,8 @@
 import type { PoolDriver } from "../driver.js";
 import { guardDriver } from "../guard.js";
 import { createKeyedLock } from "../keyed-lock.js";
+import { parsePvs, pvsArgv } from "../lvm.js";
+import type { ToolRunner } from "../runner.js";
 import { createLvmClones } from "./clones.js";
 import { createLvmPool, type LvmDriverOptions, lvName } from "./layout.js";
 import { byName, createLvmRecords } from "./records.js";
@@ -53,4 +55,20 @@ export function createLvmDriver(opts: LvmDriverOptions): PoolDriver {
     ...snapshots,
     ...clones,
   });
+}
+
+/**
+ * The devices of a volume group's physical volumes (`/dev/sdb1`, `/dev/nvme0n1`), by one `pvs`: the agent reads
+ * their NUMA node from sysfs when the pool config names none.
+ */
+export async function lvmPhysicalDevices(
+  runner: ToolRunner,
+  vg: string,
+  lvmConfig?: string,
+): Promise<string[]> {
+  const argv = pvsArgv({ vg, ...(lvmConfig ? { config: lvmConfig } : {}) });
+  const { stdout } = await runner.run("pvs", argv);
+  return parsePvs(stdout, argv)
+    .filter((p) => p.vg === vg)
+    .map((p) => p.name);
 }
