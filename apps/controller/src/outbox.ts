@@ -32,7 +32,7 @@ export async function enqueueOperation(
     actor: string;
     /** When the caller needed the id first (to write it on the volume row). */
     operationId?: string;
-    /** The caller's request id (lifecycle-service.ts, `startedBefore`). */
+    /** The caller's request id, which `startedBefore` finds again on a retry. */
     requestId?: string | null;
   },
 ): Promise<OperationRow> {

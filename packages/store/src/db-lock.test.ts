@@ -57,6 +57,9 @@ describe("the PGlite data directory lock", () => {
     const release = lockDataDir(dir.path);
     expect(readFileSync(file, "utf8")).toBe(`${process.pid}\n`);
     release();
+    // A lock file that names no pid (cut short by a crash) is taken over too.
+    writeFileSync(file, "");
+    lockDataDir(dir.path)();
     writeFileSync(file, "1\n"); // init: alive
     expect(() => lockDataDir(dir.path)).toThrow(/in use by process 1 /);
     await dir.cleanup();

@@ -114,8 +114,8 @@ function startVacuum(sql: Sql, intervalMs: number): () => void {
 /**
  * PGlite is one process's database: a second controller on the same data directory would corrupt it. The lock
  * is a pid file put in place with link(2), so of two controllers started at once exactly one makes it. A file whose
- * process is gone (a crash) is taken over: renamed away first (atomic), and removed only if it still names the
- * dead process, so a takeover cannot remove the lock that another starter has just made.
+ * process is gone (a crash), or that names no pid, is taken over: renamed away first (atomic), and removed only if
+ * it is still the file that was read, so a takeover cannot remove the lock that another starter has just made.
  */
 export function lockDataDir(dataDir: string): () => void {
   const file = join(dataDir, "controller.pid");
@@ -132,22 +132,24 @@ export function lockDataDir(dataDir: string): () => void {
     } finally {
       rmSync(mine, { force: true });
     }
-    const holder = readPid(file);
-    if (holder === undefined) continue; // Removed, or not written yet: look again.
+    const seen = readText(file);
+    if (seen === undefined) continue; // Removed in between: try again.
+    const holder = parsePid(seen);
     if (holder === process.pid) return () => rmSync(file, { force: true });
-    if (isAlive(holder)) {
+    if (holder !== undefined && isAlive(holder)) {
       throw new Error(
         `the data directory ${dataDir} is in use by process ${holder} (another controller?): stop it, or use another STOWAGE_DATA_DIR`,
       );
     }
+    // Its process is gone, or the file holds no pid at all (left by a crash): move it aside.
     const aside = `${file}.stale-${process.pid}-${randomBytes(4).toString("hex")}`;
     try {
       renameSync(file, aside);
     } catch {
       continue; // Someone else moved it first.
     }
-    if (readPid(aside) !== holder) {
-      // Not the dead holder's file any more but a new starter's: put it back, unless yet another one exists.
+    if (readText(aside) !== seen) {
+      // Not the stale file any more but a new starter's: put it back, unless yet another one exists.
       try {
         linkSync(aside, file);
       } catch {}
@@ -157,16 +159,18 @@ export function lockDataDir(dataDir: string): () => void {
   throw new Error(`could not take the lock ${file}: it keeps changing; is another controller starting?`);
 }
 
-/** The pid in a lock file; undefined when it is missing or not (yet) a whole pid. */
-function readPid(file: string): number | undefined {
+function readText(file: string): string | undefined {
   try {
-    const text = readFileSync(file, "utf8");
-    if (!text.endsWith("\n")) return undefined;
-    const pid = Number(text.trim());
-    return Number.isInteger(pid) && pid > 0 ? pid : undefined;
+    return readFileSync(file, "utf8");
   } catch {
     return undefined;
   }
+}
+
+/** The pid a lock file names; undefined when it names none. */
+function parsePid(text: string): number | undefined {
+  const pid = Number(text.trim());
+  return Number.isInteger(pid) && pid > 0 ? pid : undefined;
 }
 
 function isAlive(pid: number): boolean {
