@@ -11,11 +11,14 @@ export interface AuditEntry {
 
 /** Every mutating call is written here, in the same transaction as the change it describes. */
 export async function writeAudit(sql: Queryable, e: AuditEntry): Promise<void> {
-  const request = JSON.parse(
-    JSON.stringify(e.request ?? {}, (_k, v) => (typeof v === "bigint" ? v.toString() : v)),
-  );
+  const request = auditRequest(e.request);
   await sql`insert into audit_log (actor, action, target, request, outcome, error)
-    values (${e.actor}, ${e.action}, ${e.target ?? ""}, ${sql.json(request)}, ${e.outcome}, ${e.error ?? ""})`;
+    values (${e.actor}, ${e.action}, ${e.target ?? ""}, ${sql.json(request as never)}, ${e.outcome}, ${e.error ?? ""})`;
+}
+
+/** The request as the audit row keeps it: JSON, with bigints as strings. */
+export function auditRequest(request: unknown): Record<string, unknown> {
+  return JSON.parse(JSON.stringify(request ?? {}, (_k, v) => (typeof v === "bigint" ? v.toString() : v)));
 }
 
 export async function recentAudit(sql: Queryable, limit = 100) {

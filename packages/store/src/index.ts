@@ -1,6 +1,7 @@
 export * from "./agent-traffic.js";
 export * from "./audit.js";
 export * from "./cluster-view.js";
+export * from "./create.js";
 export * from "./db.js";
 export * from "./findings.js";
 export * from "./hosts.js";

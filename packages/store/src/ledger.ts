@@ -17,7 +17,7 @@ import type { ReservationRow } from "./rows.js";
 const THIN = [...THIN_KINDS];
 
 /** The capacity rule above, for `bytes` more in the pool row being updated (one rule for every change). */
-function fits(sql: Queryable, bytes: bigint) {
+export function capacityRule(sql: Queryable, bytes: bigint) {
   return sql`
     allocated_bytes + reserved_bytes + ${bytes}
         <= floor(total_bytes::numeric * overcommit_ratio::numeric) - total_bytes::numeric * reserved_percent::numeric / 100
@@ -31,7 +31,7 @@ export async function reserveCapacity(
 ): Promise<boolean> {
   const rows = await sql`
     update pools set reserved_bytes = reserved_bytes + ${r.bytes}, volume_count = volume_count + 1, updated_at = now()
-    where id = ${r.poolId} and ${fits(sql, r.bytes)} and (max_volumes = 0 or volume_count < max_volumes)
+    where id = ${r.poolId} and ${capacityRule(sql, r.bytes)} and (max_volumes = 0 or volume_count < max_volumes)
     returning id`;
   if (rows.length === 0) return false;
   await sql`insert into reservations (volume_id, pool_id, bytes, state, expires_at)
@@ -62,7 +62,7 @@ export async function resizeHolding(
   const rows =
     delta > 0n && !r.force
       ? await sql`update pools set ${column} = ${column} + ${delta}, updated_at = now()
-          where id = ${res.poolId} and ${fits(sql, delta)} returning id`
+          where id = ${res.poolId} and ${capacityRule(sql, delta)} returning id`
       : await sql`update pools set ${column} = ${column} + ${delta}, updated_at = now() where id = ${res.poolId} returning id`;
   if (rows.length === 0) return false;
   await sql`update reservations set bytes = ${r.bytes}, updated_at = now() where volume_id = ${r.volumeId}`;
