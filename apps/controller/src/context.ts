@@ -1,6 +1,6 @@
 import type { Bus } from "@stowage/bus";
 import type { CAPABILITIES } from "@stowage/core";
-import type { Database, Sql } from "@stowage/store";
+import type { Database, OperationRow, Sql } from "@stowage/store";
 import type { Logger } from "@stowage/telemetry";
 import type { ControllerConfig } from "./config.js";
 import type { LiveView } from "./live-view.js";
@@ -20,6 +20,11 @@ export interface ControllerContext {
   placement?: LiveView;
   /** Wakes the relay at once (after a transaction wrote to the outbox). */
   kickRelay(): void;
+  /**
+   * Publishes operations that just committed, now (relay.ts `Dispatcher`); those it cannot publish stay
+   * pending for the relay.
+   */
+  dispatch(ops: readonly OperationRow[]): void;
   /** Wakes watchers at once (after a change they may care about). */
   notifyChange(): void;
   /** Resolves at the next change notification, or after `ms`. */

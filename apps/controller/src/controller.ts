@@ -16,7 +16,7 @@ import { LiveView } from "./live-view.js";
 import { startLoop } from "./loop.js";
 import { createControllerMetrics } from "./metrics.js";
 import { reconcileOnce } from "./reconciler.js";
-import { startRelay } from "./relay.js";
+import { Dispatcher, startRelay } from "./relay.js";
 import { runResultConsumer } from "./results.js";
 import { createRoutes } from "./routes/index.js";
 
@@ -65,6 +65,7 @@ export async function startController(config: ControllerConfig): Promise<Control
     metrics,
     capabilities: CAPABILITIES,
     kickRelay: () => relay.kick(),
+    dispatch: (ops) => dispatcher.send(ops),
     notifyChange: () => changes.emit("change"),
     waitForChange: (ms, signal) =>
       new Promise<void>((resolve) => {
@@ -83,7 +84,8 @@ export async function startController(config: ControllerConfig): Promise<Control
   const placement = new LiveView(db, { weights: config.schedulerWeights, log });
   ctx.placement = placement;
   await placement.start();
-  const relay = startRelay(ctx);
+  const dispatcher = new Dispatcher(ctx);
+  const relay = startRelay(ctx, config.relayIntervalMs, dispatcher);
   const reconciler = startLoop("reconciler", config.reconcileIntervalMs, () => reconcileOnce(ctx), log);
   const abort = new AbortController();
   const resultsDone = runResultConsumer(ctx, bus, abort.signal).catch((err) =>
@@ -157,6 +159,7 @@ export async function startController(config: ControllerConfig): Promise<Control
       for (const s of sessions) s.close();
       await new Promise<void>((r) => server.close(() => r()));
       await ops.close();
+      await dispatcher.stop();
       await relay.stop();
       await reconciler.stop();
       await resultsDone;

@@ -37,15 +37,6 @@ export async function enqueueOperation(
   },
 ): Promise<OperationRow> {
   const operationId = o.operationId ?? newId("op");
-  const command = create(AgentCommandSchema, {
-    operationId,
-    kind: operationKinds.wire(o.kind),
-    hostId: o.volume.hostId,
-    poolName: o.volume.poolId.slice(o.volume.hostId.length + 1),
-    attempt: 1,
-    issuedAt: timestampNow(),
-    payload: o.payload,
-  });
   return insertOperation(tx, {
     id: operationId,
     kind: o.kind,
@@ -53,10 +44,29 @@ export async function enqueueOperation(
     poolId: o.volume.poolId,
     volumeId: o.volume.id,
     ...(o.snapshotId ? { snapshotId: o.snapshotId } : {}),
-    command: toBinary(AgentCommandSchema, command),
+    command: agentCommand(operationId, o.kind, o.volume, o.payload),
     requestedBy: o.actor,
     requestId: o.requestId ?? null,
   });
+}
+
+/** The command an agent runs for an operation, protobuf binary, as the outbox row keeps it. */
+export function agentCommand(
+  operationId: string,
+  kind: DomainOperationKind,
+  volume: Pick<VolumeRow, "hostId" | "poolId">,
+  payload: MessageInitShape<typeof AgentCommandSchema>["payload"],
+): Uint8Array {
+  const command = create(AgentCommandSchema, {
+    operationId,
+    kind: operationKinds.wire(kind),
+    hostId: volume.hostId,
+    poolName: volume.poolId.slice(volume.hostId.length + 1),
+    attempt: 1,
+    issuedAt: timestampNow(),
+    payload,
+  });
+  return toBinary(AgentCommandSchema, command);
 }
 
 /**

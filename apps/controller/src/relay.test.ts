@@ -14,7 +14,7 @@ import { type NatsServer, natsAvailable, startNats } from "@stowage/testkit";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import type { ControllerContext } from "./context.js";
 import { enqueueOperation } from "./outbox.js";
-import { RELAY_PAGE, relayOnce, startRelay } from "./relay.js";
+import { Dispatcher, RELAY_PAGE, relayOnce, startRelay } from "./relay.js";
 import { GiB, openServiceFixture, type ServiceFixture } from "./testing/service-fixture.js";
 import { mutate } from "./transaction.js";
 
@@ -187,5 +187,65 @@ describe.skipIf(!natsAvailable())("outbox relay (on PGlite and a real nats-serve
     } finally {
       await relay.stop();
     }
+  });
+
+  describe("the fast path (Dispatcher)", () => {
+    it("publishes committed operations at once, without a relay round, and marks a burst sent in a few statements", async () => {
+      const ctx = relayCtx();
+      let kicks = 0;
+      ctx.kickRelay = () => kicks++;
+      const d = new Dispatcher(ctx);
+      try {
+        const ops: OperationRow[] = [];
+        for (let i = 0; i < 40; i++) ops.push(await enqueue(f.sql, ["h1", "h2", "h3"][i % 3]!));
+        updates = 0;
+        d.send(ops);
+        // In flight: a relay round started now leaves them alone.
+        expect(new Set(d.inFlight())).toEqual(new Set(ops.map((o) => o.id)));
+        expect(await relayOnce(ctx, d.inFlight())).toBe(0);
+        await expect
+          .poll(async () => new Set(await states(ops)), { timeout: 5_000 })
+          .toEqual(new Set(["sent"]));
+        expect(updates).toBeLessThanOrEqual(5);
+        expect(kicks).toBe(0);
+        await expect.poll(() => d.inFlight().length).toBe(0);
+        for (const h of ["h1", "h2", "h3"])
+          expect(await streamed(h)).toEqual(ops.filter((o) => o.hostId === h).map((o) => o.id));
+      } finally {
+        await d.stop();
+      }
+    });
+
+    it("leaves an operation it cannot publish pending, wakes the relay, and the relay sends it later", async () => {
+      const ctx = relayCtx();
+      let kicks = 0;
+      ctx.kickRelay = () => kicks++;
+      const d = new Dispatcher(ctx);
+      try {
+        broken.add("h2");
+        const ok = await enqueue(f.sql, "h1");
+        const bad = await enqueue(f.sql, "h2");
+        d.send([ok, bad]);
+        await expect.poll(async () => (await states([ok]))[0]).toBe("sent");
+        await expect.poll(() => kicks).toBe(1);
+        expect((await states([bad]))[0]).toBe("pending");
+        expect(d.inFlight()).toEqual([]);
+        broken.clear();
+        expect(await relayOnce(ctx, d.inFlight())).toBe(1);
+        expect(await streamed("h2")).toEqual([bad.id]);
+      } finally {
+        await d.stop();
+      }
+    });
+
+    it("marks at stop what was acked, so a clean shutdown leaves nothing for the relay to send again", async () => {
+      const ctx = relayCtx();
+      const d = new Dispatcher(ctx);
+      const op = await enqueue(f.sql, "h3");
+      d.send([op]);
+      await expect.poll(async () => (await streamed("h3")).length).toBe(1);
+      await d.stop();
+      expect((await states([op]))[0]).toBe("sent");
+    });
   });
 });

@@ -14,8 +14,9 @@ export const RELAY_IN_FLIGHT = 64;
  * that went out sent, one statement per page. A crash between publish and mark means one more publish: harmless,
  * because agents are idempotent. A publish that fails leaves only its own operation pending, for the next round.
  */
-export async function relayOnce(ctx: ControllerContext): Promise<number> {
-  const failed: string[] = [];
+export async function relayOnce(ctx: ControllerContext, skip: Iterable<string> = []): Promise<number> {
+  // Operations the fast path (Dispatcher) is publishing or marking are its own; the rest count as failed here.
+  const failed: string[] = [...skip];
   let total = 0;
   for (;;) {
     const ops = await operationsToPublish(ctx.sql, ctx.config.resendAfterMs, RELAY_PAGE, failed);
@@ -62,6 +63,86 @@ async function publishAll(
 /** The relay's loop (loop.ts): a round at once for a lone create, kicks during a round coalesced into one more. */
 export type RelayLoop = Loop;
 
-export function startRelay(ctx: ControllerContext, intervalMs = ctx.config.relayIntervalMs): RelayLoop {
-  return startLoop("relay", intervalMs, () => relayOnce(ctx), ctx.log);
+export function startRelay(
+  ctx: ControllerContext,
+  intervalMs = ctx.config.relayIntervalMs,
+  dispatcher?: Dispatcher,
+): RelayLoop {
+  return startLoop("relay", intervalMs, () => relayOnce(ctx, dispatcher?.inFlight() ?? []), ctx.log);
+}
+
+/**
+ * The outbox's fast path: operations published as soon as their transaction committed, without a relay round
+ * reading them back first, and marked sent together (one UPDATE for what was acked meanwhile). The relay
+ * stays the guarantee: an operation whose publish fails, or whose controller dies before the mark, is still
+ * pending and the relay sends it, with the same message id (JetStream drops a copy it stored within its
+ * duplicate window). While an operation is here the relay leaves it alone, so it is not published twice.
+ */
+export class Dispatcher {
+  private readonly publishing = new Set<string>();
+  private readonly acked = new Set<string>();
+  private readonly marking = new Set<string>();
+  private readonly marker: Loop;
+
+  constructor(private readonly ctx: ControllerContext) {
+    this.marker = startLoop("relay-mark", 1000, () => this.mark(), ctx.log);
+  }
+
+  /** Publishes freshly committed operations now; any that fail are left pending for the relay. */
+  send(ops: readonly OperationRow[]): void {
+    for (const op of ops) {
+      this.publishing.add(op.id);
+      // Through a promise: a publish that throws at once (a closed connection) fails like one that is refused.
+      Promise.resolve()
+        .then(() =>
+          this.ctx.bus.js.publish(commandSubject(op.hostId), op.command, { msgID: op.id, timeout: 5000 }),
+        )
+        .then(
+          () => {
+            this.acked.add(op.id);
+            this.ctx.metrics.published.inc({ kind: op.kind });
+            this.marker.kick();
+          },
+          (err) => {
+            this.ctx.log.warn(
+              { err, operationId: op.id, host: op.hostId },
+              "publish failed; the relay retries",
+            );
+            this.ctx.kickRelay();
+          },
+        )
+        .finally(() => this.publishing.delete(op.id));
+    }
+  }
+
+  /** The ids the relay must skip: being published, or published and not yet marked. */
+  inFlight(): string[] {
+    return [...this.publishing, ...this.acked, ...this.marking];
+  }
+
+  private async mark(): Promise<void> {
+    if (this.acked.size === 0) return;
+    const ids = [...this.acked];
+    for (const id of ids) {
+      this.acked.delete(id);
+      this.marking.add(id);
+    }
+    try {
+      await markOperationsSent(this.ctx.sql, ids);
+    } catch (err) {
+      // Left pending: the relay publishes them again (a duplicate JetStream drops) and marks them.
+      this.ctx.log.warn(
+        { err, operations: ids.length },
+        "marking published operations failed; the relay retries",
+      );
+    } finally {
+      for (const id of ids) this.marking.delete(id);
+    }
+  }
+
+  /** Marks what was acked and stops (at shutdown). Publishes still under way are the relay's after a restart. */
+  async stop(): Promise<void> {
+    await this.marker.stop();
+    await this.mark();
+  }
 }

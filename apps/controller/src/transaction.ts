@@ -1,13 +1,34 @@
-import { type AuditEntry, type Tx, writeAudit } from "@stowage/store";
+import { type AuditEntry, type OperationRow, type Sql, type Tx, writeAudit } from "@stowage/store";
 import type { ControllerContext } from "./context.js";
 
 /**
  * Runs one mutating transaction (the change, its outbox rows and its audit entry commit together or not at
- * all), then wakes the relay (the outbox may have a new row) and the watchers.
+ * all), then wakes the relay (the outbox may have a new row), or publishes the operations it names, and the watchers.
  */
-export async function mutate<T>(ctx: ControllerContext, fn: (tx: Tx) => Promise<T>): Promise<T> {
+export async function mutate<T>(
+  ctx: ControllerContext,
+  fn: (tx: Tx) => Promise<T>,
+  /** The operations it wrote, when the caller knows them: published at once instead of by a relay round. */
+  operations?: (out: T) => readonly OperationRow[],
+): Promise<T> {
   const out = (await ctx.sql.begin(fn)) as T;
-  ctx.kickRelay();
+  if (operations) ctx.dispatch(operations(out));
+  else ctx.kickRelay();
+  ctx.notifyChange();
+  return out;
+}
+
+/**
+ * A mutation that is one statement (atomic on its own, so no transaction round trips) and writes the given
+ * operations to the outbox: they are published at once (the relay is the fallback), and the watchers woken.
+ */
+export async function mutateOneStatement<T>(
+  ctx: ControllerContext,
+  fn: (sql: Sql) => Promise<T>,
+  operations: (out: T) => readonly OperationRow[],
+): Promise<T> {
+  const out = await fn(ctx.sql);
+  ctx.dispatch(operations(out));
   ctx.notifyChange();
   return out;
 }

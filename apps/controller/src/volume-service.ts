@@ -20,20 +20,19 @@ import {
   getVolumeById,
   getVolumeByName,
   getVolumeByRequestOrName,
-  insertVolume,
+  insertPlacedVolume,
   liveSnapshotCount,
   type OperationRow,
   type Queryable,
-  reserveCapacity,
   type VolumeRow,
   writeAudit,
 } from "@stowage/store";
 import { formats, qcow2FromWire, qcow2ToWire, wipeModes } from "@stowage/wire";
 import { requireVolumeCapability } from "./capabilities.js";
 import type { ControllerContext } from "./context.js";
-import { enqueueOperation, startedBefore, startVolumeOperation } from "./outbox.js";
+import { agentCommand, startedBefore, startVolumeOperation } from "./outbox.js";
 import { checkConstraintTargets, decide, decideGroup, liveView } from "./scheduling.js";
-import { mutate } from "./transaction.js";
+import { mutate, mutateOneStatement } from "./transaction.js";
 import {
   constraintsFromWire,
   defaultFormat,
@@ -82,9 +81,9 @@ function validateCreate(req: CreateVolumeRequest, requestId = validateRequestId(
 }
 
 /**
- * Writes one placed volume: the volume row, its reservation (the ledger's conditional UPDATE), the outbox
- * operation and the audit entry. Throws ReservationConflict when the ledger refuses; the caller's transaction
- * then rolls back and it places again.
+ * Writes one placed volume in one statement (store `insertPlacedVolume`): the ledger's conditional UPDATE, the
+ * volume row, its reservation, the outbox operation and the audit entry. Throws ReservationConflict when the
+ * ledger refuses (nothing was written); the caller places again.
  */
 async function writeCreate(
   ctx: ControllerContext,
@@ -95,57 +94,53 @@ async function writeCreate(
 ) {
   const volumeId = newId("vol");
   const operationId = newId("op");
-  const volume = await insertVolume(tx, {
-    id: volumeId,
-    name: spec.name,
-    sizeBytes: spec.sizeBytes,
-    format: spec.format,
-    poolId: decision.poolId,
-    hostId: decision.hostId,
-    numaNode: decision.numaNode,
-    cpuSet: decision.cpuSet,
-    labels: spec.labels,
-    qcow2: spec.qcow2 as Record<string, unknown>,
-    requestId: spec.requestId,
-    operationId,
-    antiAffinityGroup: spec.constraints.antiAffinityGroup ?? "",
-  });
-  const ok = await reserveCapacity(tx, {
-    poolId: decision.poolId,
-    volumeId,
-    bytes: spec.sizeBytes,
-    ttlMs: ctx.config.reservationTtlMs,
-  });
-  if (!ok) throw new ReservationConflict();
-  const operation = await enqueueOperation(tx, {
-    kind: "create_volume",
-    volume,
-    operationId,
-    payload: {
-      case: "createVolume",
-      value: {
-        volumeId,
-        sizeBytes: spec.sizeBytes,
-        format: formats.wire(spec.format),
-        qcow2: spec.format === "qcow2" ? qcow2ToWire(spec.qcow2) : undefined,
-      },
-    },
-    actor,
-  });
-  await writeAudit(tx, {
-    actor,
-    action: "CreateVolume",
-    target: volumeId,
-    request: {
+  const written = await insertPlacedVolume(tx, {
+    volume: {
+      id: volumeId,
       name: spec.name,
       sizeBytes: spec.sizeBytes,
       format: spec.format,
-      pool: decision.poolId,
+      poolId: decision.poolId,
+      hostId: decision.hostId,
+      numaNode: decision.numaNode,
+      cpuSet: decision.cpuSet,
+      labels: spec.labels,
+      qcow2: spec.qcow2 as Record<string, unknown>,
       requestId: spec.requestId,
+      operationId,
+      antiAffinityGroup: spec.constraints.antiAffinityGroup ?? "",
     },
-    outcome: "ok",
+    reservation: { ttlMs: ctx.config.reservationTtlMs },
+    operation: {
+      id: operationId,
+      kind: "create_volume",
+      command: agentCommand(operationId, "create_volume", decision, {
+        case: "createVolume",
+        value: {
+          volumeId,
+          sizeBytes: spec.sizeBytes,
+          format: formats.wire(spec.format),
+          qcow2: spec.format === "qcow2" ? qcow2ToWire(spec.qcow2) : undefined,
+        },
+      }),
+      requestedBy: actor,
+    },
+    audit: {
+      actor,
+      action: "CreateVolume",
+      target: volumeId,
+      request: {
+        name: spec.name,
+        sizeBytes: spec.sizeBytes,
+        format: spec.format,
+        pool: decision.poolId,
+        requestId: spec.requestId,
+      },
+      outcome: "ok",
+    },
   });
-  return { volume, operation };
+  if (!written) throw new ReservationConflict();
+  return written;
 }
 
 function refusal(summary: string, capacity: boolean): StowageError {
@@ -180,7 +175,11 @@ export async function createVolume(
     }
     if (req.dryRun || !hold) return { placement: decision };
     try {
-      const out = await mutate(ctx, (tx) => writeCreate(ctx, tx, spec, decision, actor));
+      const out = await mutateOneStatement(
+        ctx,
+        (sql) => writeCreate(ctx, sql, spec, decision, actor),
+        (o) => [o.operation],
+      );
       liveView(ctx).commit(hold);
       ctx.log.info(
         {
@@ -256,14 +255,18 @@ export async function createVolumeGroup(
     }
     if (req.dryRun) return group.decisions.map((placement) => ({ placement }));
     try {
-      const out = await mutate(ctx, async (tx) => {
-        const made = [];
-        for (const [i, spec] of specs.entries()) {
-          const d = group.decisions[i]!;
-          made.push({ ...(await writeCreate(ctx, tx, spec, d, actor)), placement: d });
-        }
-        return made;
-      });
+      const out = await mutate(
+        ctx,
+        async (tx) => {
+          const made = [];
+          for (const [i, spec] of specs.entries()) {
+            const d = group.decisions[i]!;
+            made.push({ ...(await writeCreate(ctx, tx, spec, d, actor)), placement: d });
+          }
+          return made;
+        },
+        (made) => made.map((o) => o.operation),
+      );
       for (const h of holds) liveView(ctx).commit(h);
       ctx.log.info(
         { volumes: out.map((o) => o.volume.id), pools: out.map((o) => o.placement.poolId) },

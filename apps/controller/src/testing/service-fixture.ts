@@ -44,6 +44,7 @@ export async function openServiceFixture(config: Partial<ControllerConfig> = {})
     metrics: createControllerMetrics(() => db.sql),
     capabilities: CAPABILITIES,
     kickRelay: () => {},
+    dispatch: () => {},
     notifyChange: () => {},
     waitForChange: async () => {},
   } as unknown as ControllerContext;
