@@ -13,3 +13,4 @@ export * from "./rows.js";
 export * from "./snapshots.js";
 export * from "./telemetry.js";
 export * from "./volumes.js";
+export * from "./watch.js";

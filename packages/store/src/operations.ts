@@ -1,6 +1,7 @@
 import { OPERATION_STATE_MACHINE, type OperationKind } from "@stowage/core";
 import type { Queryable } from "./db.js";
 import type { ErrorRecord, OperationRow } from "./rows.js";
+import { type Changes, changes } from "./watch.js";
 
 export interface NewOperation {
   id: string;
@@ -117,16 +118,24 @@ export async function listOperations(
     order by id limit ${f.limit}`;
 }
 
-export async function operationsChangedSince(
+/** The operations written by transactions that `after` did not see (as `volumesChangedAfter`). */
+export async function operationsChangedAfter(
   sql: Queryable,
-  since: Date,
+  after: string,
   f: { id?: string; volumeId?: string },
-): Promise<OperationRow[]> {
-  return sql<OperationRow[]>`
-    select * from operations where updated_at > ${since}
-      and (${f.id ?? ""} = '' or id = ${f.id ?? ""})
-      and (${f.volumeId ?? ""} = '' or volume_id = ${f.volumeId ?? ""})
-    order by updated_at limit 1000`;
+): Promise<Changes<OperationRow>> {
+  return changes(
+    await sql<(OperationRow & { watchSnapshot: string })[]>`
+      select s.snap::text as watch_snapshot, t.* from (select pg_current_snapshot() as snap) s
+      left join lateral (
+        select * from operations
+        where change_xid >= pg_snapshot_xmin(${after}::pg_snapshot)
+          and not pg_visible_in_snapshot(change_xid, ${after}::pg_snapshot)
+          and (${f.id ?? ""} = '' or id = ${f.id ?? ""})
+          and (${f.volumeId ?? ""} = '' or volume_id = ${f.volumeId ?? ""})
+        order by change_xid, id
+      ) t on true`,
+  );
 }
 
 export async function countOperationsByState(

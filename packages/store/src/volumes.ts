@@ -2,6 +2,7 @@ import { VOLUME_STATE_MACHINE, type VolumeState } from "@stowage/core";
 import type { Queryable } from "./db.js";
 import type { ErrorRecord, VolumeRow } from "./rows.js";
 import { inState, type StateChange, setState, transitionRow } from "./transition.js";
+import { type Changes, changes } from "./watch.js";
 
 export interface NewVolume {
   id: string;
@@ -98,16 +99,27 @@ export async function listVolumes(sql: Queryable, f: VolumeFilter): Promise<Volu
 }
 
 /** Volumes changed after `since`, for watches (they poll, so any controller replica sees every change). */
-export async function volumesChangedSince(
+/**
+ * The volumes written by transactions that `after` (a snapshot from `currentSnapshot` or an earlier call) did not
+ * see, with the snapshot of this read, to pass next time (migration 0007). Every change is in exactly one answer.
+ */
+export async function volumesChangedAfter(
   sql: Queryable,
-  since: Date,
+  after: string,
   f: { id?: string; poolId?: string },
-): Promise<VolumeRow[]> {
-  return sql<VolumeRow[]>`
-    select * from volumes where updated_at > ${since}
-      and (${f.id ?? ""} = '' or id = ${f.id ?? ""})
-      and (${f.poolId ?? ""} = '' or pool_id = ${f.poolId ?? ""})
-    order by updated_at limit 1000`;
+): Promise<Changes<VolumeRow>> {
+  return changes(
+    await sql<(VolumeRow & { watchSnapshot: string })[]>`
+      select s.snap::text as watch_snapshot, t.* from (select pg_current_snapshot() as snap) s
+      left join lateral (
+        select * from volumes
+        where change_xid >= pg_snapshot_xmin(${after}::pg_snapshot)
+          and not pg_visible_in_snapshot(change_xid, ${after}::pg_snapshot)
+          and (${f.id ?? ""} = '' or id = ${f.id ?? ""})
+          and (${f.poolId ?? ""} = '' or pool_id = ${f.poolId ?? ""})
+        order by change_xid, id
+      ) t on true`,
+  );
 }
 
 /** What may change on a volume besides its state (which only `transitionVolume` changes). */

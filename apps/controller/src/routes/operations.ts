@@ -1,7 +1,7 @@
 import type { ServiceImpl } from "@connectrpc/connect";
 import { notFound } from "@stowage/core";
 import type { OperationService } from "@stowage/proto";
-import { getOperation, listOperations, operationsChangedSince } from "@stowage/store";
+import { getOperation, listOperations, operationsChangedAfter, type Queryable } from "@stowage/store";
 import { operationStates } from "@stowage/wire";
 import type { ControllerContext } from "../context.js";
 import { operationToWire } from "../convert.js";
@@ -10,8 +10,8 @@ import { paged } from "./paging.js";
 import { watchChanges } from "./watch.js";
 
 export function operationRoutes(ctx: ControllerContext): ServiceImpl<typeof OperationService> {
-  const describe = async (id: string) => {
-    const o = await getOperation(ctx.sql, id);
+  const describe = async (id: string, sql: Queryable = ctx.sql) => {
+    const o = await getOperation(sql, id);
     if (!o) throw notFound(`operation ${id} not found`);
     return o;
   };
@@ -35,17 +35,17 @@ export function operationRoutes(ctx: ControllerContext): ServiceImpl<typeof Oper
       const filter: { id?: string; volumeId?: string } = {};
       if (req.operationId) filter.id = req.operationId;
       return watchChanges(ctx, hc, {
-        async start() {
-          if (req.volumeId) filter.volumeId = (await resolveVolume(ctx.sql, req.volumeId)).id;
-          const initial = await listOperations(ctx.sql, {
+        async start(sql) {
+          if (req.volumeId) filter.volumeId = (await resolveVolume(sql, req.volumeId)).id;
+          const initial = await listOperations(sql, {
             ...(filter.volumeId ? { volumeId: filter.volumeId } : {}),
             limit: 1000,
           });
           if (!filter.id) return initial;
           const first = initial.filter((o) => o.id === filter.id);
-          return first.length ? first : [await describe(filter.id)];
+          return first.length ? first : [await describe(filter.id, sql)];
         },
-        changedSince: (since) => operationsChangedSince(ctx.sql, since, filter),
+        changedAfter: (snapshot) => operationsChangedAfter(ctx.sql, snapshot, filter),
         toMessage: (o) => ({ operation: operationToWire(o) }),
       });
     },

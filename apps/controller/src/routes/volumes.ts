@@ -1,6 +1,6 @@
 import type { ServiceImpl } from "@connectrpc/connect";
 import { VolumeEventType, type VolumeService } from "@stowage/proto";
-import { listVolumes, type OperationRow, type VolumeRow, volumesChangedSince } from "@stowage/store";
+import { listVolumes, type OperationRow, type VolumeRow, volumesChangedAfter } from "@stowage/store";
 import { volumeStates } from "@stowage/wire";
 import { actorOf } from "../auth.js";
 import type { ControllerContext } from "../context.js";
@@ -63,15 +63,15 @@ export function volumeRoutes(ctx: ControllerContext): ServiceImpl<typeof VolumeS
       const filter: { id?: string; poolId?: string } = {};
       if (req.poolId) filter.poolId = req.poolId;
       return watchChanges(ctx, hc, {
-        async start() {
+        async start(sql) {
           if (req.volume) {
-            const v = await resolveVolume(ctx.sql, req.volume);
+            const v = await resolveVolume(sql, req.volume);
             filter.id = v.id;
             return [v];
           }
-          return listVolumes(ctx.sql, { ...(filter.poolId ? { poolId: filter.poolId } : {}), limit: 10_000 });
+          return listVolumes(sql, { ...(filter.poolId ? { poolId: filter.poolId } : {}), limit: 10_000 });
         },
-        changedSince: (since) => volumesChangedSince(ctx.sql, since, filter),
+        changedAfter: (snapshot) => volumesChangedAfter(ctx.sql, snapshot, filter),
         toMessage: (v, first) => ({
           type: first ? VolumeEventType.SNAPSHOT : VolumeEventType.CHANGED,
           volume: volumeToWire(v),

@@ -1,51 +1,54 @@
 import type { HandlerContext } from "@connectrpc/connect";
+import { type Changes, currentSnapshot, type Queryable } from "@stowage/store";
 import type { ControllerContext } from "../context.js";
 import { toConnectError } from "../errors.js";
 
 /**
- * Streams rows changed since the watch began, polling the database so any controller replica sees every
- * change. `start` yields what the watcher sees first; a watch the caller cancelled ends quietly.
+ * Streams rows as they change, read from the database so any controller replica sees every change
+ * (docs/architecture.md, "Watches"). `start` yields what the watcher sees first, read in one snapshot with the
+ * watch's starting point; each later read asks for the rows written by transactions the previous read's
+ * snapshot did not see, so a change is delivered once, when it commits, however long its transaction ran. It
+ * keeps nothing per row. A watch the caller cancelled ends quietly.
  */
-export async function* watchChanges<R extends { id: string; updatedAt: Date }, O>(
+export async function* watchChanges<R, O>(
   ctx: ControllerContext,
   hc: HandlerContext,
   w: {
-    start: () => Promise<R[]>;
-    changedSince: (since: Date) => Promise<R[]>;
+    start: (sql: Queryable) => Promise<R[]>;
+    changedAfter: (snapshot: string) => Promise<Changes<R>>;
     toMessage: (row: R, first: boolean) => O;
   },
 ): AsyncGenerator<O> {
   try {
-    yield* poll(ctx, hc.signal, await w.start(), w.changedSince, w.toMessage);
+    const { initial, snapshot } = await ctx.sql.begin(
+      "isolation level repeatable read read only",
+      async (tx) => {
+        const snapshot = await currentSnapshot(tx);
+        return { initial: await w.start(tx), snapshot };
+      },
+    );
+    yield* poll(ctx, hc.signal, initial as R[], snapshot, w.changedAfter, w.toMessage);
   } catch (err) {
     if (hc.signal.aborted) return;
     throw toConnectError(err, ctx.log);
   }
 }
 
-async function* poll<R extends { id: string; updatedAt: Date }, O>(
+async function* poll<R, O>(
   ctx: ControllerContext,
   signal: AbortSignal,
   initial: R[],
-  changedSince: (since: Date) => Promise<R[]>,
+  from: string,
+  changedAfter: (snapshot: string) => Promise<Changes<R>>,
   toMessage: (row: R, first: boolean) => O,
 ): AsyncGenerator<O> {
-  const seen = new Map<string, number>();
-  let since = new Date(Date.now() - 1000);
-  for (const r of initial) {
-    seen.set(r.id, r.updatedAt.getTime());
-    yield toMessage(r, true);
-  }
+  for (const r of initial) yield toMessage(r, true);
+  let snapshot = from;
   while (!signal.aborted) {
     await ctx.waitForChange(500, signal);
     if (signal.aborted) break;
-    const rows = await changedSince(new Date(since.getTime() - 2000));
-    for (const r of rows) {
-      const t = r.updatedAt.getTime();
-      if ((seen.get(r.id) ?? -1) >= t) continue;
-      seen.set(r.id, t);
-      if (t > since.getTime()) since = r.updatedAt;
-      yield toMessage(r, false);
-    }
+    const read = await changedAfter(snapshot);
+    snapshot = read.snapshot;
+    for (const r of read.rows) yield toMessage(r, false);
   }
 }
