@@ -64,14 +64,23 @@ async function until(what: string, fn: () => boolean, ms = 10_000): Promise<numb
 }
 
 /** A lock in memory shared by several "processes": `kill` drops its holder's session as a broken connection would. */
+interface MemoryLock {
+  lock: LeaseLock;
+  /** held() never answers while set. */
+  hang: boolean;
+  /** Takes the lock away from whoever holds it, without telling them (an unlock on the server, say). */
+  seize(): void;
+  /** Drops the holder's session as a broken connection would, and tells it. */
+  kill(): void;
+}
+
 function memoryLocks() {
   let owner: object | undefined;
   const make = () => {
     const me = {};
     const listeners = new Set<(why: string) => void>();
-    const handle = {
+    const handle: MemoryLock = {
       hang: false,
-      /** Takes the lock away from whoever holds it, without telling them (an unlock on the server, say). */
       seize() {
         owner = me;
       },
