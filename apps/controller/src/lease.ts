@@ -93,10 +93,8 @@ export function startLease(opts: LeaseOptions): Lease {
   const hold = async (acquiredAt: number): Promise<string> => {
     let following: Promise<void> = Promise.resolve();
     let reason: string | undefined;
-    let lost!: () => void;
-    const ended = new Promise<void>((r) => {
-      lost = r;
-    });
+    /** Cuts a check in progress short (a fresh promise per check: nothing piles up on one that never settles). */
+    let interrupt: (() => void) | undefined;
     let watchdog: NodeJS.Timeout | undefined;
     const end = (why: string) => {
       if (reason !== undefined) return;
@@ -108,7 +106,7 @@ export function startLease(opts: LeaseOptions): Lease {
         following = opts.follow();
         log.warn({ reason: why }, "lease lost: stopped the outbox relay and the reconciler");
       }
-      lost();
+      interrupt?.();
       wake?.();
     };
     drop = end;
@@ -131,12 +129,18 @@ export function startLease(opts: LeaseOptions): Lease {
           opts.lead();
         }
         const untilLead = acquiredAt + t.ttlMs - performance.now();
-        await Promise.race([sleep(leading ? t.checkMs : Math.max(0, Math.min(t.checkMs, untilLead))), ended]);
+        await sleep(leading ? t.checkMs : Math.max(0, Math.min(t.checkMs, untilLead)));
         if (stopped) end("the controller is stopping");
         if (reason !== undefined) break;
         const at = performance.now();
-        const ok = await Promise.race([lock.held().catch((err: Error) => err), ended.then(() => undefined)]);
-        if (ok === undefined) break;
+        const ok = await new Promise<boolean | Error | undefined>((resolve) => {
+          interrupt = () => resolve(undefined);
+          lock
+            .held()
+            .then(resolve, (err: unknown) => resolve(err instanceof Error ? err : new Error(String(err))));
+        });
+        interrupt = undefined;
+        if (ok === undefined || reason !== undefined) break;
         if (ok instanceof Error) end(`checking the lock failed: ${ok.message}`);
         else if (!ok) end("the database says the lock is no longer held");
         else if (t.ttlMs > 0) confirmed(at);
