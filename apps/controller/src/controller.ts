@@ -12,8 +12,9 @@ import { type ControllerConfig, splitHostPort } from "./config.js";
 import type { ControllerContext } from "./context.js";
 import { createErrorInterceptor } from "./errors.js";
 import { withMinimalGrpcMessage } from "./grpc-message.js";
+import { type LeaseTiming, postgresLeaseLock, singleProcessLock, startLease } from "./lease.js";
 import { LiveView } from "./live-view.js";
-import { startLoop } from "./loop.js";
+import { type Loop, startLoop } from "./loop.js";
 import { createControllerMetrics } from "./metrics.js";
 import { reconcileOnce } from "./reconciler.js";
 import { Dispatcher, startRelay } from "./relay.js";
@@ -24,10 +25,22 @@ export interface ControllerHandle {
   grpcPort: number;
   metricsPort: number;
   context: ControllerContext;
+  /** Whether this controller holds the lease and runs the relay and the reconciler now. */
+  readonly leading: boolean;
+  /** Rounds of the relay and the reconciler this controller has run (tests). */
+  readonly singletonRounds: { relay: number; reconciler: number };
   stop(): Promise<void>;
 }
 
-export async function startController(config: ControllerConfig): Promise<ControllerHandle> {
+export interface ControllerOptions {
+  /** The lease's timing (lease.ts, DEFAULT_LEASE_TIMING); tests shorten it. */
+  leaseTiming?: Partial<LeaseTiming>;
+}
+
+export async function startController(
+  config: ControllerConfig,
+  options: ControllerOptions = {},
+): Promise<ControllerHandle> {
   const log = createLogger("stowage-controller", config.logLevel);
   let db: Database | undefined;
   // The bus is connected below, before /metrics can be scraped; the lookup only runs on a scrape.
@@ -64,7 +77,9 @@ export async function startController(config: ControllerConfig): Promise<Control
     log,
     metrics,
     capabilities: CAPABILITIES,
-    kickRelay: () => relay.kick(),
+    // A follower runs no relay: its kick is a no-op (the leader's relay finds the row on its next round).
+    kickRelay: () => relay?.kick(),
+    // Every controller publishes the operations it has just written itself; the leader's relay is the fallback.
     dispatch: (ops) => dispatcher.send(ops),
     notifyChange: () => changes.emit("change"),
     waitForChange: (ms, signal) =>
@@ -85,8 +100,28 @@ export async function startController(config: ControllerConfig): Promise<Control
   ctx.placement = placement;
   await placement.start();
   const dispatcher = new Dispatcher(ctx);
-  const relay = startRelay(ctx, config.relayIntervalMs, dispatcher);
-  const reconciler = startLoop("reconciler", config.reconcileIntervalMs, () => reconcileOnce(ctx), log);
+  // The relay and the reconciler run in one controller at a time: the holder of the lease (lease.ts).
+  let relay: Loop | undefined;
+  let reconciler: Loop | undefined;
+  let relayRounds = 0;
+  let reconcilerRounds = 0;
+  const lease = startLease({
+    lock: db.kind === "postgres" ? postgresLeaseLock(config.databaseUrl) : singleProcessLock(),
+    log,
+    gauge: metrics.leader,
+    ...(options.leaseTiming ? { timing: options.leaseTiming } : {}),
+    lead: () => {
+      relay = startRelay(ctx, config.relayIntervalMs, dispatcher);
+      reconciler = startLoop("reconciler", config.reconcileIntervalMs, () => reconcileOnce(ctx), log);
+    },
+    follow: async () => {
+      const loops = [relay, reconciler];
+      relayRounds += relay?.rounds ?? 0;
+      reconcilerRounds += reconciler?.rounds ?? 0;
+      relay = reconciler = undefined;
+      await Promise.all(loops.map((l) => l?.stop()));
+    },
+  });
   const abort = new AbortController();
   const resultsDone = runResultConsumer(ctx, bus, abort.signal).catch((err) =>
     log.error({ err }, "result consumer stopped"),
@@ -153,6 +188,15 @@ export async function startController(config: ControllerConfig): Promise<Control
     grpcPort,
     metricsPort: ops.port,
     context: ctx,
+    get leading() {
+      return lease.leading;
+    },
+    get singletonRounds() {
+      return {
+        relay: relayRounds + (relay?.rounds ?? 0),
+        reconciler: reconcilerRounds + (reconciler?.rounds ?? 0),
+      };
+    },
     async stop() {
       abort.abort();
       unsubscribe();
@@ -160,8 +204,7 @@ export async function startController(config: ControllerConfig): Promise<Control
       await new Promise<void>((r) => server.close(() => r()));
       await ops.close();
       await dispatcher.stop();
-      await relay.stop();
-      await reconciler.stop();
+      await lease.stop();
       await resultsDone;
       await placement.stop();
       await bus.close();

@@ -1,5 +1,5 @@
 import type { Sql } from "@stowage/store";
-import { createRegistry, type GrowthForecastOptions, type Registry } from "@stowage/telemetry";
+import { createRegistry, type GrowthForecastOptions, gauge, type Registry } from "@stowage/telemetry";
 import { poolCapacityGauges } from "./metrics-capacity.js";
 import { apiMetrics, operationMetrics, schedulerMetrics } from "./metrics-events.js";
 import { hostGauges, outboxGauges } from "./metrics-hosts.js";
@@ -39,7 +39,19 @@ export function createControllerMetrics(getSql: () => Sql | undefined, opts: Con
     ...resourceStateGauges(registry, read),
     ...hostGauges(registry, read, opts.pendingCommands),
     ...outboxGauges(registry, read),
+    ...leaseGauge(registry),
   };
   poolCapacityGauges(registry, read, opts.forecast);
   return metrics;
+}
+
+/** Whether this controller holds the lease of the singleton loops (lease.ts): 0 until it does. */
+function leaseGauge(registry: Registry) {
+  const leader = gauge(
+    registry,
+    "stowage_controller_leader",
+    "1 while this controller holds the lease and runs the outbox relay and the reconciler, 0 while it follows (it still serves the API).",
+  );
+  leader.set(0);
+  return { leader };
 }
