@@ -16,6 +16,7 @@ import {
 } from "@stowage/core";
 import { type OperationResult, OperationResultSchema } from "@stowage/proto";
 import {
+  confirmCreated,
   confirmReservation,
   type ErrorRecord,
   finishOperation,
@@ -53,7 +54,25 @@ export async function applyResults(
     );
     const ops = new Map(locked.map((op) => [op.id, op]));
     const finished: { op: OperationRow; r: OperationResult }[] = [];
-    for (const r of results) {
+    // The batch's successful creates and clones, the bulk of it, in one statement; the rest one by one.
+    const { created, rest } = splitCreated(results, ops);
+    const confirmed = new Set(
+      await confirmCreated(
+        tx,
+        created.map((r) => ({
+          operationId: r.operationId,
+          allocatedBytes: r.artifact?.allocatedBytes ?? 0n,
+          hostPath: r.artifact?.path ?? "",
+        })),
+      ),
+    );
+    for (const r of created) {
+      const op = ops.get(r.operationId)!;
+      if (!confirmed.has(op.id)) continue;
+      finished.push({ op, r });
+      ops.set(op.id, { ...op, state: "succeeded" });
+    }
+    for (const r of rest) {
       const op = await applyInTransaction(ctx, tx, r, ops);
       if (op) finished.push({ op, r });
     }
@@ -74,6 +93,40 @@ export async function applyResults(
     );
   }
   if (applied.length > 0) ctx.notifyChange();
+}
+
+/**
+ * The results that `confirmCreated` applies together: successes of open creates and clones, the first result of
+ * each operation, when nothing else in the batch touches the same volume (then the batch goes one by one, in
+ * order). The others keep their order.
+ */
+function splitCreated(
+  results: readonly OperationResult[],
+  ops: ReadonlyMap<string, OperationRow>,
+): { created: OperationResult[]; rest: OperationResult[] } {
+  const created: OperationResult[] = [];
+  const rest: OperationResult[] = [];
+  const seen = new Set<string>();
+  for (const r of results) {
+    const op = ops.get(r.operationId);
+    const fast =
+      r.success &&
+      op !== undefined &&
+      (op.kind === "create_volume" || op.kind === "clone_volume") &&
+      (op.state === "pending" || op.state === "sent") &&
+      !seen.has(op.id);
+    if (op) seen.add(op.id);
+    (fast ? created : rest).push(r);
+  }
+  const createdOps = new Set(created.map((r) => r.operationId));
+  const createdVolumes = new Set(created.map((r) => ops.get(r.operationId)!.volumeId));
+  // A duplicate of a confirmed create finds its operation finished; another operation on the same volume would
+  // have to be applied after it, in order.
+  const overlap = rest.some((r) => {
+    const op = ops.get(r.operationId);
+    return op !== undefined && !createdOps.has(op.id) && createdVolumes.has(op.volumeId);
+  });
+  return overlap ? { created: [], rest: [...results] } : { created, rest };
 }
 
 /** Applies one operation result (a batch of one). */

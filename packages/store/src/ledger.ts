@@ -1,4 +1,4 @@
-import { THIN_KINDS } from "@stowage/core";
+import { OPERATION_STATE_MACHINE, THIN_KINDS } from "@stowage/core";
 import type { Queryable } from "./db.js";
 import type { ReservationRow } from "./rows.js";
 
@@ -78,6 +78,44 @@ export async function confirmReservation(sql: Queryable, volumeId: string): Prom
   await sql`update pools set reserved_bytes = reserved_bytes - ${res.bytes}, allocated_bytes = allocated_bytes + ${res.bytes},
     updated_at = now() where id = ${res.poolId}`;
   return true;
+}
+
+/**
+ * The successful results of creates and clones, set-based in one statement (what `finishOperation`,
+ * `confirmReservation` and the volume's `creating -> available` do one by one): the operations that are still
+ * open succeed, their reservations become allocations (each pool's ledger moved once by the sum), and their
+ * volumes still `creating` become `available` with the artefact's allocation and path. Answers the ids of the
+ * operations it finished; one already finished is left as it is (a duplicate result).
+ */
+export async function confirmCreated(
+  sql: Queryable,
+  done: readonly { operationId: string; allocatedBytes: bigint; hostPath: string }[],
+): Promise<string[]> {
+  if (done.length === 0) return [];
+  const rows = await sql<{ id: string }[]>`
+    with r as (
+      select * from unnest(${done.map((d) => d.operationId)}::text[], ${done.map((d) => d.allocatedBytes.toString())}::int8[],
+        ${done.map((d) => d.hostPath)}::text[]) as r(op_id, allocated, path)
+    ), op as (
+      update operations o set state = 'succeeded', error = null, finished_at = now(), updated_at = clock_timestamp()
+      from r where o.id = r.op_id and o.kind in ('create_volume', 'clone_volume')
+        and o.state = any(${OPERATION_STATE_MACHINE.sourcesOf("succeeded")})
+      returning o.id, o.volume_id, r.allocated, r.path
+    ), res as (
+      update reservations s set state = 'allocated', updated_at = now()
+      from op where s.volume_id = op.volume_id and s.state = 'reserved'
+      returning s.pool_id, s.bytes
+    ), pl as (
+      update pools p set reserved_bytes = p.reserved_bytes - x.bytes, allocated_bytes = p.allocated_bytes + x.bytes,
+        updated_at = now()
+      from (select pool_id, sum(bytes)::int8 as bytes from res group by pool_id) x where p.id = x.pool_id
+    ), vol as (
+      update volumes v set state = 'available', error = null, allocated_bytes = op.allocated, host_path = op.path,
+        updated_at = clock_timestamp()
+      from op where v.id = op.volume_id and v.state = 'creating'
+    )
+    select id from op`;
+  return rows.map((r) => r.id);
 }
 
 /** Releases whatever a volume holds, reserved or allocated. Idempotent. */
