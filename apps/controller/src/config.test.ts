@@ -16,6 +16,7 @@ const SETTINGS: Record<string, string | undefined> = {
   STOWAGE_RESERVATION_TTL_MS: "900000",
   STOWAGE_RESEND_AFTER_MS: "300000",
   STOWAGE_RECONCILE_INTERVAL_MS: "2000",
+  STOWAGE_RELAY_GRACE_MS: "2000",
   STOWAGE_RELAY_INTERVAL_MS: "500",
   STOWAGE_THIN_OVERCOMMIT_RATIO: "20",
   STOWAGE_SCHEDULER_WEIGHTS: "",
@@ -24,7 +25,7 @@ const SETTINGS: Record<string, string | undefined> = {
 };
 
 describe("controller settings", () => {
-  it("are the seventeen STOWAGE_* variables, each declared with its default", () => {
+  it("are the eighteen STOWAGE_* variables, each declared with its default", () => {
     const declared = Object.fromEntries(controllerSettings().map((s) => [s.env, s.default]));
     expect(declared).toEqual(SETTINGS);
   });
@@ -76,6 +77,7 @@ describe("loadControllerConfig", () => {
       reservationTtlMs: 900000,
       resendAfterMs: 300000,
       reconcileIntervalMs: 2000,
+      relayGraceMs: 2000,
       relayIntervalMs: 500,
       thinOvercommitRatio: 20,
       schedulerWeights: {},
@@ -98,6 +100,7 @@ describe("loadControllerConfig", () => {
       STOWAGE_RESERVATION_TTL_MS: "60000",
       STOWAGE_RESEND_AFTER_MS: "30000",
       STOWAGE_RECONCILE_INTERVAL_MS: "100",
+      STOWAGE_RELAY_GRACE_MS: "0",
       STOWAGE_RELAY_INTERVAL_MS: "50",
       STOWAGE_THIN_OVERCOMMIT_RATIO: "4.5",
       STOWAGE_SCHEDULER_WEIGHTS: "free-space=0, pool-load=3",
@@ -117,6 +120,7 @@ describe("loadControllerConfig", () => {
       reservationTtlMs: 60000,
       resendAfterMs: 30000,
       reconcileIntervalMs: 100,
+      relayGraceMs: 0,
       relayIntervalMs: 50,
       thinOvercommitRatio: 4.5,
       schedulerWeights: { "free-space": 0, "pool-load": 3 },

@@ -83,6 +83,11 @@ export const ControllerConfigSchema = z.object({
     "STOWAGE_RECONCILE_INTERVAL_MS",
     "period of the reconciler (host liveness, expired reservations, re-sends; ms)",
   ),
+  relayGraceMs: setting(
+    milliseconds(0, 2000),
+    "STOWAGE_RELAY_GRACE_MS",
+    "the relay leaves a pending operation this long to the controller that wrote it, which publishes it at once (ms)",
+  ),
   relayIntervalMs: setting(
     milliseconds(10, 500),
     "STOWAGE_RELAY_INTERVAL_MS",

@@ -37,7 +37,7 @@ export async function enqueueOperation(
   },
 ): Promise<OperationRow> {
   const operationId = o.operationId ?? newId("op");
-  return insertOperation(tx, {
+  const row = await insertOperation(tx, {
     id: operationId,
     kind: o.kind,
     hostId: o.volume.hostId,
@@ -48,6 +48,18 @@ export async function enqueueOperation(
     requestedBy: o.actor,
     requestId: o.requestId ?? null,
   });
+  writtenIn.get(tx)?.push(row);
+  return row;
+}
+
+/** The operations each open `mutate` transaction has written, so it can publish them once it commits. */
+const writtenIn = new WeakMap<object, OperationRow[]>();
+
+/** Starts collecting the operations written in this transaction (`enqueueOperation`); answers the list. */
+export function collectOperations(tx: object): OperationRow[] {
+  const list: OperationRow[] = [];
+  writtenIn.set(tx, list);
+  return list;
 }
 
 /** The command an agent runs for an operation, protobuf binary, as the outbox row keeps it. */

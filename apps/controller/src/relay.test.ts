@@ -149,7 +149,13 @@ describe.skipIf(!natsAvailable())("outbox relay (on PGlite and a real nats-serve
       await delay(50);
       const idle = relay.rounds;
       const t0 = performance.now();
-      const lone = await mutate(ctx, (tx) => enqueue(tx, "h1"));
+      // A write and a kick, as after a host came back (a mutation publishes its own operations: the fast path).
+      const write = async (h: string) => {
+        const op = await enqueue(f.sql, h);
+        ctx.kickRelay();
+        return op;
+      };
+      const lone = await write("h1");
       await expect.poll(async () => (await states([lone]))[0], { interval: 5 }).toBe("sent");
       expect(performance.now() - t0).toBeLessThan(1_000);
       expect(relay.rounds).toBe(idle + 1);
@@ -157,9 +163,7 @@ describe.skipIf(!natsAvailable())("outbox relay (on PGlite and a real nats-serve
       // A slow broker: each round takes 30 ms, so the burst's kicks arrive while a round runs.
       publishDelayMs = 30;
       const before = relay.rounds;
-      const burst = await Promise.all(
-        Array.from({ length: 40 }, (_, i) => mutate(ctx, (tx) => enqueue(tx, `h${(i % 3) + 1}`))),
-      );
+      const burst = await Promise.all(Array.from({ length: 40 }, (_, i) => write(`h${(i % 3) + 1}`)));
       await expect
         .poll(async () => new Set(await states(burst)), { timeout: 10_000 })
         .toEqual(new Set(["sent"]));
@@ -247,5 +251,28 @@ describe.skipIf(!natsAvailable())("outbox relay (on PGlite and a real nats-serve
       await d.stop();
       expect((await states([op]))[0]).toBe("sent");
     });
+  });
+
+  it("leaves a pending operation younger than the grace to its writer, and takes it once the grace has passed", async () => {
+    const op = await enqueue(f.sql, "h1");
+    expect(await relayOnce(relayCtx(), [], 60_000)).toBe(0);
+    expect((await states([op]))[0]).toBe("pending");
+    await f.sql`update operations set created_at = now() - interval '2 minutes' where id = ${op.id}`;
+    expect(await relayOnce(relayCtx(), [], 60_000)).toBe(1);
+  });
+
+  it("has a mutation hand the operations it wrote to the fast path once it commits, and none when it rolls back", async () => {
+    const ctx = relayCtx();
+    const dispatched: string[][] = [];
+    ctx.dispatch = (ops) => dispatched.push(ops.map((o) => o.id));
+    const [a, b] = await mutate(ctx, async (tx) => [await enqueue(tx, "h1"), await enqueue(tx, "h2")]);
+    expect(dispatched).toEqual([[a!.id, b!.id]]);
+    await expect(
+      mutate(ctx, async (tx) => {
+        await enqueue(tx, "h3");
+        throw new Error("no");
+      }),
+    ).rejects.toThrow("no");
+    expect(dispatched).toHaveLength(1);
   });
 });

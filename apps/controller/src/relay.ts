@@ -14,12 +14,17 @@ export const RELAY_IN_FLIGHT = 64;
  * that went out sent, one statement per page. A crash between publish and mark means one more publish: harmless,
  * because agents are idempotent. A publish that fails leaves only its own operation pending, for the next round.
  */
-export async function relayOnce(ctx: ControllerContext, skip: Iterable<string> = []): Promise<number> {
+export async function relayOnce(
+  ctx: ControllerContext,
+  skip: Iterable<string> = [],
+  /** Pending operations younger than this are their writer's to publish (the Dispatcher); 0 takes them all. */
+  graceMs = 0,
+): Promise<number> {
   // Operations the fast path (Dispatcher) is publishing or marking are its own; the rest count as failed here.
   const failed: string[] = [...skip];
   let total = 0;
   for (;;) {
-    const ops = await operationsToPublish(ctx.sql, ctx.config.resendAfterMs, RELAY_PAGE, failed);
+    const ops = await operationsToPublish(ctx.sql, ctx.config.resendAfterMs, RELAY_PAGE, failed, graceMs);
     if (ops.length === 0) return total;
     const { sent, unsent } = await publishAll(ctx, ops);
     await markOperationsSent(
@@ -68,7 +73,11 @@ export function startRelay(
   intervalMs = ctx.config.relayIntervalMs,
   dispatcher?: Dispatcher,
 ): RelayLoop {
-  return startLoop("relay", intervalMs, () => relayOnce(ctx, dispatcher?.inFlight() ?? []), ctx.log);
+  // With a fast path, what any controller has just written is its writer's for a moment (STOWAGE_RELAY_GRACE_MS),
+  // so the leader's relay does not publish it a second time; after that the relay takes it (a failed publish, a
+  // writer that died before publishing).
+  const grace = dispatcher ? ctx.config.relayGraceMs : 0;
+  return startLoop("relay", intervalMs, () => relayOnce(ctx, dispatcher?.inFlight() ?? [], grace), ctx.log);
 }
 
 /**

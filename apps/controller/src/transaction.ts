@@ -1,9 +1,11 @@
 import { type AuditEntry, type OperationRow, type Sql, type Tx, writeAudit } from "@stowage/store";
 import type { ControllerContext } from "./context.js";
+import { collectOperations } from "./outbox.js";
 
 /**
  * Runs one mutating transaction (the change, its outbox rows and its audit entry commit together or not at
- * all), then wakes the relay (the outbox may have a new row), or publishes the operations it names, and the watchers.
+ * all), then publishes the operations it wrote (`enqueueOperation`, and those `operations` names) at once
+ * through the relay's fast path, and wakes the watchers.
  */
 export async function mutate<T>(
   ctx: ControllerContext,
@@ -11,9 +13,13 @@ export async function mutate<T>(
   /** The operations it wrote, when the caller knows them: published at once instead of by a relay round. */
   operations?: (out: T) => readonly OperationRow[],
 ): Promise<T> {
-  const out = (await ctx.sql.begin(fn)) as T;
-  if (operations) ctx.dispatch(operations(out));
-  else ctx.kickRelay();
+  let written: OperationRow[] = [];
+  const out = (await ctx.sql.begin((tx) => {
+    written = collectOperations(tx);
+    return fn(tx);
+  })) as T;
+  const ops = [...written, ...(operations?.(out) ?? [])];
+  if (ops.length > 0) ctx.dispatch(ops);
   ctx.notifyChange();
   return out;
 }

@@ -70,10 +70,13 @@ export async function operationsToPublish(
   resendAfterMs: number,
   limit = 100,
   skip: readonly string[] = [],
+  /** Pending operations younger than this are left to the controller that wrote them (its fast path). */
+  graceMs = 0,
 ): Promise<OperationRow[]> {
   return sql<OperationRow[]>`
     select o.* from operations o join hosts h on h.id = o.host_id
-    where (o.state = 'pending' or (o.state = 'sent' and o.sent_at < now() - make_interval(secs => ${resendAfterMs / 1000})))
+    where ((o.state = 'pending' and o.created_at <= now() - make_interval(secs => ${graceMs / 1000}))
+        or (o.state = 'sent' and o.sent_at < now() - make_interval(secs => ${resendAfterMs / 1000})))
       and h.state = 'up'
       and o.id <> all(${skip as string[]})
     order by o.created_at limit ${limit}`;
