@@ -1,6 +1,7 @@
 import { type Client, createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import {
+  FindingService,
   HostService,
   OperationService,
   PlacementService,
@@ -20,6 +21,7 @@ export interface Clients {
   readonly placement: Client<typeof PlacementService>;
   readonly operations: Client<typeof OperationService>;
   readonly snapshots: Client<typeof SnapshotService>;
+  readonly findings: Client<typeof FindingService>;
   /** Closes the HTTP/2 connection. */
   close(): void;
 }
@@ -79,6 +81,7 @@ export const createClients: ClientFactory = ({ baseUrl, token }) => {
     placement: createClient(PlacementService, transport),
     operations: createClient(OperationService, transport),
     snapshots: createClient(SnapshotService, transport),
+    findings: createClient(FindingService, transport),
     close: () => sessionManager.abort(),
   };
 };

@@ -4,17 +4,21 @@ import { setTimeout as delay } from "node:timers/promises";
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import {
+  type AdoptFindingRequest,
   AntiAffinityScope,
   CompressionType,
   type CreateVolumeRequest,
   type DeleteVolumeRequest,
   type ExplainPlacementRequest,
+  FindingKind,
+  type ListFindingsRequest,
   type ListOperationsRequest,
   type ListPoolsRequest,
   type ListVolumesRequest,
   PlacementStrategy,
   PoolKind,
   Preallocation,
+  type QuarantineFindingRequest,
   type Volume,
   VolumeFormat,
   VolumeState,
@@ -28,6 +32,7 @@ import {
   type FakeController,
   type FakeOverrides,
   NOW,
+  ORPHAN_ID,
   startFakeController,
   VOLUMES,
   volume,
@@ -796,6 +801,104 @@ describe("operation", () => {
   });
 });
 
+describe("finding", () => {
+  it("lists findings as a table and sends the filters", async () => {
+    await controller();
+    const r = await stowctl([
+      "finding",
+      "list",
+      "--host",
+      "node1",
+      "--pool",
+      "node1/default",
+      "--kind",
+      "orphan",
+    ]);
+    expect(r.code).toBe(0);
+    const lines = r.stdout.trimEnd().split("\n");
+    expect(lines[0]).toMatch(/^KIND\s+HOST\s+POOL\s+SUBJECT\s+SIZE\s+FORMAT\s+QUARANTINED\s+LAST SEEN$/);
+    expect(lines.slice(1)).toEqual([
+      expect.stringMatching(
+        new RegExp(`^orphan\\s+node1\\s+node1/default\\s+${ORPHAN_ID}\\s+8 GiB\\s+qcow2\\s+no\\s+`),
+      ),
+    ]);
+    expect(fake!.requests<ListFindingsRequest>("listFindings")).toEqual([
+      expect.objectContaining({ hostId: "node1", poolId: "node1/default", kind: FindingKind.ORPHAN }),
+    ]);
+  });
+
+  it("lists findings as JSON with lowercase kinds and sizes as strings", async () => {
+    await controller();
+    const r = await stowctl(["finding", "list", "-o", "json"]);
+    expect(r.code).toBe(0);
+    const findings = JSON.parse(r.stdout);
+    expect(findings.map((f: { kind: string }) => f.kind)).toEqual(["orphan", "foreign"]);
+    expect(findings[0]).toMatchObject({ subject: ORPHAN_ID, sizeBytes: String(8n * GiB), format: "qcow2" });
+  });
+
+  it("refuses an unknown kind and a pool that is not HOST/POOL before calling the server", async () => {
+    await controller();
+    const kind = await stowctl(["finding", "list", "--kind", "stray"]);
+    expect(kind.code).toBe(2);
+    expect(kind.stderr).toMatch(/--kind "stray" is not valid: use one of orphan, missing, foreign/);
+    expect((await stowctl(["finding", "list", "--pool", "default"])).code).toBe(2);
+    expect(fake!.requests("listFindings")).toEqual([]);
+  });
+
+  it("quarantines an orphan with a reason and says the artefact stays", async () => {
+    await controller();
+    const r = await stowctl(["finding", "quarantine", ORPHAN_ID, "--host", "node1", "--reason", "vm7?"]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^Quarantined:\s+.* by admin$/m);
+    expect(r.stdout).toMatch(/^Reason:\s+vm7\?$/m);
+    expect(r.stderr).toMatch(/is quarantined: it stays where it is/);
+    expect(fake!.requests<QuarantineFindingRequest>("quarantineFinding")).toEqual([
+      expect.objectContaining({ volumeId: ORPHAN_ID, hostId: "node1", reason: "vm7?" }),
+    ]);
+  });
+
+  it("refuses what is not a volume id before calling the server", async () => {
+    await controller();
+    for (const cmd of ["quarantine", "adopt"]) {
+      const r = await stowctl(["finding", cmd, "../etc/passwd"]);
+      expect(r.code, cmd).toBe(2);
+      expect(r.stderr).toMatch(/is not a volume id \(vol- and 32 hex digits\)/);
+    }
+    expect(fake!.calls).toEqual([]);
+  });
+
+  it("adopts an orphan under a name with labels and prints the volume", async () => {
+    await controller();
+    const r = await stowctl(["finding", "adopt", ORPHAN_ID, "--name", "vm7-disk0", "--label", "app=db"]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^Name:\s+vm7-disk0$/m);
+    expect(r.stdout).toMatch(new RegExp(`^ID:\\s+${ORPHAN_ID}$`, "m"));
+    expect(r.stdout).toMatch(/^Size:\s+8 GiB/m);
+    expect(fake!.requests<AdoptFindingRequest>("adoptFinding")).toEqual([
+      expect.objectContaining({ volumeId: ORPHAN_ID, hostId: "", name: "vm7-disk0", labels: { app: "db" } }),
+    ]);
+  });
+
+  it("exits 5 when the pool cannot hold the orphan, with the controller's reason", async () => {
+    await controller({
+      findings: {
+        adoptFinding: () => {
+          throw new ConnectError("pool node1/default cannot hold vol-x's 8 GiB", Code.ResourceExhausted);
+        },
+      },
+    });
+    const r = await stowctl(["finding", "adopt", ORPHAN_ID]);
+    expect(r.code).toBe(5);
+    expect(r.stderr).toMatch(/^error: pool node1\/default cannot hold vol-x's 8 GiB/);
+  });
+
+  it("exits 3 for an orphan nobody reports", async () => {
+    await controller();
+    const r = await stowctl(["finding", "quarantine", "vol-00000000000000000000000000000000"]);
+    expect(r.code).toBe(3);
+  });
+});
+
 describe("help", () => {
   it("documents the exit codes and the environment", async () => {
     const r = await stowctl(["--help"]);
@@ -829,6 +932,9 @@ describe("help", () => {
         "placement explain",
         "operation get",
         "operation list",
+        "finding list",
+        "finding quarantine",
+        "finding adopt",
       ]),
     );
     for (const path of paths) {

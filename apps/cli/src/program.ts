@@ -2,6 +2,7 @@ import { createRequire } from "node:module";
 import { Command, CommanderError, Option } from "commander";
 import { DEFAULT_SERVER } from "./client.js";
 import { makeAct } from "./command-kit.js";
+import { registerFindingCommands } from "./commands/finding.js";
 import { registerHostCommands } from "./commands/host.js";
 import { registerOperationCommands } from "./commands/operation.js";
 import { registerPlacementCommands } from "./commands/placement.js";
@@ -23,6 +24,7 @@ Examples:
   $ stowctl placement explain --size 10G --numa-host node1 --numa-node 0
   $ stowctl volume create vm1-disk0 --size 10G --wait
   $ stowctl volume list -o json
+  $ stowctl finding list --kind orphan
   $ stowctl --server http://controller:7480 volume get vm1-disk0
 
 Environment:
@@ -78,6 +80,7 @@ function buildCommand(deps: ProgramDeps): Command {
   registerSnapshotCommands(program, act);
   registerPlacementCommands(program, act);
   registerOperationCommands(program, act);
+  registerFindingCommands(program, act);
   return program;
 }
 

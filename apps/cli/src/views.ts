@@ -2,6 +2,8 @@ import {
   CompressionTypeSchema,
   type ErrorDetail,
   type ExplainPlacementResponse,
+  type Finding,
+  FindingKindSchema,
   type Host,
   HostState,
   HostStateSchema,
@@ -243,6 +245,59 @@ export function volumeDetails(v: Volume, o: ViewOptions): string {
     ["Operation", orDash(v.operationId)],
     ["Created", formatTimeLong(v.createdAt, o.now) ?? "-"],
     ["Updated", formatTimeLong(v.updatedAt, o.now) ?? "-"],
+  ]);
+}
+
+// Findings
+
+function quarantine(f: Finding): string {
+  return f.quarantinedAt ? `yes (${f.quarantinedBy || "?"})` : "no";
+}
+
+export function findingTable(findings: readonly Finding[], o: ViewOptions): string {
+  const wide = o.format === "wide";
+  const headers = ["KIND", "HOST", "POOL", "SUBJECT", "SIZE", "FORMAT", "QUARANTINED", "LAST SEEN"];
+  if (wide) headers.push("FIRST SEEN", "PATH", "REASON", "DETAIL");
+  const rows = findings.map((f) => {
+    const row = [
+      unspecified(enumName(FindingKindSchema, f.kind)),
+      f.hostId,
+      orDash(f.poolId),
+      f.subject,
+      f.sizeBytes ? formatBytes(f.sizeBytes) : "-",
+      unspecified(enumName(VolumeFormatSchema, f.format)),
+      quarantine(f),
+      formatTime(f.lastSeen, o.now, o.format),
+    ];
+    if (wide)
+      row.push(
+        formatTime(f.firstSeen, o.now, o.format),
+        orDash(f.path),
+        orDash(f.quarantineReason),
+        orDash(f.detail),
+      );
+    return row;
+  });
+  return renderTable(headers, rows);
+}
+
+export function findingDetails(f: Finding, o: ViewOptions): string {
+  return renderDetails([
+    ["Kind", unspecified(enumName(FindingKindSchema, f.kind))],
+    ["Subject", f.subject],
+    ["Host", f.hostId],
+    ["Pool", orDash(f.poolId)],
+    ["Size", f.sizeBytes ? `${formatBytes(f.sizeBytes)} (${f.sizeBytes} bytes)` : undefined],
+    ["Format", f.format ? enumName(VolumeFormatSchema, f.format) : undefined],
+    ["Path", f.path || undefined],
+    ["Detail", f.detail || undefined],
+    [
+      "Quarantined",
+      f.quarantinedAt ? `${formatTimeLong(f.quarantinedAt, o.now)} by ${f.quarantinedBy}` : "no",
+    ],
+    ["Reason", f.quarantineReason || undefined],
+    ["First seen", formatTimeLong(f.firstSeen, o.now) ?? "-"],
+    ["Last seen", formatTimeLong(f.lastSeen, o.now) ?? "-"],
   ]);
 }
 

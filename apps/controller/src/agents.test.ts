@@ -66,7 +66,7 @@ describe("applying an inventory delta (on PGlite)", () => {
         removedVolumeIds: ["vol-gone"],
       }),
     );
-    expect((await listFindings(f.sql, "h1")).map((x) => x.subject)).toEqual(["vol-other"]);
+    expect((await listFindings(f.sql, { hostId: "h1" })).map((x) => x.subject)).toEqual(["vol-other"]);
   });
 });
 

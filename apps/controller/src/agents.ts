@@ -120,7 +120,7 @@ export async function registerAgent(
 
 /**
  * Compares a host's inventory with the database. What the host has and the database does not is an orphan
- * (reported, never deleted); what the database has and the host lacks is missing; unmarked artefacts are foreign.
+ * (reported, never deleted; with what the agent said of its artefact, so that it can be adopted); what the database has and the host lacks is missing; unmarked artefacts are foreign.
  */
 export function diffInventory(
   inv: Pick<Inventory, "volumes" | "foreignArtifacts" | "pools">,
@@ -141,6 +141,13 @@ export function diffInventory(
         subject: a.volumeId,
         poolId: poolId(hostId, a.poolName),
         detail: `artefact ${a.path} has no volume in the database`,
+        artefact: {
+          sizeBytes: a.sizeBytes,
+          format: formats.domain(a.format) ?? "",
+          allocatedBytes: a.allocatedBytes,
+          path: a.path,
+          operationId: a.operationId,
+        },
       });
     }
   }

@@ -83,6 +83,29 @@ describe("diffInventory", () => {
     const f = diffInventory(inv([{ volumeId: a, poolName: "p", path: "/x/a" }]), "h1", []);
     expect(f).toEqual([expect.objectContaining({ kind: "orphan", subject: a, poolId: "h1/p" })]);
   });
+  it("carries what the agent said of an orphan's artefact, so that it can be adopted", () => {
+    const v = create(InventorySchema, {
+      pools: [{ name: "p", kind: PoolKind.DIR }],
+      volumes: [
+        {
+          volumeId: a,
+          poolName: "p",
+          path: "/x/a.qcow2",
+          sizeBytes: 5n << 30n,
+          format: VolumeFormat.QCOW2,
+          allocatedBytes: 4096n,
+          operationId: "op-1",
+        },
+      ],
+    });
+    expect(diffInventory(v, "h1", [])[0]?.artefact).toEqual({
+      sizeBytes: 5n << 30n,
+      format: "qcow2",
+      allocatedBytes: 4096n,
+      path: "/x/a.qcow2",
+      operationId: "op-1",
+    });
+  });
   it("reports available volumes the host lacks as missing, and foreign files as foreign", () => {
     const f = diffInventory(inv([], ["p/old.img"]), "h1", [
       { id: b, state: "available", poolId: "h1/p" },

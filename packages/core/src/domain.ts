@@ -37,3 +37,7 @@ export type OperationState = (typeof OPERATION_STATES)[number];
 
 export const HOST_STATES = ["up", "down"] as const;
 export type HostState = (typeof HOST_STATES)[number];
+
+/** What the reconciler records when a host's inventory and the database disagree. */
+export const FINDING_KINDS = ["orphan", "missing", "foreign"] as const;
+export type FindingKind = (typeof FINDING_KINDS)[number];

@@ -2,6 +2,7 @@
 export * from "./gen/stowage/v1/agent_pb.js";
 export * from "./gen/stowage/v1/common_pb.js";
 export * from "./gen/stowage/v1/export_pb.js";
+export * from "./gen/stowage/v1/finding_pb.js";
 export * from "./gen/stowage/v1/host_pb.js";
 export * from "./gen/stowage/v1/migration_pb.js";
 export * from "./gen/stowage/v1/operation_pb.js";

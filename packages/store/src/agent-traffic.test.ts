@@ -77,7 +77,7 @@ describe.each(backends)("agent traffic on %s", (_name, makeBackend) => {
       { hostId: "fd", kind: "foreign", subject: "vol-a", poolId: "", detail: "" },
     ]);
     await dropVolumeFindings(sql, "fd", ["vol-a", "vol-b"]);
-    const left = (await listFindings(sql, "fd")).map((f) => `${f.kind}:${f.subject}`).sort();
+    const left = (await listFindings(sql, { hostId: "fd" })).map((f) => `${f.kind}:${f.subject}`).sort();
     expect(left).toEqual(["foreign:vol-a", "missing:vol-c"]);
   });
 });

@@ -43,10 +43,10 @@ export async function applyPoolDeltas(
 
 /**
  * Drops the host's orphan and missing findings about these volumes: a delta says how each stands now, and the
- * next full inventory judges them again.
+ * next full inventory judges them again. Quarantined findings stay.
  */
 export async function dropVolumeFindings(sql: Queryable, hostId: string, volumeIds: string[]): Promise<void> {
   if (volumeIds.length === 0) return;
   await sql`delete from findings where host_id = ${hostId} and kind in ('orphan', 'missing')
-    and subject = any(${volumeIds})`;
+    and subject = any(${volumeIds}) and quarantined_at is null`;
 }

@@ -16,11 +16,17 @@ import type { ReservationRow } from "./rows.js";
  */
 const THIN = [...THIN_KINDS];
 
+/** The logical part of the rule: what the pool holds, plus `bytes`, within its size times its ratio. */
+function fitsLogically(sql: Queryable, bytes: bigint) {
+  return sql`
+    allocated_bytes + reserved_bytes + ${bytes}
+        <= floor(total_bytes::numeric * overcommit_ratio::numeric) - total_bytes::numeric * reserved_percent::numeric / 100`;
+}
+
 /** The capacity rule above, for `bytes` more in the pool row being updated (one rule for every change). */
 export function capacityRule(sql: Queryable, bytes: bigint) {
   return sql`
-    allocated_bytes + reserved_bytes + ${bytes}
-        <= floor(total_bytes::numeric * overcommit_ratio::numeric) - total_bytes::numeric * reserved_percent::numeric / 100
+    ${fitsLogically(sql, bytes)}
     and (kind = any(${THIN}) or reserved_bytes + ${bytes} <= free_bytes - total_bytes::numeric * reserved_percent::numeric / 100)
     and (kind <> all(${THIN}) or used_bytes::numeric * 100 <= total_bytes::numeric * max_used_percent::numeric)`;
 }
@@ -36,6 +42,27 @@ export async function reserveCapacity(
   if (rows.length === 0) return false;
   await sql`insert into reservations (volume_id, pool_id, bytes, state, expires_at)
     values (${r.volumeId}, ${r.poolId}, ${r.bytes}, 'reserved', now() + make_interval(secs => ${r.ttlMs / 1000}))`;
+  return true;
+}
+
+/**
+ * Holds the bytes of an artefact that already exists (an adopted orphan) as an allocation, if they fit the
+ * pool's logical rule (allocated + reserved + bytes within total x overcommit ratio, net of the reserved
+ * percentage) and its volume limit. The physical checks are left out: the artefact's space is already in the
+ * agent's used and free bytes, so counting it again would refuse an artefact that is there. Returns false when
+ * it does not fit, changing nothing.
+ */
+export async function allocateExisting(
+  sql: Queryable,
+  r: { poolId: string; volumeId: string; bytes: bigint },
+): Promise<boolean> {
+  const rows = await sql`
+    update pools set allocated_bytes = allocated_bytes + ${r.bytes}, volume_count = volume_count + 1, updated_at = now()
+    where id = ${r.poolId} and ${fitsLogically(sql, r.bytes)} and (max_volumes = 0 or volume_count < max_volumes)
+    returning id`;
+  if (rows.length === 0) return false;
+  await sql`insert into reservations (volume_id, pool_id, bytes, state, expires_at)
+    values (${r.volumeId}, ${r.poolId}, ${r.bytes}, 'allocated', now())`;
   return true;
 }
 

@@ -3,6 +3,7 @@ import type { GenEnum } from "@bufbuild/protobuf/codegenv2";
 import {
   COMPRESSION_TYPES,
   EXPORT_KINDS,
+  FINDING_KINDS,
   HOST_STATES,
   invalidArgument,
   OPERATION_KINDS,
@@ -17,6 +18,7 @@ import {
 import {
   CompressionTypeSchema,
   ExportKindSchema,
+  FindingKindSchema,
   HostStateSchema,
   OperationKindSchema,
   OperationStateSchema,
@@ -110,6 +112,7 @@ export const preallocations = enumCodec(PreallocationSchema, PREALLOCATIONS);
 export const compressionTypes = enumCodec(CompressionTypeSchema, COMPRESSION_TYPES);
 export const wipeModes = enumCodec(WipeModeSchema, WIPE_MODES);
 export const exportKinds = enumCodec(ExportKindSchema, EXPORT_KINDS);
+export const findingKinds = enumCodec(FindingKindSchema, FINDING_KINDS);
 
 /** Every codec whose core list must match its proto enum. */
 export const WIRE_ENUMS: readonly EnumCodec<string, number>[] = [
@@ -124,6 +127,7 @@ export const WIRE_ENUMS: readonly EnumCodec<string, number>[] = [
   compressionTypes,
   wipeModes,
   exportKinds,
+  findingKinds,
 ];
 
 /** Where a codec's proto enum and core's list disagree, in words (empty when they agree). */

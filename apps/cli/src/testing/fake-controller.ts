@@ -5,6 +5,10 @@ import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import {
+  type Finding,
+  FindingKind,
+  FindingSchema,
+  FindingService,
   type Host,
   HostSchema,
   HostService,
@@ -145,6 +149,32 @@ export const OPERATIONS: Operation[] = [
   }),
 ];
 
+export const ORPHAN_ID = "vol-0192f7c4e5a87b3c9d1e2f3a4b5c6d7e";
+
+export const FINDINGS: Finding[] = [
+  create(FindingSchema, {
+    hostId: "node1",
+    kind: FindingKind.ORPHAN,
+    subject: ORPHAN_ID,
+    poolId: "node1/default",
+    detail: `artefact /var/lib/stowage/default/${ORPHAN_ID}.qcow2 has no volume in the database`,
+    firstSeen: ago(7200),
+    lastSeen: ago(60),
+    sizeBytes: 8n * GiB,
+    format: VolumeFormat.QCOW2,
+    allocatedBytes: GiB,
+    path: `/var/lib/stowage/default/${ORPHAN_ID}.qcow2`,
+  }),
+  create(FindingSchema, {
+    hostId: "node1",
+    kind: FindingKind.FOREIGN,
+    subject: "default/old-disk.img",
+    detail: "no Stowage ownership marker: left alone",
+    firstSeen: ago(7200),
+    lastSeen: ago(60),
+  }),
+];
+
 export interface Recorded {
   method: string;
   request: unknown;
@@ -157,6 +187,7 @@ export interface FakeOverrides {
   volumes?: Partial<ServiceImpl<typeof VolumeService>>;
   placement?: Partial<ServiceImpl<typeof PlacementService>>;
   operations?: Partial<ServiceImpl<typeof OperationService>>;
+  findings?: Partial<ServiceImpl<typeof FindingService>>;
 }
 
 export interface FakeController {
@@ -207,6 +238,42 @@ const defaults: Required<FakeOverrides> = {
     }),
   },
   placement: {},
+  findings: {
+    listFindings: (req) => ({
+      findings: FINDINGS.filter(
+        (f) =>
+          (!req.hostId || f.hostId === req.hostId) &&
+          (!req.poolId || f.poolId === req.poolId) &&
+          (!req.kind || f.kind === req.kind),
+      ),
+    }),
+    quarantineFinding: (req) => {
+      const f = FINDINGS.find((x) => x.kind === FindingKind.ORPHAN && x.subject === req.volumeId);
+      if (!f) notFound(`no orphan ${req.volumeId}`);
+      return {
+        finding: create(FindingSchema, {
+          ...f,
+          quarantinedAt: ago(0),
+          quarantinedBy: "admin",
+          quarantineReason: req.reason,
+        }),
+      };
+    },
+    adoptFinding: (req) => {
+      const f = FINDINGS.find((x) => x.kind === FindingKind.ORPHAN && x.subject === req.volumeId);
+      if (!f) notFound(`no orphan ${req.volumeId}`);
+      return {
+        volume: volume({
+          id: f.subject,
+          name: req.name || f.subject,
+          sizeBytes: f.sizeBytes,
+          hostPath: f.path,
+          labels: req.labels,
+          operationId: "",
+        }),
+      };
+    },
+  },
   operations: {
     getOperation: (req) => ({
       operation: OPERATIONS.find((o) => o.id === req.operationId) ?? notFound(`operation ${req.operationId}`),
@@ -238,6 +305,7 @@ export async function startFakeController(overrides: FakeOverrides = {}): Promis
       router.service(VolumeService, recorded(calls, { ...defaults.volumes, ...overrides.volumes }));
       router.service(PlacementService, recorded(calls, { ...defaults.placement, ...overrides.placement }));
       router.service(OperationService, recorded(calls, { ...defaults.operations, ...overrides.operations }));
+      router.service(FindingService, recorded(calls, { ...defaults.findings, ...overrides.findings }));
     },
   });
   const server = http2.createServer(handler);

@@ -2,6 +2,7 @@ import type { ConnectRouter } from "@connectrpc/connect";
 import {
   AgentService,
   ExportService,
+  FindingService,
   HostService,
   MigrationService,
   OperationService,
@@ -13,6 +14,7 @@ import {
 import type { ControllerContext } from "../context.js";
 import { agentRoutes } from "./agents.js";
 import { exportRoutes } from "./exports.js";
+import { findingRoutes } from "./findings.js";
 import { hostRoutes } from "./hosts.js";
 import { migrationRoutes } from "./migrations.js";
 import { operationRoutes } from "./operations.js";
@@ -30,6 +32,7 @@ export function createRoutes(ctx: ControllerContext) {
     router.service(PoolService, poolRoutes(ctx));
     router.service(PlacementService, placementRoutes(ctx));
     router.service(OperationService, operationRoutes(ctx));
+    router.service(FindingService, findingRoutes(ctx));
     router.service(AgentService, agentRoutes(ctx));
     router.service(ExportService, exportRoutes());
     router.service(MigrationService, migrationRoutes());
