@@ -1,5 +1,9 @@
 import { startAgent } from "./agent.js";
 import { agentHelp, loadAgentConfig } from "./config.js";
+import { installLightHeaders } from "./headers.js";
+
+// Before the agent's first gRPC call touches Node's Headers, which would load undici: see headers.ts.
+installLightHeaders();
 
 const args = process.argv.slice(2);
 if (args.includes("--help") || args.includes("-h")) {
