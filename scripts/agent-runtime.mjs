@@ -8,6 +8,8 @@ export const AGENT_NODE_ARGS = [
   "--max-semi-space-size=1",
   // Grow the old generation in smaller steps and collect sooner.
   "--optimize-for-size",
+  // Lets the agent run one full collection when it falls idle (apps/agent/src/idle-gc.ts).
+  "--expose-gc",
 ];
 
 /** Environment: one malloc arena, so the thread pool's file I/O does not grow a heap per thread. */

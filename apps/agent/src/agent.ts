@@ -7,6 +7,7 @@ import { createLogger, type Logger } from "@stowage/telemetry";
 import { type CommandConsumer, startCommandConsumer } from "./commands.js";
 import type { AgentConfig } from "./config.js";
 import { discoverHost } from "./discovery.js";
+import { startIdleCollector } from "./idle-gc.js";
 import {
   createInventory,
   hostInfo,
@@ -99,6 +100,9 @@ function fullInventoryOnReconnect(bus: Bus, inventory: Inventory): () => void {
  * its pools' capacity only, heartbeats at once, runs the commands JetStream delivers for this host, and then
  * publishes its first full inventory (docs/architecture.md, join).
  */
+/** How long the agent is idle before it gives memory back (idle-gc.ts). */
+const IDLE_COLLECT_MS = 10_000;
+
 export async function startAgent(config: AgentConfig, hooks: AgentHooks = {}): Promise<AgentHandle> {
   const log = createLogger(`stowage-agent`, config.logLevel).child({ host: config.hostName });
   let inventory: Inventory | undefined;
@@ -135,7 +139,14 @@ export async function startAgent(config: AgentConfig, hooks: AgentHooks = {}): P
   }
 
   let commands: CommandConsumer | undefined;
-  const scan = async (): Promise<PoolScan> => scanPools(pools.values());
+  const idle = startIdleCollector({ idleMs: IDLE_COLLECT_MS, busy: () => commands?.running() ?? 0 });
+  const scan = async (): Promise<PoolScan> => {
+    try {
+      return await scanPools(pools.values());
+    } finally {
+      idle.note();
+    }
+  };
   const inv = createInventory({
     bus,
     registration: reg,
@@ -159,14 +170,23 @@ export async function startAgent(config: AgentConfig, hooks: AgentHooks = {}): P
     poolConcurrency: config.poolConcurrency,
     maxConcurrency: config.maxConcurrency,
     ...(hooks.progressIntervalMs ? { progressIntervalMs: hooks.progressIntervalMs } : {}),
-    afterOperation: (cmd, result) => inv.noteOperation(cmd, result),
+    afterOperation: (cmd, result) => {
+      idle.note();
+      inv.noteOperation(cmd, result);
+    },
   });
   void inv.refresh();
 
   const running: RunningAgent = {
     log,
     config,
-    stopTimers: [stopReporting, stopServing, fullInventoryOnReconnect(bus, inv), keepRegistered(register)],
+    stopTimers: [
+      stopReporting,
+      stopServing,
+      fullInventoryOnReconnect(bus, inv),
+      keepRegistered(register),
+      () => idle.stop(),
+    ],
     commands,
     inventory: inv,
     bus,
