@@ -89,9 +89,12 @@ export async function markOperationSent(sql: Queryable, id: string): Promise<voi
 /** Marks the operations sent in one statement (those already past `sent`, e.g. finished, are left as they are). */
 export async function markOperationsSent(sql: Queryable, ids: readonly string[]): Promise<number> {
   if (ids.length === 0) return 0;
+  // Rows locked in id order, as the result consumer locks its batch (getOperationsForUpdate): a mark and a
+  // batch of results for the same operations, which the fast path makes common, would otherwise deadlock.
   const rows = await sql`update operations set state = 'sent', attempts = attempts + 1, sent_at = now(),
       updated_at = clock_timestamp()
-    where id = any(${ids as string[]}) and state = any(${OPERATION_STATE_MACHINE.sourcesOf("sent")})`;
+    where id in (select id from operations where id = any(${ids as string[]})
+      and state = any(${OPERATION_STATE_MACHINE.sourcesOf("sent")}) order by id for update)`;
   return rows.count;
 }
 
