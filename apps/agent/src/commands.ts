@@ -8,7 +8,7 @@ import {
   OperationResultSchema,
   type RegisterAgentResponse,
 } from "@stowage/proto";
-import type { Logger } from "@stowage/telemetry";
+import { faultPoint, type Logger } from "@stowage/telemetry";
 import { operationKinds } from "@stowage/wire";
 import { executeCommand } from "./executor.js";
 import type { AgentMetrics } from "./metrics.js";
@@ -72,12 +72,14 @@ export async function startCommandConsumer(o: CommandConsumerOptions): Promise<C
     const end = o.metrics.operationDuration.startTimer({ kind, backend });
     const result = await executeCommand(drivers, reg.hostId, cmd).finally(end);
     o.metrics.operations.inc({ kind, backend, result: result.success ? "succeeded" : "failed" });
+    faultPoint("after-tool", kind);
     // The result is durable in JetStream before the command is acked; a crash in between means a redelivery,
     // which the idempotent driver adopts.
     await o.bus.js.publish(reg.resultSubject, toBinary(OperationResultSchema, result), {
       msgID: `result-${cmd.operationId}`,
       timeout: 10_000,
     });
+    faultPoint("after-result", kind);
     msg.ack();
     oplog.info(
       {

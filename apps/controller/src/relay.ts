@@ -1,5 +1,6 @@
 import { commandSubject } from "@stowage/bus";
 import { markOperationsSent, type OperationRow, operationsToPublish } from "@stowage/store";
+import { faultPoint } from "@stowage/telemetry";
 import type { ControllerContext } from "./context.js";
 import { type Loop, startLoop } from "./loop.js";
 
@@ -55,6 +56,7 @@ async function publishAll(
       const op = ops[i]!;
       try {
         await ctx.bus.js.publish(commandSubject(op.hostId), op.command, { msgID: op.id, timeout: 5000 });
+        faultPoint("after-publish", op.kind);
         stored[i] = true;
       } catch (err) {
         ctx.log.warn({ err, operationId: op.id, host: op.hostId }, "publish failed; will retry");
@@ -108,6 +110,7 @@ export class Dispatcher {
         )
         .then(
           () => {
+            faultPoint("after-publish", op.kind);
             this.acked.add(op.id);
             this.ctx.metrics.published.inc({ kind: op.kind });
             this.marker.kick();

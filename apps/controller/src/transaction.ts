@@ -1,4 +1,5 @@
 import { type AuditEntry, type OperationRow, type Sql, type Tx, writeAudit } from "@stowage/store";
+import { faultPoint } from "@stowage/telemetry";
 import type { ControllerContext } from "./context.js";
 import { collectOperations } from "./outbox.js";
 
@@ -14,11 +15,14 @@ export async function mutate<T>(
   operations?: (out: T) => readonly OperationRow[],
 ): Promise<T> {
   let written: OperationRow[] = [];
-  const out = (await ctx.sql.begin((tx) => {
+  const out = (await ctx.sql.begin(async (tx) => {
     written = collectOperations(tx);
-    return fn(tx);
+    const r = await fn(tx);
+    for (const op of written) faultPoint("before-commit", op.kind);
+    return r;
   })) as T;
   const ops = [...written, ...(operations?.(out) ?? [])];
+  for (const op of ops) faultPoint("after-commit", op.kind);
   if (ops.length > 0) ctx.dispatch(ops);
   ctx.notifyChange();
   return out;
@@ -34,7 +38,9 @@ export async function mutateOneStatement<T>(
   operations: (out: T) => readonly OperationRow[],
 ): Promise<T> {
   const out = await fn(ctx.sql);
-  ctx.dispatch(operations(out));
+  const ops = operations(out);
+  for (const op of ops) faultPoint("after-commit", op.kind);
+  ctx.dispatch(ops);
   ctx.notifyChange();
   return out;
 }

@@ -27,6 +27,7 @@ import {
   type VolumeRow,
   writeAudit,
 } from "@stowage/store";
+import { faultPoint } from "@stowage/telemetry";
 import { formats, qcow2FromWire, qcow2ToWire, wipeModes } from "@stowage/wire";
 import { requireVolumeCapability } from "./capabilities.js";
 import type { ControllerContext } from "./context.js";
@@ -175,6 +176,8 @@ export async function createVolume(
     }
     if (req.dryRun || !hold) return { placement: decision };
     try {
+      // One statement: killed before it, nothing is written (the matrix's "before commit" for a create).
+      faultPoint("before-commit", "create_volume");
       const out = await mutateOneStatement(
         ctx,
         (sql) => writeCreate(ctx, sql, spec, decision, actor),

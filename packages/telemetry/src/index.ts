@@ -1,3 +1,4 @@
+export * from "./fault.js";
 export * from "./forecast.js";
 export * from "./http.js";
 export * from "./logger.js";
