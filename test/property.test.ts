@@ -1,11 +1,11 @@
-import { readdirSync } from "node:fs";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { SnapshotService, VolumeFormat, VolumeService } from "@stowage/proto";
-import { type Database, ledgerDiscrepancies, openDatabase } from "@stowage/store";
+import { type Database, openDatabase } from "@stowage/store";
 import { natsAvailable, postgresAvailable } from "@stowage/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Cluster, startCluster } from "./support/cluster.js";
+import { artefactProblems, ledgerProblems, waitQuiet } from "./support/invariants.js";
 
 /**
  * The property test of issue 10 (docs/testkit.md, "The property test"): random sequences of operations (create,
@@ -169,53 +169,13 @@ describe.skipIf(why !== "")(`the property test${why ? ` - skipped: ${why}` : ""}
     }
   }
 
-  /** Waits until nothing is in flight, then checks the invariants. */
+  /** Waits until nothing is in flight, then checks the invariants (test/support/invariants.ts). */
   async function quietAndCheck(label: string): Promise<void> {
-    const deadline = Date.now() + 90_000;
-    for (;;) {
-      const [busy] = await db.sql<{ ops: number; volumes: number; snapshots: number }[]>`
-        select (select count(*)::int from operations where state in ('pending', 'sent')) as ops,
-          (select count(*)::int from volumes where state in ('creating', 'deleting', 'resizing', 'reverting')) as volumes,
-          (select count(*)::int from snapshots where state in ('creating', 'deleting')) as snapshots`;
-      if (busy!.ops === 0 && busy!.volumes === 0 && busy!.snapshots === 0) break;
-      if (Date.now() > deadline)
-        throw new Error(`seed ${SEED}, ${label}: still in flight after 90 s: ${JSON.stringify(busy)}`);
-      await new Promise((r) => setTimeout(r, 200));
-    }
-    expect(await ledgerDiscrepancies(db.sql), `seed ${SEED}, ${label}: ledger`).toEqual([]);
-    const holdings = await db.sql<
-      { id: string; state: string; sizeBytes: bigint; bytes: bigint | null; rstate: string | null }[]
-    >`
-      select v.id, v.state, v.size_bytes, r.bytes, r.state as rstate
-      from volumes v left join reservations r on r.volume_id = v.id`;
-    for (const h of holdings) {
-      if (h.state === "available")
-        expect({ id: h.id, rstate: h.rstate, bytes: h.bytes }, `seed ${SEED}, ${label}`).toEqual({
-          id: h.id,
-          rstate: "allocated",
-          bytes: h.sizeBytes,
-        });
-      if (h.state === "deleted")
-        expect([null, "released"], `seed ${SEED}, ${label}: ${h.id}`).toContain(h.rstate);
-    }
-    const rows = await db.sql<{ id: string; hostId: string; state: string; format: string }[]>`
-      select id, host_id, state, format from volumes`;
-    for (const a of c.agents) {
-      const files = new Set(readdirSync(a.poolDir).filter((f) => /^vol-[0-9a-f]+\.(qcow2|raw)$/.test(f)));
-      const mine = rows.filter((r) => r.hostId === a.name);
-      const known = new Set(mine.filter((r) => r.state !== "deleted").map((r) => `${r.id}.${r.format}`));
-      const mustHave = mine.filter((r) => r.state === "available").map((r) => `${r.id}.${r.format}`);
-      const errors = new Set(mine.filter((r) => r.state === "error").map((r) => `${r.id}.${r.format}`));
-      expect(
-        [...files].filter((f) => !known.has(f)),
-        `seed ${SEED}, ${label}: files without a row on ${a.name}`,
-      ).toEqual([]);
-      expect(
-        mustHave.filter((f) => !files.has(f)),
-        `seed ${SEED}, ${label}: rows without a file on ${a.name}`,
-      ).toEqual([]);
-      for (const f of files) if (errors.has(f)) count("error volume with its file");
-    }
+    await waitQuiet(db).catch((err) => {
+      throw new Error(`seed ${SEED}, ${label}: ${(err as Error).message}`);
+    });
+    expect(await ledgerProblems(db), `seed ${SEED}, ${label}: ledger`).toEqual([]);
+    expect(await artefactProblems(db, c.agents), `seed ${SEED}, ${label}: artefacts`).toEqual([]);
   }
 
   /** kill -9 of one agent or of the controller, and its restart. */
