@@ -3,8 +3,9 @@ import type { Queryable } from "./db.js";
 import type { ReservationRow } from "./rows.js";
 
 /**
- * The capacity ledger. A pool's `allocated_bytes` (volumes that exist) and `reserved_bytes` (volumes being made)
- * change only here, each by one conditional UPDATE, so concurrent controllers can never oversubscribe a pool:
+ * The capacity ledger. A pool's `allocated_bytes` (volumes, snapshots and clone bases that exist) and
+ * `reserved_bytes` (those being made) change only here, each by one conditional UPDATE, so concurrent controllers
+ * can never oversubscribe a pool (snapshots: see "Snapshot capacity" below and in docs/architecture.md):
  *
  *   allocated + reserved + request <= total x overcommit_ratio - total x reserved_percent
  *   thick pools also:  reserved + request <= free physical bytes - total x reserved_percent
