@@ -20,8 +20,10 @@ import type {
 } from "@stowage/proto";
 import {
   cloneCountsBySnapshot,
+  cloneNeedsBase,
   clonesOfSnapshot,
   getOperation,
+  getPool,
   getSnapshot,
   getVolumeById,
   getVolumeByName,
@@ -32,8 +34,11 @@ import {
   type OperationRow,
   type Queryable,
   reserveCapacity,
+  reserveSnapshotCapacity,
   resizeHolding,
   type SnapshotRow,
+  settleCloneBases,
+  snapshotHoldingBytes,
   transitionSnapshot,
   type VolumeRow,
   writeAudit,
@@ -155,10 +160,32 @@ export async function createSnapshot(
     }
     requireAvailable(v, "a snapshot");
     const snapshotId = newId("snap");
+    const operationId = newId("op");
+    // What the snapshot holds by its pool's kind, reserved first: when it does not fit nothing is written.
+    const pool = await getPool(tx, v.poolId);
+    if (!pool) throw notFound(`pool ${v.poolId} not found`);
+    const bytes = snapshotHoldingBytes(pool.kind, v.sizeBytes);
+    if (
+      !(await reserveSnapshotCapacity(tx, {
+        poolId: v.poolId,
+        snapshotId,
+        holds: "snapshot",
+        bytes,
+        operationId,
+        ttlMs: ctx.config.reservationTtlMs,
+      }))
+    ) {
+      throw resourceExhausted(
+        bytes > 0n
+          ? `pool ${v.poolId} cannot take a snapshot of ${v.name}: a ${pool.kind} snapshot holds ${formatSize(bytes)}`
+          : `pool ${v.poolId} cannot take a snapshot of ${v.name}: the pool is past its limits`,
+      );
+    }
     const operation = await enqueueOperation(tx, {
       kind: "create_snapshot",
       volume: v,
       snapshotId,
+      operationId,
       payload: { case: "createSnapshot", value: { volumeId: v.id, snapshotId } },
       actor,
       requestId,
@@ -301,6 +328,25 @@ export async function cloneVolume(
       });
     const volumeId = newId("vol");
     const operationId = newId("op");
+    // A linked clone stands on a base image exported from the snapshot once: the first clone reserves it.
+    const pool = await getPool(tx, source.poolId);
+    if (!pool) throw notFound(`pool ${source.poolId} not found`);
+    if (snapshot && cloneNeedsBase(pool.kind, source.format, req.flatten)) {
+      await settleCloneBases(tx, [snapshot.id]);
+      const baseFits = await reserveSnapshotCapacity(tx, {
+        poolId: source.poolId,
+        snapshotId: snapshot.id,
+        holds: "base",
+        bytes: snapshot.sizeBytes,
+        operationId,
+        ttlMs: ctx.config.reservationTtlMs,
+      });
+      if (!baseFits) {
+        throw resourceExhausted(
+          `pool ${source.poolId} cannot take the ${formatSize(snapshot.sizeBytes)} base image that clones of snapshot ${snapshot.name} stand on`,
+        );
+      }
+    }
     const volume = await insertVolume(tx, {
       id: volumeId,
       name,

@@ -18,6 +18,7 @@ import { type OperationResult, OperationResultSchema } from "@stowage/proto";
 import {
   confirmCreated,
   confirmReservation,
+  confirmSnapshotReservation,
   type ErrorRecord,
   finishOperation,
   getOperationsForUpdate,
@@ -25,7 +26,9 @@ import {
   getVolumeById,
   type OperationRow,
   releaseCapacity,
+  releaseSnapshotCapacity,
   resizeHolding,
+  settleCloneBases,
   type Tx,
   transitionSnapshot,
   transitionVolume,
@@ -190,6 +193,10 @@ async function applyToSubject(
         await releaseCapacity(tx, volume.id);
         await settle("error", { error });
       }
+      // The base image a linked clone stands on: held once one of the snapshot's clones is made, given back
+      // when none is made or being made (the clone's own bytes are its reservation above).
+      if (op.kind === "clone_volume" && volume.sourceSnapshotId)
+        await settleCloneBases(tx, [volume.sourceSnapshotId]);
       return;
     case "delete_volume":
       if (r.success) {
@@ -222,6 +229,16 @@ async function applyToSubject(
     case "delete_snapshot": {
       const snapshot = op.snapshotId ? await getSnapshotById(tx, op.snapshotId) : undefined;
       if (!snapshot) return;
+      // The ledger follows what the agent did, whatever the snapshot's row may still become: a made snapshot
+      // holds its bytes (also one being deleted meanwhile, until that delete's result), a failed create gives
+      // them back, a deleted snapshot gives back its own and its clone base's. A failed delete keeps them (the
+      // snapshot is still there). Each step is idempotent.
+      if (op.kind === "create_snapshot") {
+        if (r.success) await confirmSnapshotReservation(tx, snapshot.id, "snapshot");
+        else await releaseSnapshotCapacity(tx, snapshot.id, "snapshot");
+      } else if (r.success) {
+        await releaseSnapshotCapacity(tx, snapshot.id);
+      }
       const to: SnapshotState = !r.success
         ? "error"
         : op.kind === "create_snapshot"

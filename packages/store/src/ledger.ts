@@ -3,8 +3,9 @@ import type { Queryable } from "./db.js";
 import type { ReservationRow } from "./rows.js";
 
 /**
- * The capacity ledger. A pool's `allocated_bytes` (volumes that exist) and `reserved_bytes` (volumes being made)
- * change only here, each by one conditional UPDATE, so concurrent controllers can never oversubscribe a pool:
+ * The capacity ledger. A pool's `allocated_bytes` (volumes, snapshots and clone bases that exist) and
+ * `reserved_bytes` (those being made) change only here, each by one conditional UPDATE, so concurrent controllers
+ * can never oversubscribe a pool (snapshots: see "Snapshot capacity" below and in docs/architecture.md):
  *
  *   allocated + reserved + request <= total x overcommit_ratio - total x reserved_percent
  *   thick pools also:  reserved + request <= free physical bytes - total x reserved_percent
@@ -164,7 +165,10 @@ export async function expiredReservations(sql: Queryable, limit = 100): Promise<
     order by expires_at limit ${limit}`;
 }
 
-/** Checks that every pool's ledger columns equal the sum of its reservations (an invariant; used by tests). */
+/**
+ * Checks that every pool's ledger columns equal the sum of its reservations: the volumes' and the snapshots' (and
+ * clone bases'), which hold bytes but never count as volumes (an invariant; used by tests).
+ */
 export async function ledgerDiscrepancies(
   sql: Queryable,
 ): Promise<{ poolId: string; column: string; ledger: bigint; actual: bigint }[]> {
@@ -179,11 +183,16 @@ export async function ledgerDiscrepancies(
       n: number;
     }[]
   >`
+    with h as (
+      select pool_id, bytes, state, 1 as volume from reservations
+      union all
+      select pool_id, bytes, state, 0 as volume from snapshot_reservations
+    )
     select p.id as pool_id, p.reserved_bytes, p.allocated_bytes, p.volume_count,
-      coalesce(sum(r.bytes) filter (where r.state = 'reserved'), 0)::int8 as r,
-      coalesce(sum(r.bytes) filter (where r.state = 'allocated'), 0)::int8 as a,
-      (count(*) filter (where r.state in ('reserved', 'allocated')))::int as n
-    from pools p left join reservations r on r.pool_id = p.id group by p.id`;
+      coalesce(sum(h.bytes) filter (where h.state = 'reserved'), 0)::int8 as r,
+      coalesce(sum(h.bytes) filter (where h.state = 'allocated'), 0)::int8 as a,
+      coalesce(sum(h.volume) filter (where h.state in ('reserved', 'allocated')), 0)::int as n
+    from pools p left join h on h.pool_id = p.id group by p.id`;
   const out: { poolId: string; column: string; ledger: bigint; actual: bigint }[] = [];
   for (const x of rows) {
     if (x.reservedBytes !== x.r)
@@ -199,4 +208,166 @@ export async function ledgerDiscrepancies(
       });
   }
   return out;
+}
+
+/**
+ * Snapshot capacity (docs/architecture.md, "Snapshot capacity"). What a snapshot holds, and the base image a dir
+ * pool exports a snapshot to for its linked clones, is held like a volume: reserved with the call that makes it
+ * (one conditional UPDATE of the pool, the same rule as a volume's), an allocation once the result confirms it,
+ * released when it is deleted or was never made. The rows are in `snapshot_reservations`, one per
+ * (snapshot, what it holds); they never count towards a pool's volume_count.
+ */
+export type SnapshotHolds = "snapshot" | "base";
+
+export interface SnapshotReservationRow {
+  snapshotId: string;
+  holds: SnapshotHolds;
+  poolId: string;
+  bytes: bigint;
+  state: "reserved" | "allocated" | "released";
+  operationId: string;
+  expiresAt: Date;
+}
+
+/** Kinds whose snapshots are exported to a base image for linked clones (qcow2 files). */
+const BASE_KINDS: ReadonlySet<string> = new Set(["dir", "netfs"]);
+
+/**
+ * The bytes a snapshot of a volume of `volumeSize` holds in a pool of this kind: thick LVM's COW store is
+ * 100%ORIGIN (and LVM cannot resize the origin of a classic snapshot), a qcow2 internal snapshot's worst case is
+ * every cluster rewritten after it (the volume's size at the time); thin kinds (lvmthin, rbd) hold nothing up
+ * front, their pools are governed by the overcommit ratio and the physical floor.
+ */
+export function snapshotHoldingBytes(kind: string, volumeSize: bigint): bigint {
+  return THIN_KINDS.has(kind as never) ? 0n : volumeSize;
+}
+
+/**
+ * Whether a clone of a snapshot in this pool may stand on a base image exported from it (then the base holds
+ * the snapshot's size, once, however many clones it has): a qcow2 linked clone in a dir or netfs pool.
+ */
+export function cloneNeedsBase(kind: string, format: string, flatten: boolean): boolean {
+  return BASE_KINDS.has(kind) && format === "qcow2" && !flatten;
+}
+
+export async function getSnapshotReservation(
+  sql: Queryable,
+  snapshotId: string,
+  holds: SnapshotHolds,
+  forUpdate = false,
+): Promise<SnapshotReservationRow | undefined> {
+  const lock = forUpdate ? sql`for update` : sql``;
+  const [row] = await sql<SnapshotReservationRow[]>`
+    select * from snapshot_reservations where snapshot_id = ${snapshotId} and holds = ${holds} ${lock}`;
+  return row;
+}
+
+/**
+ * Reserves what a snapshot (or its clone base) will hold, if it fits the pool's capacity rule (the same as a
+ * volume's, thin pools with 0 bytes: only their logical and physical limits), in the caller's transaction.
+ * The snapshot row may be written after it, in the same transaction. Answers false, changing nothing, when it
+ * does not fit; true without a change when the snapshot already holds it (reserved or allocated). A released
+ * holding is taken again (a base whose first clone failed).
+ */
+export async function reserveSnapshotCapacity(
+  sql: Queryable,
+  r: {
+    poolId: string;
+    snapshotId: string;
+    holds: SnapshotHolds;
+    bytes: bigint;
+    operationId: string;
+    ttlMs: number;
+  },
+): Promise<boolean> {
+  const held = await getSnapshotReservation(sql, r.snapshotId, r.holds, true);
+  if (held && held.state !== "released") return true;
+  const rows = await sql`
+    update pools set reserved_bytes = reserved_bytes + ${r.bytes}, updated_at = now()
+    where id = ${r.poolId} and ${capacityRule(sql, r.bytes)}
+    returning id`;
+  if (rows.length === 0) return false;
+  await sql`insert into snapshot_reservations (snapshot_id, holds, pool_id, bytes, state, operation_id, expires_at)
+    values (${r.snapshotId}, ${r.holds}, ${r.poolId}, ${r.bytes}, 'reserved', ${r.operationId},
+      now() + make_interval(secs => ${r.ttlMs / 1000}))
+    on conflict (snapshot_id, holds) do update set pool_id = excluded.pool_id, bytes = excluded.bytes,
+      state = 'reserved', operation_id = excluded.operation_id, expires_at = excluded.expires_at, updated_at = now()`;
+  return true;
+}
+
+/** Turns a snapshot's reservation into an allocation (the snapshot exists). Idempotent. */
+export async function confirmSnapshotReservation(
+  sql: Queryable,
+  snapshotId: string,
+  holds: SnapshotHolds = "snapshot",
+): Promise<boolean> {
+  const [res] = await sql<SnapshotReservationRow[]>`
+    update snapshot_reservations set state = 'allocated', updated_at = now()
+    where snapshot_id = ${snapshotId} and holds = ${holds} and state = 'reserved' returning *`;
+  if (!res) return false;
+  await sql`update pools set reserved_bytes = reserved_bytes - ${res.bytes}, allocated_bytes = allocated_bytes + ${res.bytes},
+    updated_at = now() where id = ${res.poolId}`;
+  return true;
+}
+
+/**
+ * Releases what a snapshot holds, reserved or allocated: one holding, or (without `holds`) the snapshot's and
+ * its base's, as a deleted snapshot takes its base with it. Idempotent; answers how many it released.
+ */
+export async function releaseSnapshotCapacity(
+  sql: Queryable,
+  snapshotId: string,
+  holds?: SnapshotHolds,
+): Promise<number> {
+  const which = holds ? sql`and holds = ${holds}` : sql``;
+  const open = await sql<SnapshotReservationRow[]>`
+    select * from snapshot_reservations where snapshot_id = ${snapshotId} ${which} and state <> 'released'
+    order by holds for update`;
+  for (const res of open) {
+    await sql`update snapshot_reservations set state = 'released', updated_at = now()
+      where snapshot_id = ${snapshotId} and holds = ${res.holds}`;
+    const column = res.state === "reserved" ? sql`reserved_bytes` : sql`allocated_bytes`;
+    await sql`update pools set ${column} = ${column} - ${res.bytes}, updated_at = now() where id = ${res.poolId}`;
+  }
+  return open.length;
+}
+
+/** Snapshot reservations (not bases: they follow their clones) never confirmed within their time to live. */
+export async function expiredSnapshotReservations(
+  sql: Queryable,
+  limit = 100,
+): Promise<SnapshotReservationRow[]> {
+  return sql<SnapshotReservationRow[]>`select * from snapshot_reservations
+    where state = 'reserved' and holds = 'snapshot' and expires_at < now() order by expires_at limit ${limit}`;
+}
+
+/**
+ * Settles reserved clone bases from the clones of their snapshot in the same pool, set-based: a base becomes an
+ * allocation once one of them was made (a volume past `creating` and not failed), and is released when none is
+ * made or being made (every clone failed, or was never made). A base that is allocated stays until its snapshot
+ * is deleted, as the driver keeps it until then. Without ids, every reserved base. Idempotent; answers how many
+ * it moved.
+ */
+export async function settleCloneBases(sql: Queryable, snapshotIds?: readonly string[]): Promise<number> {
+  const which = snapshotIds ? sql`and s.snapshot_id = any(${[...snapshotIds]}::text[])` : sql``;
+  const rows = await sql<{ poolId: string; bytes: bigint; made: boolean }[]>`
+    with b as (
+      select s.snapshot_id, s.pool_id,
+        exists (select 1 from volumes c where c.source_snapshot_id = s.snapshot_id and c.pool_id = s.pool_id
+          and c.state not in ('creating', 'error', 'deleted')) as made,
+        exists (select 1 from volumes c where c.source_snapshot_id = s.snapshot_id and c.pool_id = s.pool_id
+          and c.state = 'creating') as making
+      from snapshot_reservations s where s.holds = 'base' and s.state = 'reserved' ${which}
+    )
+    update snapshot_reservations s set state = case when b.made then 'allocated' else 'released' end,
+      updated_at = now()
+    from b where s.snapshot_id = b.snapshot_id and s.holds = 'base' and s.state = 'reserved'
+      and (b.made or not b.making)
+    returning s.pool_id, s.bytes, b.made`;
+  for (const r of rows) {
+    const moved = r.made ? sql`, allocated_bytes = allocated_bytes + ${r.bytes}` : sql``;
+    await sql`update pools set reserved_bytes = reserved_bytes - ${r.bytes} ${moved}, updated_at = now()
+      where id = ${r.poolId}`;
+  }
+  return rows.length;
 }
