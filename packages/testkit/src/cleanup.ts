@@ -6,7 +6,7 @@
  * Every helper of the testkit registers what it starts here and unregisters it on a clean stop.
  * Set STOWAGE_TESTKIT_NO_REAPER=1 to skip the watchdog process (exit handlers still run).
  */
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { rmSync, unlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -15,6 +15,7 @@ export type CleanupSignal = "KILL" | "QUIT" | "TERM";
 
 type Entry =
   | { kind: "signal"; pid: number; group: boolean; signal: CleanupSignal }
+  | { kind: "exec"; argv: readonly string[]; argvFile: string; run?: () => void }
   | { kind: "rm"; path: string };
 
 const entries = new Map<number, Entry>();
@@ -33,6 +34,13 @@ while read -r kind target; do
 done < "$reg"
 sleep 1
 while read -r kind target; do
+  if [ "$kind" = exec ] && [ -f "$target" ]; then
+    mapfile -d '' -t argv < "$target"
+    [ "\${#argv[@]}" -gt 0 ] && timeout 120 "\${argv[@]}" </dev/null >/dev/null 2>&1
+    rm -f -- "$target"
+  fi
+done < "$reg"
+while read -r kind target; do
   if [ "$kind" = rm ] && [ -n "$target" ]; then rm -rf -- "$target"; fi
 done < "$reg"
 rm -f -- "$reg"
@@ -46,7 +54,11 @@ function writeRegistry(): void {
       return;
     }
     const lines = [...entries.values()].map((e) =>
-      e.kind === "rm" ? `rm ${e.path}` : `${e.signal} ${e.group ? -e.pid : e.pid}`,
+      e.kind === "rm"
+        ? `rm ${e.path}`
+        : e.kind === "exec"
+          ? `exec ${e.argvFile}`
+          : `${e.signal} ${e.group ? -e.pid : e.pid}`,
     );
     writeFileSync(registryFile, `${lines.join("\n")}\n`);
   } catch {
@@ -69,7 +81,10 @@ function startReaper(): void {
   }
 }
 
-/** Synchronously kills everything registered and removes the registered directories. Idempotent. */
+/**
+ * Synchronously kills everything registered, runs the registered commands, then removes the registered
+ * directories. Idempotent.
+ */
 export function cleanupNow(): void {
   const all = [...entries.values()];
   entries.clear();
@@ -79,6 +94,20 @@ export function cleanupNow(): void {
       process.kill(e.group ? -e.pid : e.pid, `SIG${e.signal}`);
     } catch {
       // already gone
+    }
+  }
+  for (const e of all) {
+    if (e.kind !== "exec") continue;
+    try {
+      if (e.run) e.run();
+      else spawnSync(e.argv[0]!, e.argv.slice(1), { stdio: "ignore", timeout: 120_000 });
+    } catch {
+      // best effort; the next run of the same helper finds what is left
+    }
+    try {
+      unlinkSync(e.argvFile);
+    } catch {
+      // never written (no reaper) or already gone
     }
   }
   const leftovers: Entry[] = [];
@@ -132,6 +161,31 @@ export function trackProcess(
   opts: { group?: boolean; signal?: CleanupSignal } = {},
 ): () => void {
   return add({ kind: "signal", pid, group: opts.group ?? false, signal: opts.signal ?? "KILL" });
+}
+
+/**
+ * Run a teardown that is neither a kill nor an rm (a network namespace to delete, say) if it is still
+ * registered when the test process exits: `run` in this process when it exits (synchronously; the argv
+ * when no `run` is given), or `argv` by the reaper after a SIGKILL (after the kills, before the removals;
+ * argv[0] is looked up in PATH, so prefer absolute paths). Returns the unregister function.
+ */
+export function trackCommand(argv: readonly string[], opts: { run?: () => void } = {}): () => void {
+  if (argv.length === 0) throw new Error("trackCommand: empty argv");
+  const argvFile = join(tmpdir(), `stowage-testkit-reap-${process.pid}-${nextId}.argv`);
+  try {
+    writeFileSync(argvFile, `${argv.join("\0")}\0`, { mode: 0o600 });
+  } catch {
+    // the reaper will not run it; the exit handlers still do
+  }
+  const untrack = add({ kind: "exec", argv, argvFile, ...(opts.run ? { run: opts.run } : {}) });
+  return () => {
+    untrack();
+    try {
+      unlinkSync(argvFile);
+    } catch {
+      // gone
+    }
+  };
 }
 
 /** Remove `path` recursively if it is still registered when the test process exits. Returns the unregister function. */

@@ -18,6 +18,7 @@ export * from "./fake-sysfs.js";
 export * from "./kernel-vm.js";
 export * from "./lvm.js";
 export * from "./nats.js";
+export * from "./netns.js";
 export * from "./ports.js";
 export * from "./postgres.js";
 export * from "./process.js";

@@ -32,6 +32,13 @@ export interface SpawnServiceOptions {
   stopTimeoutMs?: number;
   /** How many bytes of output `logs()` keeps (the tail). Default 4 MiB. */
   maxLogBytes?: number;
+  /**
+   * Run the service inside this network namespace (as root): spawned as `ip netns exec NETNS command args`,
+   * which enters the namespace and execs the command, so the pid, the process group, the logs and
+   * `stop()`/`kill()` are the service's own. A URL `readyWhen` is then polled from inside the namespace
+   * (the test process cannot reach the namespace's addresses). See netns.ts.
+   */
+  netns?: string;
 }
 
 export interface Service {
@@ -79,7 +86,10 @@ export async function spawnService(opts: SpawnServiceOptions): Promise<Service> 
     if (v === undefined) delete env[k];
     else env[k] = v;
   }
-  const child: ChildProcess = spawn(opts.command, [...(opts.args ?? [])], {
+  const [command, args] = opts.netns
+    ? ["ip", ["netns", "exec", opts.netns, opts.command, ...(opts.args ?? [])]]
+    : [opts.command, [...(opts.args ?? [])]];
+  const child: ChildProcess = spawn(command, args, {
     cwd: opts.cwd,
     env,
     detached: true,
@@ -214,7 +224,10 @@ export async function spawnService(opts: SpawnServiceOptions): Promise<Service> 
           };
           lineListeners.add(onLine);
         })
-      : pollUrl(String(readyWhen), () => exitCode === undefined).then(() => "ready" as const);
+      : (opts.netns
+          ? pollUrlInNetns(opts.netns, String(readyWhen), timeoutMs, () => exitCode === undefined)
+          : pollUrl(String(readyWhen), () => exitCode === undefined)
+        ).then(() => "ready" as const);
 
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<"timeout">((resolve) => {
@@ -232,6 +245,56 @@ export async function spawnService(opts: SpawnServiceOptions): Promise<Service> 
     );
   }
   return fail(`not ready after ${timeoutMs} ms`);
+}
+
+/** The probe run inside a namespace: GET argv[1] every 100 ms until it answers 2xx (exit 0), or argv[2] ms pass (exit 1). */
+const NETNS_URL_PROBE = `
+const [, url, ms] = process.argv;
+const end = Date.now() + Number(ms);
+(async () => {
+  for (;;) {
+    try {
+      const res = await fetch(url, { signal: AbortSignal.timeout(1000) });
+      await res.arrayBuffer().catch(() => undefined);
+      if (res.ok) process.exit(0);
+    } catch {}
+    if (Date.now() > end) process.exit(1);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+})();
+`;
+
+/**
+ * Like pollUrl, from inside network namespace `netns`: one probe process (node, through `ip netns exec`)
+ * polls until the URL answers; never resolves if it gives up or the service exits first.
+ */
+async function pollUrlInNetns(
+  netns: string,
+  url: string,
+  timeoutMs: number,
+  keepGoing: () => boolean,
+): Promise<void> {
+  while (keepGoing()) {
+    const probe = spawn(
+      "ip",
+      ["netns", "exec", netns, process.execPath, "-e", NETNS_URL_PROBE, url, String(timeoutMs)],
+      { stdio: "ignore" },
+    );
+    const untrack = probe.pid !== undefined ? trackProcess(probe.pid) : () => {};
+    const stopIfDone = setInterval(() => {
+      if (!keepGoing()) probe.kill("SIGKILL");
+    }, 200);
+    const code = await new Promise<number | null>((resolve) => {
+      probe.once("error", () => resolve(null));
+      probe.once("exit", (c) => resolve(c));
+    });
+    clearInterval(stopIfDone);
+    untrack();
+    if (code === 0) return;
+    if (code === null) break; // killed (the service exited) or could not be spawned
+    await sleep(100);
+  }
+  return new Promise(() => {});
 }
 
 /** GETs `url` every 100 ms until it answers 2xx; stops (never resolving) once `keepGoing()` is false. */
