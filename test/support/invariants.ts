@@ -8,7 +8,7 @@ import type { AgentProcess } from "./cluster.js";
  */
 
 /** Waits until no operation is pending or sent and no volume or snapshot is in a transitional state. */
-export async function waitQuiet(db: Database, timeoutMs = 90_000): Promise<void> {
+export async function waitQuiet(db: Database, timeoutMs = 180_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const [busy] = await db.sql<{ ops: number; volumes: number; snapshots: number }[]>`
@@ -16,8 +16,20 @@ export async function waitQuiet(db: Database, timeoutMs = 90_000): Promise<void>
         (select count(*)::int from volumes where state in ('creating', 'deleting', 'resizing', 'reverting')) as volumes,
         (select count(*)::int from snapshots where state in ('creating', 'deleting')) as snapshots`;
     if (busy!.ops === 0 && busy!.volumes === 0 && busy!.snapshots === 0) return;
-    if (Date.now() > deadline)
-      throw new Error(`still in flight after ${timeoutMs / 1000} s: ${JSON.stringify(busy)}`);
+    if (Date.now() > deadline) {
+      // What is stuck, for the failure message: the oldest operations still open, and the hosts not up.
+      const ops = await db.sql<
+        { id: string; kind: string; state: string; hostId: string; attempts: number; age: number }[]
+      >`
+        select id, kind, state, host_id, attempts, extract(epoch from now() - created_at)::int as age
+        from operations where state in ('pending', 'sent') order by created_at limit 5`;
+      const hosts = await db.sql<
+        { id: string; state: string }[]
+      >`select id, state from hosts where state <> 'up'`;
+      throw new Error(
+        `still in flight after ${timeoutMs / 1000} s: ${JSON.stringify(busy)}; oldest open operations ${JSON.stringify(ops)}; hosts not up ${JSON.stringify(hosts)}`,
+      );
+    }
     await new Promise((r) => setTimeout(r, 200));
   }
 }
