@@ -83,7 +83,7 @@ describe.skipIf(!natsAvailable())(
         },
         30_000,
       );
-      expect(failed.error?.code).toBe("deadline_exceeded");
+      expect(failed.error?.code).toBe("expired");
       await ledgerAgrees();
 
       // Back after the deadline: the agent takes the command and refuses it without running qemu-img.
@@ -137,7 +137,7 @@ describe.skipIf(!natsAvailable())(
         },
         30_000,
       );
-      expect(failed.error?.code).toBe("deadline_exceeded");
+      expect(failed.error?.code).toBe("expired");
       // Then the host's success arrives, late: the volume is held again and available.
       const adopted = await waitFor(
         "the late success to be adopted",

@@ -22,18 +22,17 @@ import { applyResults } from "./results.js";
 const OVERDUE_PAGE = 100;
 
 /**
- * Repairs what messages alone cannot: hosts that stopped heartbeating are marked down; operations without a
- * result at their time to live (STOWAGE_RESERVATION_TTL_MS; past their command's deadline, so no agent starts
- * them any more) are failed with `deadline_exceeded`, exactly as if the agent had reported that failure (what they
- * hold is released, a create's volume goes to error); reservations never confirmed within their time to live are
- * released and their volumes (or snapshots) marked error; clone bases are settled from their clones.
+ * Repairs what messages alone cannot: hosts that stopped heartbeating are marked down; reservations never
+ * confirmed within their time to live are released and their volumes (or snapshots) and operations marked failed
+ * (code `expired`: the creates); every other operation without a result at its time to live
+ * (STOWAGE_RESERVATION_TTL_MS; past its command's deadline, so no agent starts it any more) is failed with
+ * `deadline_exceeded`, exactly as if the agent had reported that failure (what it holds is released, its volume or
+ * snapshot moved as a failure moves it); clone bases are settled from their clones.
  */
 export async function reconcileOnce(ctx: ControllerContext): Promise<void> {
   const down = await markStaleHostsDown(ctx.sql, ctx.config.hostDownAfterMs);
   for (const host of down) ctx.log.warn({ host }, "host is down: no heartbeat");
   if (down.length) ctx.notifyChange();
-
-  await failOverdueOperations(ctx);
 
   for (const r of await expiredReservations(ctx.sql)) {
     await ctx.sql.begin(async (tx) => {
@@ -67,6 +66,10 @@ export async function reconcileOnce(ctx: ControllerContext): Promise<void> {
     ctx.log.warn({ snapshotId: r.snapshotId, pool: r.poolId }, "snapshot reservation expired");
     ctx.notifyChange();
   }
+  // What is left without a result at its time to live (deletes, resizes, reverts, snapshot deletes, and anything
+  // whose reservation did not fail it) fails at its deadline.
+  await failOverdueOperations(ctx);
+
   // Clone bases follow their clones (a clone confirmed in a batch of creates does not look at its base).
   if ((await ctx.sql.begin((tx) => settleCloneBases(tx))) > 0) ctx.notifyChange();
 }
