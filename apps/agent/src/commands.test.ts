@@ -1,12 +1,21 @@
-import { create } from "@bufbuild/protobuf";
+import { create, fromBinary } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { AckPolicy, DeliverPolicy } from "@nats-io/jetstream";
 import { nanos } from "@nats-io/transport-node";
-import { agentConsumerName, COMMAND_STREAM, commandSubject, resultSubject } from "@stowage/bus";
-import { RegisterAgentResponseSchema } from "@stowage/proto";
+import {
+  agentConsumerName,
+  COMMAND_STREAM,
+  commandSubject,
+  RESULT_STREAM,
+  resultSubject,
+} from "@stowage/bus";
+import type { PoolDriver } from "@stowage/drivers";
+import { OperationResultSchema, RegisterAgentResponseSchema } from "@stowage/proto";
 import { createLogger } from "@stowage/telemetry";
 import { natsAvailable } from "@stowage/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type CommandConsumer, startCommandConsumer } from "./commands.js";
+import { executeCommand } from "./executor.js";
 import { createAgentMetrics } from "./metrics.js";
 import {
   type BusFixture,
@@ -177,5 +186,80 @@ describe.skipIf(!natsAvailable())("command consumer (real nats-server, real qemu
       m.ack();
     }
     expect(handedBack).toBe(2);
+  });
+
+  it("refuses a command whose deadline has passed, without running the tool, and acks it", async () => {
+    const h = await host({ delayMs: 0, poolConcurrency: 2, maxConcurrency: 4 });
+    const late = createCommand(h.hostId, "p");
+    late.deadline = timestampFromMs(Date.now() - 5_000);
+    const inTime = createCommand(h.hostId, "p");
+    inTime.deadline = timestampFromMs(Date.now() + 60_000);
+    const results = await f.bus.js.consumers.get(
+      RESULT_STREAM,
+      (
+        await f.bus.jsm.consumers.add(RESULT_STREAM, {
+          filter_subject: resultSubject(h.hostId),
+          ack_policy: AckPolicy.Explicit,
+          deliver_policy: DeliverPolicy.All,
+        })
+      ).name,
+    );
+    await f.publish(late);
+    await f.publish(inTime);
+    const got = new Map<string, { success: boolean; code: string; message: string }>();
+    const batch = await results.fetch({ max_messages: 2, expires: 10_000 });
+    for await (const m of batch) {
+      const r = fromBinary(OperationResultSchema, m.data);
+      got.set(r.operationId, {
+        success: r.success,
+        code: r.error?.code ?? "",
+        message: r.error?.message ?? "",
+      });
+      if (got.size === 2) break;
+    }
+    expect(got.get(late.operationId)).toMatchObject({ success: false, code: "deadline_exceeded" });
+    expect(got.get(late.operationId)?.message).toMatch(/after its deadline .* not started/);
+    expect(got.get(inTime.operationId)).toMatchObject({ success: true });
+    // The driver ran once: the command in time; the late one never reached it.
+    expect(h.log.calls.map((c) => c.volumeId)).toEqual([
+      (inTime.payload.value as { volumeId: string }).volumeId,
+    ]);
+    // Both acked: nothing is redelivered.
+    await waitUntil("nothing pending", async () => (await h.ackPending()) === 0);
+    const info = await f.bus.jsm.consumers.info(COMMAND_STREAM, agentConsumerName(h.hostId));
+    expect(info.num_pending + info.num_redelivered).toBe(0);
+  });
+});
+
+describe("executeCommand and deadlines", () => {
+  /** A driver none of whose methods may be called: every call is counted. */
+  const countingDriver = () => {
+    const calls: string[] = [];
+    const driver = new Proxy({} as PoolDriver, {
+      get: (_t, prop) => () => {
+        calls.push(String(prop));
+        return Promise.resolve({ artifact: undefined, adopted: false });
+      },
+    });
+    return { calls, driver };
+  };
+
+  it("answers deadline_exceeded and never calls the driver once the deadline has passed", async () => {
+    const { calls, driver } = countingDriver();
+    const cmd = createCommand("h", "p");
+    cmd.deadline = timestampFromMs(1_000_000);
+    const r = await executeCommand(new Map([["p", driver]]), "h", cmd, () => 1_000_001);
+    expect(r).toMatchObject({ success: false, operationId: cmd.operationId });
+    expect(r.error?.code).toBe("deadline_exceeded");
+    expect(calls).toEqual([]);
+  });
+
+  it("runs a command at its deadline, and one without a deadline at any time", async () => {
+    const { calls, driver } = countingDriver();
+    const atDeadline = createCommand("h", "p");
+    atDeadline.deadline = timestampFromMs(1_000_000);
+    await executeCommand(new Map([["p", driver]]), "h", atDeadline, () => 1_000_000);
+    await executeCommand(new Map([["p", driver]]), "h", createCommand("h", "p"), () => 9e15);
+    expect(calls).toEqual(["createVolume", "createVolume"]);
   });
 });

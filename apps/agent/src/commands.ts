@@ -29,6 +29,8 @@ export interface CommandConsumerOptions {
   progressIntervalMs?: number;
   /** The consumer to read (tests); default the registration's durable consumer. */
   consumer?: Consumer;
+  /** The clock that commands' deadlines are judged by (tests); default `Date.now`. */
+  now?: () => number;
   /** After each operation (its pool changed): the agent reports a delta of its inventory. */
   afterOperation: (cmd: AgentCommand, result: OperationResult) => void;
 }
@@ -70,7 +72,8 @@ export async function startCommandConsumer(o: CommandConsumerOptions): Promise<C
     oplog.info({ delivery: msg.info.deliveryCount }, "operation started");
     const backend = o.pools.get(cmd.poolName)?.config.kind ?? "unknown";
     const end = o.metrics.operationDuration.startTimer({ kind, backend });
-    const result = await executeCommand(drivers, reg.hostId, cmd).finally(end);
+    // A command whose deadline passed while it waited (the host was down, or busy) is refused, not run.
+    const result = await executeCommand(drivers, reg.hostId, cmd, o.now).finally(end);
     o.metrics.operations.inc({ kind, backend, result: result.success ? "succeeded" : "failed" });
     faultPoint("after-tool", kind);
     // The result is durable in JetStream before the command is acked; a crash in between means a redelivery,
@@ -81,6 +84,11 @@ export async function startCommandConsumer(o: CommandConsumerOptions): Promise<C
     });
     faultPoint("after-result", kind);
     msg.ack();
+    if (result.error?.code === "deadline_exceeded") {
+      // Refused before it started: nothing changed, so no delta either.
+      oplog.warn({ error: result.error.message }, "operation refused: its deadline has passed");
+      return;
+    }
     oplog.info(
       {
         success: result.success,

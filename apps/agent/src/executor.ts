@@ -1,5 +1,5 @@
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
-import { timestampNow } from "@bufbuild/protobuf/wkt";
+import { timestampDate, timestampNow } from "@bufbuild/protobuf/wkt";
 import { type AgentOperation, StowageError } from "@stowage/core";
 import type { PoolDriver } from "@stowage/drivers";
 import { type AgentCommand, type OperationResult, OperationResultSchema } from "@stowage/proto";
@@ -47,15 +47,33 @@ async function runOperation(driver: PoolDriver, op: AgentOperation): Promise<Out
 }
 
 /**
- * Runs one command against the pool's driver. Drivers are idempotent, so a redelivered command converges; any
+ * Why a command must not be started at `now`: its deadline has passed (the controller gives up on the operation
+ * shortly after it and releases what it holds, so what it would make would be counted nowhere). Undefined when it
+ * may run; a command without a deadline always may.
+ */
+export function deadlineRefusal(cmd: AgentCommand, now: number): StowageError | undefined {
+  if (!cmd.deadline) return undefined;
+  const deadline = timestampDate(cmd.deadline);
+  if (now <= deadline.getTime()) return undefined;
+  const late = Math.round((now - deadline.getTime()) / 1000);
+  return new StowageError(
+    "deadline_exceeded",
+    `operation ${cmd.operationId} reached host ${cmd.hostId} after its deadline (${deadline.toISOString()}, ${late}s ago): not started, nothing was changed; the controller fails it and releases what it holds`,
+  );
+}
+
+/**
+ * Runs one command against the pool's driver, unless its deadline has passed (then a failed result with the
+ * code `deadline_exceeded`, the tool never run). Drivers are idempotent, so a redelivered command converges; any
  * failure becomes a result with a structured error rather than an exception (the message is then acked).
  */
 export async function executeCommand(
   drivers: ReadonlyMap<string, PoolDriver>,
   hostId: string,
   cmd: AgentCommand,
+  now: () => number = Date.now,
 ): Promise<OperationResult> {
-  const t0 = Date.now();
+  const t0 = now();
   const finish = (outcome: Outcome) =>
     create(OperationResultSchema, {
       operationId: cmd.operationId,
@@ -63,8 +81,10 @@ export async function executeCommand(
       kind: cmd.kind,
       ...outcome,
       finishedAt: timestampNow(),
-      durationMs: BigInt(Date.now() - t0),
+      durationMs: BigInt(Math.max(0, now() - t0)),
     });
+  const refusal = deadlineRefusal(cmd, t0);
+  if (refusal) return finish({ success: false, error: stowageErrorToWire(refusal) });
   try {
     const driver = drivers.get(cmd.poolName);
     if (!driver) {

@@ -25,13 +25,16 @@ import {
   applyPoolReports,
   dropVolumeFindings,
   type Finding,
-  liveVolumesOnHost,
+  type InventoryVolume,
+  inventoryVolumesById,
+  inventoryVolumesOnHost,
   markInventoryReceived,
   type PoolReportRecord,
   poolId,
   type Queryable,
   recordHeartbeat,
   replaceFindings,
+  upsertFindings,
   upsertHost,
   volumesInFluxOnHost,
 } from "@stowage/store";
@@ -118,14 +121,33 @@ export async function registerAgent(
   });
 }
 
+/** A volume as `diffInventory` judges it; `holds` is whether the ledger holds its bytes (default true). */
+export type JudgedVolume = Pick<InventoryVolume, "id" | "state" | "poolId"> & { holds?: boolean };
+
 /**
- * Compares a host's inventory with the database. What the host has and the database does not is an orphan
- * (reported, never deleted; with what the agent said of its artefact, so that it can be adopted); what the database has and the host lacks is missing; unmarked artefacts are foreign.
+ * Why an artefact the host reports is an orphan, or undefined when the database knows it: no row for its volume
+ * id, a `deleted` one, or one in `error` whose bytes the ledger no longer holds (a create that finished on the host
+ * after the controller had failed it and released its space). An `error` volume that still holds its bytes (a
+ * failed delete) is known: it is counted, and deleting it again converges.
+ */
+function orphanReason(path: string, v: JudgedVolume | undefined): string | undefined {
+  if (!v) return `artefact ${path} has no volume in the database`;
+  if (v.state === "deleted") return `artefact ${path} belongs to a deleted volume`;
+  if (v.state === "error" && v.holds === false)
+    return `artefact ${path} belongs to a volume in error whose space the ledger released (made after its operation had failed): it is counted nowhere`;
+  return undefined;
+}
+
+/**
+ * Compares a host's inventory with the database. What the host has and the database does not count is an orphan
+ * (reported, never deleted; with what the agent said of its artefact, so that it can be adopted): no volume, a
+ * deleted one, or one in error holding nothing (`orphanReason`); what the database has and the host lacks is
+ * missing; unmarked artefacts are foreign.
  */
 export function diffInventory(
   inv: Pick<Inventory, "volumes" | "foreignArtifacts" | "pools">,
   hostId: string,
-  live: { id: string; state: string; poolId: string }[],
+  live: JudgedVolume[],
 ): Finding[] {
   const findings: Finding[] = [];
   const known = new Map(live.map((v) => [v.id, v]));
@@ -133,14 +155,14 @@ export function diffInventory(
   const present = new Set<string>();
   for (const a of inv.volumes) {
     present.add(a.volumeId);
-    const v = known.get(a.volumeId);
-    if (!v && isId(a.volumeId, "vol")) {
+    const reason = isId(a.volumeId, "vol") ? orphanReason(a.path, known.get(a.volumeId)) : undefined;
+    if (reason) {
       findings.push({
         hostId,
         kind: "orphan",
         subject: a.volumeId,
         poolId: poolId(hostId, a.poolName),
-        detail: `artefact ${a.path} has no volume in the database`,
+        detail: reason,
         artefact: {
           sizeBytes: a.sizeBytes,
           format: formats.domain(a.format) ?? "",
@@ -183,11 +205,7 @@ async function applyFullInventory(ctx: ControllerContext, inv: Inventory): Promi
     await applyHostInfo(tx, inv.host!);
     await applyPoolReports(tx, hostId, pools);
     // Volumes being created or deleted are in flux: judge only the settled ones.
-    const live = (await liveVolumesOnHost(tx, hostId)).map((v) => ({
-      id: v.id,
-      state: v.state,
-      poolId: v.poolId,
-    }));
+    const live = await inventoryVolumesOnHost(tx, hostId);
     const inFlux = await volumesInFluxOnHost(tx, hostId);
     const found = diffInventory(
       { ...inv, volumes: inv.volumes.filter((a) => !inFlux.has(a.volumeId)) },
@@ -212,8 +230,39 @@ async function applyInventoryDelta(ctx: ControllerContext, inv: Inventory): Prom
   const touched = [...inv.volumes.map((a) => a.volumeId), ...inv.removedVolumeIds];
   await ctx.sql.begin(async (tx) => {
     await applyPoolDeltas(tx, hostId, pools);
-    await dropVolumeFindings(tx, hostId, touched);
+    // The touched artefacts are judged again (as a full inventory would, in flux excepted): an artefact of a
+    // volume that is deleted or in error holding nothing stays an orphan.
+    const rows = await inventoryVolumesById(
+      tx,
+      inv.volumes.map((a) => a.volumeId),
+    );
+    const moving = new Set(rows.filter(inFlux).map((v) => v.id));
+    const found = diffInventory(
+      {
+        volumes: inv.volumes.filter((a) => !moving.has(a.volumeId)),
+        foreignArtifacts: [],
+        pools: [],
+      },
+      hostId,
+      rows,
+    );
+    const still = new Set(found.map((f) => f.subject));
+    await dropVolumeFindings(
+      tx,
+      hostId,
+      touched.filter((id) => !still.has(id)),
+    );
+    await upsertFindings(tx, hostId, found);
   });
+}
+
+/** As `volumesInFluxOnHost`: being created or deleted, or deleted within the last minute. */
+function inFlux(v: InventoryVolume): boolean {
+  return (
+    v.state === "creating" ||
+    v.state === "deleting" ||
+    (v.state === "deleted" && v.deletedAt !== null && Date.now() - v.deletedAt.getTime() < 60_000)
+  );
 }
 
 export async function applyInventory(ctx: ControllerContext, inv: Inventory): Promise<void> {

@@ -15,6 +15,7 @@ const SETTINGS: Record<string, string | undefined> = {
   STOWAGE_HOST_DOWN_AFTER_MS: "15000",
   STOWAGE_RESERVATION_TTL_MS: "900000",
   STOWAGE_RESEND_AFTER_MS: "300000",
+  STOWAGE_RESEND_MAX_ATTEMPTS: "5",
   STOWAGE_RECONCILE_INTERVAL_MS: "2000",
   STOWAGE_RELAY_GRACE_MS: "2000",
   STOWAGE_RELAY_INTERVAL_MS: "500",
@@ -25,7 +26,7 @@ const SETTINGS: Record<string, string | undefined> = {
 };
 
 describe("controller settings", () => {
-  it("are the eighteen STOWAGE_* variables, each declared with its default", () => {
+  it("are the nineteen STOWAGE_* variables, each declared with its default", () => {
     const declared = Object.fromEntries(controllerSettings().map((s) => [s.env, s.default]));
     expect(declared).toEqual(SETTINGS);
   });
@@ -76,6 +77,7 @@ describe("loadControllerConfig", () => {
       hostDownAfterMs: 15000,
       reservationTtlMs: 900000,
       resendAfterMs: 300000,
+      resendMaxAttempts: 5,
       reconcileIntervalMs: 2000,
       relayGraceMs: 2000,
       relayIntervalMs: 500,
@@ -99,6 +101,7 @@ describe("loadControllerConfig", () => {
       STOWAGE_HOST_DOWN_AFTER_MS: "5000",
       STOWAGE_RESERVATION_TTL_MS: "60000",
       STOWAGE_RESEND_AFTER_MS: "30000",
+      STOWAGE_RESEND_MAX_ATTEMPTS: "3",
       STOWAGE_RECONCILE_INTERVAL_MS: "100",
       STOWAGE_RELAY_GRACE_MS: "0",
       STOWAGE_RELAY_INTERVAL_MS: "50",
@@ -119,6 +122,7 @@ describe("loadControllerConfig", () => {
       hostDownAfterMs: 5000,
       reservationTtlMs: 60000,
       resendAfterMs: 30000,
+      resendMaxAttempts: 3,
       reconcileIntervalMs: 100,
       relayGraceMs: 0,
       relayIntervalMs: 50,

@@ -76,7 +76,12 @@ export const ControllerConfigSchema = z.object({
   resendAfterMs: setting(
     milliseconds(1000, 5 * 60_000),
     "STOWAGE_RESEND_AFTER_MS",
-    "sent operations without a result are published again after this long (ms)",
+    "sent operations without a result are published again after this long, doubled after each re-send (ms)",
+  ),
+  resendMaxAttempts: setting(
+    z.coerce.number().int().min(0).default(5),
+    "STOWAGE_RESEND_MAX_ATTEMPTS",
+    "an operation is published at most this many times in all (0: no bound); then it waits for its result or its deadline",
   ),
   reconcileIntervalMs: setting(
     milliseconds(50, 2000),

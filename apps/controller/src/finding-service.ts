@@ -26,6 +26,7 @@ import {
   orphanFindings,
   type PoolRow,
   type Queryable,
+  reallocateReleased,
   transitionVolume,
   type VolumeRow,
   writeAudit,
@@ -179,6 +180,8 @@ export async function adoptFinding(
     // The finding first: a concurrent adoption of the same orphan waits here, then sees the volume it made.
     const found = await lockOrphan(tx, ref);
     const existing = await getVolumeById(tx, ref.volumeId, true);
+    if (existing?.state === "error" && found && found.hostId === existing.hostId)
+      return adoptErrorVolume(tx, existing, found, actor);
     if (existing) return converged(tx, existing, ref, req.name);
     if (!found) throw noOrphan(ref);
     const { format, pool } = adoptable(ctx, found, await getPool(tx, found.poolId));
@@ -226,6 +229,46 @@ export async function adoptFinding(
     });
     return volume;
   });
+}
+
+/**
+ * Adopting the orphan of a volume in `error` whose space the ledger released (its create finished on the host
+ * after it had failed): the volume itself is held again, through the ledger's conditional UPDATE, and becomes
+ * available. RESOURCE_EXHAUSTED when the pool cannot hold it; FAILED_PRECONDITION when it still holds its bytes.
+ */
+async function adoptErrorVolume(
+  tx: Queryable,
+  v: VolumeRow,
+  found: FindingRow,
+  actor: string,
+): Promise<VolumeRow> {
+  if (!(await reallocateReleased(tx, v.id))) {
+    const pool = await getPool(tx, v.poolId);
+    if (
+      !pool ||
+      (await tx`select 1 from reservations where volume_id = ${v.id} and state = 'released'`).length === 0
+    )
+      throw failedPrecondition(
+        `${v.id} is volume ${v.name}, in error, and still counted in the ledger: delete it (stowctl volume delete ${v.name}) rather than adopt it`,
+      );
+    throw resourceExhausted(
+      `pool ${pool.id} cannot hold ${v.name}'s ${formatSize(v.sizeBytes)} (it holds ${formatSize(pool.allocatedBytes + pool.reservedBytes)} of ${formatSize(pool.totalBytes)} at overcommit ${pool.overcommitRatio}): free space there, or quarantine the orphan instead`,
+    );
+  }
+  const volume = await transitionVolume(tx, v, "available", {
+    error: null,
+    allocatedBytes: found.allocatedBytes,
+    hostPath: found.path,
+  });
+  await dropOrphanFinding(tx, found.hostId, v.id);
+  await writeAudit(tx, {
+    actor,
+    action: "AdoptFinding",
+    target: v.id,
+    request: { hostId: found.hostId, poolId: v.poolId, name: v.name, sizeBytes: v.sizeBytes, wasError: true },
+    outcome: "ok",
+  });
+  return volume;
 }
 
 /** A second adoption of the same orphan: the volume it made, if that is what was asked for. */

@@ -45,12 +45,19 @@ export function operationMetrics(registry: Registry) {
     "Operations published to JetStream by the relay (re-sends included).",
     ["kind"],
   );
+  const lateResults = counter(
+    registry,
+    "stowage_operations_late_results_total",
+    "Successes that arrived for operations already failed (at their deadline, or by an earlier attempt), by what they did: adopted (the database now shows it), finding (an orphan finding reports it), noted (kept on the volume's error), none.",
+    ["outcome"],
+  );
+  for (const outcome of ["adopted", "finding", "noted", "none"]) lateResults.inc({ outcome }, 0);
   for (const kind of OPERATION_KINDS) {
     operations.inc({ kind, result: "succeeded" }, 0);
     operationDuration.zero({ kind });
     published.inc({ kind }, 0);
   }
-  return { operations, operationDuration, published };
+  return { operations, operationDuration, published, lateResults };
 }
 
 /** Placement decisions, the filters that refused pools, decision time and the ledger's refusals. */

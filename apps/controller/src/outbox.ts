@@ -1,5 +1,5 @@
 import { create, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
-import { timestampNow } from "@bufbuild/protobuf/wkt";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import {
   alreadyExists,
   type OperationKind as DomainOperationKind,
@@ -17,6 +17,7 @@ import {
   writeAudit,
 } from "@stowage/store";
 import { operationKinds } from "@stowage/wire";
+import { commandDeadlineMs, DEFAULT_OPERATION_TTL_MS } from "./deadline.js";
 
 /**
  * Writes one operation for a volume's host to the outbox, in the caller's transaction: the command the agent
@@ -37,6 +38,7 @@ export async function enqueueOperation(
   },
 ): Promise<OperationRow> {
   const operationId = o.operationId ?? newId("op");
+  const collected = writtenIn.get(tx);
   const row = await insertOperation(tx, {
     id: operationId,
     kind: o.kind,
@@ -44,38 +46,50 @@ export async function enqueueOperation(
     poolId: o.volume.poolId,
     volumeId: o.volume.id,
     ...(o.snapshotId ? { snapshotId: o.snapshotId } : {}),
-    command: agentCommand(operationId, o.kind, o.volume, o.payload),
+    command: agentCommand(operationId, o.kind, o.volume, o.payload, collected?.deadlineMs),
     requestedBy: o.actor,
     requestId: o.requestId ?? null,
   });
-  writtenIn.get(tx)?.push(row);
+  collected?.ops.push(row);
   return row;
 }
 
-/** The operations each open `mutate` transaction has written, so it can publish them once it commits. */
-const writtenIn = new WeakMap<object, OperationRow[]>();
+/**
+ * The operations each open `mutate` transaction has written, so it can publish them once it commits, and the
+ * deadline its controller gives their commands.
+ */
+const writtenIn = new WeakMap<object, { ops: OperationRow[]; deadlineMs: number }>();
 
-/** Starts collecting the operations written in this transaction (`enqueueOperation`); answers the list. */
-export function collectOperations(tx: object): OperationRow[] {
-  const list: OperationRow[] = [];
-  writtenIn.set(tx, list);
-  return list;
+/**
+ * Starts collecting the operations written in this transaction (`enqueueOperation`), whose commands get
+ * `deadlineMs` to start (deadline.ts); answers the list.
+ */
+export function collectOperations(tx: object, deadlineMs?: number): OperationRow[] {
+  const ops: OperationRow[] = [];
+  writtenIn.set(tx, { ops, deadlineMs: deadlineMs ?? commandDeadlineMs(DEFAULT_OPERATION_TTL_MS) });
+  return ops;
 }
 
-/** The command an agent runs for an operation, protobuf binary, as the outbox row keeps it. */
+/**
+ * The command an agent runs for an operation, protobuf binary, as the outbox row keeps it: issued now, not to be
+ * started after `deadlineMs` from now (deadline.ts; re-sends publish the same bytes, so the deadline stays).
+ */
 export function agentCommand(
   operationId: string,
   kind: DomainOperationKind,
   volume: Pick<VolumeRow, "hostId" | "poolId">,
   payload: MessageInitShape<typeof AgentCommandSchema>["payload"],
+  deadlineMs = commandDeadlineMs(DEFAULT_OPERATION_TTL_MS),
 ): Uint8Array {
+  const now = Date.now();
   const command = create(AgentCommandSchema, {
     operationId,
     kind: operationKinds.wire(kind),
     hostId: volume.hostId,
     poolName: volume.poolId.slice(volume.hostId.length + 1),
     attempt: 1,
-    issuedAt: timestampNow(),
+    issuedAt: timestampFromMs(now),
+    deadline: timestampFromMs(now + deadlineMs),
     payload,
   });
   return toBinary(AgentCommandSchema, command);

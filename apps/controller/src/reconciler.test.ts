@@ -116,6 +116,32 @@ describe("diffInventory", () => {
       ["foreign", "p/old.img"],
     ]);
   });
+  it("reports an artefact of an error volume whose bytes were released, or of a deleted one, as an orphan", () => {
+    const found = diffInventory(
+      inv([
+        { volumeId: a, poolName: "p", path: "/x/a" },
+        { volumeId: b, poolName: "p", path: "/x/b" },
+      ]),
+      "h1",
+      [
+        { id: a, state: "error", poolId: "h1/p", holds: false },
+        { id: b, state: "deleted", poolId: "h1/p", holds: false },
+      ],
+    );
+    expect(found.map((x) => [x.kind, x.subject])).toEqual([
+      ["orphan", a],
+      ["orphan", b],
+    ]);
+    expect(found[0]!.detail).toMatch(/in error whose space the ledger released/);
+    expect(found[1]!.detail).toMatch(/deleted volume/);
+  });
+  it("knows an artefact of an error volume that the ledger still holds (a failed delete)", () => {
+    expect(
+      diffInventory(inv([{ volumeId: a, poolName: "p", path: "/x/a" }]), "h1", [
+        { id: a, state: "error", poolId: "h1/p", holds: true },
+      ]),
+    ).toEqual([]);
+  });
   it("finds nothing when they agree", () => {
     expect(
       diffInventory(inv([{ volumeId: a, poolName: "p", path: "/x/a" }]), "h1", [

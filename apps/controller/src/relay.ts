@@ -2,6 +2,7 @@ import { commandSubject } from "@stowage/bus";
 import { markOperationsSent, type OperationRow, operationsToPublish } from "@stowage/store";
 import { faultPoint } from "@stowage/telemetry";
 import type { ControllerContext } from "./context.js";
+import { commandDeadlineMs } from "./deadline.js";
 import { type Loop, startLoop } from "./loop.js";
 
 /** How many operations a round reads from the outbox at a time. */
@@ -14,6 +15,13 @@ export const RELAY_IN_FLIGHT = 64;
  * id as the JetStream message id (so a second publish within the duplicate window is dropped), then marks those
  * that went out sent, one statement per page. A crash between publish and mark means one more publish: harmless,
  * because agents are idempotent. A publish that fails leaves only its own operation pending, for the next round.
+ *
+ * Sent operations without a result are published again with back-off: after STOWAGE_RESEND_AFTER_MS, then twice
+ * that, four times…, at most STOWAGE_RESEND_MAX_ATTEMPTS publications in all, and never once the command's
+ * deadline has passed (the agent would refuse it; the reconciler fails the operation at its time to live). A
+ * re-send keeps the operation id as message id: within JetStream's duplicate window (2 min) of the last
+ * publication it is dropped as a duplicate, which is harmless (the stream stored that publication); after it, a
+ * host that was away may find two copies, which its idempotent driver converges.
  */
 export async function relayOnce(
   ctx: ControllerContext,
@@ -25,7 +33,7 @@ export async function relayOnce(
   const failed: string[] = [...skip];
   let total = 0;
   for (;;) {
-    const ops = await operationsToPublish(ctx.sql, ctx.config.resendAfterMs, RELAY_PAGE, failed, graceMs);
+    const ops = await operationsToPublish(ctx.sql, resendPolicy(ctx), RELAY_PAGE, failed, graceMs);
     if (ops.length === 0) return total;
     const { sent, unsent } = await publishAll(ctx, ops);
     await markOperationsSent(
@@ -38,6 +46,15 @@ export async function relayOnce(
     // A short page was the end of the outbox; a page of which nothing went out means the broker is away.
     if (ops.length < RELAY_PAGE || sent.length === 0) return total;
   }
+}
+
+/** The relay's re-send policy from the controller's settings. */
+export function resendPolicy(ctx: ControllerContext) {
+  return {
+    resendAfterMs: ctx.config.resendAfterMs,
+    maxAttempts: ctx.config.resendMaxAttempts,
+    deadlineMs: commandDeadlineMs(ctx.config.reservationTtlMs),
+  };
 }
 
 /**

@@ -38,6 +38,7 @@ import {
 } from "@stowage/store";
 import { errorRecordFromWire as errorFromWire } from "@stowage/wire";
 import type { ControllerContext } from "./context.js";
+import { applyLateResult, type LateOutcome } from "./late-results.js";
 
 /**
  * Applies operation results in one transaction, then counts, logs and notifies watchers once. Results may arrive
@@ -57,6 +58,7 @@ export async function applyResults(
     );
     const ops = new Map(locked.map((op) => [op.id, op]));
     const finished: { op: OperationRow; r: OperationResult }[] = [];
+    const late: LateOutcome[] = [];
     // The batch's successful creates and clones, the bulk of it, in one statement; the rest one by one.
     const { created, rest } = splitCreated(results, ops);
     const confirmed = new Set(
@@ -76,12 +78,13 @@ export async function applyResults(
       ops.set(op.id, { ...op, state: "succeeded" });
     }
     for (const r of rest) {
-      const op = await applyInTransaction(ctx, tx, r, ops);
+      const op = await applyInTransaction(ctx, tx, r, ops, late);
       if (op) finished.push({ op, r });
     }
-    return finished;
+    return { finished, late };
   });
-  for (const { op, r } of applied) {
+  for (const outcome of applied.late) ctx.metrics.lateResults.inc({ outcome });
+  for (const { op, r } of applied.finished) {
     ctx.metrics.operations.inc({ kind: op.kind, result: r.success ? "succeeded" : "failed" });
     ctx.metrics.operationDuration.observe({ kind: op.kind }, (Date.now() - op.createdAt.getTime()) / 1000);
     ctx.log.info(
@@ -95,7 +98,7 @@ export async function applyResults(
       "operation finished",
     );
   }
-  if (applied.length > 0) ctx.notifyChange();
+  if (applied.finished.length > 0 || applied.late.some((o) => o !== "none")) ctx.notifyChange();
 }
 
 /**
@@ -139,20 +142,25 @@ export function applyResult(ctx: ControllerContext, r: OperationResult): Promise
 
 /**
  * One result's effect, in the batch's transaction, on the batch's operations (`ops`, kept current); answers the
- * operation when this result finished it.
+ * operation when this result finished it. A result for a finished operation is a late one (late-results.ts):
+ * its outcome is added to `late`.
  */
 async function applyInTransaction(
   ctx: ControllerContext,
   tx: Tx,
   r: OperationResult,
   ops: Map<string, OperationRow>,
+  late: LateOutcome[],
 ): Promise<OperationRow | undefined> {
   const op = ops.get(r.operationId);
   if (!op) {
     ctx.log.warn({ operationId: r.operationId, host: r.hostId }, "result for an unknown operation ignored");
     return undefined;
   }
-  if (op.state === "succeeded" || op.state === "failed") return undefined;
+  if (op.state === "succeeded" || op.state === "failed") {
+    if (op.state === "failed" && r.success) late.push(await applyLateResult(ctx, tx, op, r));
+    return undefined;
+  }
   const error = r.success ? null : errorFromWire(r.error, "the agent reported a failure without details");
   const done = await finishOperation(tx, op.id, r.success, error);
   if (done) ops.set(op.id, done);

@@ -1,6 +1,7 @@
 import { type AuditEntry, type OperationRow, type Sql, type Tx, writeAudit } from "@stowage/store";
 import { faultPoint } from "@stowage/telemetry";
 import type { ControllerContext } from "./context.js";
+import { commandDeadlineMs } from "./deadline.js";
 import { collectOperations } from "./outbox.js";
 
 /**
@@ -16,7 +17,7 @@ export async function mutate<T>(
 ): Promise<T> {
   let written: OperationRow[] = [];
   const out = (await ctx.sql.begin(async (tx) => {
-    written = collectOperations(tx);
+    written = collectOperations(tx, commandDeadlineMs(ctx.config.reservationTtlMs));
     const r = await fn(tx);
     for (const op of written) faultPoint("before-commit", op.kind);
     return r;

@@ -31,6 +31,7 @@ import { faultPoint } from "@stowage/telemetry";
 import { formats, qcow2FromWire, qcow2ToWire, wipeModes } from "@stowage/wire";
 import { requireVolumeCapability } from "./capabilities.js";
 import type { ControllerContext } from "./context.js";
+import { commandDeadlineMs } from "./deadline.js";
 import { agentCommand, startedBefore, startVolumeOperation } from "./outbox.js";
 import { checkConstraintTargets, decide, decideGroup, liveView } from "./scheduling.js";
 import { mutate, mutateOneStatement } from "./transaction.js";
@@ -115,15 +116,21 @@ async function writeCreate(
     operation: {
       id: operationId,
       kind: "create_volume",
-      command: agentCommand(operationId, "create_volume", decision, {
-        case: "createVolume",
-        value: {
-          volumeId,
-          sizeBytes: spec.sizeBytes,
-          format: formats.wire(spec.format),
-          qcow2: spec.format === "qcow2" ? qcow2ToWire(spec.qcow2) : undefined,
+      command: agentCommand(
+        operationId,
+        "create_volume",
+        decision,
+        {
+          case: "createVolume",
+          value: {
+            volumeId,
+            sizeBytes: spec.sizeBytes,
+            format: formats.wire(spec.format),
+            qcow2: spec.format === "qcow2" ? qcow2ToWire(spec.qcow2) : undefined,
+          },
         },
-      }),
+        commandDeadlineMs(ctx.config.reservationTtlMs),
+      ),
       requestedBy: actor,
     },
     audit: {

@@ -51,6 +51,14 @@ export async function replaceFindings(sql: Queryable, hostId: string, findings: 
   const keys = findings.map((f) => `${f.kind}:${f.subject}`);
   await sql`delete from findings where host_id = ${hostId} and quarantined_at is null
     and not ((kind || ':' || subject) = any(${keys}))`;
+  await upsertFindings(sql, hostId, findings);
+}
+
+/**
+ * Records findings of a host, leaving its others as they are (an inventory delta's touched volumes, a late
+ * result): a finding already recorded keeps its first sighting, sequence number and quarantine.
+ */
+export async function upsertFindings(sql: Queryable, hostId: string, findings: Finding[]): Promise<void> {
   for (const f of findings) {
     const a = f.artefact;
     await sql`insert into findings (host_id, kind, subject, pool_id, detail, size_bytes, format, allocated_bytes, path, operation_id)

@@ -68,6 +68,27 @@ export async function allocateExisting(
 }
 
 /**
+ * Holds a volume's bytes again as an allocation after its reservation was released (a create whose success
+ * arrived after the controller had failed it and released its space: the artefact exists). One conditional
+ * UPDATE with the rule of `allocateExisting` (the logical part and the volume limit; the artefact's space is
+ * already in the agent's physical numbers). Returns false, changing nothing, when it does not fit or when the
+ * volume has no released reservation (it holds its bytes already, or never did).
+ */
+export async function reallocateReleased(sql: Queryable, volumeId: string): Promise<boolean> {
+  const [res] = await sql<
+    ReservationRow[]
+  >`select * from reservations where volume_id = ${volumeId} and state = 'released' for update`;
+  if (!res) return false;
+  const rows = await sql`
+    update pools set allocated_bytes = allocated_bytes + ${res.bytes}, volume_count = volume_count + 1, updated_at = now()
+    where id = ${res.poolId} and ${fitsLogically(sql, res.bytes)} and (max_volumes = 0 or volume_count < max_volumes)
+    returning id`;
+  if (rows.length === 0) return false;
+  await sql`update reservations set state = 'allocated', updated_at = now() where volume_id = ${volumeId}`;
+  return true;
+}
+
+/**
  * Changes what a volume holds to `bytes` (a resize). Growing must fit like a new reservation; shrinking always
  * succeeds. Returns false when the growth does not fit. Idempotent: the same size twice changes nothing.
  */

@@ -60,26 +60,56 @@ export async function getOperationsForUpdate(
   >`select * from operations where id = any(${ids as string[]}) order by id for update`;
 }
 
+/** How the relay re-sends: with backoff, a bounded number of times, never past a command's deadline. */
+export interface ResendPolicy {
+  /** A sent operation's n-th publication (attempts = n) is followed by another after resendAfterMs x 2^(n-1). */
+  resendAfterMs: number;
+  /** No publication after this many (0: no bound); the operation then waits for a result or its deadline. */
+  maxAttempts?: number;
+  /** Operations written longer ago than this are not published any more (their commands' deadline; 0: none). */
+  deadlineMs?: number;
+}
+
 /**
- * Operations the relay should publish: pending ones, and sent ones with no result after `resendAfterMs` (the message
- * or its result may have been lost with a broker). Only for hosts that are up. `skip` leaves out operations the
- * relay already tried in this round (a failed publish is retried in the next round, not over and over in this one).
+ * Operations the relay should publish: pending ones, and sent ones with no result after their back-off (the message
+ * or its result may have been lost with a broker): `resendAfterMs x 2^(attempts-1)`, up to `maxAttempts`
+ * publications, none once the command's deadline has passed (the agent would refuse it; the reconciler fails the
+ * operation at its time to live). Only for hosts that are up. `skip` leaves out operations the relay already
+ * tried in this round (a failed publish is retried in the next round, not over and over in this one).
  */
 export async function operationsToPublish(
   sql: Queryable,
-  resendAfterMs: number,
+  policy: ResendPolicy | number,
   limit = 100,
   skip: readonly string[] = [],
   /** Pending operations younger than this are left to the controller that wrote them (its fast path). */
   graceMs = 0,
 ): Promise<OperationRow[]> {
+  const p = typeof policy === "number" ? { resendAfterMs: policy } : policy;
+  const maxAttempts = p.maxAttempts ?? 0;
+  const deadlineMs = p.deadlineMs ?? 0;
+  // The exponent is capped so the interval stays a number (2^30 x 1 s is decades).
   return sql<OperationRow[]>`
     select o.* from operations o join hosts h on h.id = o.host_id
     where ((o.state = 'pending' and o.created_at <= now() - make_interval(secs => ${graceMs / 1000}))
-        or (o.state = 'sent' and o.sent_at < now() - make_interval(secs => ${resendAfterMs / 1000})))
+        or (o.state = 'sent'
+          and o.sent_at < now() - make_interval(secs => ${p.resendAfterMs / 1000}::float8 * power(2::float8, least(greatest(o.attempts - 1, 0), 30)))
+          and (${maxAttempts}::int = 0 or o.attempts < ${maxAttempts}::int)))
+      and (${deadlineMs}::float8 = 0 or o.created_at > now() - make_interval(secs => ${deadlineMs / 1000}::float8))
       and h.state = 'up'
       and o.id <> all(${skip as string[]})
     order by o.created_at limit ${limit}`;
+}
+
+/**
+ * Operations still waiting for a result (pending or sent) written more than `ttlMs` ago: past their deadline, so
+ * no agent starts them any more; the reconciler fails them. Oldest first.
+ */
+export async function overdueOperations(sql: Queryable, ttlMs: number, limit = 100): Promise<OperationRow[]> {
+  return sql<OperationRow[]>`
+    select * from operations where state in ('pending', 'sent')
+      and created_at < now() - make_interval(secs => ${ttlMs / 1000}::float8)
+    order by created_at limit ${limit}`;
 }
 
 export async function markOperationSent(sql: Queryable, id: string): Promise<void> {

@@ -169,6 +169,36 @@ async function writeVolume(
     returning *`;
 }
 
+/** A volume as the inventory diff judges it: its state, pool, and whether the ledger holds its bytes. */
+export interface InventoryVolume {
+  id: string;
+  state: VolumeState;
+  poolId: string;
+  /** Its reservation is reserved or allocated (false: released, or none). */
+  holds: boolean;
+  deletedAt: Date | null;
+}
+
+/** The host's volumes that are not deleted, for the inventory diff (agents.ts `diffInventory`). */
+export async function inventoryVolumesOnHost(sql: Queryable, hostId: string): Promise<InventoryVolume[]> {
+  return sql<InventoryVolume[]>`
+    select v.id, v.state, v.pool_id, v.deleted_at, coalesce(r.state in ('reserved', 'allocated'), false) as holds
+    from volumes v left join reservations r on r.volume_id = v.id
+    where v.host_id = ${hostId} and v.state <> 'deleted'`;
+}
+
+/** These volumes (deleted ones too), for judging the artefacts an inventory delta names. */
+export async function inventoryVolumesById(
+  sql: Queryable,
+  ids: readonly string[],
+): Promise<InventoryVolume[]> {
+  if (ids.length === 0) return [];
+  return sql<InventoryVolume[]>`
+    select v.id, v.state, v.pool_id, v.deleted_at, coalesce(r.state in ('reserved', 'allocated'), false) as holds
+    from volumes v left join reservations r on r.volume_id = v.id
+    where v.id = any(${ids as string[]})`;
+}
+
 export async function liveVolumesOnHost(sql: Queryable, hostId: string): Promise<VolumeRow[]> {
   return sql<VolumeRow[]>`select * from volumes where host_id = ${hostId} and state <> 'deleted'`;
 }
