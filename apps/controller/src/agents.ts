@@ -7,9 +7,11 @@ import {
   CONTROLLER_QUEUE,
   ensureAgentConsumer,
   inventoryRequestSubject,
+  PoisonMessageError,
   redeliverAgentCommands,
+  tokenToHost,
 } from "@stowage/bus";
-import { invalidArgument, isId, THIN_KINDS, validateLabels, validateName } from "@stowage/core";
+import { invalidArgument, isId, StowageError, THIN_KINDS, validateLabels, validateName } from "@stowage/core";
 import {
   HeartbeatSchema,
   type HostInfo,
@@ -300,13 +302,39 @@ async function applyHeartbeat(
   }
 }
 
-/** Handles every message on `subject` in the controllers' queue group, logging (not throwing) what fails. */
+/**
+ * A host publishes only on its own subjects: a message naming another host (or no valid host) is refused before
+ * anything reads its host id, so one host cannot keep another one up or rewrite its pools.
+ */
+export function checkSubjectHost(what: string, hostId: string, subjectHost: string): string {
+  const id = validateName("host name", hostId);
+  if (id !== subjectHost)
+    throw invalidArgument(
+      `${what} for host ${JSON.stringify(id)} arrived on host ${JSON.stringify(subjectHost.slice(0, 80))}'s subject`,
+    );
+  return id;
+}
+
+/** Decodes a core-NATS message; one that does not decode is poison (counted, then dropped). */
+function decode<T>(decoder: () => T): T {
+  try {
+    return decoder();
+  } catch (err) {
+    throw new PoisonMessageError(`does not decode: ${(err as Error).message}`, "undecodable", { cause: err });
+  }
+}
+
+/**
+ * Handles every message on `subject` in the controllers' queue group, logging (not throwing) what fails. Core
+ * NATS never redelivers: a message that does not decode, or is malformed (INVALID_ARGUMENT), is dropped and
+ * counted in stowage_bus_poison_messages_total{consumer}.
+ */
 function subscribeQueued(
   ctx: ControllerContext,
   bus: Bus,
   subject: string,
-  what: string,
-  handle: (data: Uint8Array) => Promise<void>,
+  consumer: "heartbeats" | "inventories",
+  handle: (data: Uint8Array, subjectHost: string) => Promise<void>,
 ) {
   return bus.nc.subscribe(subject, {
     queue: CONTROLLER_QUEUE,
@@ -314,9 +342,19 @@ function subscribeQueued(
       if (err) return;
       void (async () => {
         try {
-          await handle(msg.data);
+          await handle(msg.data, tokenToHost(msg.subject.slice(msg.subject.lastIndexOf(".") + 1)));
         } catch (e) {
-          ctx.log.warn({ err: e }, `${what} handling failed`);
+          const reason =
+            e instanceof PoisonMessageError
+              ? e.reason
+              : e instanceof StowageError && e.code === "invalid_argument"
+                ? "invalid"
+                : undefined;
+          if (reason) ctx.metrics.busPoison.inc({ consumer, reason });
+          ctx.log.warn(
+            { err: e, subject: msg.subject, ...(reason ? { poison: reason } : {}) },
+            reason ? `malformed ${consumer} message dropped` : `${consumer} handling failed`,
+          );
         }
       })();
     },
@@ -356,13 +394,15 @@ export function subscribeAgentTraffic(
     return v.apply;
   };
   const subscriptions = [
-    subscribeQueued(ctx, bus, ALL_HEARTBEATS, "heartbeat", async (data) => {
-      const h = fromBinary(HeartbeatSchema, data);
+    subscribeQueued(ctx, bus, ALL_HEARTBEATS, "heartbeats", async (data, subjectHost) => {
+      const h = decode(() => fromBinary(HeartbeatSchema, data));
+      checkSubjectHost("a heartbeat", h.hostId, subjectHost);
       observe(h.hostId, h.sequence, "heartbeat");
       await applyHeartbeat(ctx, bus, h.hostId, h.bootId);
     }),
-    subscribeQueued(ctx, bus, ALL_INVENTORIES, "inventory", async (data) => {
-      const inv = fromBinary(InventorySchema, data);
+    subscribeQueued(ctx, bus, ALL_INVENTORIES, "inventories", async (data, subjectHost) => {
+      const inv = decode(() => fromBinary(InventorySchema, data));
+      checkSubjectHost("an inventory", inv.hostId, subjectHost);
       if (!observe(inv.hostId, inv.sequence, inv.delta ? "delta" : "full")) return;
       await inOrder(inv.hostId, () => applyInventory(ctx, inv));
     }),
