@@ -3,9 +3,10 @@ import {
   CreateVolumeRequestSchema,
   GetOperationRequestSchema,
   ListVolumesRequestSchema,
+  WatchOperationsRequestSchema,
 } from "@stowage/proto";
 import { describe, expect, it } from "vitest";
-import { findNulString } from "./validate.js";
+import { createNulStringInterceptor, findNulString } from "./validate.js";
 
 describe("findNulString", () => {
   it("finds a NUL character in any string of a request, nested, listed and in map keys and values (issue 10's fuzzing: GetOperation and ListVolumes answered INTERNAL)", () => {
@@ -31,5 +32,24 @@ describe("findNulString", () => {
         create(CreateVolumeRequestSchema, { name: "ok", labels: { a: "b" } }),
       ),
     ).toBeUndefined();
+  });
+});
+
+describe("createNulStringInterceptor", () => {
+  it("refuses a NUL character in a server-streaming call's request too, as the handler reads it (WatchOperations answered INTERNAL)", async () => {
+    const next = async (req: { message: AsyncIterable<unknown> }) => {
+      for await (const _ of req.message);
+      return {};
+    };
+    const req = {
+      stream: true,
+      method: { input: WatchOperationsRequestSchema },
+      message: (async function* () {
+        yield create(WatchOperationsRequestSchema, { volumeId: "x\u0000" });
+      })(),
+    };
+    await expect(createNulStringInterceptor()(next as never)(req as never)).rejects.toThrow(
+      /volume_id contains a NUL/,
+    );
   });
 });

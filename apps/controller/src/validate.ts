@@ -170,15 +170,27 @@ export function findNulString(desc: DescMessage, message: Message, path = ""): s
 
 /** Refuses a unary or server-streaming request with a NUL character in any string (findNulString). */
 export function createNulStringInterceptor(): Interceptor {
+  const check = (desc: DescMessage, message: Message) => {
+    const field = findNulString(desc, message);
+    if (field)
+      throw new ConnectError(
+        `${field} contains a NUL character (U+0000), which no field may hold`,
+        Code.InvalidArgument,
+      );
+  };
   return (next) => async (req) => {
     if (!req.stream) {
-      const field = findNulString(req.method.input, req.message);
-      if (field)
-        throw new ConnectError(
-          `${field} contains a NUL character (U+0000), which no field may hold`,
-          Code.InvalidArgument,
-        );
+      check(req.method.input, req.message);
+      return next(req);
     }
-    return next(req);
+    // A server-streaming call's one request arrives as a stream: checked as the handler reads it.
+    const input = req.message;
+    async function* checked() {
+      for await (const m of input) {
+        check(req.method.input, m);
+        yield m;
+      }
+    }
+    return next({ ...req, message: checked() });
   };
 }
