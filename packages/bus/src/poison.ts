@@ -46,7 +46,11 @@ export class PoisonMessageError extends Error {
   }
 }
 
-/** Whether a message that just failed with `err` is to be parked rather than retried. */
+/**
+ * Whether a message that just failed with `err` is to be parked rather than retried. JetStream's delivery count
+ * includes hand-backs (a nak on a clean stop), so a message handed back often is parked at its first failure
+ * past the limit; the controller's reconciler re-sends an operation that never got a result.
+ */
 export function shouldPark(
   msg: JsMsg,
   err: unknown,
