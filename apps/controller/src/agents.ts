@@ -40,6 +40,21 @@ import {
 import { formats, poolKinds } from "@stowage/wire";
 import type { ControllerContext } from "./context.js";
 
+const INT32_MAX = 2_147_483_647;
+const INT64_MAX = 9_223_372_036_854_775_807n;
+
+/** A uint32 of the wire that PostgreSQL keeps in an integer column: at most 2^31-1. */
+function int32(field: string, v: number): number {
+  if (v > INT32_MAX) throw invalidArgument(`${field} ${v} is out of range: at most ${INT32_MAX}`, { field });
+  return v;
+}
+
+/** A uint64 of the wire that PostgreSQL keeps in an int8 column: at most 2^63-1. */
+function int64(field: string, v: bigint): bigint {
+  if (v > INT64_MAX) throw invalidArgument(`${field} ${v} is out of range: at most ${INT64_MAX}`, { field });
+  return v;
+}
+
 function poolReportFromWire(ctx: ControllerContext, p: PoolReport): PoolReportRecord {
   const kind = poolKinds.domain(p.kind);
   if (!kind) throw invalidArgument(`pool ${p.name} has no kind`);
@@ -47,43 +62,48 @@ function poolReportFromWire(ctx: ControllerContext, p: PoolReport): PoolReportRe
   return {
     name: validateName("pool name", p.name),
     kind,
-    numaNode: p.numaNode ?? null,
+    numaNode: p.numaNode === undefined ? null : int32("pool numa_node", p.numaNode),
     healthy: p.healthy,
     healthMessage: p.healthMessage,
-    totalBytes: p.totalBytes,
-    usedBytes: p.usedBytes,
-    freeBytes: p.freeBytes,
-    provisionedBytes: p.provisionedBytes,
+    totalBytes: int64("pool total_bytes", p.totalBytes),
+    usedBytes: int64("pool used_bytes", p.usedBytes),
+    freeBytes: int64("pool free_bytes", p.freeBytes),
+    provisionedBytes: int64("pool provisioned_bytes", p.provisionedBytes),
     dataPercent: p.dataPercent ?? null,
     metadataPercent: p.metadataPercent ?? null,
     overcommitRatio: p.overcommitRatio > 0 ? p.overcommitRatio : thin ? ctx.config.thinOvercommitRatio : 1,
     maxUsedPercent: p.maxUsedPercent > 0 ? Math.min(p.maxUsedPercent, 100) : 90,
     reservedPercent: Math.min(Math.max(p.reservedPercent, 0), 99),
-    maxVolumes: p.maxVolumes,
+    maxVolumes: int32("pool max_volumes", p.maxVolumes),
     labels: validateLabels(p.labels),
     formats: p.formats.map((f) => formats.domain(f)).filter((f) => f !== undefined),
     shared: p.shared,
   };
 }
 
-async function applyHostInfo(sql: Queryable, host: HostInfo) {
-  return upsertHost(sql, {
+/** The host as the store keeps it, every field checked (before anything is written, NATS included). */
+function hostFromWire(host: HostInfo): Parameters<typeof upsertHost>[1] {
+  return {
     id: host.name,
     zone: host.zone ? validateName("zone", host.zone) : "",
     labels: validateLabels(host.labels),
     numaNodes: host.numaNodes.map((n) => ({
-      id: n.id,
+      id: int32("numa node id", n.id),
       cpuList: n.cpuList,
       cpus: n.cpus,
-      memoryBytes: Number(n.memoryBytes),
+      memoryBytes: Number(int64("numa node memory_bytes", n.memoryBytes)),
       distances: n.distances,
     })),
-    cpuCount: host.cpuCount,
-    memoryBytes: host.memoryBytes,
+    cpuCount: int32("cpu_count", host.cpuCount),
+    memoryBytes: int64("memory_bytes", host.memoryBytes),
     agentVersion: host.agentVersion,
     initiatorName: host.initiatorName,
     metricsAddress: host.metricsAddress,
-  });
+  };
+}
+
+async function applyHostInfo(sql: Queryable, host: ReturnType<typeof hostFromWire>) {
+  return upsertHost(sql, host);
 }
 
 /** RegisterAgent: records the host and its pools, and makes sure its command consumer exists. Idempotent. */
@@ -93,6 +113,7 @@ export async function registerAgent(
 ): Promise<RegisterAgentResponse> {
   if (!req.host) throw invalidArgument("host is required");
   const hostId = validateName("host name", req.host.name);
+  const host = hostFromWire(req.host);
   const pools = req.pools.map((p) => poolReportFromWire(ctx, p));
   const durable = await ensureAgentConsumer(ctx.bus.jsm, hostId);
   if (req.processStart) {
@@ -104,7 +125,7 @@ export async function registerAgent(
       );
   }
   await ctx.sql.begin(async (tx) => {
-    await applyHostInfo(tx, req.host!);
+    await applyHostInfo(tx, host);
     await applyPoolReports(tx, hostId, pools);
   });
   // The host's pools are placeable through this controller once it answers (other controllers follow the feed).
@@ -179,10 +200,11 @@ export function diffInventory(
 async function applyFullInventory(ctx: ControllerContext, inv: Inventory): Promise<void> {
   if (!inv.host) return;
   const hostId = validateName("host name", inv.hostId);
+  const host = hostFromWire(inv.host);
   const pools = inv.pools.map((p) => poolReportFromWire(ctx, p));
   const findings = await ctx.sql.begin(async (tx) => {
     if (!(await markInventoryReceived(tx, hostId))) return undefined;
-    await applyHostInfo(tx, inv.host!);
+    await applyHostInfo(tx, host);
     await applyPoolReports(tx, hostId, pools);
     // Volumes being created or deleted are in flux: judge only the settled ones.
     const live = (await liveVolumesOnHost(tx, hostId)).map((v) => ({
