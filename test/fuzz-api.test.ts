@@ -143,7 +143,10 @@ function callRaw(client: grpc.Client, m: FuzzMethod, body: Uint8Array): Promise<
   });
 }
 
-/** Row counts and the latest change of the tables a refused request must not touch. */
+/**
+ * Row counts and the latest change of the tables a refused request must not touch. The audit log is counted by
+ * its successes only: a refused placement is audited by design (outcome 'error'), a row the fuzz expects.
+ */
 async function digest(sql: Sql): Promise<string> {
   const [row] = await sql`
     select
@@ -153,7 +156,8 @@ async function digest(sql: Sql): Promise<string> {
       (select count(*) from pools) || '/' || coalesce((select max(updated_at)::text from pools), '') as pools,
       (select count(*) from snapshots) || '/' || coalesce((select max(updated_at)::text from snapshots), '') as snapshots,
       (select count(*) from hosts) || '/' || coalesce((select max(updated_at)::text from hosts where true), '') as hosts,
-      (select count(*) from audit_log) || '/' || coalesce((select max(id)::text from audit_log), '') as audit`;
+      (select count(*) from audit_log where outcome = 'ok') || '/' ||
+        coalesce((select max(id)::text from audit_log where outcome = 'ok'), '') as audit`;
   return JSON.stringify(row);
 }
 
