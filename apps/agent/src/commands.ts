@@ -1,5 +1,14 @@
 import { fromBinary, toBinary } from "@bufbuild/protobuf";
-import { type Bus, COMMAND_STREAM, type Consumer, type JsMsg, pullLoop } from "@stowage/bus";
+import {
+  type Bus,
+  COMMAND_STREAM,
+  type Consumer,
+  type JsMsg,
+  type PoisonPolicy,
+  parkMessage,
+  pullLoop,
+  shouldPark,
+} from "@stowage/bus";
 import type { PoolDriver } from "@stowage/drivers";
 import {
   type AgentCommand,
@@ -31,6 +40,11 @@ export interface CommandConsumerOptions {
   consumer?: Consumer;
   /** The clock that commands' deadlines are judged by (tests); default `Date.now`. */
   now?: () => number;
+  /**
+   * A command whose handling failed (its result could not be published) on this many deliveries is parked
+   * (default DEFAULT_MAX_DELIVERIES of @stowage/bus).
+   */
+  maxDeliveries?: number;
   /** After each operation (its pool changed): the agent reports a delta of its inventory. */
   afterOperation: (cmd: AgentCommand, result: OperationResult) => void;
 }
@@ -101,6 +115,19 @@ export async function startCommandConsumer(o: CommandConsumerOptions): Promise<C
     o.afterOperation(cmd, result);
   };
 
+  // Poison commands are parked, counted and logged instead of being retried for ever (@stowage/bus poison.ts).
+  const poison: PoisonPolicy = {
+    consumer: "commands",
+    ...(o.maxDeliveries === undefined ? {} : { maxDeliveries: o.maxDeliveries }),
+    js: o.bus.js,
+    onParked: ({ msg, reason, error }) => {
+      o.metrics.busPoison.inc({ consumer: "commands", reason });
+      o.log.error(
+        { seq: msg.seq, reason, error, deliveries: msg.info.deliveryCount },
+        "poison command parked in the dead-letter stream",
+      );
+    },
+  };
   const abort = new AbortController();
   const hold = (msg: JsMsg) => {
     // A message that arrives while the pull is being closed is handed straight back.
@@ -112,8 +139,19 @@ export async function startCommandConsumer(o: CommandConsumerOptions): Promise<C
     try {
       cmd = fromBinary(AgentCommandSchema, msg.data);
     } catch (err) {
-      o.log.error({ err, seq: msg.seq }, "undecodable command dropped");
-      msg.term();
+      void parkMessage(msg, poison, "undecodable", err);
+      return;
+    }
+    // A command for another host must not run on this one's pools (a misrouted or forged message).
+    if (cmd.hostId !== reg.hostId) {
+      void parkMessage(
+        msg,
+        poison,
+        "invalid",
+        new Error(
+          `command for host ${JSON.stringify(cmd.hostId.slice(0, 80))} on host ${reg.hostId}'s subject`,
+        ),
+      );
       return;
     }
     if (msg.info.deliveryCount > 1) o.metrics.redeliveries.inc();
@@ -125,6 +163,8 @@ export async function startCommandConsumer(o: CommandConsumerOptions): Promise<C
       run: () =>
         execute(msg, cmd)
           .catch((err) => {
+            const park = shouldPark(msg, err, poison);
+            if (park) return parkMessage(msg, poison, park, err);
             o.log.warn(
               { err, operationId: cmd.operationId },
               "command handling failed; it will be redelivered",

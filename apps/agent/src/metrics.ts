@@ -1,3 +1,4 @@
+import { POISON_REASONS } from "@stowage/bus";
 import { OPERATION_KINDS } from "@stowage/core";
 import type { PoolCapacityReport } from "@stowage/drivers";
 import {
@@ -120,7 +121,24 @@ export function createAgentMetrics(host: string, pools: () => PoolSample[]) {
       "stowage_agent_commands_redelivered_total",
       "Commands delivered more than once by JetStream.",
     ),
+    busPoison: poisonCounter(registry),
   };
+}
+
+/**
+ * Commands parked as poison (terminated and copied to the dead-letter stream, @stowage/bus poison.ts), by reason
+ * (undecodable, invalid: meant for another host, failed: its handling failed on every delivery up to the limit);
+ * as the controller's, with consumer="commands". Every reason is exported at 0 from the start.
+ */
+function poisonCounter(registry: Registry) {
+  const c = counter(
+    registry,
+    "stowage_bus_poison_messages_total",
+    "Bus messages parked as poison (terminated and copied to the dead-letter stream), by consumer and reason (undecodable, invalid, failed: its handling failed on every delivery up to the limit).",
+    ["consumer", "reason"],
+  );
+  for (const reason of POISON_REASONS) c.inc({ consumer: "commands", reason }, 0);
+  return c;
 }
 
 /**

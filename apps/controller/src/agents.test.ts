@@ -12,12 +12,13 @@ import {
   InventorySchema,
   PoolKind,
   PoolReportSchema,
+  RegisterAgentRequestSchema,
   VolumeFormat,
 } from "@stowage/proto";
 import { getPool, listFindings, replaceFindings } from "@stowage/store";
 import { type NatsServer, natsAvailable, startNats } from "@stowage/testkit";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { applyInventory, createSequenceTracker, subscribeAgentTraffic } from "./agents.js";
+import { applyInventory, createSequenceTracker, registerAgent, subscribeAgentTraffic } from "./agents.js";
 import { GiB, openServiceFixture, type ServiceFixture } from "./testing/service-fixture.js";
 
 const report = (name: string, usedGiB: bigint) =>
@@ -67,6 +68,37 @@ describe("applying an inventory delta (on PGlite)", () => {
       }),
     );
     expect((await listFindings(f.sql, { hostId: "h1" })).map((x) => x.subject)).toEqual(["vol-other"]);
+  });
+});
+
+describe("registering an agent (on PGlite)", () => {
+  let f: ServiceFixture;
+  beforeAll(async () => {
+    f = await openServiceFixture();
+  });
+  afterAll(async () => {
+    await f?.close();
+  });
+
+  it("refuses numbers the database cannot hold as INVALID_ARGUMENT before anything is written (issue 10's fuzzing: RegisterAgent answered INTERNAL)", async () => {
+    const register = (init: MessageInitShape<typeof RegisterAgentRequestSchema>) =>
+      registerAgent(f.ctx, create(RegisterAgentRequestSchema, init));
+    await expect(register({ host: { name: "h9", cpuCount: 4294967295 } })).rejects.toMatchObject({
+      code: "invalid_argument",
+      message: expect.stringMatching(/cpu_count 4294967295 is out of range/),
+    });
+    await expect(register({ host: { name: "h9", numaNodes: [{ id: 2147483648 }] } })).rejects.toMatchObject({
+      code: "invalid_argument",
+    });
+    await expect(
+      register({
+        host: { name: "h9" },
+        pools: [{ name: "p", kind: PoolKind.DIR, totalBytes: 18446744073709551615n }],
+      }),
+    ).rejects.toMatchObject({ code: "invalid_argument", message: expect.stringMatching(/total_bytes/) });
+    await expect(
+      register({ host: { name: "h9" }, pools: [{ name: "p", kind: PoolKind.DIR, maxVolumes: 4294967295 }] }),
+    ).rejects.toMatchObject({ code: "invalid_argument" });
   });
 });
 

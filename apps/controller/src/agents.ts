@@ -7,9 +7,11 @@ import {
   CONTROLLER_QUEUE,
   ensureAgentConsumer,
   inventoryRequestSubject,
+  PoisonMessageError,
   redeliverAgentCommands,
+  tokenToHost,
 } from "@stowage/bus";
-import { invalidArgument, isId, THIN_KINDS, validateLabels, validateName } from "@stowage/core";
+import { invalidArgument, isId, StowageError, THIN_KINDS, validateLabels, validateName } from "@stowage/core";
 import {
   HeartbeatSchema,
   type HostInfo,
@@ -41,6 +43,21 @@ import {
 import { formats, poolKinds } from "@stowage/wire";
 import type { ControllerContext } from "./context.js";
 
+const INT32_MAX = 2_147_483_647;
+const INT64_MAX = 9_223_372_036_854_775_807n;
+
+/** A uint32 of the wire that PostgreSQL keeps in an integer column: at most 2^31-1. */
+function int32(field: string, v: number): number {
+  if (v > INT32_MAX) throw invalidArgument(`${field} ${v} is out of range: at most ${INT32_MAX}`, { field });
+  return v;
+}
+
+/** A uint64 of the wire that PostgreSQL keeps in an int8 column: at most 2^63-1. */
+function int64(field: string, v: bigint): bigint {
+  if (v > INT64_MAX) throw invalidArgument(`${field} ${v} is out of range: at most ${INT64_MAX}`, { field });
+  return v;
+}
+
 function poolReportFromWire(ctx: ControllerContext, p: PoolReport): PoolReportRecord {
   const kind = poolKinds.domain(p.kind);
   if (!kind) throw invalidArgument(`pool ${p.name} has no kind`);
@@ -48,43 +65,48 @@ function poolReportFromWire(ctx: ControllerContext, p: PoolReport): PoolReportRe
   return {
     name: validateName("pool name", p.name),
     kind,
-    numaNode: p.numaNode ?? null,
+    numaNode: p.numaNode === undefined ? null : int32("pool numa_node", p.numaNode),
     healthy: p.healthy,
     healthMessage: p.healthMessage,
-    totalBytes: p.totalBytes,
-    usedBytes: p.usedBytes,
-    freeBytes: p.freeBytes,
-    provisionedBytes: p.provisionedBytes,
+    totalBytes: int64("pool total_bytes", p.totalBytes),
+    usedBytes: int64("pool used_bytes", p.usedBytes),
+    freeBytes: int64("pool free_bytes", p.freeBytes),
+    provisionedBytes: int64("pool provisioned_bytes", p.provisionedBytes),
     dataPercent: p.dataPercent ?? null,
     metadataPercent: p.metadataPercent ?? null,
     overcommitRatio: p.overcommitRatio > 0 ? p.overcommitRatio : thin ? ctx.config.thinOvercommitRatio : 1,
     maxUsedPercent: p.maxUsedPercent > 0 ? Math.min(p.maxUsedPercent, 100) : 90,
     reservedPercent: Math.min(Math.max(p.reservedPercent, 0), 99),
-    maxVolumes: p.maxVolumes,
+    maxVolumes: int32("pool max_volumes", p.maxVolumes),
     labels: validateLabels(p.labels),
     formats: p.formats.map((f) => formats.domain(f)).filter((f) => f !== undefined),
     shared: p.shared,
   };
 }
 
-async function applyHostInfo(sql: Queryable, host: HostInfo) {
-  return upsertHost(sql, {
+/** The host as the store keeps it, every field checked (before anything is written, NATS included). */
+function hostFromWire(host: HostInfo): Parameters<typeof upsertHost>[1] {
+  return {
     id: host.name,
     zone: host.zone ? validateName("zone", host.zone) : "",
     labels: validateLabels(host.labels),
     numaNodes: host.numaNodes.map((n) => ({
-      id: n.id,
+      id: int32("numa node id", n.id),
       cpuList: n.cpuList,
       cpus: n.cpus,
-      memoryBytes: Number(n.memoryBytes),
+      memoryBytes: Number(int64("numa node memory_bytes", n.memoryBytes)),
       distances: n.distances,
     })),
-    cpuCount: host.cpuCount,
-    memoryBytes: host.memoryBytes,
+    cpuCount: int32("cpu_count", host.cpuCount),
+    memoryBytes: int64("memory_bytes", host.memoryBytes),
     agentVersion: host.agentVersion,
     initiatorName: host.initiatorName,
     metricsAddress: host.metricsAddress,
-  });
+  };
+}
+
+async function applyHostInfo(sql: Queryable, host: ReturnType<typeof hostFromWire>) {
+  return upsertHost(sql, host);
 }
 
 /** RegisterAgent: records the host and its pools, and makes sure its command consumer exists. Idempotent. */
@@ -94,6 +116,7 @@ export async function registerAgent(
 ): Promise<RegisterAgentResponse> {
   if (!req.host) throw invalidArgument("host is required");
   const hostId = validateName("host name", req.host.name);
+  const host = hostFromWire(req.host);
   const pools = req.pools.map((p) => poolReportFromWire(ctx, p));
   const durable = await ensureAgentConsumer(ctx.bus.jsm, hostId);
   if (req.processStart) {
@@ -105,7 +128,7 @@ export async function registerAgent(
       );
   }
   await ctx.sql.begin(async (tx) => {
-    await applyHostInfo(tx, req.host!);
+    await applyHostInfo(tx, host);
     await applyPoolReports(tx, hostId, pools);
   });
   // The host's pools are placeable through this controller once it answers (other controllers follow the feed).
@@ -199,10 +222,11 @@ export function diffInventory(
 async function applyFullInventory(ctx: ControllerContext, inv: Inventory): Promise<void> {
   if (!inv.host) return;
   const hostId = validateName("host name", inv.hostId);
+  const host = hostFromWire(inv.host);
   const pools = inv.pools.map((p) => poolReportFromWire(ctx, p));
   const findings = await ctx.sql.begin(async (tx) => {
     if (!(await markInventoryReceived(tx, hostId))) return undefined;
-    await applyHostInfo(tx, inv.host!);
+    await applyHostInfo(tx, host);
     await applyPoolReports(tx, hostId, pools);
     // Volumes being created or deleted are in flux: judge only the settled ones.
     const live = await inventoryVolumesOnHost(tx, hostId);
@@ -349,13 +373,39 @@ async function applyHeartbeat(
   }
 }
 
-/** Handles every message on `subject` in the controllers' queue group, logging (not throwing) what fails. */
+/**
+ * A host publishes only on its own subjects: a message naming another host (or no valid host) is refused before
+ * anything reads its host id, so one host cannot keep another one up or rewrite its pools.
+ */
+export function checkSubjectHost(what: string, hostId: string, subjectHost: string): string {
+  const id = validateName("host name", hostId);
+  if (id !== subjectHost)
+    throw invalidArgument(
+      `${what} for host ${JSON.stringify(id)} arrived on host ${JSON.stringify(subjectHost.slice(0, 80))}'s subject`,
+    );
+  return id;
+}
+
+/** Decodes a core-NATS message; one that does not decode is poison (counted, then dropped). */
+function decode<T>(decoder: () => T): T {
+  try {
+    return decoder();
+  } catch (err) {
+    throw new PoisonMessageError(`does not decode: ${(err as Error).message}`, "undecodable", { cause: err });
+  }
+}
+
+/**
+ * Handles every message on `subject` in the controllers' queue group, logging (not throwing) what fails. Core
+ * NATS never redelivers: a message that does not decode, or is malformed (INVALID_ARGUMENT), is dropped and
+ * counted in stowage_bus_poison_messages_total{consumer}.
+ */
 function subscribeQueued(
   ctx: ControllerContext,
   bus: Bus,
   subject: string,
-  what: string,
-  handle: (data: Uint8Array) => Promise<void>,
+  consumer: "heartbeats" | "inventories",
+  handle: (data: Uint8Array, subjectHost: string) => Promise<void>,
 ) {
   return bus.nc.subscribe(subject, {
     queue: CONTROLLER_QUEUE,
@@ -363,9 +413,19 @@ function subscribeQueued(
       if (err) return;
       void (async () => {
         try {
-          await handle(msg.data);
+          await handle(msg.data, tokenToHost(msg.subject.slice(msg.subject.lastIndexOf(".") + 1)));
         } catch (e) {
-          ctx.log.warn({ err: e }, `${what} handling failed`);
+          const reason =
+            e instanceof PoisonMessageError
+              ? e.reason
+              : e instanceof StowageError && e.code === "invalid_argument"
+                ? "invalid"
+                : undefined;
+          if (reason) ctx.metrics.busPoison.inc({ consumer, reason });
+          ctx.log.warn(
+            { err: e, subject: msg.subject, ...(reason ? { poison: reason } : {}) },
+            reason ? `malformed ${consumer} message dropped` : `${consumer} handling failed`,
+          );
         }
       })();
     },
@@ -405,13 +465,15 @@ export function subscribeAgentTraffic(
     return v.apply;
   };
   const subscriptions = [
-    subscribeQueued(ctx, bus, ALL_HEARTBEATS, "heartbeat", async (data) => {
-      const h = fromBinary(HeartbeatSchema, data);
+    subscribeQueued(ctx, bus, ALL_HEARTBEATS, "heartbeats", async (data, subjectHost) => {
+      const h = decode(() => fromBinary(HeartbeatSchema, data));
+      checkSubjectHost("a heartbeat", h.hostId, subjectHost);
       observe(h.hostId, h.sequence, "heartbeat");
       await applyHeartbeat(ctx, bus, h.hostId, h.bootId);
     }),
-    subscribeQueued(ctx, bus, ALL_INVENTORIES, "inventory", async (data) => {
-      const inv = fromBinary(InventorySchema, data);
+    subscribeQueued(ctx, bus, ALL_INVENTORIES, "inventories", async (data, subjectHost) => {
+      const inv = decode(() => fromBinary(InventorySchema, data));
+      checkSubjectHost("an inventory", inv.hostId, subjectHost);
       if (!observe(inv.hostId, inv.sequence, inv.delta ? "delta" : "full")) return;
       await inOrder(inv.hostId, () => applyInventory(ctx, inv));
     }),

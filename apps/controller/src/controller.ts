@@ -20,6 +20,7 @@ import { reconcileOnce } from "./reconciler.js";
 import { Dispatcher, startRelay } from "./relay.js";
 import { runResultConsumer } from "./results.js";
 import { createRoutes } from "./routes/index.js";
+import { createNulStringInterceptor } from "./validate.js";
 
 export interface ControllerHandle {
   grpcPort: number;
@@ -151,6 +152,7 @@ export async function startController(
       observe,
       createErrorInterceptor(ctx.log),
       createAuthInterceptor(parseTokens(config.apiTokens)),
+      createNulStringInterceptor(),
     ],
     grpc: true,
     grpcWeb: false,

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { minimalGrpcMessage } from "./grpc-message.js";
+import { minimalGrpcMessage, statusOfUndecodable } from "./grpc-message.js";
 
 describe("minimalGrpcMessage", () => {
   it("leaves printable ASCII readable by decodeURI-based clients", () => {
@@ -12,5 +12,14 @@ describe("minimalGrpcMessage", () => {
     const minimal = minimalGrpcMessage(encodeURIComponent("100% full — café"));
     expect(minimal).toBe("100%25 full %E2%80%94 caf%C3%A9");
     expect(decodeURIComponent(minimal)).toBe("100% full — café");
+  });
+});
+
+describe("statusOfUndecodable", () => {
+  it("makes a request body that is not protobuf INVALID_ARGUMENT, and leaves real INTERNAL errors alone (issue 10's fuzzing)", () => {
+    expect(statusOfUndecodable("13", encodeURIComponent("parse binary: premature EOF"))).toBe("3");
+    expect(statusOfUndecodable("13", "parse binary: illegal tag: field no 4 wire type 6")).toBe("3");
+    expect(statusOfUndecodable("13", "internal error (error id err-1)")).toBe("13");
+    expect(statusOfUndecodable("5", "parse binary: x")).toBe("5");
   });
 });

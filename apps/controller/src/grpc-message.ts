@@ -25,11 +25,36 @@ export function minimalGrpcMessage(value: string): string {
 
 type Headers = Record<string, string | string[] | number | undefined>;
 
+/** gRPC INTERNAL and INVALID_ARGUMENT. */
+const INTERNAL = "13";
+const INVALID_ARGUMENT = "3";
+
+/**
+ * Connect-ES answers a request body that is not valid protobuf with INTERNAL ("parse binary: premature EOF"),
+ * before any interceptor sees the call; it is the caller's error, so it is INVALID_ARGUMENT here. (A JSON body
+ * that does not parse is already INVALID_ARGUMENT in Connect-ES.)
+ */
+export function statusOfUndecodable(status: string, message: string): string {
+  if (status !== INTERNAL) return status;
+  let text = message;
+  try {
+    text = decodeURIComponent(message);
+  } catch {}
+  return text.startsWith("parse binary:") ? INVALID_ARGUMENT : status;
+}
+
 function fix(headers: unknown): unknown {
   if (headers && typeof headers === "object" && !Array.isArray(headers)) {
     const h = headers as Headers;
     const m = h["grpc-message"];
-    if (typeof m === "string") return { ...h, "grpc-message": minimalGrpcMessage(m) };
+    if (typeof m === "string") {
+      const status = h["grpc-status"];
+      return {
+        ...h,
+        ...(status === undefined ? {} : { "grpc-status": statusOfUndecodable(String(status), m) }),
+        "grpc-message": minimalGrpcMessage(m),
+      };
+    }
   }
   return headers;
 }

@@ -1,5 +1,12 @@
+import { POISON_REASONS } from "@stowage/bus";
 import type { Sql } from "@stowage/store";
-import { createRegistry, type GrowthForecastOptions, gauge, type Registry } from "@stowage/telemetry";
+import {
+  counter,
+  createRegistry,
+  type GrowthForecastOptions,
+  gauge,
+  type Registry,
+} from "@stowage/telemetry";
 import { poolCapacityGauges } from "./metrics-capacity.js";
 import { apiMetrics, operationMetrics, schedulerMetrics } from "./metrics-events.js";
 import { hostGauges, outboxGauges } from "./metrics-hosts.js";
@@ -40,6 +47,7 @@ export function createControllerMetrics(getSql: () => Sql | undefined, opts: Con
     ...hostGauges(registry, read, opts.pendingCommands),
     ...outboxGauges(registry, read),
     ...leaseGauge(registry),
+    ...poisonCounter(registry, CONTROLLER_CONSUMERS),
   };
   poolCapacityGauges(registry, read, opts.forecast);
   return metrics;
@@ -54,4 +62,23 @@ function leaseGauge(registry: Registry) {
   );
   leader.set(0);
   return { leader };
+}
+
+/** What the controller consumes from the bus: the result stream, and heartbeats and inventories (core NATS). */
+export const CONTROLLER_CONSUMERS = ["results", "heartbeats", "inventories"] as const;
+
+/**
+ * Bus messages parked or dropped as poison (@stowage/bus poison.ts), by consumer and reason; every pair is
+ * exported at 0 from the start, so an alert on its rate has data before the first one.
+ */
+export function poisonCounter(registry: Registry, consumers: readonly string[]) {
+  const busPoison = counter(
+    registry,
+    "stowage_bus_poison_messages_total",
+    "Bus messages parked (JetStream: terminated and copied to the dead-letter stream) or dropped (core NATS) as poison, by consumer and reason (undecodable, invalid, failed: its handling failed on every delivery up to the limit).",
+    ["consumer", "reason"],
+  );
+  for (const consumer of consumers)
+    for (const reason of POISON_REASONS) busPoison.inc({ consumer, reason }, 0);
+  return { busPoison };
 }

@@ -5,7 +5,10 @@ import {
   consumeBatches,
   ensureResultConsumer,
   type JsMsg,
+  type PoisonPolicy,
+  parkMessage,
   RESULT_STREAM,
+  tokenToHost,
 } from "@stowage/bus";
 import {
   type OperationKind,
@@ -311,16 +314,19 @@ export async function consumeResults(
   ctx: ControllerContext,
   consumer: Consumer,
   signal: AbortSignal,
+  opts: { maxDeliveries?: number } = {},
 ): Promise<void> {
+  const poison = resultPoisonPolicy(ctx, opts.maxDeliveries);
   await consumeBatches(
     consumer,
     {
-      batch: (msgs) => applyResults(ctx, decodeResults(ctx, msgs)),
-      one: (msg) => applyResults(ctx, decodeResults(ctx, [msg])),
+      batch: (msgs) => applyResults(ctx, decodeResults(ctx, msgs, poison)),
+      one: (msg) => applyResults(ctx, decodeResults(ctx, [msg], poison)),
     },
     {
       signal,
       maxBatch: RESULT_BATCH,
+      poison,
       onError: (err, msgs) =>
         ctx.log.warn(
           { err, results: msgs.length },
@@ -332,18 +338,56 @@ export async function consumeResults(
   );
 }
 
+/**
+ * A result that does not decode is parked at once; one whose application failed on each of its first
+ * `maxDeliveries` deliveries (default 5) is parked then, instead of being retried for ever: terminated, copied to
+ * the dead-letter stream, counted in stowage_bus_poison_messages_total{consumer="results"} and logged.
+ */
+function resultPoisonPolicy(ctx: ControllerContext, maxDeliveries?: number): PoisonPolicy {
+  return {
+    consumer: "results",
+    ...(maxDeliveries === undefined ? {} : { maxDeliveries }),
+    ...(ctx.bus ? { js: ctx.bus.js } : {}),
+    onParked: ({ msg, reason, error }) => {
+      ctx.metrics.busPoison.inc({ consumer: "results", reason });
+      ctx.log.error(
+        { subject: msg.subject, seq: msg.seq, reason, error, deliveries: msg.info.deliveryCount },
+        "poison result parked in the dead-letter stream",
+      );
+    },
+  };
+}
+
 /** The most results applied in one transaction. */
 export const RESULT_BATCH = 64;
 
-/** Decodes result messages; one that does not decode is logged and dropped (acked with the others). */
-function decodeResults(ctx: ControllerContext, msgs: JsMsg[]): OperationResult[] {
+/**
+ * Decodes result messages. One that does not decode, or names another host than the subject it came on (a host
+ * publishes on its own subject only), is parked, and left out (its ack is then a no-op).
+ */
+function decodeResults(_ctx: ControllerContext, msgs: JsMsg[], poison: PoisonPolicy): OperationResult[] {
   const results: OperationResult[] = [];
   for (const msg of msgs) {
+    let r: OperationResult;
     try {
-      results.push(fromBinary(OperationResultSchema, msg.data));
+      r = fromBinary(OperationResultSchema, msg.data);
     } catch (err) {
-      ctx.log.error({ err, subject: msg.subject }, "undecodable result dropped");
+      void parkMessage(msg, poison, "undecodable", err);
+      continue;
     }
+    const subjectHost = tokenToHost(msg.subject.slice(msg.subject.lastIndexOf(".") + 1));
+    if (r.hostId !== subjectHost) {
+      void parkMessage(
+        msg,
+        poison,
+        "invalid",
+        new Error(
+          `result for host ${JSON.stringify(r.hostId.slice(0, 80))} arrived on host ${JSON.stringify(subjectHost.slice(0, 80))}'s subject`,
+        ),
+      );
+      continue;
+    }
+    results.push(r);
   }
   return results;
 }

@@ -1,3 +1,7 @@
+import type { DescMessage, Message } from "@bufbuild/protobuf";
+import type { ReflectList, ReflectMap, ReflectMessage } from "@bufbuild/protobuf/reflect";
+import { reflect } from "@bufbuild/protobuf/reflect";
+import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import {
   invalidArgument,
   isId,
@@ -115,4 +119,78 @@ export function validateVolumeRef(ref: string): { id?: string; name?: string } {
   if (ref === "") throw invalidArgument("volume is required: give its id or name", { field: "volume" });
   if (isId(ref, "vol")) return { id: ref };
   return { name: validateName("volume", ref) };
+}
+
+/**
+ * PostgreSQL text cannot hold U+0000: a request string with one would fail in the database as INTERNAL
+ * ("invalid byte sequence for encoding UTF8: 0x00") wherever no validator looked at it first (a list filter, an
+ * operation id). Every string of every request, nested messages, lists and maps (keys too) included, is checked
+ * here once, before any service code runs; the first one found is named.
+ */
+export function findNulString(desc: DescMessage, message: Message, path = ""): string | undefined {
+  const m = reflect(desc, message as never);
+  for (const f of desc.fields) {
+    if (!m.isSet(f)) continue;
+    const at = path ? `${path}.${f.name}` : f.name;
+    switch (f.fieldKind) {
+      case "scalar":
+        if (typeof m.get(f) === "string" && (m.get(f) as string).includes("\u0000")) return at;
+        break;
+      case "message": {
+        const inner = findNulString(f.message, (m.get(f) as ReflectMessage).message, at);
+        if (inner) return inner;
+        break;
+      }
+      case "list":
+        for (const v of m.get(f) as ReflectList) {
+          if (typeof v === "string" && v.includes("\u0000")) return at;
+          if (f.listKind === "message") {
+            const inner = findNulString(f.message, (v as ReflectMessage).message, at);
+            if (inner) return inner;
+          }
+        }
+        break;
+      case "map":
+        for (const [k, v] of m.get(f) as ReflectMap) {
+          if (
+            (typeof k === "string" && k.includes("\u0000")) ||
+            (typeof v === "string" && v.includes("\u0000"))
+          )
+            return at;
+          if (f.mapKind === "message") {
+            const inner = findNulString(f.message, (v as ReflectMessage).message, at);
+            if (inner) return inner;
+          }
+        }
+        break;
+    }
+  }
+  return undefined;
+}
+
+/** Refuses a unary or server-streaming request with a NUL character in any string (findNulString). */
+export function createNulStringInterceptor(): Interceptor {
+  const check = (desc: DescMessage, message: Message) => {
+    const field = findNulString(desc, message);
+    if (field)
+      throw new ConnectError(
+        `${field} contains a NUL character (U+0000), which no field may hold`,
+        Code.InvalidArgument,
+      );
+  };
+  return (next) => async (req) => {
+    if (!req.stream) {
+      check(req.method.input, req.message);
+      return next(req);
+    }
+    // A server-streaming call's one request arrives as a stream: checked as the handler reads it.
+    const input = req.message;
+    async function* checked() {
+      for await (const m of input) {
+        check(req.method.input, m);
+        yield m;
+      }
+    }
+    return next({ ...req, message: checked() });
+  };
 }

@@ -4,7 +4,8 @@ import { nanos } from "@nats-io/transport-node";
 import { type NatsServer, natsAvailable, startNats } from "@stowage/testkit";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { type BatchHandlers, consumeBatches } from "./batch.js";
-import { type Bus, connectBus } from "./connection.js";
+import { type Bus, connectBus, ensureStreams } from "./connection.js";
+import { DEAD_LETTER_STREAM, PoisonMessageError, type PoisonReason } from "./poison.js";
 
 describe.skipIf(!natsAvailable())("consumeBatches (on a real nats-server)", () => {
   let nats: NatsServer;
@@ -161,6 +162,63 @@ describe.skipIf(!natsAvailable())("consumeBatches (on a real nats-server)", () =
       await expect.poll(async () => (await info()).num_ack_pending, { timeout: 3_000 }).toBe(0);
     } finally {
       await stop();
+    }
+  });
+  it("parks a message that fails on every delivery after maxDeliveries, and one that is poison at once, with a dead-letter copy; the others go through (issue 10)", async () => {
+    await ensureStreams(bus.jsm);
+    const parked: { text: string; reason: PoisonReason; deliveries: number }[] = [];
+    let failures = 0;
+    const handlers: BatchHandlers = {
+      batch: async (msgs) => {
+        if (msgs.some((m) => text(m).startsWith("bad"))) throw new Error("one of them is bad");
+      },
+      one: async (msg) => {
+        if (text(msg) === "bad-always") {
+          failures++;
+          throw new Error("fails every time");
+        }
+        if (text(msg) === "bad-undecodable") throw new PoisonMessageError("does not decode");
+      },
+    };
+    const abort = new AbortController();
+    const consumer = await bus.js.consumers.get("BT", name);
+    const done = consumeBatches(consumer, handlers, {
+      signal: abort.signal,
+      retryDelayMs: 50,
+      poison: {
+        consumer: "bt",
+        maxDeliveries: 3,
+        js: bus.js,
+        onParked: ({ msg, reason }) =>
+          parked.push({ text: text(msg), reason, deliveries: msg.info.deliveryCount }),
+      },
+    });
+    try {
+      await Promise.all([
+        bus.js.publish("bt.x", "bad-always"),
+        bus.js.publish("bt.x", "bad-undecodable"),
+        publish(5, "ok"),
+      ]);
+      await expect.poll(() => parked.length, { timeout: 5_000 }).toBe(2);
+      expect(parked.sort((a, b) => a.text.localeCompare(b.text))).toEqual([
+        { text: "bad-always", reason: "failed", deliveries: 3 },
+        { text: "bad-undecodable", reason: "undecodable", deliveries: 1 },
+      ]);
+      expect(failures).toBe(3);
+      // Gone from the work queue, nothing pending, and the copies are in the dead-letter stream.
+      await expect
+        .poll(async () => (await bus.jsm.streams.info("BT")).state.messages, { timeout: 3_000 })
+        .toBe(0);
+      expect((await info()).num_ack_pending).toBe(0);
+      await expect
+        .poll(async () => (await bus.jsm.streams.info(DEAD_LETTER_STREAM)).state.messages, { timeout: 3_000 })
+        .toBe(2);
+      const copy = await bus.jsm.streams.getMessage(DEAD_LETTER_STREAM, { last_by_subj: "stowage.dead.bt" });
+      expect(copy?.header.get("Stowage-Original-Subject")).toBe("bt.x");
+      expect(["failed", "undecodable"]).toContain(copy?.header.get("Stowage-Reason"));
+    } finally {
+      abort.abort();
+      await done;
     }
   });
 });

@@ -1,5 +1,6 @@
 import { setTimeout as delay } from "node:timers/promises";
 import type { Consumer, ConsumerMessages, JsMsg } from "@nats-io/jetstream";
+import { type PoisonPolicy, parkMessage, shouldPark } from "./poison.js";
 
 /** For handlers outside this package, which do not depend on the client themselves. */
 export type { Consumer, JsMsg };
@@ -26,6 +27,11 @@ export interface ConsumeBatchesOptions {
   retryDelayMs?: number;
   /** How often "working" is sent to JetStream for the messages held, so none is redelivered while it waits. */
   progressIntervalMs?: number;
+  /**
+   * Poison messages: a message whose `one` threw a PoisonMessageError, or failed on its `maxDeliveries`-th
+   * delivery, is parked (poison.ts) instead of nak'ed. Without a policy a failing message is retried for ever.
+   */
+  poison?: PoisonPolicy;
 }
 
 /**
@@ -115,6 +121,11 @@ async function handleBatch(
         await handlers.one(msg);
         settle(() => msg.ack());
       } catch (err) {
+        const park = shouldPark(msg, err, opts.poison);
+        if (park && opts.poison) {
+          await parkMessage(msg, opts.poison, park, err);
+          continue;
+        }
         opts.onError?.(err, [msg]);
         settle(() => msg.nak(opts.retryDelayMs ?? 1000));
       }

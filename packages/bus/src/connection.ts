@@ -9,6 +9,7 @@ import {
   StorageType,
 } from "@nats-io/jetstream";
 import { connect, type NatsConnection, nanos } from "@nats-io/transport-node";
+import { DEAD_LETTER_STREAM, DEAD_LETTER_SUBJECTS } from "./poison.js";
 import {
   ALL_RESULTS,
   agentConsumerName,
@@ -77,14 +78,21 @@ export const COMMAND_ACK_WAIT_MS = 60_000;
  */
 export const AGENT_MAX_ACK_PENDING = 64;
 
-async function ensureStream(jsm: JetStreamManager, name: string, subjects: string[]): Promise<void> {
+async function ensureStream(
+  jsm: JetStreamManager,
+  name: string,
+  subjects: string[],
+  limits?: { maxMsgs: number; maxBytes: number },
+): Promise<void> {
   const config = {
     name,
     subjects,
-    retention: RetentionPolicy.Workqueue,
+    // Work queues, but the dead letters: those stay (up to their bounds, the oldest dropped first) to be read.
+    retention: limits ? RetentionPolicy.Limits : RetentionPolicy.Workqueue,
     storage: StorageType.File,
     duplicate_window: nanos(DUPLICATE_WINDOW_MS),
     max_age: nanos(7 * 24 * 3600_000),
+    ...(limits ? { max_msgs: limits.maxMsgs, max_bytes: limits.maxBytes } : {}),
   };
   try {
     await jsm.streams.info(name);
@@ -100,11 +108,22 @@ async function ensureStream(jsm: JetStreamManager, name: string, subjects: strin
   }
 }
 
-/** Creates (or updates) the command and result work-queue streams. Idempotent; any process may call it. */
+/**
+ * Creates (or updates) the command and result work-queue streams, and the dead-letter stream where poison
+ * messages are parked (poison.ts). Idempotent; any process may call it.
+ */
 export async function ensureStreams(jsm: JetStreamManager): Promise<void> {
   await ensureStream(jsm, COMMAND_STREAM, ["stowage.cmd.*"]);
   await ensureStream(jsm, RESULT_STREAM, ["stowage.result.*"]);
+  await ensureStream(jsm, DEAD_LETTER_STREAM, [DEAD_LETTER_SUBJECTS], {
+    maxMsgs: DEAD_LETTER_MAX_MSGS,
+    maxBytes: DEAD_LETTER_MAX_BYTES,
+  });
 }
+
+/** Bounds of the dead-letter stream: enough to see what went wrong, never enough to fill the disk. */
+export const DEAD_LETTER_MAX_MSGS = 10_000;
+export const DEAD_LETTER_MAX_BYTES = 64 * 1024 * 1024;
 
 async function ensureConsumer(
   jsm: JetStreamManager,

@@ -1,5 +1,6 @@
 import { setTimeout as delay } from "node:timers/promises";
 import type { Consumer, JsMsg } from "@nats-io/jetstream";
+import { type PoisonPolicy, parkMessage, shouldPark } from "./poison.js";
 
 export interface ConsumeLoopOptions {
   /** Stops the loop (the current message is finished first). */
@@ -10,6 +11,8 @@ export interface ConsumeLoopOptions {
   retryDelayMs?: number;
   /** Sends "working" to JetStream while the handler runs, so long operations are not redelivered mid-way. */
   progressIntervalMs?: number;
+  /** Poison messages are parked rather than retried for ever (poison.ts; as consumeBatches does). */
+  poison?: PoisonPolicy;
 }
 
 /**
@@ -39,8 +42,12 @@ export async function consumeLoop(
           await handle(msg);
           msg.ack();
         } catch (err) {
-          opts.onError?.(err, msg);
-          msg.nak(opts.retryDelayMs ?? 1000);
+          const park = shouldPark(msg, err, opts.poison);
+          if (park && opts.poison) await parkMessage(msg, opts.poison, park, err);
+          else {
+            opts.onError?.(err, msg);
+            msg.nak(opts.retryDelayMs ?? 1000);
+          }
         } finally {
           clearInterval(timer);
         }
