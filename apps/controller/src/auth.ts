@@ -36,9 +36,12 @@ export function parseTokens(spec: string): Map<string, { name: string; role: Rol
   return out;
 }
 
-/** The role a method needs: reads are for viewers, agents register themselves, the rest needs an operator. */
+/**
+ * The role a method needs: reads are for viewers, agents register themselves, load balancers check health
+ * without a token, the rest needs an operator.
+ */
 function requiredRole(service: string, method: string): Role | null {
-  if (service === "stowage.v1.AgentService") return null;
+  if (service === "stowage.v1.AgentService" || service === "grpc.health.v1.Health") return null;
   if (/^(Get|List|Watch|Explain)/.test(method)) return "viewer";
   if (service === "stowage.v1.HostService" && method === "SetHostSchedulable") return "admin";
   return "operator";

@@ -4,7 +4,7 @@ import { ConnectError, type Interceptor } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { type Bus, connectBus, ensureStreams, pendingCommands } from "@stowage/bus";
 import { CAPABILITIES } from "@stowage/core";
-import { type Database, databaseAnswers, migrate, openDatabase } from "@stowage/store";
+import { type Database, migrate, openDatabase } from "@stowage/store";
 import { createLogger, startOpsServer } from "@stowage/telemetry";
 import { subscribeAgentTraffic } from "./agents.js";
 import { createAuthInterceptor, parseTokens } from "./auth.js";
@@ -19,6 +19,7 @@ import { createControllerMetrics } from "./metrics.js";
 import { reconcileOnce } from "./reconciler.js";
 import { Dispatcher, startRelay } from "./relay.js";
 import { runResultConsumer } from "./results.js";
+import { readiness } from "./routes/health.js";
 import { createRoutes } from "./routes/index.js";
 
 export interface ControllerHandle {
@@ -173,11 +174,7 @@ export async function startController(
     host: mAddr.host,
     port: mAddr.port,
     registry: metrics.registry,
-    ready: async () => {
-      const database = await databaseAnswers(db!.sql);
-      const nats = !bus.nc.isClosed();
-      return { ok: database && nats, detail: { database, nats } };
-    },
+    ready: () => readiness(ctx),
   });
   log.info(
     { grpc: `${host}:${grpcPort}`, metrics: `${mAddr.host}:${ops.port}`, database: db.kind },

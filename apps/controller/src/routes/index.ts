@@ -3,6 +3,7 @@ import {
   AgentService,
   ExportService,
   FindingService,
+  Health,
   HostService,
   MigrationService,
   OperationService,
@@ -15,6 +16,7 @@ import type { ControllerContext } from "../context.js";
 import { agentRoutes } from "./agents.js";
 import { exportRoutes } from "./exports.js";
 import { findingRoutes } from "./findings.js";
+import { healthRoutes } from "./health.js";
 import { hostRoutes } from "./hosts.js";
 import { migrationRoutes } from "./migrations.js";
 import { operationRoutes } from "./operations.js";
@@ -23,7 +25,7 @@ import { poolRoutes } from "./pools.js";
 import { snapshotRoutes } from "./snapshots.js";
 import { volumeRoutes } from "./volumes.js";
 
-/** The public API and the agent protocol: one route module per gRPC service. */
+/** The public API and the agent protocol: one route module per gRPC service, and the gRPC health service. */
 export function createRoutes(ctx: ControllerContext) {
   return (router: ConnectRouter) => {
     router.service(VolumeService, volumeRoutes(ctx));
@@ -36,5 +38,7 @@ export function createRoutes(ctx: ControllerContext) {
     router.service(AgentService, agentRoutes(ctx));
     router.service(ExportService, exportRoutes());
     router.service(MigrationService, migrationRoutes());
+    const services = router.handlers.map((h) => h.service.typeName);
+    router.service(Health, healthRoutes(ctx, [...new Set(services)]));
   };
 }
