@@ -7,7 +7,7 @@ import { CAPABILITIES } from "@stowage/core";
 import { type Database, migrate, openDatabase } from "@stowage/store";
 import { createLogger, startOpsServer } from "@stowage/telemetry";
 import { subscribeAgentTraffic } from "./agents.js";
-import { createAuthInterceptor, parseTokens } from "./auth.js";
+import { createAuthInterceptor, parseTokens, storedTokens } from "./auth.js";
 import { type ControllerConfig, splitHostPort } from "./config.js";
 import type { ControllerContext } from "./context.js";
 import { createErrorInterceptor } from "./errors.js";
@@ -151,7 +151,7 @@ export async function startController(
     interceptors: [
       observe,
       createErrorInterceptor(ctx.log),
-      createAuthInterceptor(parseTokens(config.apiTokens)),
+      createAuthInterceptor(parseTokens(config.apiTokens), storedTokens(db)),
     ],
     grpc: true,
     grpcWeb: false,

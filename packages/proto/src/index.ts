@@ -10,4 +10,5 @@ export * from "./gen/stowage/v1/operation_pb.js";
 export * from "./gen/stowage/v1/placement_pb.js";
 export * from "./gen/stowage/v1/pool_pb.js";
 export * from "./gen/stowage/v1/snapshot_pb.js";
+export * from "./gen/stowage/v1/token_pb.js";
 export * from "./gen/stowage/v1/volume_pb.js";

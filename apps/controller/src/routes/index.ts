@@ -10,6 +10,7 @@ import {
   PlacementService,
   PoolService,
   SnapshotService,
+  TokenService,
   VolumeService,
 } from "@stowage/proto";
 import type { ControllerContext } from "../context.js";
@@ -23,6 +24,7 @@ import { operationRoutes } from "./operations.js";
 import { placementRoutes } from "./placement.js";
 import { poolRoutes } from "./pools.js";
 import { snapshotRoutes } from "./snapshots.js";
+import { tokenRoutes } from "./tokens.js";
 import { volumeRoutes } from "./volumes.js";
 
 /** The public API and the agent protocol: one route module per gRPC service, and the gRPC health service. */
@@ -38,6 +40,7 @@ export function createRoutes(ctx: ControllerContext) {
     router.service(AgentService, agentRoutes(ctx));
     router.service(ExportService, exportRoutes());
     router.service(MigrationService, migrationRoutes());
+    router.service(TokenService, tokenRoutes(ctx));
     const services = router.handlers.map((h) => h.service.typeName);
     router.service(Health, healthRoutes(ctx, [...new Set(services)]));
   };
