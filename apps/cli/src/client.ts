@@ -7,6 +7,7 @@ import {
   PlacementService,
   PoolService,
   SnapshotService,
+  TokenService,
   VolumeService,
 } from "@stowage/proto";
 import { usageError } from "./errors.js";
@@ -22,6 +23,7 @@ export interface Clients {
   readonly operations: Client<typeof OperationService>;
   readonly snapshots: Client<typeof SnapshotService>;
   readonly findings: Client<typeof FindingService>;
+  readonly tokens: Client<typeof TokenService>;
   /** Closes the HTTP/2 connection. */
   close(): void;
 }
@@ -82,6 +84,7 @@ export const createClients: ClientFactory = ({ baseUrl, token }) => {
     operations: createClient(OperationService, transport),
     snapshots: createClient(SnapshotService, transport),
     findings: createClient(FindingService, transport),
+    tokens: createClient(TokenService, transport),
     close: () => sessionManager.abort(),
   };
 };

@@ -8,6 +8,7 @@ import { registerOperationCommands } from "./commands/operation.js";
 import { registerPlacementCommands } from "./commands/placement.js";
 import { registerPoolCommands } from "./commands/pool.js";
 import { registerSnapshotCommands } from "./commands/snapshot.js";
+import { registerTokenCommands } from "./commands/token.js";
 import { registerVolumeCommands } from "./commands/volume.js";
 import { DEFAULT_TIMEOUT, type ProgramDeps } from "./context.js";
 import { EXIT_CODE_HELP, ExitCode, toCliError } from "./errors.js";
@@ -81,6 +82,7 @@ function buildCommand(deps: ProgramDeps): Command {
   registerPlacementCommands(program, act);
   registerOperationCommands(program, act);
   registerFindingCommands(program, act);
+  registerTokenCommands(program, act);
   return program;
 }
 

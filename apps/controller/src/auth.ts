@@ -1,3 +1,4 @@
+import { timingSafeEqual } from "node:crypto";
 import {
   Code,
   ConnectError,
@@ -5,6 +6,7 @@ import {
   type HandlerContext,
   type Interceptor,
 } from "@connectrpc/connect";
+import { hashTokenSecret, type Sql, tokenByHash, touchToken } from "@stowage/store";
 
 type Role = "viewer" | "operator" | "admin";
 
@@ -36,26 +38,111 @@ export function parseTokens(spec: string): Map<string, { name: string; role: Rol
   return out;
 }
 
-/** The role a method needs: reads are for viewers, agents register themselves, the rest needs an operator. */
+/**
+ * The role a method needs: reads are for viewers, agents register themselves, load balancers check health
+ * without a token, the rest needs an operator.
+ */
 function requiredRole(service: string, method: string): Role | null {
-  if (service === "stowage.v1.AgentService") return null;
+  if (service === "stowage.v1.AgentService" || service === "grpc.health.v1.Health") return null;
+  if (service === "stowage.v1.TokenService") return "admin";
   if (/^(Get|List|Watch|Explain)/.test(method)) return "viewer";
   if (service === "stowage.v1.HostService" && method === "SetHostSchedulable") return "admin";
   return "operator";
 }
 
+/** Tokens kept in the database (`stowctl token`), looked up by the SHA-256 of a secret. */
+export interface StoredTokens {
+  /** The live (not revoked, not expired) token whose secret hashes to this, with its stored hash. */
+  byHash(hash: Buffer): Promise<{ id: string; name: string; role: Role; secretHash: Buffer } | undefined>;
+  /** Whether any live token exists (then authentication is on even without STOWAGE_API_TOKENS). */
+  any(): Promise<boolean>;
+  /** Records a use (throttled by the store). */
+  touch(id: string): void;
+  /** SHA-256 of a secret. */
+  hash(secret: string): Buffer;
+}
+
+/** The database's tokens for the interceptor; a failed last_used_at write is only logged at debug. */
+export function storedTokens(db: { sql: Sql }): StoredTokens {
+  return {
+    async byHash(hash) {
+      const row = await tokenByHash(db.sql, hash);
+      if (!row || row.revokedAt || (row.expiresAt && row.expiresAt.getTime() <= Date.now())) return undefined;
+      return row;
+    },
+    async any() {
+      const [r] = await db.sql<{ n: number }[]>`select count(*)::int as n from api_tokens
+        where revoked_at is null and (expires_at is null or expires_at > now())`;
+      return (r?.n ?? 0) > 0;
+    },
+    touch(id) {
+      void touchToken(db.sql, id).catch(() => {});
+    },
+    hash: hashTokenSecret,
+  };
+}
+
+/** How long a looked-up stored token is trusted: a revoke takes effect within this. */
+export const TOKEN_CACHE_MS = 5_000;
+
 /**
  * The authentication seam: without tokens configured (a loopback-only cluster) every caller is an anonymous
- * admin; with tokens, a bearer token is required and its role is checked against the method.
+ * admin; with tokens (STOWAGE_API_TOKENS or any live stored token), a bearer token is required and its role is
+ * checked against the method. Stored tokens are looked up by hash, and each answer is cached for
+ * TOKEN_CACHE_MS.
  */
-export function createAuthInterceptor(tokens: Map<string, { name: string; role: Role }>): Interceptor {
+export function createAuthInterceptor(
+  tokens: Map<string, { name: string; role: Role }>,
+  stored?: StoredTokens,
+  now: () => number = Date.now,
+): Interceptor {
+  const cache = new Map<string, { at: number; who: { name: string; role: Role; id: string } | undefined }>();
+  let anyStored: { at: number; value: boolean } | undefined;
+  const envEntries = [...tokens].map(([secret, who]) => ({ secret: Buffer.from(secret), who }));
+  const fromEnv = (secret: string) => {
+    const given = Buffer.from(secret);
+    let found: { name: string; role: Role } | undefined;
+    // Every entry is compared, in constant time for equal lengths.
+    for (const e of envEntries)
+      if (e.secret.length === given.length && timingSafeEqual(e.secret, given)) found = e.who;
+    return found;
+  };
+  const authOn = async () => {
+    if (tokens.size > 0) return true;
+    if (!stored) return false;
+    const t = now();
+    if (!anyStored || t - anyStored.at >= TOKEN_CACHE_MS) anyStored = { at: t, value: await stored.any() };
+    return anyStored.value;
+  };
+  const fromStore = async (secret: string) => {
+    if (!stored) return undefined;
+    const hash = stored.hash(secret);
+    const key = hash.toString("hex");
+    const t = now();
+    const hit = cache.get(key);
+    if (hit && t - hit.at < TOKEN_CACHE_MS) return hit.who;
+    const row = await stored.byHash(hash);
+    const who =
+      row && row.secretHash.length === hash.length && timingSafeEqual(row.secretHash, hash)
+        ? { id: row.id, name: row.name, role: row.role }
+        : undefined;
+    if (who) stored.touch(who.id);
+    if (cache.size > 10_000) cache.clear();
+    cache.set(key, { at: t, who });
+    return who;
+  };
   return (next) => async (req) => {
-    if (tokens.size === 0) return next(req);
     const need = requiredRole(req.service.typeName, req.method.name);
     if (need === null) return next(req);
+    if (!(await authOn())) return next(req);
     const header = req.header.get("authorization") ?? "";
     const m = /^Bearer\s+(.+)$/i.exec(header);
-    const who = m ? tokens.get(m[1]!.trim()) : undefined;
+    const secret = m ? m[1]!.trim() : "";
+    let who: { name: string; role: Role } | undefined = secret ? fromEnv(secret) : undefined;
+    if (!who && secret) {
+      const s = await fromStore(secret);
+      if (s) who = { name: s.name, role: s.role };
+    }
     if (!who)
       throw new ConnectError(
         "a bearer token is required: pass --token or set STOWAGE_TOKEN",

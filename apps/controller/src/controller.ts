@@ -4,10 +4,10 @@ import { ConnectError, type Interceptor } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { type Bus, connectBus, ensureStreams, pendingCommands } from "@stowage/bus";
 import { CAPABILITIES } from "@stowage/core";
-import { type Database, databaseAnswers, migrate, openDatabase } from "@stowage/store";
+import { type Database, migrate, openDatabase } from "@stowage/store";
 import { createLogger, startOpsServer } from "@stowage/telemetry";
 import { subscribeAgentTraffic } from "./agents.js";
-import { createAuthInterceptor, parseTokens } from "./auth.js";
+import { createAuthInterceptor, parseTokens, storedTokens } from "./auth.js";
 import { type ControllerConfig, splitHostPort } from "./config.js";
 import type { ControllerContext } from "./context.js";
 import { createErrorInterceptor } from "./errors.js";
@@ -19,6 +19,7 @@ import { createControllerMetrics } from "./metrics.js";
 import { reconcileOnce } from "./reconciler.js";
 import { Dispatcher, startRelay } from "./relay.js";
 import { runResultConsumer } from "./results.js";
+import { readiness } from "./routes/health.js";
 import { createRoutes } from "./routes/index.js";
 import { createNulStringInterceptor } from "./validate.js";
 
@@ -151,7 +152,7 @@ export async function startController(
     interceptors: [
       observe,
       createErrorInterceptor(ctx.log),
-      createAuthInterceptor(parseTokens(config.apiTokens)),
+      createAuthInterceptor(parseTokens(config.apiTokens), storedTokens(db)),
       createNulStringInterceptor(),
     ],
     grpc: true,
@@ -175,11 +176,7 @@ export async function startController(
     host: mAddr.host,
     port: mAddr.port,
     registry: metrics.registry,
-    ready: async () => {
-      const database = await databaseAnswers(db!.sql);
-      const nats = !bus.nc.isClosed();
-      return { ok: database && nats, detail: { database, nats } };
-    },
+    ready: () => readiness(ctx),
   });
   log.info(
     { grpc: `${host}:${grpcPort}`, metrics: `${mAddr.host}:${ops.port}`, database: db.kind },

@@ -12,5 +12,6 @@ export * from "./pools.js";
 export * from "./rows.js";
 export * from "./snapshots.js";
 export * from "./telemetry.js";
+export * from "./tokens.js";
 export * from "./volumes.js";
 export * from "./watch.js";

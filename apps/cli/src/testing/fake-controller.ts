@@ -23,6 +23,7 @@ import {
   PoolKind,
   PoolSchema,
   PoolService,
+  TokenService,
   type Volume,
   VolumeFormat,
   VolumeSchema,
@@ -188,6 +189,7 @@ export interface FakeOverrides {
   placement?: Partial<ServiceImpl<typeof PlacementService>>;
   operations?: Partial<ServiceImpl<typeof OperationService>>;
   findings?: Partial<ServiceImpl<typeof FindingService>>;
+  tokens?: Partial<ServiceImpl<typeof TokenService>>;
 }
 
 export interface FakeController {
@@ -203,6 +205,8 @@ function notFound(what: string): never {
 }
 
 const defaults: Required<FakeOverrides> = {
+  // Token tests pass their own implementations.
+  tokens: {},
   hosts: {
     listHosts: () => ({ hosts: HOSTS }),
     getHost: (req) => ({ host: HOSTS.find((h) => h.id === req.hostId) ?? notFound(`host ${req.hostId}`) }),
@@ -306,6 +310,7 @@ export async function startFakeController(overrides: FakeOverrides = {}): Promis
       router.service(PlacementService, recorded(calls, { ...defaults.placement, ...overrides.placement }));
       router.service(OperationService, recorded(calls, { ...defaults.operations, ...overrides.operations }));
       router.service(FindingService, recorded(calls, { ...defaults.findings, ...overrides.findings }));
+      router.service(TokenService, recorded(calls, { ...defaults.tokens, ...overrides.tokens }));
     },
   });
   const server = http2.createServer(handler);

@@ -3,27 +3,31 @@ import {
   AgentService,
   ExportService,
   FindingService,
+  Health,
   HostService,
   MigrationService,
   OperationService,
   PlacementService,
   PoolService,
   SnapshotService,
+  TokenService,
   VolumeService,
 } from "@stowage/proto";
 import type { ControllerContext } from "../context.js";
 import { agentRoutes } from "./agents.js";
 import { exportRoutes } from "./exports.js";
 import { findingRoutes } from "./findings.js";
+import { healthRoutes } from "./health.js";
 import { hostRoutes } from "./hosts.js";
 import { migrationRoutes } from "./migrations.js";
 import { operationRoutes } from "./operations.js";
 import { placementRoutes } from "./placement.js";
 import { poolRoutes } from "./pools.js";
 import { snapshotRoutes } from "./snapshots.js";
+import { tokenRoutes } from "./tokens.js";
 import { volumeRoutes } from "./volumes.js";
 
-/** The public API and the agent protocol: one route module per gRPC service. */
+/** The public API and the agent protocol: one route module per gRPC service, and the gRPC health service. */
 export function createRoutes(ctx: ControllerContext) {
   return (router: ConnectRouter) => {
     router.service(VolumeService, volumeRoutes(ctx));
@@ -36,5 +40,8 @@ export function createRoutes(ctx: ControllerContext) {
     router.service(AgentService, agentRoutes(ctx));
     router.service(ExportService, exportRoutes());
     router.service(MigrationService, migrationRoutes());
+    router.service(TokenService, tokenRoutes(ctx));
+    const services = router.handlers.map((h) => h.service.typeName);
+    router.service(Health, healthRoutes(ctx, [...new Set(services)]));
   };
 }

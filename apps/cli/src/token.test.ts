@@ -1,0 +1,83 @@
+import { create } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { TokenRole, TokenSchema } from "@stowage/proto";
+import { afterEach, describe, expect, it } from "vitest";
+import { createProgram } from "./program.js";
+import {
+  type FakeController,
+  type FakeOverrides,
+  NOW,
+  startFakeController,
+} from "./testing/fake-controller.js";
+
+let fake: FakeController | undefined;
+afterEach(async () => {
+  await fake?.close();
+  fake = undefined;
+});
+
+async function stowctl(args: string[]) {
+  const out: string[] = [];
+  const err: string[] = [];
+  const program = createProgram({
+    out: { write: (s: string) => out.push(s) },
+    err: { write: (s: string) => err.push(s) },
+    env: { STOWAGE_SERVER: fake?.url, STOWAGE_TOKEN: "adm" },
+    now: () => NOW,
+    pollIntervalMs: 20,
+  });
+  const code = await program.run(args);
+  return { code, stdout: out.join(""), stderr: err.join("") };
+}
+
+const SECRET = `stw_${"ab".repeat(32)}`;
+const TOKEN = create(TokenSchema, {
+  id: "tok-0192f7c4e5a87b3c9d1e2f3a4b5c6d7e",
+  name: "ci",
+  role: TokenRole.OPERATOR,
+  createdBy: "root",
+  createdAt: timestampFromDate(new Date(NOW.getTime() - 60_000)),
+});
+const tokens: FakeOverrides["tokens"] = {
+  createToken: async (req) => ({ token: { ...TOKEN, name: req.name, role: req.role }, secret: SECRET }),
+  listTokens: async () => ({ tokens: [TOKEN] }),
+  revokeToken: async () => ({ token: { ...TOKEN, revokedAt: timestampFromDate(NOW) } }),
+};
+
+describe("token", () => {
+  it("creates a token, sends name, role and ttl, and prints the secret once", async () => {
+    fake = await startFakeController({ tokens });
+    const r = await stowctl(["token", "create", "--name", "ci", "--role", "operator", "--ttl", "24h"]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toBe(`${SECRET}\n`);
+    expect(r.stderr).toContain("shown only now");
+    const [req] = fake.requests<{ name: string; role: number; ttl: { seconds: bigint } }>("createToken");
+    expect(req).toMatchObject({ name: "ci", role: TokenRole.OPERATOR, ttl: { seconds: 86_400n } });
+    expect(fake.calls[0]!.authorization).toBe("Bearer adm");
+    const json = await stowctl(["token", "create", "--name", "ci", "--role", "viewer", "-o", "json"]);
+    expect(JSON.parse(json.stdout)).toMatchObject({ secret: SECRET, token: { name: "ci", role: "viewer" } });
+  });
+
+  it("lists tokens without secrets and revokes by name", async () => {
+    fake = await startFakeController({ tokens });
+    const list = await stowctl(["token", "list"]);
+    expect(list.code).toBe(0);
+    expect(list.stdout).toMatch(/NAME\s+ID\s+ROLE/);
+    expect(list.stdout).toContain("ci");
+    expect(list.stdout).not.toContain("stw_");
+    const rev = await stowctl(["token", "revoke", "ci"]);
+    expect(rev.code).toBe(0);
+    expect(rev.stderr).toContain("revoked");
+    expect(fake.requests("revokeToken")).toEqual([expect.objectContaining({ token: "ci" })]);
+  });
+
+  it("refuses bad flags before calling the controller", async () => {
+    fake = await startFakeController({ tokens });
+    expect((await stowctl(["token", "create", "--name", "ci", "--role", "root"])).code).toBe(2);
+    expect(
+      (await stowctl(["token", "create", "--name", "ci", "--role", "viewer", "--ttl", "soon"])).code,
+    ).toBe(2);
+    expect((await stowctl(["token", "create", "--name", "Bad Name", "--role", "viewer"])).code).toBe(2);
+    expect(fake.calls).toEqual([]);
+  });
+});

@@ -1,0 +1,125 @@
+import { create } from "@bufbuild/protobuf";
+import { type Timestamp, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
+import { type Token, TokenRole, TokenSchema, type TokenService } from "@stowage/proto";
+import {
+  findToken,
+  hashTokenSecret,
+  insertToken,
+  listTokens,
+  newTokenSecret,
+  revokeToken,
+  type TokenRole as StoreRole,
+  type TokenRow,
+  writeAudit,
+} from "@stowage/store";
+import { actorOf } from "../auth.js";
+import type { ControllerContext } from "../context.js";
+
+const NAME = /^[a-z][a-z0-9-]{0,62}$/;
+/** The longest time to live: ten years. */
+const MAX_TTL_S = 10n * 366n * 24n * 3600n;
+const ROLES: Record<number, StoreRole> = {
+  [TokenRole.VIEWER]: "viewer",
+  [TokenRole.OPERATOR]: "operator",
+  [TokenRole.ADMIN]: "admin",
+};
+const WIRE_ROLE: Record<StoreRole, TokenRole> = {
+  viewer: TokenRole.VIEWER,
+  operator: TokenRole.OPERATOR,
+  admin: TokenRole.ADMIN,
+};
+
+const ts = (d: Date | null): Timestamp | undefined => (d ? timestampFromDate(d) : undefined);
+
+/** A token as the API shows it: never its secret or hash. */
+export function tokenToWire(t: TokenRow): Token {
+  return create(TokenSchema, {
+    id: t.id,
+    name: t.name,
+    role: WIRE_ROLE[t.role],
+    createdBy: t.createdBy,
+    createdAt: ts(t.createdAt),
+    expiresAt: ts(t.expiresAt),
+    revokedAt: ts(t.revokedAt),
+    lastUsedAt: ts(t.lastUsedAt),
+  });
+}
+
+const invalid = (msg: string) => new ConnectError(msg, Code.InvalidArgument);
+
+/** API tokens stored hashed (admin only, auth.ts); every create and revoke is audited, without the secret. */
+export function tokenRoutes(ctx: ControllerContext): ServiceImpl<typeof TokenService> {
+  return {
+    async createToken(req, hc) {
+      if (!NAME.test(req.name))
+        throw invalid(
+          `token name ${JSON.stringify(req.name.slice(0, 80))} is not 1 to 63 lowercase letters, digits and '-', starting with a letter`,
+        );
+      const role = ROLES[req.role];
+      if (!role) throw invalid("role must be viewer, operator or admin");
+      let ttlMs: number | undefined;
+      if (req.ttl) {
+        const { seconds, nanos } = req.ttl;
+        if (seconds < 0n || nanos < 0 || (seconds === 0n && nanos > 0))
+          throw invalid("ttl must be positive (at least 1 s), or unset for a token that never expires");
+        if (seconds > MAX_TTL_S) throw invalid("ttl is longer than ten years");
+        if (seconds > 0n) ttlMs = Number(seconds) * 1000 + Math.floor(nanos / 1e6);
+      }
+      const actor = actorOf(hc);
+      const secret = newTokenSecret();
+      const row = await ctx.sql.begin(async (tx) => {
+        const created = await insertToken(tx, {
+          name: req.name,
+          role,
+          createdBy: actor,
+          secretHash: hashTokenSecret(secret),
+          ...(ttlMs ? { ttlMs } : {}),
+        });
+        if (!created)
+          throw new ConnectError(
+            `a live token is already named ${req.name}: revoke it first (\`stowctl token revoke ${req.name}\`) or pick another name`,
+            Code.AlreadyExists,
+          );
+        await writeAudit(tx, {
+          actor,
+          action: "CreateToken",
+          target: created.id,
+          request: { name: req.name, role, ttlSeconds: ttlMs ? Math.round(ttlMs / 1000) : 0 },
+          outcome: "ok",
+        });
+        return created;
+      });
+      ctx.log.info({ actor, token: row.id, name: row.name, role }, "api token created");
+      return { token: tokenToWire(row), secret };
+    },
+    async listTokens(req) {
+      return { tokens: (await listTokens(ctx.sql, req.includeInactive)).map(tokenToWire) };
+    },
+    async revokeToken(req, hc) {
+      const ref = req.token;
+      if (!NAME.test(ref) && !/^tok-[0-9a-f]{32}$/.test(ref))
+        throw invalid(`${JSON.stringify(ref.slice(0, 80))} is neither a token name nor a token id (tok-...)`);
+      const actor = actorOf(hc);
+      const row = await ctx.sql.begin(async (tx) => {
+        const found = await findToken(tx, ref);
+        if (!found)
+          throw new ConnectError(
+            `no live token is named or has the id ${ref}: list them with \`stowctl token list\``,
+            Code.NotFound,
+          );
+        const revoked = (await revokeToken(tx, found.id))!;
+        await writeAudit(tx, {
+          actor,
+          action: "RevokeToken",
+          target: found.id,
+          request: { token: ref },
+          outcome: "ok",
+        });
+        return revoked;
+      });
+      ctx.log.info({ actor, token: row.id, name: row.name }, "api token revoked");
+      return { token: tokenToWire(row) };
+    },
+  };
+}

@@ -1,0 +1,154 @@
+import { Writable } from "node:stream";
+import { Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
+import { TokenRole, TokenService, VolumeService } from "@stowage/proto";
+import pino from "pino";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { createAuthInterceptor, parseTokens, storedTokens } from "./auth.js";
+import type { ControllerContext } from "./context.js";
+import { tokenRoutes } from "./routes/tokens.js";
+import { volumeRoutes } from "./routes/volumes.js";
+import { countRows, openServiceFixture, type ServiceFixture } from "./testing/service-fixture.js";
+
+const text = (v: unknown) => JSON.stringify(v, (_k, x) => (typeof x === "bigint" ? String(x) : x));
+
+describe("API tokens stored hashed", () => {
+  let f: ServiceFixture;
+  let logLines: string[];
+  let clock: number;
+  const client = (token?: string) => {
+    const transport = createRouterTransport(
+      (router) => {
+        router.service(TokenService, tokenRoutes(f.ctx));
+        router.service(VolumeService, volumeRoutes(f.ctx));
+      },
+      {
+        router: {
+          interceptors: [
+            createAuthInterceptor(
+              parseTokens("root:admin:env-admin-token"),
+              storedTokens(f.ctx),
+              () => clock,
+            ),
+          ],
+        },
+        transport: {
+          interceptors: token
+            ? [
+                (next) => (req) => {
+                  req.header.set("authorization", `Bearer ${token}`);
+                  return next(req);
+                },
+              ]
+            : [],
+        },
+      },
+    );
+    return { tokens: createClient(TokenService, transport), volumes: createClient(VolumeService, transport) };
+  };
+
+  beforeEach(async () => {
+    f = await openServiceFixture();
+    logLines = [];
+    clock = 1_000_000;
+    const sink = new Writable({
+      write(chunk, _enc, cb) {
+        logLines.push(String(chunk));
+        cb();
+      },
+    });
+    (f.ctx as { log: ControllerContext["log"] }).log = pino({ level: "debug" }, sink) as never;
+  });
+  afterEach(async () => f.close());
+
+  it("creates a token whose secret works once shown, lists it without secrets, and audits without the secret", async () => {
+    const admin = client("env-admin-token");
+    const res = await admin.tokens.createToken({
+      name: "ci",
+      role: TokenRole.OPERATOR,
+      ttl: { seconds: 86_400n, nanos: 0 },
+    });
+    expect(res.secret).toMatch(/^stw_[0-9a-f]{64}$/);
+    expect(res.token).toMatchObject({ name: "ci", role: TokenRole.OPERATOR, createdBy: "root" });
+    expect(res.token!.expiresAt).toBeDefined();
+
+    // The secret is nowhere but in that answer: not in the table, the audit row or a log line.
+    const [stored] = await f.sql<{ h: string }[]>`select encode(secret_sha256, 'hex') as h from api_tokens`;
+    expect(stored!.h).toHaveLength(64);
+    expect(text(await f.sql`select * from api_tokens`)).not.toContain(res.secret.slice(4));
+    const audit = await f.sql`select * from audit_log`;
+    expect(audit.map((a) => [a.actor, a.action, a.target])).toEqual([["root", "CreateToken", res.token!.id]]);
+    expect(text(audit)).not.toContain(res.secret.slice(4));
+    expect(logLines.join("")).toContain("api token created");
+    expect(logLines.join("")).not.toContain(res.secret.slice(4));
+
+    const list = await admin.tokens.listTokens({});
+    expect(list.tokens.map((t) => t.name)).toEqual(["ci"]);
+    expect(text(list)).not.toContain(res.secret.slice(4));
+
+    // The new token authenticates as an operator: reads work, token management does not.
+    const ci = client(res.secret);
+    await expect(ci.volumes.listVolumes({})).resolves.toBeDefined();
+    await expect(ci.tokens.listTokens({})).rejects.toMatchObject({ code: Code.PermissionDenied });
+    const [used] = await f.sql<{ lastUsedAt: Date | null }[]>`select last_used_at from api_tokens`;
+    expect(used!.lastUsedAt).not.toBeNull();
+    await expect(client("stw_nope").volumes.listVolumes({})).rejects.toMatchObject({
+      code: Code.Unauthenticated,
+    });
+  });
+
+  it("a revoke takes effect once the cache expires, and is audited", async () => {
+    const admin = client("env-admin-token");
+    const { secret, token } = await admin.tokens.createToken({ name: "temp", role: TokenRole.VIEWER });
+    const temp = client(secret);
+    await temp.volumes.listVolumes({});
+    const revoked = await admin.tokens.revokeToken({ token: "temp" });
+    expect(revoked.token!.revokedAt).toBeDefined();
+    // Cached for up to 5 s...
+    await expect(temp.volumes.listVolumes({})).resolves.toBeDefined();
+    clock += 5_000;
+    await expect(temp.volumes.listVolumes({})).rejects.toMatchObject({ code: Code.Unauthenticated });
+    const audit = await f.sql`select actor, action, target from audit_log order by id`;
+    expect(audit.map((a) => a.action)).toEqual(["CreateToken", "RevokeToken"]);
+    expect(audit[1]!.target).toBe(token!.id);
+    expect(text(audit)).not.toContain(secret.slice(4));
+    expect((await admin.tokens.listTokens({})).tokens).toEqual([]);
+    expect((await admin.tokens.listTokens({ includeInactive: true })).tokens).toHaveLength(1);
+    // The name can be used again.
+    await admin.tokens.createToken({ name: "temp", role: TokenRole.VIEWER });
+  });
+
+  it("refuses bad input at the edge, before anything is written", async () => {
+    const admin = client("env-admin-token");
+    const bad = [
+      { name: "", role: TokenRole.VIEWER },
+      { name: "Bad Name", role: TokenRole.VIEWER },
+      { name: "x".repeat(64), role: TokenRole.VIEWER },
+      { name: "ok", role: TokenRole.UNSPECIFIED },
+      { name: "ok", role: 42 as TokenRole },
+      { name: "ok", role: TokenRole.VIEWER, ttl: { seconds: -1n, nanos: 0 } },
+      { name: "ok", role: TokenRole.VIEWER, ttl: { seconds: 10n ** 12n, nanos: 0 } },
+    ];
+    for (const req of bad)
+      await expect(admin.tokens.createToken(req)).rejects.toMatchObject({ code: Code.InvalidArgument });
+    await expect(admin.tokens.revokeToken({ token: "../x" })).rejects.toMatchObject({
+      code: Code.InvalidArgument,
+    });
+    await expect(admin.tokens.revokeToken({ token: "absent" })).rejects.toMatchObject({
+      code: Code.NotFound,
+    });
+    await admin.tokens.createToken({ name: "dup", role: TokenRole.ADMIN });
+    await expect(admin.tokens.createToken({ name: "dup", role: TokenRole.ADMIN })).rejects.toMatchObject({
+      code: Code.AlreadyExists,
+    });
+    const [n] = await f.sql<{ n: number }[]>`select count(*)::int as n from api_tokens`;
+    expect(n!.n).toBe(1);
+    expect(await countRows(f.sql, "audit_log")).toBe(1);
+  });
+
+  it("needs the admin role for every token method; a stored admin token can manage tokens", async () => {
+    await expect(client().tokens.listTokens({})).rejects.toBeInstanceOf(ConnectError);
+    const admin = client("env-admin-token");
+    const { secret } = await admin.tokens.createToken({ name: "boss", role: TokenRole.ADMIN });
+    await expect(client(secret).tokens.listTokens({})).resolves.toBeDefined();
+  });
+});
