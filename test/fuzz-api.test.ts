@@ -87,6 +87,17 @@ interface Outcome {
   ms: number;
 }
 
+/**
+ * The fuzz calls as an admin: the fuzz of TokenService creates tokens, and a live stored token turns
+ * authentication on (docs/operating.md), so the controller runs with one configured token from the start.
+ */
+const ADMIN_SECRET = "fuzz-admin-secret-0123456789abcdef";
+const authed = () => {
+  const md = new grpc.Metadata();
+  md.set("authorization", `Bearer ${ADMIN_SECRET}`);
+  return md;
+};
+
 function callRaw(client: grpc.Client, m: FuzzMethod, body: Uint8Array): Promise<Outcome> {
   const t0 = Date.now();
   const identity = (b: Buffer) => b;
@@ -98,7 +109,7 @@ function callRaw(client: grpc.Client, m: FuzzMethod, body: Uint8Array): Promise<
         identity,
         identity,
         Buffer.from(body),
-        new grpc.Metadata(),
+        authed(),
         { deadline },
         (err, res) =>
           resolve(
@@ -111,16 +122,9 @@ function callRaw(client: grpc.Client, m: FuzzMethod, body: Uint8Array): Promise<
     }
     let cancelled = false;
     let received = 0;
-    const call = client.makeServerStreamRequest(
-      m.path,
-      identity,
-      identity,
-      Buffer.from(body),
-      new grpc.Metadata(),
-      {
-        deadline,
-      },
-    );
+    const call = client.makeServerStreamRequest(m.path, identity, identity, Buffer.from(body), authed(), {
+      deadline,
+    });
     call.on("data", () => {
       received++;
     });
@@ -195,6 +199,7 @@ describe.skipIf(why !== "")(`API fuzzing, seed ${SEED} (STOWAGE_FUZZ_SEED=${SEED
         reservationTtlMs: 15 * 60_000,
         resendAfterMs: 5 * 60_000,
         logLevel: "error",
+        apiTokens: `fuzz:admin:${ADMIN_SECRET}`,
       },
     );
     handle = await startController(config);
@@ -204,7 +209,15 @@ describe.skipIf(why !== "")(`API fuzzing, seed ${SEED} (STOWAGE_FUZZ_SEED=${SEED
     client = new grpc.Client(address, grpc.credentials.createInsecure());
 
     // Seed: a host with a pool, an available volume with a snapshot, so mutations reach past "not found".
-    const transport = createGrpcTransport({ baseUrl: `http://${address}` });
+    const transport = createGrpcTransport({
+      baseUrl: `http://${address}`,
+      interceptors: [
+        (next) => (req) => {
+          req.header.set("authorization", `Bearer ${ADMIN_SECRET}`);
+          return next(req);
+        },
+      ],
+    });
     const agent = createClient(AgentService, transport);
     await agent.registerAgent({
       host: {
@@ -323,6 +336,7 @@ describe.skipIf(why !== "")(`API fuzzing, seed ${SEED} (STOWAGE_FUZZ_SEED=${SEED
   it("enumerates every service of proto/stowage/v1 from the descriptors", () => {
     const services = new Set(methods.map((m) => m.service.typeName));
     expect([...services].sort()).toEqual([
+      "grpc.health.v1.Health",
       "stowage.v1.AgentService",
       "stowage.v1.ExportService",
       "stowage.v1.FindingService",
@@ -332,6 +346,7 @@ describe.skipIf(why !== "")(`API fuzzing, seed ${SEED} (STOWAGE_FUZZ_SEED=${SEED
       "stowage.v1.PlacementService",
       "stowage.v1.PoolService",
       "stowage.v1.SnapshotService",
+      "stowage.v1.TokenService",
       "stowage.v1.VolumeService",
     ]);
     expect(methods.length).toBeGreaterThanOrEqual(38);

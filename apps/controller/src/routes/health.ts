@@ -44,7 +44,7 @@ export function healthRoutes(
     async check(req) {
       const s = await status(req.service);
       if (s === Status.SERVICE_UNKNOWN)
-        throw new ConnectError(`unknown service ${JSON.stringify(req.service)}`, Code.NotFound);
+        throw new ConnectError(`unknown service ${JSON.stringify(req.service.slice(0, 200))}`, Code.NotFound);
       return { status: s };
     },
     async *watch(req, hc) {
