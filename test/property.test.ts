@@ -5,6 +5,7 @@ import { type Database, openDatabase } from "@stowage/store";
 import { natsAvailable, postgresAvailable } from "@stowage/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Cluster, startCluster } from "./support/cluster.js";
+import { rng } from "./support/fuzz.js";
 import { artefactProblems, ledgerProblems, waitQuiet } from "./support/invariants.js";
 
 /**
@@ -33,23 +34,6 @@ const why = !postgresAvailable()
     ? "no nats-server on PATH (or STOWAGE_NATS_SERVER)"
     : "";
 
-/** mulberry32: a small seeded PRNG, so a failing run can be replayed. */
-function prng(seed: number) {
-  let a = seed >>> 0;
-  const next = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-  return {
-    next,
-    int: (lo: number, hi: number) => lo + Math.floor(next() * (hi - lo + 1)),
-    pick: <T>(xs: readonly T[]): T => xs[Math.floor(next() * xs.length)]!,
-  };
-}
-
 /** The refusals a random sequence runs into by design (busy volume, snapshot in use, ...): not failures. */
 const EXPECTED = new Set([
   Code.FailedPrecondition,
@@ -64,7 +48,7 @@ const EXPECTED = new Set([
 describe.skipIf(why !== "")(`the property test${why ? ` - skipped: ${why}` : ""}`, () => {
   let c: Cluster;
   let db: Database;
-  const rand = prng(SEED);
+  const rand = rng(SEED);
   const tally: Record<string, number> = {};
   /** While a crash is under way, calls cut by it are what a crash does to a client, not failures. */
   let crashing = false;
