@@ -22,7 +22,7 @@ import {
 import type { Logger } from "@stowage/telemetry";
 
 /** How long PostgreSQL's change notifications are gathered before the pools they name are re-read. */
-export const NOTIFY_COALESCE_MS = 100;
+export const NOTIFY_COALESCE_MS = 25;
 
 /**
  * The scheduler's columns kept alive between decisions (docs/architecture.md, "Placement from memory"). A
