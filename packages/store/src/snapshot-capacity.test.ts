@@ -309,7 +309,8 @@ describe.each(backends)("migration 0009 on %s", (_name, makeBackend) => {
   it("holds the snapshots made before it by their kind's rule, and the bases of dir snapshots with clones", async () => {
     const all = loadMigrations();
     const before = all.filter((m) => m.version < 9);
-    expect(before.length).toBe(all.length - 1);
+    // 0009 is applied over the data made before it (with whatever came after it).
+    expect(all.some((m) => m.version === 9)).toBe(true);
     await migrate(db.sql, before);
     await upsertHost(db.sql, hostRegistration("h1"));
     await applyPoolReports(db.sql, "h1", [
