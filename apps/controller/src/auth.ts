@@ -44,9 +44,10 @@ export function parseTokens(spec: string): Map<string, { name: string; role: Rol
  */
 function requiredRole(service: string, method: string): Role | null {
   if (service === "stowage.v1.AgentService" || service === "grpc.health.v1.Health") return null;
-  if (service === "stowage.v1.TokenService") return "admin";
+  if (service === "stowage.v1.TokenService" || service === "stowage.v1.AuditService") return "admin";
   if (/^(Get|List|Watch|Explain)/.test(method)) return "viewer";
-  if (service === "stowage.v1.HostService" && method === "SetHostSchedulable") return "admin";
+  if (service === "stowage.v1.HostService" && (method === "SetHostSchedulable" || method === "RevokeHost"))
+    return "admin";
   return "operator";
 }
 

@@ -5,6 +5,7 @@ import type { ControllerContext } from "../context.js";
 import { hostToWire } from "../convert.js";
 import { describeHost, listHostsPage, setHostSchedulable } from "../host-service.js";
 import { paged } from "./paging.js";
+import { notYet } from "./unimplemented.js";
 
 const STATES: Partial<Record<HostState, "up" | "down">> = { [HostState.UP]: "up", [HostState.DOWN]: "down" };
 
@@ -25,6 +26,7 @@ export function hostRoutes(ctx: ControllerContext): ServiceImpl<typeof HostServi
       const h = await describeHost(ctx, req.hostId);
       return { host: hostToWire(h.host, h.counts) };
     },
+    revokeHost: notYet("RevokeHost"),
     async setHostSchedulable(req, hc) {
       return { host: hostToWire(await setHostSchedulable(ctx, req, actorOf(hc))) };
     },

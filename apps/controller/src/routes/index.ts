@@ -1,6 +1,7 @@
 import type { ConnectRouter } from "@connectrpc/connect";
 import {
   AgentService,
+  AuditService,
   ExportService,
   FindingService,
   Health,
@@ -25,6 +26,7 @@ import { placementRoutes } from "./placement.js";
 import { poolRoutes } from "./pools.js";
 import { snapshotRoutes } from "./snapshots.js";
 import { tokenRoutes } from "./tokens.js";
+import { notYet } from "./unimplemented.js";
 import { volumeRoutes } from "./volumes.js";
 
 /** The public API and the agent protocol: one route module per gRPC service, and the gRPC health service. */
@@ -41,6 +43,7 @@ export function createRoutes(ctx: ControllerContext) {
     router.service(ExportService, exportRoutes());
     router.service(MigrationService, migrationRoutes());
     router.service(TokenService, tokenRoutes(ctx));
+    router.service(AuditService, { listAuditEvents: notYet("ListAuditEvents") });
     const services = router.handlers.map((h) => h.service.typeName);
     router.service(Health, healthRoutes(ctx, [...new Set(services)]));
   };

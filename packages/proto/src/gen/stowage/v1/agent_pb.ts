@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file stowage/v1/agent.proto.
  */
 export const file_stowage_v1_agent: GenFile = /*@__PURE__*/
-  fileDesc("ChZzdG93YWdlL3YxL2FnZW50LnByb3RvEgpzdG93YWdlLnYxIqICCghIb3N0SW5mbxIMCgRuYW1lGAEgASgJEgwKBHpvbmUYAiABKAkSMAoGbGFiZWxzGAMgAygLMiAuc3Rvd2FnZS52MS5Ib3N0SW5mby5MYWJlbHNFbnRyeRIoCgpudW1hX25vZGVzGAQgAygLMhQuc3Rvd2FnZS52MS5OdW1hTm9kZRIRCgljcHVfY291bnQYBSABKA0SFAoMbWVtb3J5X2J5dGVzGAYgASgEEhUKDWFnZW50X3ZlcnNpb24YByABKAkSFgoOaW5pdGlhdG9yX25hbWUYCCABKAkSFwoPbWV0cmljc19hZGRyZXNzGAkgASgJGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEixgQKClBvb2xSZXBvcnQSDAoEbmFtZRgBIAEoCRIiCgRraW5kGAIgASgOMhQuc3Rvd2FnZS52MS5Qb29sS2luZBIWCgludW1hX25vZGUYAyABKA1IAIgBARIPCgdoZWFsdGh5GAQgASgIEhYKDmhlYWx0aF9tZXNzYWdlGAUgASgJEhMKC3RvdGFsX2J5dGVzGAYgASgEEhIKCnVzZWRfYnl0ZXMYByABKAQSEgoKZnJlZV9ieXRlcxgIIAEoBBIZChFwcm92aXNpb25lZF9ieXRlcxgJIAEoBBIZCgxkYXRhX3BlcmNlbnQYCiABKAFIAYgBARIdChBtZXRhZGF0YV9wZXJjZW50GAsgASgBSAKIAQESKQoHZm9ybWF0cxgMIAMoDjIYLnN0b3dhZ2UudjEuVm9sdW1lRm9ybWF0EjIKBmxhYmVscxgNIAMoCzIiLnN0b3dhZ2UudjEuUG9vbFJlcG9ydC5MYWJlbHNFbnRyeRIYChBvdmVyY29tbWl0X3JhdGlvGA4gASgBEg4KBnNoYXJlZBgPIAEoCBIYChByZXNlcnZlZF9wZXJjZW50GBAgASgBEhMKC21heF92b2x1bWVzGBEgASgNEhgKEG1heF91c2VkX3BlcmNlbnQYEiABKAEaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIMCgpfbnVtYV9ub2RlQg8KDV9kYXRhX3BlcmNlbnRCEwoRX21ldGFkYXRhX3BlcmNlbnQisQEKDlZvbHVtZUFydGlmYWN0EhEKCXZvbHVtZV9pZBgBIAEoCRIRCglwb29sX25hbWUYAiABKAkSEgoKc2l6ZV9ieXRlcxgDIAEoBBIoCgZmb3JtYXQYBCABKA4yGC5zdG93YWdlLnYxLlZvbHVtZUZvcm1hdBIXCg9hbGxvY2F0ZWRfYnl0ZXMYBSABKAQSDAoEcGF0aBgGIAEoCRIUCgxvcGVyYXRpb25faWQYByABKAkijAEKFFJlZ2lzdGVyQWdlbnRSZXF1ZXN0EiIKBGhvc3QYASABKAsyFC5zdG93YWdlLnYxLkhvc3RJbmZvEiUKBXBvb2xzGAIgAygLMhYuc3Rvd2FnZS52MS5Qb29sUmVwb3J0EhIKCmpvaW5fdG9rZW4YAyABKAkSFQoNcHJvY2Vzc19zdGFydBgEIAEoCCLgAQoVUmVnaXN0ZXJBZ2VudFJlc3BvbnNlEg8KB2hvc3RfaWQYASABKAkSFwoPY29tbWFuZF9zdWJqZWN0GAIgASgJEhYKDmNvbW1hbmRfc3RyZWFtGAMgASgJEhgKEGNvbW1hbmRfY29uc3VtZXIYBCABKAkSFgoOcmVzdWx0X3N1YmplY3QYBSABKAkSGQoRaW52ZW50b3J5X3N1YmplY3QYBiABKAkSGQoRaGVhcnRiZWF0X3N1YmplY3QYByABKAkSHQoVaGVhcnRiZWF0X2ludGVydmFsX21zGAggASgNIpQCCglJbnZlbnRvcnkSDwoHaG9zdF9pZBgBIAEoCRIQCghzZXF1ZW5jZRgCIAEoBBImCgJhdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASIgoEaG9zdBgEIAEoCzIULnN0b3dhZ2UudjEuSG9zdEluZm8SJQoFcG9vbHMYBSADKAsyFi5zdG93YWdlLnYxLlBvb2xSZXBvcnQSKwoHdm9sdW1lcxgGIAMoCzIaLnN0b3dhZ2UudjEuVm9sdW1lQXJ0aWZhY3QSGQoRZm9yZWlnbl9hcnRpZmFjdHMYByADKAkSDQoFZGVsdGEYCCABKAgSGgoScmVtb3ZlZF92b2x1bWVfaWRzGAkgAygJIoMBCglIZWFydGJlYXQSDwoHaG9zdF9pZBgBIAEoCRIQCghzZXF1ZW5jZRgCIAEoBBImCgJhdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGgoScnVubmluZ19vcGVyYXRpb25zGAQgASgNEg8KB2Jvb3RfaWQYBSABKAkijwEKE0NyZWF0ZVZvbHVtZUNvbW1hbmQSEQoJdm9sdW1lX2lkGAEgASgJEhIKCnNpemVfYnl0ZXMYAiABKAQSKAoGZm9ybWF0GAMgASgOMhguc3Rvd2FnZS52MS5Wb2x1bWVGb3JtYXQSJwoFcWNvdzIYBCABKAsyGC5zdG93YWdlLnYxLlFjb3cyT3B0aW9ucyJMChNEZWxldGVWb2x1bWVDb21tYW5kEhEKCXZvbHVtZV9pZBgBIAEoCRIiCgR3aXBlGAIgASgOMhQuc3Rvd2FnZS52MS5XaXBlTW9kZSJWChNSZXNpemVWb2x1bWVDb21tYW5kEhEKCXZvbHVtZV9pZBgBIAEoCRIWCg5uZXdfc2l6ZV9ieXRlcxgCIAEoBBIUCgxhbGxvd19zaHJpbmsYAyABKAgirAEKEkNsb25lVm9sdW1lQ29tbWFuZBIRCgl2b2x1bWVfaWQYASABKAkSGAoQc291cmNlX3ZvbHVtZV9pZBgCIAEoCRIaChJzb3VyY2Vfc25hcHNob3RfaWQYAyABKAkSEgoKc2l6ZV9ieXRlcxgEIAEoBBIoCgZmb3JtYXQYBSABKA4yGC5zdG93YWdlLnYxLlZvbHVtZUZvcm1hdBIPCgdmbGF0dGVuGAYgASgIIjkKD1NuYXBzaG90Q29tbWFuZBIRCgl2b2x1bWVfaWQYASABKAkSEwoLc25hcHNob3RfaWQYAiABKAki+AQKDEFnZW50Q29tbWFuZBIUCgxvcGVyYXRpb25faWQYASABKAkSJwoEa2luZBgCIAEoDjIZLnN0b3dhZ2UudjEuT3BlcmF0aW9uS2luZBIPCgdob3N0X2lkGAMgASgJEhEKCXBvb2xfbmFtZRgEIAEoCRIPCgdhdHRlbXB0GAUgASgNEi0KCWlzc3VlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZGVhZGxpbmUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjgKDWNyZWF0ZV92b2x1bWUYCiABKAsyHy5zdG93YWdlLnYxLkNyZWF0ZVZvbHVtZUNvbW1hbmRIABI4Cg1kZWxldGVfdm9sdW1lGAsgASgLMh8uc3Rvd2FnZS52MS5EZWxldGVWb2x1bWVDb21tYW5kSAASOAoNcmVzaXplX3ZvbHVtZRgMIAEoCzIfLnN0b3dhZ2UudjEuUmVzaXplVm9sdW1lQ29tbWFuZEgAEjYKDGNsb25lX3ZvbHVtZRgNIAEoCzIeLnN0b3dhZ2UudjEuQ2xvbmVWb2x1bWVDb21tYW5kSAASNgoPY3JlYXRlX3NuYXBzaG90GA4gASgLMhsuc3Rvd2FnZS52MS5TbmFwc2hvdENvbW1hbmRIABI2Cg9kZWxldGVfc25hcHNob3QYDyABKAsyGy5zdG93YWdlLnYxLlNuYXBzaG90Q29tbWFuZEgAEjYKD3JldmVydF9zbmFwc2hvdBgQIAEoCzIbLnN0b3dhZ2UudjEuU25hcHNob3RDb21tYW5kSABCCQoHcGF5bG9hZCKfAgoPT3BlcmF0aW9uUmVzdWx0EhQKDG9wZXJhdGlvbl9pZBgBIAEoCRIPCgdob3N0X2lkGAIgASgJEicKBGtpbmQYAyABKA4yGS5zdG93YWdlLnYxLk9wZXJhdGlvbktpbmQSDwoHc3VjY2VzcxgEIAEoCBImCgVlcnJvchgFIAEoCzIXLnN0b3dhZ2UudjEuRXJyb3JEZXRhaWwSLAoIYXJ0aWZhY3QYBiABKAsyGi5zdG93YWdlLnYxLlZvbHVtZUFydGlmYWN0Eg8KB2Fkb3B0ZWQYByABKAgSLwoLZmluaXNoZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC2R1cmF0aW9uX21zGAkgASgEMmQKDEFnZW50U2VydmljZRJUCg1SZWdpc3RlckFnZW50EiAuc3Rvd2FnZS52MS5SZWdpc3RlckFnZW50UmVxdWVzdBohLnN0b3dhZ2UudjEuUmVnaXN0ZXJBZ2VudFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp, file_stowage_v1_common, file_stowage_v1_host, file_stowage_v1_operation]);
+  fileDesc("ChZzdG93YWdlL3YxL2FnZW50LnByb3RvEgpzdG93YWdlLnYxIqICCghIb3N0SW5mbxIMCgRuYW1lGAEgASgJEgwKBHpvbmUYAiABKAkSMAoGbGFiZWxzGAMgAygLMiAuc3Rvd2FnZS52MS5Ib3N0SW5mby5MYWJlbHNFbnRyeRIoCgpudW1hX25vZGVzGAQgAygLMhQuc3Rvd2FnZS52MS5OdW1hTm9kZRIRCgljcHVfY291bnQYBSABKA0SFAoMbWVtb3J5X2J5dGVzGAYgASgEEhUKDWFnZW50X3ZlcnNpb24YByABKAkSFgoOaW5pdGlhdG9yX25hbWUYCCABKAkSFwoPbWV0cmljc19hZGRyZXNzGAkgASgJGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEixgQKClBvb2xSZXBvcnQSDAoEbmFtZRgBIAEoCRIiCgRraW5kGAIgASgOMhQuc3Rvd2FnZS52MS5Qb29sS2luZBIWCgludW1hX25vZGUYAyABKA1IAIgBARIPCgdoZWFsdGh5GAQgASgIEhYKDmhlYWx0aF9tZXNzYWdlGAUgASgJEhMKC3RvdGFsX2J5dGVzGAYgASgEEhIKCnVzZWRfYnl0ZXMYByABKAQSEgoKZnJlZV9ieXRlcxgIIAEoBBIZChFwcm92aXNpb25lZF9ieXRlcxgJIAEoBBIZCgxkYXRhX3BlcmNlbnQYCiABKAFIAYgBARIdChBtZXRhZGF0YV9wZXJjZW50GAsgASgBSAKIAQESKQoHZm9ybWF0cxgMIAMoDjIYLnN0b3dhZ2UudjEuVm9sdW1lRm9ybWF0EjIKBmxhYmVscxgNIAMoCzIiLnN0b3dhZ2UudjEuUG9vbFJlcG9ydC5MYWJlbHNFbnRyeRIYChBvdmVyY29tbWl0X3JhdGlvGA4gASgBEg4KBnNoYXJlZBgPIAEoCBIYChByZXNlcnZlZF9wZXJjZW50GBAgASgBEhMKC21heF92b2x1bWVzGBEgASgNEhgKEG1heF91c2VkX3BlcmNlbnQYEiABKAEaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIMCgpfbnVtYV9ub2RlQg8KDV9kYXRhX3BlcmNlbnRCEwoRX21ldGFkYXRhX3BlcmNlbnQisQEKDlZvbHVtZUFydGlmYWN0EhEKCXZvbHVtZV9pZBgBIAEoCRIRCglwb29sX25hbWUYAiABKAkSEgoKc2l6ZV9ieXRlcxgDIAEoBBIoCgZmb3JtYXQYBCABKA4yGC5zdG93YWdlLnYxLlZvbHVtZUZvcm1hdBIXCg9hbGxvY2F0ZWRfYnl0ZXMYBSABKAQSDAoEcGF0aBgGIAEoCRIUCgxvcGVyYXRpb25faWQYByABKAkijAEKFFJlZ2lzdGVyQWdlbnRSZXF1ZXN0EiIKBGhvc3QYASABKAsyFC5zdG93YWdlLnYxLkhvc3RJbmZvEiUKBXBvb2xzGAIgAygLMhYuc3Rvd2FnZS52MS5Qb29sUmVwb3J0EhIKCmpvaW5fdG9rZW4YAyABKAkSFQoNcHJvY2Vzc19zdGFydBgEIAEoCCLgAQoVUmVnaXN0ZXJBZ2VudFJlc3BvbnNlEg8KB2hvc3RfaWQYASABKAkSFwoPY29tbWFuZF9zdWJqZWN0GAIgASgJEhYKDmNvbW1hbmRfc3RyZWFtGAMgASgJEhgKEGNvbW1hbmRfY29uc3VtZXIYBCABKAkSFgoOcmVzdWx0X3N1YmplY3QYBSABKAkSGQoRaW52ZW50b3J5X3N1YmplY3QYBiABKAkSGQoRaGVhcnRiZWF0X3N1YmplY3QYByABKAkSHQoVaGVhcnRiZWF0X2ludGVydmFsX21zGAggASgNIpQCCglJbnZlbnRvcnkSDwoHaG9zdF9pZBgBIAEoCRIQCghzZXF1ZW5jZRgCIAEoBBImCgJhdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASIgoEaG9zdBgEIAEoCzIULnN0b3dhZ2UudjEuSG9zdEluZm8SJQoFcG9vbHMYBSADKAsyFi5zdG93YWdlLnYxLlBvb2xSZXBvcnQSKwoHdm9sdW1lcxgGIAMoCzIaLnN0b3dhZ2UudjEuVm9sdW1lQXJ0aWZhY3QSGQoRZm9yZWlnbl9hcnRpZmFjdHMYByADKAkSDQoFZGVsdGEYCCABKAgSGgoScmVtb3ZlZF92b2x1bWVfaWRzGAkgAygJIoMBCglIZWFydGJlYXQSDwoHaG9zdF9pZBgBIAEoCRIQCghzZXF1ZW5jZRgCIAEoBBImCgJhdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGgoScnVubmluZ19vcGVyYXRpb25zGAQgASgNEg8KB2Jvb3RfaWQYBSABKAkijwEKE0NyZWF0ZVZvbHVtZUNvbW1hbmQSEQoJdm9sdW1lX2lkGAEgASgJEhIKCnNpemVfYnl0ZXMYAiABKAQSKAoGZm9ybWF0GAMgASgOMhguc3Rvd2FnZS52MS5Wb2x1bWVGb3JtYXQSJwoFcWNvdzIYBCABKAsyGC5zdG93YWdlLnYxLlFjb3cyT3B0aW9ucyJMChNEZWxldGVWb2x1bWVDb21tYW5kEhEKCXZvbHVtZV9pZBgBIAEoCRIiCgR3aXBlGAIgASgOMhQuc3Rvd2FnZS52MS5XaXBlTW9kZSJWChNSZXNpemVWb2x1bWVDb21tYW5kEhEKCXZvbHVtZV9pZBgBIAEoCRIWCg5uZXdfc2l6ZV9ieXRlcxgCIAEoBBIUCgxhbGxvd19zaHJpbmsYAyABKAgirAEKEkNsb25lVm9sdW1lQ29tbWFuZBIRCgl2b2x1bWVfaWQYASABKAkSGAoQc291cmNlX3ZvbHVtZV9pZBgCIAEoCRIaChJzb3VyY2Vfc25hcHNob3RfaWQYAyABKAkSEgoKc2l6ZV9ieXRlcxgEIAEoBBIoCgZmb3JtYXQYBSABKA4yGC5zdG93YWdlLnYxLlZvbHVtZUZvcm1hdBIPCgdmbGF0dGVuGAYgASgIIjkKD1NuYXBzaG90Q29tbWFuZBIRCgl2b2x1bWVfaWQYASABKAkSEwoLc25hcHNob3RfaWQYAiABKAki+AQKDEFnZW50Q29tbWFuZBIUCgxvcGVyYXRpb25faWQYASABKAkSJwoEa2luZBgCIAEoDjIZLnN0b3dhZ2UudjEuT3BlcmF0aW9uS2luZBIPCgdob3N0X2lkGAMgASgJEhEKCXBvb2xfbmFtZRgEIAEoCRIPCgdhdHRlbXB0GAUgASgNEi0KCWlzc3VlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZGVhZGxpbmUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjgKDWNyZWF0ZV92b2x1bWUYCiABKAsyHy5zdG93YWdlLnYxLkNyZWF0ZVZvbHVtZUNvbW1hbmRIABI4Cg1kZWxldGVfdm9sdW1lGAsgASgLMh8uc3Rvd2FnZS52MS5EZWxldGVWb2x1bWVDb21tYW5kSAASOAoNcmVzaXplX3ZvbHVtZRgMIAEoCzIfLnN0b3dhZ2UudjEuUmVzaXplVm9sdW1lQ29tbWFuZEgAEjYKDGNsb25lX3ZvbHVtZRgNIAEoCzIeLnN0b3dhZ2UudjEuQ2xvbmVWb2x1bWVDb21tYW5kSAASNgoPY3JlYXRlX3NuYXBzaG90GA4gASgLMhsuc3Rvd2FnZS52MS5TbmFwc2hvdENvbW1hbmRIABI2Cg9kZWxldGVfc25hcHNob3QYDyABKAsyGy5zdG93YWdlLnYxLlNuYXBzaG90Q29tbWFuZEgAEjYKD3JldmVydF9zbmFwc2hvdBgQIAEoCzIbLnN0b3dhZ2UudjEuU25hcHNob3RDb21tYW5kSABCCQoHcGF5bG9hZCKfAgoPT3BlcmF0aW9uUmVzdWx0EhQKDG9wZXJhdGlvbl9pZBgBIAEoCRIPCgdob3N0X2lkGAIgASgJEicKBGtpbmQYAyABKA4yGS5zdG93YWdlLnYxLk9wZXJhdGlvbktpbmQSDwoHc3VjY2VzcxgEIAEoCBImCgVlcnJvchgFIAEoCzIXLnN0b3dhZ2UudjEuRXJyb3JEZXRhaWwSLAoIYXJ0aWZhY3QYBiABKAsyGi5zdG93YWdlLnYxLlZvbHVtZUFydGlmYWN0Eg8KB2Fkb3B0ZWQYByABKAgSLwoLZmluaXNoZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC2R1cmF0aW9uX21zGAkgASgEIl4KC0pvaW5SZXF1ZXN0EhIKCmpvaW5fdG9rZW4YASABKAkSEQoJaG9zdF9uYW1lGAIgASgJEg8KB2Nzcl9wZW0YAyABKAkSFwoPbmF0c19wdWJsaWNfa2V5GAQgASgJIngKDEpvaW5SZXNwb25zZRIXCg9jZXJ0aWZpY2F0ZV9wZW0YASABKAkSDgoGY2FfcGVtGAIgASgJEhAKCG5hdHNfand0GAMgASgJEi0KCW5vdF9hZnRlchgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiQwoXUmVuZXdDZXJ0aWZpY2F0ZVJlcXVlc3QSDwoHY3NyX3BlbRgBIAEoCRIXCg9uYXRzX3B1YmxpY19rZXkYAiABKAkihAEKGFJlbmV3Q2VydGlmaWNhdGVSZXNwb25zZRIXCg9jZXJ0aWZpY2F0ZV9wZW0YASABKAkSDgoGY2FfcGVtGAIgASgJEhAKCG5hdHNfand0GAMgASgJEi0KCW5vdF9hZnRlchgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAy/gEKDEFnZW50U2VydmljZRJUCg1SZWdpc3RlckFnZW50EiAuc3Rvd2FnZS52MS5SZWdpc3RlckFnZW50UmVxdWVzdBohLnN0b3dhZ2UudjEuUmVnaXN0ZXJBZ2VudFJlc3BvbnNlEjkKBEpvaW4SFy5zdG93YWdlLnYxLkpvaW5SZXF1ZXN0Ghguc3Rvd2FnZS52MS5Kb2luUmVzcG9uc2USXQoQUmVuZXdDZXJ0aWZpY2F0ZRIjLnN0b3dhZ2UudjEuUmVuZXdDZXJ0aWZpY2F0ZVJlcXVlc3QaJC5zdG93YWdlLnYxLlJlbmV3Q2VydGlmaWNhdGVSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_stowage_v1_common, file_stowage_v1_host, file_stowage_v1_operation]);
 
 /**
  * What an agent knows of its host.
@@ -766,6 +766,148 @@ export const OperationResultSchema: GenMessage<OperationResult> = /*@__PURE__*/
   messageDesc(file_stowage_v1_agent, 13);
 
 /**
+ * An agent's first start on a TLS controller: it proves itself with a one-time join token (`stowctl token create
+ * --host NAME`), sends a certificate signing request for a key it made and keeps (the key never leaves the host)
+ * and the public half of a NATS user key it made and keeps, and receives its certificate and its NATS user JWT.
+ *
+ * @generated from message stowage.v1.JoinRequest
+ */
+export type JoinRequest = Message<"stowage.v1.JoinRequest"> & {
+  /**
+   * The one-time join token ("stw_join_" and 64 hex digits); it names the host it was made for.
+   *
+   * @generated from field: string join_token = 1;
+   */
+  joinToken: string;
+
+  /**
+   * Must be the host the token was made for.
+   *
+   * @generated from field: string host_name = 2;
+   */
+  hostName: string;
+
+  /**
+   * PEM PKCS#10 request whose subject CN is the host name.
+   *
+   * @generated from field: string csr_pem = 3;
+   */
+  csrPem: string;
+
+  /**
+   * The agent's NATS user public key ("U..."): the JWT minted for it allows only this host's subjects.
+   *
+   * @generated from field: string nats_public_key = 4;
+   */
+  natsPublicKey: string;
+};
+
+/**
+ * Describes the message stowage.v1.JoinRequest.
+ * Use `create(JoinRequestSchema)` to create a new message.
+ */
+export const JoinRequestSchema: GenMessage<JoinRequest> = /*@__PURE__*/
+  messageDesc(file_stowage_v1_agent, 14);
+
+/**
+ * @generated from message stowage.v1.JoinResponse
+ */
+export type JoinResponse = Message<"stowage.v1.JoinResponse"> & {
+  /**
+   * PEM: the host's certificate (client and server auth, CN and URI SAN name the host).
+   *
+   * @generated from field: string certificate_pem = 1;
+   */
+  certificatePem: string;
+
+  /**
+   * PEM: the CA that signs controllers', NATS servers' and agents' certificates.
+   *
+   * @generated from field: string ca_pem = 2;
+   */
+  caPem: string;
+
+  /**
+   * The NATS user JWT for nats_public_key; empty when NATS runs without per-agent credentials.
+   *
+   * @generated from field: string nats_jwt = 3;
+   */
+  natsJwt: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp not_after = 4;
+   */
+  notAfter?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message stowage.v1.JoinResponse.
+ * Use `create(JoinResponseSchema)` to create a new message.
+ */
+export const JoinResponseSchema: GenMessage<JoinResponse> = /*@__PURE__*/
+  messageDesc(file_stowage_v1_agent, 15);
+
+/**
+ * A joined agent renews before its certificate expires, over mTLS with the certificate it has: a new key and a
+ * new NATS user key each time (the old certificate stays valid until it expires or the host is revoked).
+ *
+ * @generated from message stowage.v1.RenewCertificateRequest
+ */
+export type RenewCertificateRequest = Message<"stowage.v1.RenewCertificateRequest"> & {
+  /**
+   * @generated from field: string csr_pem = 1;
+   */
+  csrPem: string;
+
+  /**
+   * @generated from field: string nats_public_key = 2;
+   */
+  natsPublicKey: string;
+};
+
+/**
+ * Describes the message stowage.v1.RenewCertificateRequest.
+ * Use `create(RenewCertificateRequestSchema)` to create a new message.
+ */
+export const RenewCertificateRequestSchema: GenMessage<RenewCertificateRequest> = /*@__PURE__*/
+  messageDesc(file_stowage_v1_agent, 16);
+
+/**
+ * @generated from message stowage.v1.RenewCertificateResponse
+ */
+export type RenewCertificateResponse = Message<"stowage.v1.RenewCertificateResponse"> & {
+  /**
+   * @generated from field: string certificate_pem = 1;
+   */
+  certificatePem: string;
+
+  /**
+   * @generated from field: string ca_pem = 2;
+   */
+  caPem: string;
+
+  /**
+   * @generated from field: string nats_jwt = 3;
+   */
+  natsJwt: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp not_after = 4;
+   */
+  notAfter?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message stowage.v1.RenewCertificateResponse.
+ * Use `create(RenewCertificateResponseSchema)` to create a new message.
+ */
+export const RenewCertificateResponseSchema: GenMessage<RenewCertificateResponse> = /*@__PURE__*/
+  messageDesc(file_stowage_v1_agent, 17);
+
+/**
+ * On a TLS controller every method but Join needs the host's certificate (mutual TLS), and a certificate acts only
+ * as the host it names. On a loopback cluster without TLS, RegisterAgent is open and Join is refused.
+ *
  * @generated from service stowage.v1.AgentService
  */
 export const AgentService: GenService<{
@@ -776,6 +918,22 @@ export const AgentService: GenService<{
     methodKind: "unary";
     input: typeof RegisterAgentRequestSchema;
     output: typeof RegisterAgentResponseSchema;
+  },
+  /**
+   * @generated from rpc stowage.v1.AgentService.Join
+   */
+  join: {
+    methodKind: "unary";
+    input: typeof JoinRequestSchema;
+    output: typeof JoinResponseSchema;
+  },
+  /**
+   * @generated from rpc stowage.v1.AgentService.RenewCertificate
+   */
+  renewCertificate: {
+    methodKind: "unary";
+    input: typeof RenewCertificateRequestSchema;
+    output: typeof RenewCertificateResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_stowage_v1_agent, 0);

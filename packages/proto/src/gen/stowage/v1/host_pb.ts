@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file stowage/v1/host.proto.
  */
 export const file_stowage_v1_host: GenFile = /*@__PURE__*/
-  fileDesc("ChVzdG93YWdlL3YxL2hvc3QucHJvdG8SCnN0b3dhZ2UudjEiXwoITnVtYU5vZGUSCgoCaWQYASABKA0SEAoIY3B1X2xpc3QYAiABKAkSDAoEY3B1cxgDIAMoDRIUCgxtZW1vcnlfYnl0ZXMYBCABKAQSEQoJZGlzdGFuY2VzGAUgAygNIs4DCgRIb3N0EgoKAmlkGAEgASgJEiQKBXN0YXRlGAIgASgOMhUuc3Rvd2FnZS52MS5Ib3N0U3RhdGUSDAoEem9uZRgDIAEoCRIsCgZsYWJlbHMYBCADKAsyHC5zdG93YWdlLnYxLkhvc3QuTGFiZWxzRW50cnkSKAoKbnVtYV9ub2RlcxgFIAMoCzIULnN0b3dhZ2UudjEuTnVtYU5vZGUSEQoJY3B1X2NvdW50GAYgASgNEhQKDG1lbW9yeV9ieXRlcxgHIAEoBBIVCg1hZ2VudF92ZXJzaW9uGAggASgJEjEKDXJlZ2lzdGVyZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjUKEWxhc3RfaGVhcnRiZWF0X2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtzY2hlZHVsYWJsZRgLIAEoCBISCgpwb29sX2NvdW50GAwgASgNEhQKDHZvbHVtZV9jb3VudBgNIAEoDRIWCg5pbml0aWF0b3JfbmFtZRgOIAEoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIm0KEExpc3RIb3N0c1JlcXVlc3QSJAoFc3RhdGUYASABKA4yFS5zdG93YWdlLnYxLkhvc3RTdGF0ZRIMCgR6b25lGAIgASgJEhEKCXBhZ2Vfc2l6ZRgDIAEoDRISCgpwYWdlX3Rva2VuGAQgASgJIk0KEUxpc3RIb3N0c1Jlc3BvbnNlEh8KBWhvc3RzGAEgAygLMhAuc3Rvd2FnZS52MS5Ib3N0EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIhCg5HZXRIb3N0UmVxdWVzdBIPCgdob3N0X2lkGAEgASgJIjEKD0dldEhvc3RSZXNwb25zZRIeCgRob3N0GAEgASgLMhAuc3Rvd2FnZS52MS5Ib3N0IlEKGVNldEhvc3RTY2hlZHVsYWJsZVJlcXVlc3QSDwoHaG9zdF9pZBgBIAEoCRITCgtzY2hlZHVsYWJsZRgCIAEoCBIOCgZyZWFzb24YAyABKAkiPAoaU2V0SG9zdFNjaGVkdWxhYmxlUmVzcG9uc2USHgoEaG9zdBgBIAEoCzIQLnN0b3dhZ2UudjEuSG9zdCpPCglIb3N0U3RhdGUSGgoWSE9TVF9TVEFURV9VTlNQRUNJRklFRBAAEhEKDUhPU1RfU1RBVEVfVVAQARITCg9IT1NUX1NUQVRFX0RPV04QAjKAAgoLSG9zdFNlcnZpY2USSAoJTGlzdEhvc3RzEhwuc3Rvd2FnZS52MS5MaXN0SG9zdHNSZXF1ZXN0Gh0uc3Rvd2FnZS52MS5MaXN0SG9zdHNSZXNwb25zZRJCCgdHZXRIb3N0Ehouc3Rvd2FnZS52MS5HZXRIb3N0UmVxdWVzdBobLnN0b3dhZ2UudjEuR2V0SG9zdFJlc3BvbnNlEmMKElNldEhvc3RTY2hlZHVsYWJsZRIlLnN0b3dhZ2UudjEuU2V0SG9zdFNjaGVkdWxhYmxlUmVxdWVzdBomLnN0b3dhZ2UudjEuU2V0SG9zdFNjaGVkdWxhYmxlUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChVzdG93YWdlL3YxL2hvc3QucHJvdG8SCnN0b3dhZ2UudjEiXwoITnVtYU5vZGUSCgoCaWQYASABKA0SEAoIY3B1X2xpc3QYAiABKAkSDAoEY3B1cxgDIAMoDRIUCgxtZW1vcnlfYnl0ZXMYBCABKAQSEQoJZGlzdGFuY2VzGAUgAygNIs4DCgRIb3N0EgoKAmlkGAEgASgJEiQKBXN0YXRlGAIgASgOMhUuc3Rvd2FnZS52MS5Ib3N0U3RhdGUSDAoEem9uZRgDIAEoCRIsCgZsYWJlbHMYBCADKAsyHC5zdG93YWdlLnYxLkhvc3QuTGFiZWxzRW50cnkSKAoKbnVtYV9ub2RlcxgFIAMoCzIULnN0b3dhZ2UudjEuTnVtYU5vZGUSEQoJY3B1X2NvdW50GAYgASgNEhQKDG1lbW9yeV9ieXRlcxgHIAEoBBIVCg1hZ2VudF92ZXJzaW9uGAggASgJEjEKDXJlZ2lzdGVyZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjUKEWxhc3RfaGVhcnRiZWF0X2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtzY2hlZHVsYWJsZRgLIAEoCBISCgpwb29sX2NvdW50GAwgASgNEhQKDHZvbHVtZV9jb3VudBgNIAEoDRIWCg5pbml0aWF0b3JfbmFtZRgOIAEoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIm0KEExpc3RIb3N0c1JlcXVlc3QSJAoFc3RhdGUYASABKA4yFS5zdG93YWdlLnYxLkhvc3RTdGF0ZRIMCgR6b25lGAIgASgJEhEKCXBhZ2Vfc2l6ZRgDIAEoDRISCgpwYWdlX3Rva2VuGAQgASgJIk0KEUxpc3RIb3N0c1Jlc3BvbnNlEh8KBWhvc3RzGAEgAygLMhAuc3Rvd2FnZS52MS5Ib3N0EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIhCg5HZXRIb3N0UmVxdWVzdBIPCgdob3N0X2lkGAEgASgJIjEKD0dldEhvc3RSZXNwb25zZRIeCgRob3N0GAEgASgLMhAuc3Rvd2FnZS52MS5Ib3N0IlEKGVNldEhvc3RTY2hlZHVsYWJsZVJlcXVlc3QSDwoHaG9zdF9pZBgBIAEoCRITCgtzY2hlZHVsYWJsZRgCIAEoCBIOCgZyZWFzb24YAyABKAkiPAoaU2V0SG9zdFNjaGVkdWxhYmxlUmVzcG9uc2USHgoEaG9zdBgBIAEoCzIQLnN0b3dhZ2UudjEuSG9zdCI0ChFSZXZva2VIb3N0UmVxdWVzdBIPCgdob3N0X2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSJOChJSZXZva2VIb3N0UmVzcG9uc2USHAoUY2VydGlmaWNhdGVzX3Jldm9rZWQYASABKA0SGgoSbmF0c191c2Vyc19yZXZva2VkGAIgASgNKk8KCUhvc3RTdGF0ZRIaChZIT1NUX1NUQVRFX1VOU1BFQ0lGSUVEEAASEQoNSE9TVF9TVEFURV9VUBABEhMKD0hPU1RfU1RBVEVfRE9XThACMs0CCgtIb3N0U2VydmljZRJICglMaXN0SG9zdHMSHC5zdG93YWdlLnYxLkxpc3RIb3N0c1JlcXVlc3QaHS5zdG93YWdlLnYxLkxpc3RIb3N0c1Jlc3BvbnNlEkIKB0dldEhvc3QSGi5zdG93YWdlLnYxLkdldEhvc3RSZXF1ZXN0Ghsuc3Rvd2FnZS52MS5HZXRIb3N0UmVzcG9uc2USYwoSU2V0SG9zdFNjaGVkdWxhYmxlEiUuc3Rvd2FnZS52MS5TZXRIb3N0U2NoZWR1bGFibGVSZXF1ZXN0GiYuc3Rvd2FnZS52MS5TZXRIb3N0U2NoZWR1bGFibGVSZXNwb25zZRJLCgpSZXZva2VIb3N0Eh0uc3Rvd2FnZS52MS5SZXZva2VIb3N0UmVxdWVzdBoeLnN0b3dhZ2UudjEuUmV2b2tlSG9zdFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * A NUMA node of a host, read from sysfs by the agent.
@@ -282,6 +282,56 @@ export const SetHostSchedulableResponseSchema: GenMessage<SetHostSchedulableResp
   messageDesc(file_stowage_v1_host, 7);
 
 /**
+ * @generated from message stowage.v1.RevokeHostRequest
+ */
+export type RevokeHostRequest = Message<"stowage.v1.RevokeHostRequest"> & {
+  /**
+   * @generated from field: string host_id = 1;
+   */
+  hostId: string;
+
+  /**
+   * Why, for the audit log.
+   *
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message stowage.v1.RevokeHostRequest.
+ * Use `create(RevokeHostRequestSchema)` to create a new message.
+ */
+export const RevokeHostRequestSchema: GenMessage<RevokeHostRequest> = /*@__PURE__*/
+  messageDesc(file_stowage_v1_host, 8);
+
+/**
+ * @generated from message stowage.v1.RevokeHostResponse
+ */
+export type RevokeHostResponse = Message<"stowage.v1.RevokeHostResponse"> & {
+  /**
+   * Certificates of the host that this call revoked (0 when it was revoked already).
+   *
+   * @generated from field: uint32 certificates_revoked = 1;
+   */
+  certificatesRevoked: number;
+
+  /**
+   * NATS user keys of the host that this call revoked.
+   *
+   * @generated from field: uint32 nats_users_revoked = 2;
+   */
+  natsUsersRevoked: number;
+};
+
+/**
+ * Describes the message stowage.v1.RevokeHostResponse.
+ * Use `create(RevokeHostResponseSchema)` to create a new message.
+ */
+export const RevokeHostResponseSchema: GenMessage<RevokeHostResponse> = /*@__PURE__*/
+  messageDesc(file_stowage_v1_host, 9);
+
+/**
  * @generated from enum stowage.v1.HostState
  */
 export enum HostState {
@@ -340,6 +390,17 @@ export const HostService: GenService<{
     methodKind: "unary";
     input: typeof SetHostSchedulableRequestSchema;
     output: typeof SetHostSchedulableResponseSchema;
+  },
+  /**
+   * Admin: revokes every certificate and NATS credential the host holds; its gRPC calls are refused within 10 s
+   * and the NATS server closes its connection. The host must join again with a new join token. Idempotent.
+   *
+   * @generated from rpc stowage.v1.HostService.RevokeHost
+   */
+  revokeHost: {
+    methodKind: "unary";
+    input: typeof RevokeHostRequestSchema;
+    output: typeof RevokeHostResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_stowage_v1_host, 0);

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file stowage/v1/token.proto.
  */
 export const file_stowage_v1_token: GenFile = /*@__PURE__*/
-  fileDesc("ChZzdG93YWdlL3YxL3Rva2VuLnByb3RvEgpzdG93YWdlLnYxIpwCCgVUb2tlbhIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEiMKBHJvbGUYAyABKA4yFS5zdG93YWdlLnYxLlRva2VuUm9sZRISCgpjcmVhdGVkX2J5GAQgASgJEi4KCmNyZWF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnJldm9rZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDGxhc3RfdXNlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAibwoSQ3JlYXRlVG9rZW5SZXF1ZXN0EgwKBG5hbWUYASABKAkSIwoEcm9sZRgCIAEoDjIVLnN0b3dhZ2UudjEuVG9rZW5Sb2xlEiYKA3R0bBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJHChNDcmVhdGVUb2tlblJlc3BvbnNlEiAKBXRva2VuGAEgASgLMhEuc3Rvd2FnZS52MS5Ub2tlbhIOCgZzZWNyZXQYAiABKAkiLQoRTGlzdFRva2Vuc1JlcXVlc3QSGAoQaW5jbHVkZV9pbmFjdGl2ZRgBIAEoCCI3ChJMaXN0VG9rZW5zUmVzcG9uc2USIQoGdG9rZW5zGAEgAygLMhEuc3Rvd2FnZS52MS5Ub2tlbiIjChJSZXZva2VUb2tlblJlcXVlc3QSDQoFdG9rZW4YASABKAkiNwoTUmV2b2tlVG9rZW5SZXNwb25zZRIgCgV0b2tlbhgBIAEoCzIRLnN0b3dhZ2UudjEuVG9rZW4qbQoJVG9rZW5Sb2xlEhoKFlRPS0VOX1JPTEVfVU5TUEVDSUZJRUQQABIVChFUT0tFTl9ST0xFX1ZJRVdFUhABEhcKE1RPS0VOX1JPTEVfT1BFUkFUT1IQAhIUChBUT0tFTl9ST0xFX0FETUlOEAMy+wEKDFRva2VuU2VydmljZRJOCgtDcmVhdGVUb2tlbhIeLnN0b3dhZ2UudjEuQ3JlYXRlVG9rZW5SZXF1ZXN0Gh8uc3Rvd2FnZS52MS5DcmVhdGVUb2tlblJlc3BvbnNlEksKCkxpc3RUb2tlbnMSHS5zdG93YWdlLnYxLkxpc3RUb2tlbnNSZXF1ZXN0Gh4uc3Rvd2FnZS52MS5MaXN0VG9rZW5zUmVzcG9uc2USTgoLUmV2b2tlVG9rZW4SHi5zdG93YWdlLnYxLlJldm9rZVRva2VuUmVxdWVzdBofLnN0b3dhZ2UudjEuUmV2b2tlVG9rZW5SZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChZzdG93YWdlL3YxL3Rva2VuLnByb3RvEgpzdG93YWdlLnYxIvwCCgVUb2tlbhIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEiMKBHJvbGUYAyABKA4yFS5zdG93YWdlLnYxLlRva2VuUm9sZRISCgpjcmVhdGVkX2J5GAQgASgJEi4KCmNyZWF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnJldm9rZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDGxhc3RfdXNlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASIwoEa2luZBgJIAEoDjIVLnN0b3dhZ2UudjEuVG9rZW5LaW5kEgwKBGhvc3QYCiABKAkSKwoHdXNlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAifQoSQ3JlYXRlVG9rZW5SZXF1ZXN0EgwKBG5hbWUYASABKAkSIwoEcm9sZRgCIAEoDjIVLnN0b3dhZ2UudjEuVG9rZW5Sb2xlEiYKA3R0bBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIMCgRob3N0GAQgASgJIkcKE0NyZWF0ZVRva2VuUmVzcG9uc2USIAoFdG9rZW4YASABKAsyES5zdG93YWdlLnYxLlRva2VuEg4KBnNlY3JldBgCIAEoCSItChFMaXN0VG9rZW5zUmVxdWVzdBIYChBpbmNsdWRlX2luYWN0aXZlGAEgASgIIjcKEkxpc3RUb2tlbnNSZXNwb25zZRIhCgZ0b2tlbnMYASADKAsyES5zdG93YWdlLnYxLlRva2VuIiMKElJldm9rZVRva2VuUmVxdWVzdBINCgV0b2tlbhgBIAEoCSI3ChNSZXZva2VUb2tlblJlc3BvbnNlEiAKBXRva2VuGAEgASgLMhEuc3Rvd2FnZS52MS5Ub2tlbiptCglUb2tlblJvbGUSGgoWVE9LRU5fUk9MRV9VTlNQRUNJRklFRBAAEhUKEVRPS0VOX1JPTEVfVklFV0VSEAESFwoTVE9LRU5fUk9MRV9PUEVSQVRPUhACEhQKEFRPS0VOX1JPTEVfQURNSU4QAypQCglUb2tlbktpbmQSGgoWVE9LRU5fS0lORF9VTlNQRUNJRklFRBAAEhIKDlRPS0VOX0tJTkRfQVBJEAESEwoPVE9LRU5fS0lORF9KT0lOEAIy+wEKDFRva2VuU2VydmljZRJOCgtDcmVhdGVUb2tlbhIeLnN0b3dhZ2UudjEuQ3JlYXRlVG9rZW5SZXF1ZXN0Gh8uc3Rvd2FnZS52MS5DcmVhdGVUb2tlblJlc3BvbnNlEksKCkxpc3RUb2tlbnMSHS5zdG93YWdlLnYxLkxpc3RUb2tlbnNSZXF1ZXN0Gh4uc3Rvd2FnZS52MS5MaXN0VG9rZW5zUmVzcG9uc2USTgoLUmV2b2tlVG9rZW4SHi5zdG93YWdlLnYxLlJldm9rZVRva2VuUmVxdWVzdBofLnN0b3dhZ2UudjEuUmV2b2tlVG9rZW5SZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * An API token as the database keeps it: never its secret (only a SHA-256 hash of it is stored).
@@ -65,6 +65,25 @@ export type Token = Message<"stowage.v1.Token"> & {
    * @generated from field: google.protobuf.Timestamp last_used_at = 8;
    */
   lastUsedAt?: Timestamp | undefined;
+
+  /**
+   * @generated from field: stowage.v1.TokenKind kind = 9;
+   */
+  kind: TokenKind;
+
+  /**
+   * A join token: the host it lets join (once).
+   *
+   * @generated from field: string host = 10;
+   */
+  host: string;
+
+  /**
+   * A join token: when it was used (it cannot be used again).
+   *
+   * @generated from field: google.protobuf.Timestamp used_at = 11;
+   */
+  usedAt?: Timestamp | undefined;
 };
 
 /**
@@ -91,11 +110,18 @@ export type CreateTokenRequest = Message<"stowage.v1.CreateTokenRequest"> & {
   role: TokenRole;
 
   /**
-   * Unset or zero: it never expires.
+   * Unset or zero: it never expires (an API token); a join token always expires (default one hour).
    *
    * @generated from field: google.protobuf.Duration ttl = 3;
    */
   ttl?: Duration | undefined;
+
+  /**
+   * Set: a one-time join token for this host (role is then ignored); its secret starts "stw_join_".
+   *
+   * @generated from field: string host = 4;
+   */
+  host: string;
 };
 
 /**
@@ -234,6 +260,34 @@ export enum TokenRole {
  */
 export const TokenRoleSchema: GenEnum<TokenRole> = /*@__PURE__*/
   enumDesc(file_stowage_v1_token, 0);
+
+/**
+ * What a token is for: calling the API with a role, or joining one host once.
+ *
+ * @generated from enum stowage.v1.TokenKind
+ */
+export enum TokenKind {
+  /**
+   * @generated from enum value: TOKEN_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: TOKEN_KIND_API = 1;
+   */
+  API = 1,
+
+  /**
+   * @generated from enum value: TOKEN_KIND_JOIN = 2;
+   */
+  JOIN = 2,
+}
+
+/**
+ * Describes the enum stowage.v1.TokenKind.
+ */
+export const TokenKindSchema: GenEnum<TokenKind> = /*@__PURE__*/
+  enumDesc(file_stowage_v1_token, 1);
 
 /**
  * API tokens stored hashed in the database, beside STOWAGE_API_TOKENS. Every method needs the admin role.
