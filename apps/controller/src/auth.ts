@@ -2,7 +2,9 @@ import { timingSafeEqual } from "node:crypto";
 import {
   Code,
   ConnectError,
+  type ContextValues,
   createContextKey,
+  createContextValues,
   type HandlerContext,
   type Interceptor,
 } from "@connectrpc/connect";
@@ -15,6 +17,31 @@ export const principalKey = createContextKey<{ name: string; role: Role }>({
   name: "anonymous",
   role: "admin",
 });
+
+/**
+ * The caller's connection, set for every request from the socket (never from a header a client could send):
+ * its address, and on a TLS listener the host its verified client certificate names.
+ */
+export interface Peer {
+  /** host:port of the caller ("" when unknown). */
+  address: string;
+  /** The host a verified client certificate names (agents on a TLS controller). */
+  host?: string;
+  /** That certificate's serial number (hex), checked against revocations. */
+  serial?: string;
+}
+export const peerKey = createContextKey<Peer>({ address: "" });
+
+/** The context values of a request from its socket: connectNodeAdapter's `contextValues`. */
+export function peerContext(req: {
+  socket?: { remoteAddress?: string; remotePort?: number } | null;
+}): ContextValues {
+  const values = createContextValues();
+  const s = req.socket;
+  const ip = s?.remoteAddress ?? "";
+  values.set(peerKey, { address: ip ? `${ip.includes(":") ? `[${ip}]` : ip}:${s?.remotePort ?? 0}` : "" });
+  return values;
+}
 
 /** The name the audit log records for the caller of a handler. */
 export const actorOf = (hc: HandlerContext) => hc.values.get(principalKey).name;

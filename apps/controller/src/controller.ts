@@ -7,7 +7,7 @@ import { CAPABILITIES } from "@stowage/core";
 import { type Database, migrate, openDatabase } from "@stowage/store";
 import { createLogger, startOpsServer } from "@stowage/telemetry";
 import { subscribeAgentTraffic } from "./agents.js";
-import { createAuthInterceptor, parseTokens, storedTokens } from "./auth.js";
+import { createAuthInterceptor, parseTokens, peerContext, storedTokens } from "./auth.js";
 import { type ControllerConfig, splitHostPort } from "./config.js";
 import type { ControllerContext } from "./context.js";
 import { createErrorInterceptor } from "./errors.js";
@@ -158,6 +158,7 @@ export async function startController(
     grpc: true,
     grpcWeb: false,
     connect: true,
+    contextValues: peerContext,
   });
   const server = http2.createServer(withMinimalGrpcMessage(handler));
   const sessions = new Set<http2.ServerHttp2Session>();
