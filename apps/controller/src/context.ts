@@ -6,6 +6,20 @@ import type { ControllerConfig } from "./config.js";
 import type { LiveView } from "./live-view.js";
 import type { ControllerMetrics } from "./metrics.js";
 
+/**
+ * Mints and revokes agents' NATS credentials (decentralised JWT auth; nats-auth.ts). Absent when NATS runs
+ * without per-agent credentials (a loopback cluster).
+ */
+export interface NatsAuthority {
+  /** A user JWT for an agent's NATS public key ("U..."), allowing only its host's subjects, until `expiresAt`. */
+  mintAgentJwt(hostId: string, publicKey: string, expiresAt: Date): Promise<string>;
+  /**
+   * Makes the NATS server refuse these user keys from now on and close their connections: the account JWT,
+   * with every revoked key the database holds (host_certificates), is pushed to the server. Idempotent.
+   */
+  pushRevocations(): Promise<void>;
+}
+
 /** What every part of the controller works with. */
 export interface ControllerContext {
   config: ControllerConfig;
@@ -14,6 +28,8 @@ export interface ControllerContext {
   bus: Bus;
   log: Logger;
   metrics: ControllerMetrics;
+  /** Agents' NATS credentials; undefined without NATS JWT auth. */
+  natsAuthority?: NatsAuthority;
   /** What each pool kind and format can do (core's CAPABILITIES); requests they cannot do are refused. */
   capabilities: typeof CAPABILITIES;
   /** The scheduler's live view (live-view.ts); made on first use when absent (scheduling.ts `liveView`). */
