@@ -8,7 +8,7 @@ import {
   RetentionPolicy,
   StorageType,
 } from "@nats-io/jetstream";
-import { connect, type NatsConnection, nanos } from "@nats-io/transport-node";
+import { connect, jwtAuthenticator, type NatsConnection, nanos } from "@nats-io/transport-node";
 import { DEAD_LETTER_STREAM, DEAD_LETTER_SUBJECTS } from "./poison.js";
 import {
   ALL_RESULTS,
@@ -26,6 +26,12 @@ export interface BusOptions {
   user?: string;
   pass?: string;
   token?: string;
+  /** A NATS user JWT and the seed of the user key it names (decentralised JWT auth); the seed never leaves here. */
+  credentials?: { jwt: string; seed: string };
+  /** TLS to the server, trusting this CA (PEM); a `tls://` server URL asks for TLS too. */
+  tlsCa?: string;
+  /** Prefix of this connection's reply subjects (an agent may subscribe to its own only: agentInboxPrefix). */
+  inboxPrefix?: string;
 }
 
 export interface Bus {
@@ -42,6 +48,16 @@ export async function connectBus(opts: BusOptions): Promise<Bus> {
     user: opts.user,
     pass: opts.pass,
     token: opts.token,
+    ...(opts.credentials
+      ? {
+          authenticator: jwtAuthenticator(
+            opts.credentials.jwt,
+            new TextEncoder().encode(opts.credentials.seed),
+          ),
+        }
+      : {}),
+    ...(opts.tlsCa ? { tls: { ca: opts.tlsCa } } : {}),
+    ...(opts.inboxPrefix ? { inboxPrefix: opts.inboxPrefix } : {}),
     maxReconnectAttempts: -1,
     reconnectTimeWait: 500,
     // Every request (each JetStream publish is one) would otherwise build an Error up front for the caller's

@@ -19,6 +19,8 @@ export const inventorySubject = (hostId: string) => `stowage.inventory.${hostTok
  * `ALL_INVENTORIES` never matches it.
  */
 export const inventoryRequestSubject = (hostId: string) => `stowage.inventory.request.${hostToken(hostId)}`;
+/** The reply-subject prefix of a host's agent connection: its NATS credentials allow no other inbox. */
+export const agentInboxPrefix = (hostId: string) => `_INBOX_${hostToken(hostId)}`;
 export const agentConsumerName = (hostId: string) => `agent-${hostToken(hostId)}`;
 
 /** Where a host's agent reads its commands and publishes the rest: the subjects of a RegisterAgent answer. */
