@@ -28,7 +28,7 @@ export interface BusOptions {
   token?: string;
   /** A NATS user JWT and the seed of the user key it names (decentralised JWT auth); the seed never leaves here. */
   credentials?: { jwt: string; seed: string };
-  /** TLS to the server, trusting this CA (PEM); a `tls://` server URL asks for TLS too. */
+  /** TLS to the server, trusting this CA (PEM). */
   tlsCa?: string;
   /** Prefix of this connection's reply subjects (an agent may subscribe to its own only: agentInboxPrefix). */
   inboxPrefix?: string;
