@@ -338,6 +338,7 @@ describe.skipIf(why !== "")(`API fuzzing, seed ${SEED} (STOWAGE_FUZZ_SEED=${SEED
     expect([...services].sort()).toEqual([
       "grpc.health.v1.Health",
       "stowage.v1.AgentService",
+      "stowage.v1.AuditService",
       "stowage.v1.ExportService",
       "stowage.v1.FindingService",
       "stowage.v1.HostService",
