@@ -135,6 +135,7 @@ export async function startFleetCluster(opts: {
       STOWAGE_GRPC_LISTEN: `${ctl.address}:${FLEET_GRPC_PORT}`,
       STOWAGE_METRICS_LISTEN: `${ctl.address}:${FLEET_METRICS_PORT}`,
       [ALLOW_PLAINTEXT_ENV]: "1",
+      STOWAGE_TLS: "off",
       STOWAGE_DATA_DIR: join(tmp.path, "controller"),
       STOWAGE_DATABASE_URL: "", // embedded PGlite in the data directory
       STOWAGE_NATS_URL: natsUrl,

@@ -1,6 +1,13 @@
 import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
-import { ALLOW_PLAINTEXT_ENV, controllerHelp, controllerSettings, loadControllerConfig } from "./config.js";
+import {
+  ALLOW_PLAINTEXT_ENV,
+  controllerHelp,
+  controllerSettings,
+  loadControllerConfig,
+  pkiDirOf,
+  tlsEnabled,
+} from "./config.js";
 
 /** Every controller setting and its default as an operator writes it in the environment. */
 const SETTINGS: Record<string, string | undefined> = {
@@ -22,11 +29,22 @@ const SETTINGS: Record<string, string | undefined> = {
   STOWAGE_THIN_OVERCOMMIT_RATIO: "20",
   STOWAGE_SCHEDULER_WEIGHTS: "",
   STOWAGE_API_TOKENS: "",
+  STOWAGE_TLS: "auto",
+  STOWAGE_PKI_DIR: "",
+  STOWAGE_TLS_CA_CERT: "",
+  STOWAGE_TLS_CA_KEY: "",
+  STOWAGE_TLS_CERT: "",
+  STOWAGE_TLS_KEY: "",
+  STOWAGE_TLS_SANS: "",
+  STOWAGE_AGENT_CERT_TTL_MS: "2592000000",
+  STOWAGE_NATS_AUTH: "none",
+  STOWAGE_NATS_TLS: "auto",
+  STOWAGE_NATS_CA_FILE: "",
   STOWAGE_LOG_LEVEL: "info",
 };
 
 describe("controller settings", () => {
-  it("are the nineteen STOWAGE_* variables, each declared with its default", () => {
+  it("are the thirty STOWAGE_* variables, each declared with its default", () => {
     const declared = Object.fromEntries(controllerSettings().map((s) => [s.env, s.default]));
     expect(declared).toEqual(SETTINGS);
   });
@@ -65,6 +83,20 @@ describe("docs/operating.md", () => {
   });
 });
 
+const TLS_DEFAULTS = {
+  tls: "auto",
+  pkiDir: "",
+  tlsCaCert: "",
+  tlsCaKey: "",
+  tlsCert: "",
+  tlsKey: "",
+  tlsSans: "",
+  agentCertTtlMs: 2592000000,
+  natsAuth: "none",
+  natsTls: "auto",
+  natsCaFile: "",
+};
+
 describe("loadControllerConfig", () => {
   it("gives the defaults for an empty environment", () => {
     expect(loadControllerConfig({})).toEqual({
@@ -84,6 +116,7 @@ describe("loadControllerConfig", () => {
       thinOvercommitRatio: 20,
       schedulerWeights: {},
       apiTokens: "",
+      ...TLS_DEFAULTS,
       logLevel: "info",
     });
   });
@@ -108,6 +141,17 @@ describe("loadControllerConfig", () => {
       STOWAGE_THIN_OVERCOMMIT_RATIO: "4.5",
       STOWAGE_SCHEDULER_WEIGHTS: "free-space=0, pool-load=3",
       STOWAGE_API_TOKENS: "ops:admin:t0ken",
+      STOWAGE_TLS: "on",
+      STOWAGE_PKI_DIR: "/etc/stowage/pki",
+      STOWAGE_TLS_CA_CERT: "/etc/stowage/ca.crt",
+      STOWAGE_TLS_CA_KEY: "/etc/stowage/ca.key",
+      STOWAGE_TLS_CERT: "/etc/stowage/tls.crt",
+      STOWAGE_TLS_KEY: "/etc/stowage/tls.key",
+      STOWAGE_TLS_SANS: "ctl.example.net,10.0.0.2",
+      STOWAGE_AGENT_CERT_TTL_MS: "3600000",
+      STOWAGE_NATS_AUTH: "jwt",
+      STOWAGE_NATS_TLS: "on",
+      STOWAGE_NATS_CA_FILE: "/etc/stowage/nats-ca.crt",
       STOWAGE_LOG_LEVEL: "debug",
     });
     expect(c).toEqual({
@@ -129,6 +173,17 @@ describe("loadControllerConfig", () => {
       thinOvercommitRatio: 4.5,
       schedulerWeights: { "free-space": 0, "pool-load": 3 },
       apiTokens: "ops:admin:t0ken",
+      tls: "on",
+      pkiDir: "/etc/stowage/pki",
+      tlsCaCert: "/etc/stowage/ca.crt",
+      tlsCaKey: "/etc/stowage/ca.key",
+      tlsCert: "/etc/stowage/tls.crt",
+      tlsKey: "/etc/stowage/tls.key",
+      tlsSans: "ctl.example.net,10.0.0.2",
+      agentCertTtlMs: 3600000,
+      natsAuth: "jwt",
+      natsTls: "on",
+      natsCaFile: "/etc/stowage/nats-ca.crt",
       logLevel: "debug",
     });
   });
@@ -155,15 +210,33 @@ describe("loadControllerConfig", () => {
   });
 
   it("refuses plaintext listeners off loopback unless told to allow them", () => {
-    expect(() => loadControllerConfig({ STOWAGE_GRPC_LISTEN: "0.0.0.0:7480" })).toThrow(
-      /STOWAGE_GRPC_LISTEN=0.0.0.0:7480 is not a loopback address/,
+    const off = { STOWAGE_TLS: "off" };
+    expect(() => loadControllerConfig({ ...off, STOWAGE_GRPC_LISTEN: "0.0.0.0:7480" })).toThrow(
+      /STOWAGE_GRPC_LISTEN=0.0.0.0:7480 is not a loopback address and STOWAGE_TLS=off/,
     );
-    expect(() => loadControllerConfig({ STOWAGE_METRICS_LISTEN: "10.1.2.3:7481" })).toThrow(
+    expect(() => loadControllerConfig({ ...off, STOWAGE_METRICS_LISTEN: "10.1.2.3:7481" })).toThrow(
       /STOWAGE_METRICS_LISTEN=10.1.2.3:7481 is not a loopback address/,
     );
-    const c = loadControllerConfig({ STOWAGE_GRPC_LISTEN: "0.0.0.0:7480", [ALLOW_PLAINTEXT_ENV]: "1" });
+    const c = loadControllerConfig({
+      ...off,
+      STOWAGE_GRPC_LISTEN: "0.0.0.0:7480",
+      [ALLOW_PLAINTEXT_ENV]: "1",
+    });
     expect(c.grpcListen).toBe("0.0.0.0:7480");
     expect(loadControllerConfig({ STOWAGE_GRPC_LISTEN: "localhost:7480" }).grpcListen).toBe("localhost:7480");
+  });
+
+  it("turns TLS on by itself off loopback, and off on loopback (STOWAGE_TLS=auto)", () => {
+    expect(tlsEnabled(loadControllerConfig({ STOWAGE_GRPC_LISTEN: "0.0.0.0:7480" }))).toBe(true);
+    expect(tlsEnabled(loadControllerConfig({ STOWAGE_METRICS_LISTEN: "10.1.2.3:7481" }))).toBe(true);
+    expect(tlsEnabled(loadControllerConfig({}))).toBe(false);
+    expect(tlsEnabled(loadControllerConfig({ STOWAGE_TLS: "on" }))).toBe(true);
+    expect(() => loadControllerConfig({ STOWAGE_TLS: "yes" })).toThrow(/STOWAGE_TLS/);
+  });
+
+  it("keeps the PKI in the data directory unless told otherwise", () => {
+    expect(pkiDirOf(loadControllerConfig({ STOWAGE_DATA_DIR: "/srv/stowage/" }))).toBe("/srv/stowage/pki");
+    expect(pkiDirOf(loadControllerConfig({ STOWAGE_PKI_DIR: "/etc/stowage/pki" }))).toBe("/etc/stowage/pki");
   });
 });
 

@@ -134,6 +134,53 @@ export const ControllerConfigSchema = z.object({
     "STOWAGE_API_TOKENS",
     "name:role:token,... (roles viewer, operator, admin); empty: no authentication (loopback only)",
   ),
+  tls: setting(
+    z.enum(["auto", "on", "off"]).default("auto"),
+    "STOWAGE_TLS",
+    "TLS on the gRPC and metrics listeners: auto (on when either listens off loopback), on, off; with TLS every caller authenticates (agents by certificate, users by token)",
+  ),
+  pkiDir: setting(
+    z.string().default(""),
+    "STOWAGE_PKI_DIR",
+    "where the controller's CA, its server certificate and its NATS signing keys live; empty: STOWAGE_DATA_DIR/pki",
+  ),
+  tlsCaCert: setting(
+    z.string().default(""),
+    "STOWAGE_TLS_CA_CERT",
+    "PEM file of a CA the operator gives (with STOWAGE_TLS_CA_KEY); empty: the PKI directory's own CA, made on first start",
+  ),
+  tlsCaKey: setting(z.string().default(""), "STOWAGE_TLS_CA_KEY", "PEM file of that CA's private key"),
+  tlsCert: setting(
+    z.string().default(""),
+    "STOWAGE_TLS_CERT",
+    "PEM file of the listeners' certificate (with STOWAGE_TLS_KEY); empty: one issued by the CA for the listen addresses and STOWAGE_TLS_SANS",
+  ),
+  tlsKey: setting(z.string().default(""), "STOWAGE_TLS_KEY", "PEM file of that certificate's private key"),
+  tlsSans: setting(
+    z.string().default(""),
+    "STOWAGE_TLS_SANS",
+    "more names (DNS names or IP addresses, comma-separated) for the issued certificate, beside the listen addresses",
+  ),
+  agentCertTtlMs: setting(
+    milliseconds(60_000, 30 * 24 * 3600_000),
+    "STOWAGE_AGENT_CERT_TTL_MS",
+    "lifetime of the certificates (and NATS credentials) issued to agents; they renew at two thirds of it (ms)",
+  ),
+  natsAuth: setting(
+    z.enum(["none", "jwt"]).default("none"),
+    "STOWAGE_NATS_AUTH",
+    "none (STOWAGE_NATS_USER/PASS or nothing) or jwt: the controller signs each agent's NATS credentials (stowage-controller nats-config writes the server's part)",
+  ),
+  natsTls: setting(
+    z.enum(["auto", "on", "off"]).default("auto"),
+    "STOWAGE_NATS_TLS",
+    "TLS to NATS: auto (on when the NATS URL is not on loopback), on, off",
+  ),
+  natsCaFile: setting(
+    z.string().default(""),
+    "STOWAGE_NATS_CA_FILE",
+    "PEM file of the CA that signed the NATS server's certificate; empty: the controller's CA",
+  ),
   logLevel: setting(z.string().default("info"), "STOWAGE_LOG_LEVEL", "debug, info, warn or error"),
 });
 
@@ -180,7 +227,7 @@ export function controllerHelp(): string {
   ]);
   rows.push([
     ALLOW_PLAINTEXT_ENV,
-    "1: allow the plaintext listeners above off loopback (there is no TLS yet)",
+    "1: allow plaintext listeners off loopback with STOWAGE_TLS=off",
     "unset: refused",
   ]);
   const width = Math.max(...rows.map(([env]) => env.length)) + 2;
@@ -214,18 +261,31 @@ export function loadControllerConfig(
     throw new Error(`invalid controller configuration:\n${lines.join("\n")}`);
   }
   const c = parsed.data;
-  // Until TLS lands, plaintext listeners are allowed on loopback only (docs/architecture.md#security).
-  for (const [name, addr] of [
-    ["STOWAGE_GRPC_LISTEN", c.grpcListen],
-    ["STOWAGE_METRICS_LISTEN", c.metricsListen],
-  ] as const) {
-    if (!isLoopback(splitHostPort(addr).host) && env[ALLOW_PLAINTEXT_ENV] !== "1") {
-      throw new Error(
-        `${name}=${addr} is not a loopback address, and TLS is not configured: refusing to serve plaintext off loopback`,
-      );
+  // Plaintext listeners are allowed on loopback only, unless the operator says otherwise (docs/security.md).
+  if (!tlsEnabled(c)) {
+    for (const [name, addr] of [
+      ["STOWAGE_GRPC_LISTEN", c.grpcListen],
+      ["STOWAGE_METRICS_LISTEN", c.metricsListen],
+    ] as const) {
+      if (!isLoopback(splitHostPort(addr).host) && env[ALLOW_PLAINTEXT_ENV] !== "1") {
+        throw new Error(
+          `${name}=${addr} is not a loopback address and STOWAGE_TLS=off: refusing to serve plaintext off loopback (set ${ALLOW_PLAINTEXT_ENV}=1 to allow it)`,
+        );
+      }
     }
   }
   return c;
+}
+
+/** The PKI directory: STOWAGE_PKI_DIR, or STOWAGE_DATA_DIR/pki. */
+export function pkiDirOf(c: Pick<ControllerConfig, "pkiDir" | "dataDir">): string {
+  return c.pkiDir || `${c.dataDir.replace(/\/+$/, "")}/pki`;
+}
+
+/** Whether the listeners serve TLS: STOWAGE_TLS, with auto meaning "when either listens off loopback". */
+export function tlsEnabled(c: Pick<ControllerConfig, "tls" | "grpcListen" | "metricsListen">): boolean {
+  if (c.tls !== "auto") return c.tls === "on";
+  return [c.grpcListen, c.metricsListen].some((a) => !isLoopback(splitHostPort(a).host));
 }
 
 export function splitHostPort(addr: string): { host: string; port: number } {
@@ -233,6 +293,6 @@ export function splitHostPort(addr: string): { host: string; port: number } {
   return { host: addr.slice(0, i).replace(/^\[|\]$/g, ""), port: Number(addr.slice(i + 1)) };
 }
 
-function isLoopback(host: string): boolean {
+export function isLoopback(host: string): boolean {
   return host === "localhost" || host === "::1" || host.startsWith("127.");
 }
