@@ -285,6 +285,9 @@ describe("audit trail through the API", () => {
       { outcome: "maybe" },
       { since: future, until: past },
       { actor: "a".repeat(600) },
+      { since: { seconds: 8_000_000_000_000n, nanos: 0 } },
+      { until: { seconds: -70_000_000_000n, nanos: 0 } },
+      { since: { seconds: 0n, nanos: -1 } },
     ])
       expect(await code(admin.listAuditEvents(bad)), Object.keys(bad).join()).toBe("InvalidArgument");
     expect(await code(clients("op-secret").audit.listAuditEvents({}))).toBe("PermissionDenied");

@@ -50,6 +50,10 @@ function time(ts: Timestamp | undefined, field: string): Date | undefined {
   const d = timestampDate(ts);
   if (Number.isNaN(d.getTime()) || ts.nanos < 0 || ts.nanos > 999_999_999)
     throw invalidArgument(`${field} is not a valid time`, { field });
+  // The database keeps years 1 to 9999 here (and a JavaScript date past that does not pass as text).
+  const year = d.getUTCFullYear();
+  if (year < 1 || year > 9999)
+    throw invalidArgument(`${field} is not between the years 1 and 9999`, { field });
   return d;
 }
 
