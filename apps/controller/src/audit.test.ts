@@ -10,12 +10,20 @@ import {
   type Interceptor,
 } from "@connectrpc/connect";
 import { connectNodeAdapter, createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
-import { AuditService, TokenRole, TokenService, VolumeFormat, VolumeService } from "@stowage/proto";
+import {
+  AgentService,
+  AuditService,
+  TokenRole,
+  TokenService,
+  VolumeFormat,
+  VolumeService,
+} from "@stowage/proto";
 import type { Queryable } from "@stowage/store";
+import { createLogger } from "@stowage/telemetry";
 import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { codeText, createAuditInterceptor, isAuditedMethod } from "./audit.js";
-import { createAuthInterceptor, parseTokens, peerContext, storedTokens } from "./auth.js";
+import { createAuthInterceptor, parseTokens, peerContext, peerKey, storedTokens } from "./auth.js";
 import { createErrorInterceptor } from "./errors.js";
 import { auditRoutes, decodeAuditPageToken, encodeAuditPageToken } from "./routes/audit.js";
 import { tokenRoutes } from "./routes/tokens.js";
@@ -324,6 +332,51 @@ describe("audit interceptor", () => {
       .catch((e: unknown) => ConnectError.from(e));
     expect(err).toMatchObject({ code: Code.PermissionDenied });
     expect(lines.join("")).toContain("audit write of a failed call failed");
+  });
+
+  it("names a refused certificate's host, and a refused Join by the host it asked for, never its token", async () => {
+    const written: unknown[][] = [];
+    const sql = Object.assign(
+      (_strings: TemplateStringsArray, ...values: unknown[]) => {
+        written.push(values);
+        return Promise.resolve([]);
+      },
+      { json: (v: unknown) => v },
+    ) as unknown as Queryable;
+    const peer =
+      (host?: string): Interceptor =>
+      (next) =>
+      (req) => {
+        req.contextValues.set(peerKey, { address: "203.0.113.5:40000", ...(host ? { host } : {}) });
+        return next(req);
+      };
+    const refuse =
+      (code: Code): Interceptor =>
+      () =>
+      () => {
+        throw new ConnectError("refused", code);
+      };
+    const call = async (interceptors: Interceptor[]) => {
+      const transport = createRouterTransport((router) => router.service(AgentService, {}), {
+        router: {
+          interceptors: [createAuditInterceptor(sql, createLogger("test", "silent")), ...interceptors],
+        },
+      });
+      const agents = createClient(AgentService, transport);
+      await agents.join({ joinToken: PASTED, hostName: "node5", csrPem: "csr" }).catch(() => {});
+      await agents.renewCertificate({ csrPem: "csr" }).catch(() => {});
+    };
+    await call([peer("node5"), refuse(Code.Unauthenticated)]);
+    await call([peer(), refuse(Code.PermissionDenied)]);
+    // actor, role, source, action, target, request, outcome, error
+    expect(written.map((v) => [v[0], v[1], v[2], v[3], v[4], v[6]])).toEqual([
+      ["host:node5", "", "203.0.113.5:40000", "Join", "node5", "denied"],
+      ["host:node5", "", "203.0.113.5:40000", "RenewCertificate", "node5", "denied"],
+      ["anonymous", "", "203.0.113.5:40000", "Join", "node5", "denied"],
+      ["anonymous", "", "203.0.113.5:40000", "RenewCertificate", "", "denied"],
+    ]);
+    expect(written[0]![5]).toEqual({ joinToken: "[redacted]", hostName: "node5", csrPem: "csr" });
+    expect(JSON.stringify(written)).not.toContain(PASTED.slice(4));
   });
 
   it("audits mutating methods only", () => {

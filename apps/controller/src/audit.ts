@@ -100,15 +100,19 @@ export function codeText(code: Code): string {
 }
 
 /**
- * Who a refused call came from. The auth interceptor may refuse before it sets the principal: then an
- * UNAUTHENTICATED caller is "unauthenticated"; a PERMISSION_DENIED one is named from the refusal, which
- * auth.ts words as "NAME (ROLE) may not call METHOD: ..." (or "anonymous" with no role, for a refusal that
- * names nobody, such as a join with a bad token).
+ * Who a refused call came from. The auth interceptor may refuse before it sets the principal: then a caller
+ * that presented a verified certificate is "host:NAME" without a role (its certificate was refused, revoked say);
+ * an UNAUTHENTICATED one is "unauthenticated"; a PERMISSION_DENIED one is named from the refusal, which auth.ts
+ * words as "NAME (ROLE) may not call METHOD: ..." (else "anonymous" with no role, for a refusal that names
+ * nobody, such as a join with a bad token).
  */
 function refusedWho(values: ContextValues, err: ConnectError, method: string): AuditWho {
-  const source = values.get(peerKey).address;
+  const peer = values.get(peerKey);
+  const source = peer.address;
   const principal = values.get(principalKey);
   if (principal !== principalKey.defaultValue) return { actor: principal.name, role: principal.role, source };
+  // A certificate the TLS handshake verified names its host even when it is refused (revoked, say).
+  if (peer.host) return { actor: `host:${peer.host}`, role: "", source };
   if (err.code === Code.Unauthenticated) return { actor: "unauthenticated", role: "", source };
   const named = /^(.+?) \(([a-z]+)\) may not call (\w+):/.exec(err.rawMessage);
   if (named && named[3] === method) return { actor: named[1]!, role: named[2]!, source };
@@ -161,7 +165,9 @@ export function createAuditInterceptor(sql: Queryable, log: Logger): Interceptor
       }).then(
         () => true,
         (writeErr: unknown) => {
-          log.error({ err: writeErr, method }, "audit write of a failed call failed");
+          // The message and code only: a database error's detail may quote the row.
+          const { message, code } = writeErr as { message?: unknown; code?: unknown };
+          log.error({ error: String(message), code, method }, "audit write of a failed call failed");
           return true;
         },
       );
