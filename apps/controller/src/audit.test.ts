@@ -192,6 +192,36 @@ describe("audit trail through the API", () => {
     expect(rows[0]!.source).toMatch(/^127\.0\.0\.1:\d+$/);
   });
 
+  it("concurrent calls of different callers each audit their own role and address", async () => {
+    const before = await lastId();
+    const callers = [clients("op-secret"), clients("adm-secret")];
+    const calls: Promise<unknown>[] = [];
+    for (let i = 0; i < 12; i++)
+      calls.push(callers[i % 2]!.volumes.deleteVolume({ volume: `v-missing-${i}` }).catch(() => {}));
+    for (let i = 0; i < 6; i++)
+      calls.push(
+        callers[i % 2]!.volumes.createVolume({
+          name: `v-par-${i}`,
+          sizeBytes: GiB,
+          format: VolumeFormat.RAW,
+        }),
+      );
+    await Promise.all(calls);
+    const rows = await rowsAfter(before);
+    expect(rows).toHaveLength(18);
+    const sources = new Set(rows.map((r) => r.source));
+    expect(sources.size).toBe(2);
+    for (const r of rows) {
+      expect([r.actor, r.role]).toEqual(r.actor === "otto" ? ["otto", "operator"] : ["root", "admin"]);
+      const t = r.target.startsWith("vol-")
+        ? (await f.sql`select name from volumes where id = ${r.target}`)[0]!.name
+        : r.target;
+      expect(Number(String(t).split("-").pop()) % 2, `${r.actor} ${t}`).toBe(r.actor === "otto" ? 0 : 1);
+    }
+    // Each caller's rows carry its own connection's address.
+    expect(new Set(rows.filter((r) => r.actor === "otto").map((r) => r.source)).size).toBe(1);
+  });
+
   it("a refused bad request leaves exactly one error row", async () => {
     const before = await lastId();
     const op = clients("op-secret").volumes;
