@@ -1,6 +1,7 @@
 import { type Client, createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import {
+  AuditService,
   FindingService,
   HostService,
   OperationService,
@@ -24,6 +25,7 @@ export interface Clients {
   readonly snapshots: Client<typeof SnapshotService>;
   readonly findings: Client<typeof FindingService>;
   readonly tokens: Client<typeof TokenService>;
+  readonly audit: Client<typeof AuditService>;
   /** Closes the HTTP/2 connection. */
   close(): void;
 }
@@ -85,6 +87,7 @@ export const createClients: ClientFactory = ({ baseUrl, token }) => {
     snapshots: createClient(SnapshotService, transport),
     findings: createClient(FindingService, transport),
     tokens: createClient(TokenService, transport),
+    audit: createClient(AuditService, transport),
     close: () => sessionManager.abort(),
   };
 };

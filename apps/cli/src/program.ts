@@ -2,6 +2,7 @@ import { createRequire } from "node:module";
 import { Command, CommanderError, Option } from "commander";
 import { DEFAULT_SERVER } from "./client.js";
 import { makeAct } from "./command-kit.js";
+import { registerAuditCommands } from "./commands/audit.js";
 import { registerFindingCommands } from "./commands/finding.js";
 import { registerHostCommands } from "./commands/host.js";
 import { registerOperationCommands } from "./commands/operation.js";
@@ -83,6 +84,7 @@ function buildCommand(deps: ProgramDeps): Command {
   registerOperationCommands(program, act);
   registerFindingCommands(program, act);
   registerTokenCommands(program, act);
+  registerAuditCommands(program, act);
   return program;
 }
 

@@ -7,6 +7,7 @@ import { CAPABILITIES } from "@stowage/core";
 import { type Database, migrate, openDatabase } from "@stowage/store";
 import { createLogger, startOpsServer } from "@stowage/telemetry";
 import { subscribeAgentTraffic } from "./agents.js";
+import { createAuditInterceptor } from "./audit.js";
 import { createAuthInterceptor, parseTokens, peerContext, storedTokens } from "./auth.js";
 import { type ControllerConfig, splitHostPort } from "./config.js";
 import type { ControllerContext } from "./context.js";
@@ -151,6 +152,8 @@ export async function startController(
     routes: createRoutes(ctx),
     interceptors: [
       observe,
+      // Outside the auth interceptor, to audit its refusals too (audit.ts).
+      createAuditInterceptor(ctx.sql, ctx.log),
       createErrorInterceptor(ctx.log),
       createAuthInterceptor(parseTokens(config.apiTokens), storedTokens(db)),
       createNulStringInterceptor(),

@@ -33,6 +33,7 @@ import {
   quarantineFinding as writeQuarantine,
 } from "@stowage/store";
 import { findingKinds } from "@stowage/wire";
+import { callerOf } from "./audit.js";
 import type { ControllerContext } from "./context.js";
 import { mutate, mutateAudited } from "./transaction.js";
 import { validatePoolRef } from "./validate.js";
@@ -213,7 +214,7 @@ export async function adoptFinding(
     });
     await dropOrphanFinding(tx, found.hostId, ref.volumeId);
     await writeAudit(tx, {
-      actor,
+      ...callerOf(actor),
       action: "AdoptFinding",
       target: ref.volumeId,
       request: {
@@ -262,7 +263,7 @@ async function adoptErrorVolume(
   });
   await dropOrphanFinding(tx, found.hostId, v.id);
   await writeAudit(tx, {
-    actor,
+    ...callerOf(actor),
     action: "AdoptFinding",
     target: v.id,
     request: { hostId: found.hostId, poolId: v.poolId, name: v.name, sizeBytes: v.sizeBytes, wasError: true },

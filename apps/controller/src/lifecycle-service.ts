@@ -44,6 +44,7 @@ import {
   writeAudit,
 } from "@stowage/store";
 import { formats } from "@stowage/wire";
+import { callerOf } from "./audit.js";
 import { requireVolumeCapability } from "./capabilities.js";
 import type { ControllerContext } from "./context.js";
 import { enqueueOperation, startedBefore, startVolumeOperation } from "./outbox.js";
@@ -198,7 +199,7 @@ export async function createSnapshot(
       operationId: operation.id,
     });
     await writeAudit(tx, {
-      actor,
+      ...callerOf(actor),
       action: "CreateSnapshot",
       target: snapshotId,
       request: { volume: v.id, name },
@@ -240,7 +241,7 @@ export async function deleteSnapshot(
     });
     const snapshot = await transitionSnapshot(tx, s, "deleting", { operationId: operation.id });
     await writeAudit(tx, {
-      actor,
+      ...callerOf(actor),
       action: "DeleteSnapshot",
       target: s.id,
       request: { volume: v.id },
@@ -394,7 +395,7 @@ export async function cloneVolume(
       actor,
     });
     await writeAudit(tx, {
-      actor,
+      ...callerOf(actor),
       action: "CloneVolume",
       target: volumeId,
       request: { name, source: source.id, snapshot: snapshot?.id, size, flatten: req.flatten },

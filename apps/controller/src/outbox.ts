@@ -17,6 +17,7 @@ import {
   writeAudit,
 } from "@stowage/store";
 import { operationKinds } from "@stowage/wire";
+import { callerOf } from "./audit.js";
 import { commandDeadlineMs, DEFAULT_OPERATION_TTL_MS } from "./deadline.js";
 
 /**
@@ -110,7 +111,7 @@ export async function startVolumeOperation(
   const operation = await enqueueOperation(tx, o);
   const volume = await transitionVolume(tx, o.volume, o.state, { operationId: operation.id });
   await writeAudit(tx, {
-    actor: o.actor,
+    ...callerOf(o.actor),
     action: o.audit.action,
     target: o.audit.target ?? o.volume.id,
     request: o.audit.request,

@@ -1,5 +1,6 @@
 import { type AuditEntry, type OperationRow, type Sql, type Tx, writeAudit } from "@stowage/store";
 import { faultPoint } from "@stowage/telemetry";
+import { callerOf } from "./audit.js";
 import type { ControllerContext } from "./context.js";
 import { commandDeadlineMs } from "./deadline.js";
 import { collectOperations } from "./outbox.js";
@@ -54,7 +55,7 @@ export async function mutateAudited<T extends { id: string }>(
 ): Promise<T> {
   return mutate(ctx, async (tx) => {
     const row = await change(tx);
-    await writeAudit(tx, { ...audit, target: row.id, outcome: "ok" });
+    await writeAudit(tx, { ...audit, ...callerOf(audit.actor), target: row.id, outcome: "ok" });
     return row;
   });
 }

@@ -29,6 +29,7 @@ import {
 } from "@stowage/store";
 import { faultPoint } from "@stowage/telemetry";
 import { formats, qcow2FromWire, qcow2ToWire, wipeModes } from "@stowage/wire";
+import { callerOf, markAudited } from "./audit.js";
 import { requireVolumeCapability } from "./capabilities.js";
 import type { ControllerContext } from "./context.js";
 import { commandDeadlineMs } from "./deadline.js";
@@ -134,7 +135,7 @@ async function writeCreate(
       requestedBy: actor,
     },
     audit: {
-      actor,
+      ...callerOf(actor),
       action: "CreateVolume",
       target: volumeId,
       request: {
@@ -414,13 +415,15 @@ async function audit(
 ) {
   try {
     await writeAudit(ctx.sql, {
-      actor,
+      ...callerOf(actor),
       action,
       target,
       request,
       outcome: "error",
       error: `${err.code}: ${err.message}`,
     });
+    // Written outside the transaction, so it stays: the audit interceptor writes no second row.
+    markAudited();
   } catch (e) {
     ctx.log.warn({ err: e }, "audit write failed");
   }

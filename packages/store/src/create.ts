@@ -1,4 +1,4 @@
-import { type AuditEntry, auditRequest } from "./audit.js";
+import { type AuditEntry, auditValues } from "./audit.js";
 import type { Queryable } from "./db.js";
 import { capacityRule } from "./ledger.js";
 import type { NewOperation } from "./operations.js";
@@ -23,7 +23,7 @@ export async function insertPlacedVolume(
 ): Promise<{ volume: VolumeRow; operation: OperationRow } | undefined> {
   const v = c.volume;
   const o = c.operation;
-  const a = c.audit;
+  const a = auditValues(c.audit);
   const [row] = await sql<VolumeRow[]>`
     with reserve as (
       update pools set reserved_bytes = reserved_bytes + ${v.sizeBytes}, volume_count = volume_count + 1, updated_at = now()
@@ -47,8 +47,8 @@ export async function insertPlacedVolume(
         ${Buffer.from(o.command)}, ${o.requestedBy}, ${o.requestId ?? null}::text
       from reserve
     ), aud as (
-      insert into audit_log (actor, action, target, request, outcome, error)
-      select ${a.actor}, ${a.action}, ${a.target ?? ""}, ${sql.json(auditRequest(a.request) as never)}, ${a.outcome}, ${a.error ?? ""}
+      insert into audit_log (actor, role, source, action, target, request, outcome, error)
+      select ${a.actor}, ${a.role}, ${a.source}, ${a.action}, ${a.target}, ${sql.json(a.request as never)}, ${a.outcome}, ${a.error}
       from reserve
     )
     select * from vol`;

@@ -5,6 +5,7 @@ import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import {
+  AuditService,
   type Finding,
   FindingKind,
   FindingSchema,
@@ -190,6 +191,7 @@ export interface FakeOverrides {
   operations?: Partial<ServiceImpl<typeof OperationService>>;
   findings?: Partial<ServiceImpl<typeof FindingService>>;
   tokens?: Partial<ServiceImpl<typeof TokenService>>;
+  audit?: Partial<ServiceImpl<typeof AuditService>>;
 }
 
 export interface FakeController {
@@ -207,6 +209,8 @@ function notFound(what: string): never {
 const defaults: Required<FakeOverrides> = {
   // Token tests pass their own implementations.
   tokens: {},
+  // Audit tests pass their own implementations.
+  audit: {},
   hosts: {
     listHosts: () => ({ hosts: HOSTS }),
     getHost: (req) => ({ host: HOSTS.find((h) => h.id === req.hostId) ?? notFound(`host ${req.hostId}`) }),
@@ -311,6 +315,7 @@ export async function startFakeController(overrides: FakeOverrides = {}): Promis
       router.service(OperationService, recorded(calls, { ...defaults.operations, ...overrides.operations }));
       router.service(FindingService, recorded(calls, { ...defaults.findings, ...overrides.findings }));
       router.service(TokenService, recorded(calls, { ...defaults.tokens, ...overrides.tokens }));
+      router.service(AuditService, recorded(calls, { ...defaults.audit, ...overrides.audit }));
     },
   });
   const server = http2.createServer(handler);

@@ -16,6 +16,7 @@ import {
 } from "@stowage/proto";
 import type { ControllerContext } from "../context.js";
 import { agentRoutes } from "./agents.js";
+import { auditRoutes } from "./audit.js";
 import { exportRoutes } from "./exports.js";
 import { findingRoutes } from "./findings.js";
 import { healthRoutes } from "./health.js";
@@ -26,7 +27,6 @@ import { placementRoutes } from "./placement.js";
 import { poolRoutes } from "./pools.js";
 import { snapshotRoutes } from "./snapshots.js";
 import { tokenRoutes } from "./tokens.js";
-import { notYet } from "./unimplemented.js";
 import { volumeRoutes } from "./volumes.js";
 
 /** The public API and the agent protocol: one route module per gRPC service, and the gRPC health service. */
@@ -43,7 +43,7 @@ export function createRoutes(ctx: ControllerContext) {
     router.service(ExportService, exportRoutes());
     router.service(MigrationService, migrationRoutes());
     router.service(TokenService, tokenRoutes(ctx));
-    router.service(AuditService, { listAuditEvents: notYet("ListAuditEvents") });
+    router.service(AuditService, auditRoutes(ctx));
     const services = router.handlers.map((h) => h.service.typeName);
     router.service(Health, healthRoutes(ctx, [...new Set(services)]));
   };

@@ -13,6 +13,7 @@ import {
   type TokenRow,
   writeAudit,
 } from "@stowage/store";
+import { auditWho } from "../audit.js";
 import { actorOf } from "../auth.js";
 import type { ControllerContext } from "../context.js";
 
@@ -82,7 +83,7 @@ export function tokenRoutes(ctx: ControllerContext): ServiceImpl<typeof TokenSer
             Code.AlreadyExists,
           );
         await writeAudit(tx, {
-          actor,
+          ...auditWho(hc),
           action: "CreateToken",
           target: created.id,
           request: { name: req.name, role, ttlSeconds: ttlMs ? Math.round(ttlMs / 1000) : 0 },
@@ -110,10 +111,10 @@ export function tokenRoutes(ctx: ControllerContext): ServiceImpl<typeof TokenSer
           );
         const revoked = (await revokeToken(tx, found.id))!;
         await writeAudit(tx, {
-          actor,
+          ...auditWho(hc),
           action: "RevokeToken",
           target: found.id,
-          request: { token: ref },
+          request: { ref },
           outcome: "ok",
         });
         return revoked;
