@@ -95,12 +95,14 @@ export function storedTokens(db: { sql: Sql }): StoredTokens {
   return {
     async byHash(hash) {
       const row = await tokenByHash(db.sql, hash);
-      if (!row || row.revokedAt || (row.expiresAt && row.expiresAt.getTime() <= Date.now())) return undefined;
+      // A join token is never a bearer token: it only joins its host (join.ts).
+      if (row?.kind !== "api" || row.revokedAt || (row.expiresAt && row.expiresAt.getTime() <= Date.now()))
+        return undefined;
       return row;
     },
     async any() {
       const [r] = await db.sql<{ n: number }[]>`select count(*)::int as n from api_tokens
-        where revoked_at is null and (expires_at is null or expires_at > now())`;
+        where kind = 'api' and revoked_at is null and (expires_at is null or expires_at > now())`;
       return (r?.n ?? 0) > 0;
     },
     touch(id) {
