@@ -1,6 +1,6 @@
 import { Writable } from "node:stream";
 import { Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
-import { TokenRole, TokenService, VolumeService } from "@stowage/proto";
+import { TokenKind, TokenRole, TokenService, VolumeService } from "@stowage/proto";
 import pino from "pino";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { createAuthInterceptor, parseTokens, storedTokens } from "./auth.js";
@@ -150,5 +150,44 @@ describe("API tokens stored hashed", () => {
     const admin = client("env-admin-token");
     const { secret } = await admin.tokens.createToken({ name: "boss", role: TokenRole.ADMIN });
     await expect(client(secret).tokens.listTokens({})).resolves.toBeDefined();
+  });
+
+  it("makes one-time join tokens for a host: always expiring (1 h by default, at most 24 h), never a bearer", async () => {
+    const admin = client("env-admin-token");
+    const res = await admin.tokens.createToken({ name: "", role: TokenRole.UNSPECIFIED, host: "node1.lab" });
+    expect(res.secret).toMatch(/^stw_join_[0-9a-f]{64}$/);
+    expect(res.token).toMatchObject({ kind: TokenKind.JOIN, host: "node1.lab", role: TokenRole.UNSPECIFIED });
+    expect(res.token!.name).toMatch(/^join-node1-lab-[0-9a-f]{6}$/);
+    const ttl = Number(res.token!.expiresAt!.seconds) - Number(res.token!.createdAt!.seconds);
+    expect(ttl).toBeGreaterThanOrEqual(3599);
+    expect(ttl).toBeLessThanOrEqual(3601);
+    const named = await admin.tokens.createToken({
+      name: "join-n2",
+      role: TokenRole.ADMIN,
+      host: "node2",
+      ttl: { seconds: 600n, nanos: 0 },
+    });
+    expect(named.token).toMatchObject({ name: "join-n2", host: "node2", kind: TokenKind.JOIN });
+    await expect(
+      admin.tokens.createToken({ name: "", role: 0, host: "node3", ttl: { seconds: 25n * 3600n, nanos: 0 } }),
+    ).rejects.toMatchObject({ code: Code.InvalidArgument, rawMessage: "a join token lives at most 24 h" });
+    await expect(admin.tokens.createToken({ name: "", role: 0, host: "Bad Host" })).rejects.toMatchObject({
+      code: Code.InvalidArgument,
+    });
+    // A join token's secret is not a bearer token, even for reads.
+    await expect(client(res.secret).volumes.listVolumes({})).rejects.toMatchObject({
+      code: Code.Unauthenticated,
+    });
+    const list = await admin.tokens.listTokens({});
+    expect(list.tokens.map((t) => [t.kind, t.host]).sort()).toEqual([
+      [TokenKind.JOIN, "node1.lab"],
+      [TokenKind.JOIN, "node2"],
+    ]);
+    expect(text(list)).not.toContain(res.secret.slice(9));
+    const audit = await f.sql`select action, request from audit_log order by id`;
+    expect(audit[0]).toMatchObject({ action: "CreateToken", request: { kind: "join", host: "node1.lab" } });
+    expect(text(audit)).not.toContain(res.secret.slice(9));
+    expect(logLines.join("")).toContain("join token created");
+    expect(logLines.join("")).not.toContain(res.secret.slice(9));
   });
 });
