@@ -239,7 +239,11 @@ async function keyMatches(certPem: string, keyPemText: string): Promise<boolean>
  * first start) and the listeners' certificate (STOWAGE_TLS_CERT/KEY, or one the CA issues for the listen
  * addresses, re-issued when it is missing, in the last third of its life, names other addresses or another CA).
  */
-export async function loadPki(config: ControllerConfig, log: Logger): Promise<Pki> {
+export async function loadPki(
+  config: ControllerConfig,
+  log: Logger,
+  options: { serverCert?: boolean } = {},
+): Promise<Pki> {
   const dir = pkiDirOf(config);
   await mkdir(dir, { recursive: true, mode: 0o700 });
   await chmod(dir, 0o700).catch(() => {});
@@ -331,7 +335,10 @@ export async function loadPki(config: ControllerConfig, log: Logger): Promise<Pk
   };
 
   let serverCert: { certPem: string; keyPem: string };
-  if (config.tlsCert) {
+  if (options.serverCert === false) {
+    // Only the CA is wanted (stowage-controller ca-cert, issue-cert): the listeners' files are left as they are.
+    serverCert = { certPem: "", keyPem: "" };
+  } else if (config.tlsCert) {
     serverCert = {
       certPem: await readFile(config.tlsCert, "utf8"),
       keyPem: await readFile(config.tlsKey, "utf8"),
