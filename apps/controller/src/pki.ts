@@ -19,7 +19,7 @@ const subtle = webcrypto.subtle;
 
 /** The URI SAN that names a host in its certificate (docs/security.md). */
 export const hostUri = (host: string) => `urn:stowage:host:${host}`;
-const HOST_URI = /^urn:stowage:host:([a-z0-9][a-z0-9.-]*)$/;
+const HOST_URI = /^urn:stowage:host:([a-z0-9][a-z0-9._-]*)$/;
 
 /** The CA's lifetime when the controller makes it: ten years. */
 const CA_TTL_MS = 10 * 365 * 24 * 3600_000;
