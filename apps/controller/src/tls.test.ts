@@ -181,9 +181,29 @@ describe.skipIf(!natsAvailable())("a TLS controller", () => {
     const badKey = await refusal(clients().agent.join({ ...req, joinToken: forNode2, natsPublicKey: "ABC" }));
     expect(badKey.code).toBe(Code.InvalidArgument);
 
+    // Two joins racing with one token: one wins.
+    const racing = await joinToken("node4");
+    const raced = await Promise.allSettled(
+      [1, 2].map(async () =>
+        clients().agent.join({
+          joinToken: racing,
+          hostName: "node4",
+          csrPem: (await agentKey("node4")).csrPem,
+          natsPublicKey: natsKey,
+        }),
+      ),
+    );
+    expect(raced.map((r) => r.status).sort()).toEqual(["fulfilled", "rejected"]);
+    const [certs] = await controller.context.sql<{ n: number }[]>`
+      select count(*)::int as n from host_certificates where host_id in ('node2', 'node3', 'node4')`;
+    expect(certs!.n).toBe(1);
+
     const audit = await controller.context.sql<{ actor: string; action: string; target: string }[]>`
-      select actor, action, target from audit_log where action = 'Join'`;
-    expect(audit).toEqual([{ actor: "host:node1", action: "Join", target: "node1" }]);
+      select actor, action, target from audit_log where action = 'Join' order by id`;
+    expect(audit).toEqual([
+      { actor: "host:node1", action: "Join", target: "node1" },
+      { actor: "host:node4", action: "Join", target: "node4" },
+    ]);
     const rows = await controller.context.sql`select * from audit_log`;
     expect(JSON.stringify(rows, (_k, v) => (typeof v === "bigint" ? String(v) : v))).not.toContain(
       secret.slice(9),
