@@ -3,7 +3,7 @@ import { Code, ConnectError, createClient, createRouterTransport } from "@connec
 import { TokenKind, TokenRole, TokenService, VolumeService } from "@stowage/proto";
 import pino from "pino";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { createAuthInterceptor, parseTokens, storedTokens } from "./auth.js";
+import { createAuthInterceptor, parseTokens, peerKey, storedTokens } from "./auth.js";
 import type { ControllerContext } from "./context.js";
 import { tokenRoutes } from "./routes/tokens.js";
 import { volumeRoutes } from "./routes/volumes.js";
@@ -189,5 +189,33 @@ describe("API tokens stored hashed", () => {
     expect(text(audit)).not.toContain(res.secret.slice(9));
     expect(logLines.join("")).toContain("join token created");
     expect(logLines.join("")).not.toContain(res.secret.slice(9));
+  });
+
+  it("on a TLS listener authentication is on even without any token, and a peer certificate is not a user", async () => {
+    const transport = (tls: boolean, peer?: { host: string; serial: string }) =>
+      createRouterTransport((router) => router.service(VolumeService, volumeRoutes(f.ctx)), {
+        router: {
+          interceptors: [
+            (next) => (req) => {
+              if (peer) req.contextValues.set(peerKey, { address: "10.0.0.9:1", ...peer });
+              return next(req);
+            },
+            createAuthInterceptor(new Map(), storedTokens(f.ctx), () => clock, {
+              tls,
+              certificates: async () => true,
+            }),
+          ],
+        },
+      });
+    // No token anywhere: a loopback cluster without TLS lets everyone in as admin...
+    await expect(createClient(VolumeService, transport(false)).listVolumes({})).resolves.toBeDefined();
+    // ...a TLS one lets no one in without a token.
+    await expect(createClient(VolumeService, transport(true)).listVolumes({})).rejects.toMatchObject({
+      code: Code.Unauthenticated,
+    });
+    // An agent's certificate may call only AgentService.
+    await expect(
+      createClient(VolumeService, transport(true, { host: "node1", serial: "4a" })).listVolumes({}),
+    ).rejects.toMatchObject({ code: Code.PermissionDenied });
   });
 });
