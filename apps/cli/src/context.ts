@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import type { CallOptions } from "@connectrpc/connect";
 import {
   type ClientFactory,
@@ -6,6 +7,7 @@ import {
   DEFAULT_SERVER,
   normalizeServerUrl,
 } from "./client.js";
+import { usageError } from "./errors.js";
 import { formatJson, type OutputFormat, type Plain } from "./output.js";
 import { parseDuration } from "./parse.js";
 
@@ -30,6 +32,8 @@ export interface ProgramDeps {
 export interface GlobalOptions {
   server?: string;
   token?: string;
+  /** PEM file of the CA to trust for https:// servers. */
+  caFile?: string;
   timeout?: string;
   output?: OutputFormat;
 }
@@ -43,6 +47,8 @@ export class Context {
   readonly output: OutputFormat;
   readonly server: string;
   readonly token: string | undefined;
+  /** --ca-file or STOWAGE_CA_FILE: the CA to trust (the system's store otherwise). */
+  readonly caFile: string | undefined;
   readonly timeoutMs: number;
   readonly pollIntervalMs: number;
   private readonly factory: ClientFactory;
@@ -58,13 +64,29 @@ export class Context {
     this.pollIntervalMs = deps.pollIntervalMs ?? 500;
     this.server = normalizeServerUrl(globals.server ?? nonEmpty(deps.env.STOWAGE_SERVER) ?? DEFAULT_SERVER);
     this.token = nonEmpty(globals.token) ?? nonEmpty(deps.env.STOWAGE_TOKEN);
+    this.caFile = nonEmpty(globals.caFile) ?? nonEmpty(deps.env.STOWAGE_CA_FILE);
     this.timeoutMs = parseDuration(globals.timeout ?? DEFAULT_TIMEOUT, "--timeout");
   }
 
   /** The API clients, connected on first use. */
   get clients(): Clients {
-    this.clientSet ??= this.factory({ baseUrl: this.server, token: this.token });
+    this.clientSet ??= this.factory({ baseUrl: this.server, token: this.token, ca: this.readCa() });
     return this.clientSet;
+  }
+
+  private readCa(): string | undefined {
+    if (!this.caFile) return undefined;
+    let pem: string;
+    try {
+      pem = readFileSync(this.caFile, "utf8");
+    } catch (err) {
+      throw usageError(`--ca-file ${this.caFile} cannot be read: ${(err as Error).message}`);
+    }
+    if (!pem.includes("-----BEGIN CERTIFICATE-----"))
+      throw usageError(
+        `--ca-file ${this.caFile} holds no PEM certificate (\`stowage-controller ca-cert\` prints the CA)`,
+      );
+    return pem;
   }
 
   /** Options for one unary call: the --timeout deadline. */

@@ -28,11 +28,13 @@ Examples:
   $ stowctl volume list -o json
   $ stowctl finding list --kind orphan
   $ stowctl --server http://controller:7480 volume get vm1-disk0
+  $ stowctl --server https://controller:7480 --ca-file ca.crt host list
 
 Environment:
   STOWAGE_SERVER  the controller's address when --server is not given (default ${DEFAULT_SERVER},
                   where \`npm run up\` listens); host:port without a scheme means http:// (h2c)
   STOWAGE_TOKEN   a bearer token, when --token is not given
+  STOWAGE_CA_FILE the CA to trust for an https:// server, when --ca-file is not given
 
 Output:
   table (default) aligned columns, sizes like "10 GiB", relative times
@@ -63,6 +65,10 @@ function buildCommand(deps: ProgramDeps): Command {
     .showHelpAfterError("(add --help for usage and examples)")
     .option("-s, --server <url>", `the controller's address (env STOWAGE_SERVER, default ${DEFAULT_SERVER})`)
     .option("--token <token>", "bearer token (env STOWAGE_TOKEN)")
+    .option(
+      "--ca-file <file>",
+      "PEM of the CA to trust for an https:// server (env STOWAGE_CA_FILE; default: the system's)",
+    )
     .option(
       "--timeout <duration>",
       "deadline of each call to the controller, like 10s or 2m",

@@ -1,6 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { TokenRole, TokenSchema } from "@stowage/proto";
+import { TokenKind, TokenRole, TokenSchema } from "@stowage/proto";
 import { afterEach, describe, expect, it } from "vitest";
 import { createProgram } from "./program.js";
 import {
@@ -62,7 +62,7 @@ describe("token", () => {
     fake = await startFakeController({ tokens });
     const list = await stowctl(["token", "list"]);
     expect(list.code).toBe(0);
-    expect(list.stdout).toMatch(/NAME\s+ID\s+ROLE/);
+    expect(list.stdout).toMatch(/NAME\s+ID\s+KIND\s+ROLE\s+HOST/);
     expect(list.stdout).toContain("ci");
     expect(list.stdout).not.toContain("stw_");
     const rev = await stowctl(["token", "revoke", "ci"]);
@@ -78,6 +78,47 @@ describe("token", () => {
       (await stowctl(["token", "create", "--name", "ci", "--role", "viewer", "--ttl", "soon"])).code,
     ).toBe(2);
     expect((await stowctl(["token", "create", "--name", "Bad Name", "--role", "viewer"])).code).toBe(2);
+    expect((await stowctl(["token", "create", "--name", "ci"])).code).toBe(2);
+    expect((await stowctl(["token", "create", "--host", "node1", "--role", "admin"])).code).toBe(2);
+    expect((await stowctl(["token", "create", "--host", "Bad Host"])).code).toBe(2);
+    expect((await stowctl(["token", "create", "--host", "node1", "--ttl", "25h"])).code).toBe(2);
     expect(fake.calls).toEqual([]);
+  });
+
+  it("creates a join token for a host, prints its secret once, and lists it with its host and use", async () => {
+    const JOIN_SECRET = `stw_join_${"cd".repeat(32)}`;
+    const JOIN = create(TokenSchema, {
+      ...TOKEN,
+      name: "join-node1-abc123",
+      role: TokenRole.UNSPECIFIED,
+      kind: TokenKind.JOIN,
+      host: "node1",
+      expiresAt: timestampFromDate(new Date(NOW.getTime() + 3600_000)),
+      usedAt: timestampFromDate(new Date(NOW.getTime() - 5_000)),
+    });
+    fake = await startFakeController({
+      tokens: {
+        ...tokens,
+        createToken: async () => ({ token: JOIN, secret: JOIN_SECRET }),
+        listTokens: async () => ({ tokens: [TOKEN, JOIN] }),
+      },
+    });
+    const r = await stowctl(["token", "create", "--host", "node1", "--ttl", "1h"]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toBe(`${JOIN_SECRET}\n`);
+    expect(r.stderr).toContain("Join token join-node1-abc123");
+    expect(r.stderr).toContain("STOWAGE_JOIN_TOKEN");
+    expect(r.stderr).not.toContain(JOIN_SECRET);
+    const [req] = fake.requests<{ name: string; host: string; ttl: { seconds: bigint } }>("createToken");
+    expect(req).toMatchObject({ name: "", host: "node1", ttl: { seconds: 3600n } });
+    const json = await stowctl(["token", "create", "--host", "node1", "-o", "json"]);
+    expect(JSON.parse(json.stdout)).toMatchObject({
+      secret: JOIN_SECRET,
+      token: { kind: "join", host: "node1" },
+    });
+    const list = await stowctl(["token", "list", "--all"]);
+    const line = list.stdout.split("\n").find((l) => l.startsWith("join-node1"))!;
+    expect(line).toMatch(/join-node1-abc123\s+tok-\S+\s+join\s+-\s+node1\s+root/);
+    expect(line).toContain("5s ago");
   });
 });

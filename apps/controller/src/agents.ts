@@ -1,4 +1,5 @@
 import { create, fromBinary } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
 import {
   ALL_HEARTBEATS,
   ALL_INVENTORIES,
@@ -41,6 +42,8 @@ import {
   volumesInFluxOnHost,
 } from "@stowage/store";
 import { formats, poolKinds } from "@stowage/wire";
+import type { Peer } from "./auth.js";
+import { tlsEnabled } from "./config.js";
 import type { ControllerContext } from "./context.js";
 
 const INT32_MAX = 2_147_483_647;
@@ -113,9 +116,16 @@ async function applyHostInfo(sql: Queryable, host: ReturnType<typeof hostFromWir
 export async function registerAgent(
   ctx: ControllerContext,
   req: RegisterAgentRequest,
+  peer?: Peer,
 ): Promise<RegisterAgentResponse> {
   if (!req.host) throw invalidArgument("host is required");
   const hostId = validateName("host name", req.host.name);
+  // On TLS a certificate acts only as the host it names (auth.ts checked it is live); nothing is written else.
+  if (tlsEnabled(ctx.config) && peer?.host !== hostId)
+    throw new ConnectError(
+      `this certificate is host ${peer?.host ?? "(none)"}'s: it cannot register host ${hostId}`,
+      Code.PermissionDenied,
+    );
   const host = hostFromWire(req.host);
   const pools = req.pools.map((p) => poolReportFromWire(ctx, p));
   const durable = await ensureAgentConsumer(ctx.bus.jsm, hostId);

@@ -100,13 +100,12 @@ export function codeText(code: Code): string {
 }
 
 /**
- * Who a refused call came from. The auth interceptor may refuse before it sets the principal: then a caller
- * that presented a verified certificate is "host:NAME" without a role (its certificate was refused, revoked say);
- * an UNAUTHENTICATED one is "unauthenticated"; a PERMISSION_DENIED one is named from the refusal, which auth.ts
- * words as "NAME (ROLE) may not call METHOD: ..." (else "anonymous" with no role, for a refusal that names
- * nobody, such as a join with a bad token).
+ * Who a refused call came from. The auth interceptor names the caller before a PERMISSION_DENIED (its
+ * principal); without one, a caller that presented a verified certificate is "host:NAME" without a role (its
+ * certificate was refused, revoked say), an UNAUTHENTICATED one is "unauthenticated", and the rest (a join with
+ * a bad token, say) "anonymous" with no role.
  */
-function refusedWho(values: ContextValues, err: ConnectError, method: string): AuditWho {
+function refusedWho(values: ContextValues, err: ConnectError): AuditWho {
   const peer = values.get(peerKey);
   const source = peer.address;
   const principal = values.get(principalKey);
@@ -114,8 +113,6 @@ function refusedWho(values: ContextValues, err: ConnectError, method: string): A
   // A certificate the TLS handshake verified names its host even when it is refused (revoked, say).
   if (peer.host) return { actor: `host:${peer.host}`, role: "", source };
   if (err.code === Code.Unauthenticated) return { actor: "unauthenticated", role: "", source };
-  const named = /^(.+?) \(([a-z]+)\) may not call (\w+):/.exec(err.rawMessage);
-  if (named && named[3] === method) return { actor: named[1]!, role: named[2]!, source };
   return { actor: "anonymous", role: "", source };
 }
 
@@ -154,9 +151,7 @@ export function createAuditInterceptor(sql: Queryable, log: Logger): Interceptor
       const denied = e.code === Code.Unauthenticated || e.code === Code.PermissionDenied;
       const message = req.message as unknown as Fields;
       const write = writeAudit(sql, {
-        ...(denied
-          ? refusedWho(req.contextValues, e, method)
-          : failedWho(req.contextValues, req.service.typeName)),
+        ...(denied ? refusedWho(req.contextValues, e) : failedWho(req.contextValues, req.service.typeName)),
         action: method,
         target: auditTarget(method, message, req.contextValues),
         request: requestOf(req.method.input, message),

@@ -1,5 +1,6 @@
 import { EventEmitter } from "node:events";
 import http2 from "node:http2";
+import type { TLSSocket } from "node:tls";
 import { ConnectError, type Interceptor } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { type Bus, connectBus, ensureStreams, pendingCommands } from "@stowage/bus";
@@ -8,15 +9,17 @@ import { type Database, migrate, openDatabase } from "@stowage/store";
 import { createLogger, startOpsServer } from "@stowage/telemetry";
 import { subscribeAgentTraffic } from "./agents.js";
 import { createAuditInterceptor } from "./audit.js";
-import { createAuthInterceptor, parseTokens, peerContext, storedTokens } from "./auth.js";
-import { type ControllerConfig, splitHostPort } from "./config.js";
+import { createAuthInterceptor, parseTokens, peerContext, storedCertificates, storedTokens } from "./auth.js";
+import { type ControllerConfig, splitHostPort, tlsEnabled } from "./config.js";
 import type { ControllerContext } from "./context.js";
 import { createErrorInterceptor } from "./errors.js";
 import { withMinimalGrpcMessage } from "./grpc-message.js";
+import { attachPki } from "./join.js";
 import { type LeaseTiming, postgresLeaseLock, singleProcessLock, startLease } from "./lease.js";
 import { LiveView } from "./live-view.js";
 import { type Loop, startLoop } from "./loop.js";
 import { createControllerMetrics } from "./metrics.js";
+import { loadPki } from "./pki.js";
 import { reconcileOnce } from "./reconciler.js";
 import { Dispatcher, startRelay } from "./relay.js";
 import { runResultConsumer } from "./results.js";
@@ -45,6 +48,8 @@ export async function startController(
   options: ControllerOptions = {},
 ): Promise<ControllerHandle> {
   const log = createLogger("stowage-controller", config.logLevel);
+  // With TLS, the CA and the listeners' certificate come first (docs/security.md).
+  const pki = tlsEnabled(config) ? await loadPki(config, log) : undefined;
   let db: Database | undefined;
   // The bus is connected below, before /metrics can be scraped; the lookup only runs on a scrape.
   const metrics = createControllerMetrics(() => db?.sql, {
@@ -98,6 +103,7 @@ export async function startController(
         signal?.addEventListener("abort", done, { once: true });
       }),
   };
+  if (pki) attachPki(ctx, pki);
   // The scheduler's live view follows the change feed from now on (live-view.ts); loaded before serving.
   const placement = new LiveView(db, { weights: config.schedulerWeights, log });
   ctx.placement = placement;
@@ -155,7 +161,10 @@ export async function startController(
       // Outside the auth interceptor, to audit its refusals too (audit.ts).
       createAuditInterceptor(ctx.sql, ctx.log),
       createErrorInterceptor(ctx.log),
-      createAuthInterceptor(parseTokens(config.apiTokens), storedTokens(db)),
+      createAuthInterceptor(parseTokens(config.apiTokens), storedTokens(db), Date.now, {
+        tls: pki !== undefined,
+        certificates: storedCertificates(db),
+      }),
       createNulStringInterceptor(),
     ],
     grpc: true,
@@ -163,7 +172,34 @@ export async function startController(
     connect: true,
     contextValues: peerContext,
   });
-  const server = http2.createServer(withMinimalGrpcMessage(handler));
+  const onRequest = withMinimalGrpcMessage(handler);
+  // With TLS, plaintext h2c is not served at all; client certificates are asked for but optional (users send
+  // bearer tokens, a joining agent has none yet), and a connection with one the CA did not verify is closed.
+  const server: http2.Http2Server | http2.Http2SecureServer = pki
+    ? http2.createSecureServer(
+        {
+          cert: pki.serverCert.certPem,
+          key: pki.serverCert.keyPem,
+          ca: [pki.caPem],
+          requestCert: true,
+          rejectUnauthorized: false,
+          minVersion: "TLSv1.2",
+        },
+        onRequest,
+      )
+    : http2.createServer(onRequest);
+  if (pki) {
+    server.prependListener("secureConnection", (socket: TLSSocket) => {
+      const cert = socket.getPeerCertificate();
+      if (!socket.authorized && cert && Object.keys(cert).length > 0) {
+        log.debug(
+          { peer: socket.remoteAddress, reason: String(socket.authorizationError) },
+          "refused a client certificate the CA did not verify",
+        );
+        socket.destroy();
+      }
+    });
+  }
   const sessions = new Set<http2.ServerHttp2Session>();
   server.on("session", (s) => {
     sessions.add(s);
@@ -181,11 +217,19 @@ export async function startController(
     port: mAddr.port,
     registry: metrics.registry,
     ready: () => readiness(ctx),
+    ...(pki ? { tls: { cert: pki.serverCert.certPem, key: pki.serverCert.keyPem } } : {}),
   });
   log.info(
-    { grpc: `${host}:${grpcPort}`, metrics: `${mAddr.host}:${ops.port}`, database: db.kind },
+    {
+      grpc: `${host}:${grpcPort}`,
+      metrics: `${mAddr.host}:${ops.port}`,
+      database: db.kind,
+      tls: Boolean(pki),
+    },
     "controller listening",
   );
+  if (!pki && parseTokens(config.apiTokens).size === 0 && !(await storedTokens(db).any()))
+    log.warn("authentication is off: every caller is admin (loopback only)");
 
   return {
     grpcPort,

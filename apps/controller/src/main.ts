@@ -1,8 +1,21 @@
+import { ADMIN_COMMANDS_HELP, isAdminCommand, runAdminCommand } from "./admin-commands.js";
 import { controllerHelp, loadControllerConfig } from "./config.js";
 import { startController } from "./controller.js";
 
+// Subcommands (issue-cert, token create, ca-cert) run once and exit; each has its own --help.
+const subcommand = process.argv[2];
+if (isAdminCommand(subcommand)) {
+  process.exit(
+    await runAdminCommand(subcommand, process.argv.slice(3), {
+      out: process.stdout,
+      err: process.stderr,
+      env: process.env,
+    }),
+  );
+}
+
 if (process.argv.includes("--help") || process.argv.includes("-h")) {
-  process.stdout.write(controllerHelp());
+  process.stdout.write(controllerHelp() + ADMIN_COMMANDS_HELP);
   process.exit(0);
 }
 

@@ -1,9 +1,9 @@
 import { Writable } from "node:stream";
 import { Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
-import { TokenRole, TokenService, VolumeService } from "@stowage/proto";
+import { TokenKind, TokenRole, TokenService, VolumeService } from "@stowage/proto";
 import pino from "pino";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { createAuthInterceptor, parseTokens, storedTokens } from "./auth.js";
+import { createAuthInterceptor, parseTokens, peerKey, storedTokens } from "./auth.js";
 import type { ControllerContext } from "./context.js";
 import { tokenRoutes } from "./routes/tokens.js";
 import { volumeRoutes } from "./routes/volumes.js";
@@ -150,5 +150,72 @@ describe("API tokens stored hashed", () => {
     const admin = client("env-admin-token");
     const { secret } = await admin.tokens.createToken({ name: "boss", role: TokenRole.ADMIN });
     await expect(client(secret).tokens.listTokens({})).resolves.toBeDefined();
+  });
+
+  it("makes one-time join tokens for a host: always expiring (1 h by default, at most 24 h), never a bearer", async () => {
+    const admin = client("env-admin-token");
+    const res = await admin.tokens.createToken({ name: "", role: TokenRole.UNSPECIFIED, host: "node1.lab" });
+    expect(res.secret).toMatch(/^stw_join_[0-9a-f]{64}$/);
+    expect(res.token).toMatchObject({ kind: TokenKind.JOIN, host: "node1.lab", role: TokenRole.UNSPECIFIED });
+    expect(res.token!.name).toMatch(/^join-node1-lab-[0-9a-f]{6}$/);
+    const ttl = Number(res.token!.expiresAt!.seconds) - Number(res.token!.createdAt!.seconds);
+    expect(ttl).toBeGreaterThanOrEqual(3599);
+    expect(ttl).toBeLessThanOrEqual(3601);
+    const named = await admin.tokens.createToken({
+      name: "join-n2",
+      role: TokenRole.ADMIN,
+      host: "node2",
+      ttl: { seconds: 600n, nanos: 0 },
+    });
+    expect(named.token).toMatchObject({ name: "join-n2", host: "node2", kind: TokenKind.JOIN });
+    await expect(
+      admin.tokens.createToken({ name: "", role: 0, host: "node3", ttl: { seconds: 25n * 3600n, nanos: 0 } }),
+    ).rejects.toMatchObject({ code: Code.InvalidArgument, rawMessage: "a join token lives at most 24 h" });
+    await expect(admin.tokens.createToken({ name: "", role: 0, host: "Bad Host" })).rejects.toMatchObject({
+      code: Code.InvalidArgument,
+    });
+    // A join token's secret is not a bearer token, even for reads.
+    await expect(client(res.secret).volumes.listVolumes({})).rejects.toMatchObject({
+      code: Code.Unauthenticated,
+    });
+    const list = await admin.tokens.listTokens({});
+    expect(list.tokens.map((t) => [t.kind, t.host]).sort()).toEqual([
+      [TokenKind.JOIN, "node1.lab"],
+      [TokenKind.JOIN, "node2"],
+    ]);
+    expect(text(list)).not.toContain(res.secret.slice(9));
+    const audit = await f.sql`select action, request from audit_log order by id`;
+    expect(audit[0]).toMatchObject({ action: "CreateToken", request: { kind: "join", host: "node1.lab" } });
+    expect(text(audit)).not.toContain(res.secret.slice(9));
+    expect(logLines.join("")).toContain("join token created");
+    expect(logLines.join("")).not.toContain(res.secret.slice(9));
+  });
+
+  it("on a TLS listener authentication is on even without any token, and a peer certificate is not a user", async () => {
+    const transport = (tls: boolean, peer?: { host: string; serial: string }) =>
+      createRouterTransport((router) => router.service(VolumeService, volumeRoutes(f.ctx)), {
+        router: {
+          interceptors: [
+            (next) => (req) => {
+              if (peer) req.contextValues.set(peerKey, { address: "10.0.0.9:1", ...peer });
+              return next(req);
+            },
+            createAuthInterceptor(new Map(), storedTokens(f.ctx), () => clock, {
+              tls,
+              certificates: async () => true,
+            }),
+          ],
+        },
+      });
+    // No token anywhere: a loopback cluster without TLS lets everyone in as admin...
+    await expect(createClient(VolumeService, transport(false)).listVolumes({})).resolves.toBeDefined();
+    // ...a TLS one lets no one in without a token.
+    await expect(createClient(VolumeService, transport(true)).listVolumes({})).rejects.toMatchObject({
+      code: Code.Unauthenticated,
+    });
+    // An agent's certificate may call only AgentService.
+    await expect(
+      createClient(VolumeService, transport(true, { host: "node1", serial: "4a" })).listVolumes({}),
+    ).rejects.toMatchObject({ code: Code.PermissionDenied });
   });
 });

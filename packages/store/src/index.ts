@@ -4,6 +4,7 @@ export * from "./cluster-view.js";
 export * from "./create.js";
 export * from "./db.js";
 export * from "./findings.js";
+export * from "./host-certificates.js";
 export * from "./hosts.js";
 export * from "./ledger.js";
 export * from "./migrate.js";

@@ -2,12 +2,20 @@ import { createHash, randomBytes } from "node:crypto";
 import type { Queryable } from "./db.js";
 
 export type TokenRole = "viewer" | "operator" | "admin";
+/** An API token (a bearer with a role) or a one-time join token for one host. */
+export type TokenKind = "api" | "join";
 
-/** An API token's row: never its secret, only the secret's SHA-256. */
+/** An API or join token's row: never its secret, only the secret's SHA-256. */
 export interface TokenRow {
   id: string;
   name: string;
+  /** For a join token the role means nothing (it is stored as viewer). */
   role: TokenRole;
+  kind: TokenKind;
+  /** A join token: the host it lets join; null for an API token. */
+  hostId: string | null;
+  /** A join token: when it was used (once). */
+  usedAt: Date | null;
   createdBy: string;
   createdAt: Date;
   expiresAt: Date | null;
@@ -18,6 +26,11 @@ export interface TokenRow {
 /** A new bearer secret: "stw_" and 256 random bits in hex. */
 export function newTokenSecret(): string {
   return `stw_${randomBytes(32).toString("hex")}`;
+}
+
+/** A new join secret: "stw_join_" and 256 random bits in hex. */
+export function newJoinTokenSecret(): string {
+  return `stw_join_${randomBytes(32).toString("hex")}`;
 }
 
 /** What the database keeps of a secret. */
@@ -34,18 +47,32 @@ const COLUMNS = [
   "expires_at",
   "revoked_at",
   "last_used_at",
+  "kind",
+  "host_id",
+  "used_at",
 ];
 
-/** Inserts a token; undefined when a live token already has this name. */
+/**
+ * Inserts a token; undefined when a live token already has this name. A join token (`hostId` set) needs a
+ * `ttlMs` (it always expires).
+ */
 export async function insertToken(
   sql: Queryable,
-  t: { name: string; role: TokenRole; createdBy: string; ttlMs?: number; secretHash: Buffer },
+  t: {
+    name: string;
+    role: TokenRole;
+    createdBy: string;
+    ttlMs?: number;
+    secretHash: Buffer;
+    hostId?: string;
+  },
 ): Promise<TokenRow | undefined> {
   const id = `tok-${randomBytes(16).toString("hex")}`;
   const expires = t.ttlMs ? new Date(Date.now() + t.ttlMs) : null;
+  const kind: TokenKind = t.hostId ? "join" : "api";
   const rows = await sql<TokenRow[]>`
-    insert into api_tokens (id, name, role, secret_sha256, created_by, expires_at)
-    select ${id}, ${t.name}, ${t.role}, ${t.secretHash}, ${t.createdBy}, ${expires}
+    insert into api_tokens (id, name, role, secret_sha256, created_by, expires_at, kind, host_id)
+    select ${id}, ${t.name}, ${t.role}, ${t.secretHash}, ${t.createdBy}, ${expires}, ${kind}, ${t.hostId ?? null}
     where not exists (select 1 from api_tokens where name = ${t.name} and revoked_at is null)
     returning ${sql(COLUMNS)}`;
   return rows[0];
@@ -55,7 +82,8 @@ export async function listTokens(sql: Queryable, includeInactive = false): Promi
   const rows = includeInactive
     ? await sql<TokenRow[]>`select ${sql(COLUMNS)} from api_tokens order by created_at, id`
     : await sql<TokenRow[]>`select ${sql(COLUMNS)} from api_tokens
-        where revoked_at is null and (expires_at is null or expires_at > now()) order by created_at, id`;
+        where revoked_at is null and (expires_at is null or expires_at > now()) and used_at is null
+        order by created_at, id`;
   return rows;
 }
 
@@ -90,4 +118,22 @@ export async function tokenByHash(
 export async function touchToken(sql: Queryable, id: string, minIntervalMs = 60_000): Promise<void> {
   await sql`update api_tokens set last_used_at = now() where id = ${id}
     and (last_used_at is null or last_used_at < now() - make_interval(secs => ${minIntervalMs / 1000}))`;
+}
+
+/**
+ * Marks a join token used, once: undefined when it is not a live, unused join token (so of two concurrent joins
+ * with the same token only one gets the row).
+ */
+export async function useJoinToken(sql: Queryable, id: string): Promise<TokenRow | undefined> {
+  const rows = await sql<TokenRow[]>`update api_tokens set used_at = now()
+    where id = ${id} and kind = 'join' and used_at is null and revoked_at is null and expires_at > now()
+    returning ${sql(COLUMNS)}`;
+  return rows[0];
+}
+
+/** Revokes a host's join tokens not used yet; answers how many. */
+export async function revokeUnusedJoinTokens(sql: Queryable, hostId: string): Promise<number> {
+  const rows = await sql`update api_tokens set revoked_at = now()
+    where kind = 'join' and host_id = ${hostId} and used_at is null and revoked_at is null returning id`;
+  return rows.length;
 }

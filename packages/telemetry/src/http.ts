@@ -1,4 +1,5 @@
-import { createServer, type Server } from "node:http";
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { createServer as createHttpsServer } from "node:https";
 import type { Registry } from "prom-client";
 
 export interface OpsServerOptions {
@@ -7,13 +8,15 @@ export interface OpsServerOptions {
   registry: Registry;
   /** Liveness: the process runs. Readiness: it can do its work (database, NATS). */
   ready: () => Promise<{ ok: boolean; detail: Record<string, unknown> }>;
+  /** Serve HTTPS with this certificate and key (PEM) instead of plain HTTP. */
+  tls?: { cert: string; key: string };
 }
 
-/** The /metrics, /healthz and /readyz endpoints, on their own HTTP/1.1 port. */
+/** The /metrics, /healthz and /readyz endpoints, on their own HTTP/1.1 port (HTTPS with `tls`). */
 export async function startOpsServer(
   opts: OpsServerOptions,
 ): Promise<{ server: Server; port: number; close(): Promise<void> }> {
-  const server = createServer(async (req, res) => {
+  const handle = async (req: IncomingMessage, res: ServerResponse) => {
     try {
       const url = new URL(req.url ?? "/", "http://x");
       if (url.pathname === "/metrics") {
@@ -35,7 +38,10 @@ export async function startOpsServer(
       res.writeHead(500, { "content-type": "text/plain" });
       res.end(String(err));
     }
-  });
+  };
+  const server: Server = opts.tls
+    ? createHttpsServer({ cert: opts.tls.cert, key: opts.tls.key, minVersion: "TLSv1.2" }, handle)
+    : createServer(handle);
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(opts.port, opts.host, () => resolve());

@@ -11,7 +11,14 @@ export function registerHostCommands(program: Command, act: Act): void {
   const host = program
     .command("host")
     .description("Hypervisor hosts: the machines running stowage-agent, their NUMA nodes and heartbeats")
-    .addHelpText("after", examples("stowctl host list", "stowctl host get node1"));
+    .addHelpText(
+      "after",
+      examples(
+        "stowctl host list",
+        "stowctl host get node1",
+        "stowctl host revoke node1 --reason 'disk stolen'",
+      ),
+    );
 
   host
     .command("list")
@@ -59,6 +66,41 @@ export function registerHostCommands(program: Command, act: Act): void {
         if (!h) throw new Error(`the controller returned no host for ${hostId}`);
         if (ctx.json) ctx.printJson(toPlain(HostSchema, h));
         else ctx.print(hostDetails(h, ctx.view()));
+      }),
+    );
+
+  host
+    .command("revoke")
+    .description(
+      "Revoke a host (admin): every certificate and NATS credential it holds, and its unused join tokens; it must join again",
+    )
+    .argument("<host>", "the host's name")
+    .option("--reason <text>", "why, for the audit log")
+    .addHelpText(
+      "after",
+      `${examples("stowctl host revoke node1 --reason 'decommissioned'", "stowctl host revoke node1 -o json")}
+The controller refuses the host's calls within 10 s and the NATS server closes its connection. Revoking a host
+that is revoked already changes nothing (0 certificates). To let it back, make a new join token:
+\`stowctl token create --host NAME\`.
+`,
+    )
+    .action(
+      act(hints, async (ctx, [name], opts) => {
+        const hostId = parseName("host", name!);
+        const reason = (opts.reason as string | undefined) ?? "";
+        const res = await ctx.clients.hosts.revokeHost({ hostId, reason }, ctx.call());
+        if (ctx.json)
+          ctx.printJson({
+            hostId,
+            certificatesRevoked: res.certificatesRevoked,
+            natsUsersRevoked: res.natsUsersRevoked,
+          });
+        else
+          ctx.note(
+            res.certificatesRevoked === 0 && res.natsUsersRevoked === 0
+              ? `Host ${hostId} holds no live certificate: nothing more to revoke.\n`
+              : `Host ${hostId} revoked: ${res.certificatesRevoked} certificate(s) and ${res.natsUsersRevoked} NATS credential(s); its calls are refused within 10 s. It must join again with a new join token (\`stowctl token create --host ${hostId}\`).\n`,
+          );
       }),
     );
 }

@@ -1,14 +1,18 @@
 import type { ServiceImpl } from "@connectrpc/connect";
 import type { AgentService } from "@stowage/proto";
 import { registerAgent } from "../agents.js";
+import { peerKey } from "../auth.js";
 import type { ControllerContext } from "../context.js";
-import { notYet } from "./unimplemented.js";
+import { join, pkiOf, renewCertificate } from "../join.js";
 
-/** AgentService: agents register themselves (and learn their subjects) over gRPC. */
+/**
+ * AgentService: agents join (once, with a join token), renew their certificate, and register themselves (and
+ * learn their subjects) over gRPC. Never log these requests: they carry join tokens and CSRs.
+ */
 export function agentRoutes(ctx: ControllerContext): ServiceImpl<typeof AgentService> {
   return {
-    registerAgent: (req) => registerAgent(ctx, req),
-    join: notYet("Join"),
-    renewCertificate: notYet("RenewCertificate"),
+    registerAgent: (req, hc) => registerAgent(ctx, req, hc.values.get(peerKey)),
+    join: (req, hc) => join(ctx, pkiOf(ctx), req, hc.values.get(peerKey)),
+    renewCertificate: (req, hc) => renewCertificate(ctx, pkiOf(ctx), req, hc.values.get(peerKey)),
   };
 }

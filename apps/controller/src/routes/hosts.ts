@@ -4,8 +4,8 @@ import { actorOf } from "../auth.js";
 import type { ControllerContext } from "../context.js";
 import { hostToWire } from "../convert.js";
 import { describeHost, listHostsPage, setHostSchedulable } from "../host-service.js";
+import { revokeHost } from "../join.js";
 import { paged } from "./paging.js";
-import { notYet } from "./unimplemented.js";
 
 const STATES: Partial<Record<HostState, "up" | "down">> = { [HostState.UP]: "up", [HostState.DOWN]: "down" };
 
@@ -26,7 +26,7 @@ export function hostRoutes(ctx: ControllerContext): ServiceImpl<typeof HostServi
       const h = await describeHost(ctx, req.hostId);
       return { host: hostToWire(h.host, h.counts) };
     },
-    revokeHost: notYet("RevokeHost"),
+    revokeHost: (req, hc) => revokeHost(ctx, req, actorOf(hc)),
     async setHostSchedulable(req, hc) {
       return { host: hostToWire(await setHostSchedulable(ctx, req, actorOf(hc))) };
     },

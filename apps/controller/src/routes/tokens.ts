@@ -1,12 +1,15 @@
+import { randomBytes } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import { type Timestamp, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
-import { type Token, TokenRole, TokenSchema, type TokenService } from "@stowage/proto";
+import { isValidName } from "@stowage/core";
+import { type Token, TokenKind, TokenRole, TokenSchema, type TokenService } from "@stowage/proto";
 import {
   findToken,
   hashTokenSecret,
   insertToken,
   listTokens,
+  newJoinTokenSecret,
   newTokenSecret,
   revokeToken,
   type TokenRole as StoreRole,
@@ -20,6 +23,9 @@ import type { ControllerContext } from "../context.js";
 const NAME = /^[a-z][a-z0-9-]{0,62}$/;
 /** The longest time to live: ten years. */
 const MAX_TTL_S = 10n * 366n * 24n * 3600n;
+/** A join token's time to live when none is asked for, and its longest (docs/security.md). */
+export const JOIN_TTL_DEFAULT_MS = 3600_000;
+const JOIN_TTL_MAX_S = 24n * 3600n;
 const ROLES: Record<number, StoreRole> = {
   [TokenRole.VIEWER]: "viewer",
   [TokenRole.OPERATOR]: "operator",
@@ -38,7 +44,11 @@ export function tokenToWire(t: TokenRow): Token {
   return create(TokenSchema, {
     id: t.id,
     name: t.name,
-    role: WIRE_ROLE[t.role],
+    // A join token has no role: it can only join its host.
+    role: t.kind === "join" ? TokenRole.UNSPECIFIED : WIRE_ROLE[t.role],
+    kind: t.kind === "join" ? TokenKind.JOIN : TokenKind.API,
+    host: t.hostId ?? "",
+    usedAt: ts(t.usedAt),
     createdBy: t.createdBy,
     createdAt: ts(t.createdAt),
     expiresAt: ts(t.expiresAt),
@@ -49,49 +59,75 @@ export function tokenToWire(t: TokenRow): Token {
 
 const invalid = (msg: string) => new ConnectError(msg, Code.InvalidArgument);
 
-/** API tokens stored hashed (admin only, auth.ts); every create and revoke is audited, without the secret. */
+/** The name of a join token made without one: "join-", the host (as a token name allows) and 6 hex digits. */
+function joinTokenName(host: string): string {
+  return `join-${host.replace(/[._]/g, "-").slice(0, 50)}-${randomBytes(3).toString("hex")}`;
+}
+
+/**
+ * API tokens and one-time join tokens stored hashed (admin only, auth.ts); every create and revoke is audited,
+ * without the secret.
+ */
 export function tokenRoutes(ctx: ControllerContext): ServiceImpl<typeof TokenService> {
   return {
     async createToken(req, hc) {
-      if (!NAME.test(req.name))
+      const join = req.host !== "";
+      if (join && !isValidName(req.host))
         throw invalid(
-          `token name ${JSON.stringify(req.name.slice(0, 80))} is not 1 to 63 lowercase letters, digits and '-', starting with a letter`,
+          `host ${JSON.stringify(req.host.slice(0, 80))} is not a valid host name: use 1-63 characters of a-z, 0-9, '.', '_' and '-'`,
         );
-      const role = ROLES[req.role];
+      const name = req.name === "" && join ? joinTokenName(req.host) : req.name;
+      if (!NAME.test(name))
+        throw invalid(
+          `token name ${JSON.stringify(name.slice(0, 80))} is not 1 to 63 lowercase letters, digits and '-', starting with a letter`,
+        );
+      // A join token's role is ignored (it only joins its host); it is stored as the least of them.
+      const role = join ? "viewer" : ROLES[req.role];
       if (!role) throw invalid("role must be viewer, operator or admin");
-      let ttlMs: number | undefined;
+      let ttlMs: number | undefined = join ? JOIN_TTL_DEFAULT_MS : undefined;
       if (req.ttl) {
         const { seconds, nanos } = req.ttl;
         if (seconds < 0n || nanos < 0 || (seconds === 0n && nanos > 0))
-          throw invalid("ttl must be positive (at least 1 s), or unset for a token that never expires");
+          throw invalid(
+            join
+              ? "ttl must be positive (at least 1 s), or unset for one hour"
+              : "ttl must be positive (at least 1 s), or unset for a token that never expires",
+          );
+        if (join && seconds > JOIN_TTL_MAX_S) throw invalid("a join token lives at most 24 h");
         if (seconds > MAX_TTL_S) throw invalid("ttl is longer than ten years");
         if (seconds > 0n) ttlMs = Number(seconds) * 1000 + Math.floor(nanos / 1e6);
       }
       const actor = actorOf(hc);
-      const secret = newTokenSecret();
+      const secret = join ? newJoinTokenSecret() : newTokenSecret();
       const row = await ctx.sql.begin(async (tx) => {
         const created = await insertToken(tx, {
-          name: req.name,
+          name,
           role,
           createdBy: actor,
           secretHash: hashTokenSecret(secret),
           ...(ttlMs ? { ttlMs } : {}),
+          ...(join ? { hostId: req.host } : {}),
         });
         if (!created)
           throw new ConnectError(
-            `a live token is already named ${req.name}: revoke it first (\`stowctl token revoke ${req.name}\`) or pick another name`,
+            `a live token is already named ${name}: revoke it first (\`stowctl token revoke ${name}\`) or pick another name`,
             Code.AlreadyExists,
           );
         await writeAudit(tx, {
           ...auditWho(hc),
           action: "CreateToken",
           target: created.id,
-          request: { name: req.name, role, ttlSeconds: ttlMs ? Math.round(ttlMs / 1000) : 0 },
+          request: {
+            name,
+            ...(join ? { kind: "join", host: req.host } : { role }),
+            ttlSeconds: ttlMs ? Math.round(ttlMs / 1000) : 0,
+          },
           outcome: "ok",
         });
         return created;
       });
-      ctx.log.info({ actor, token: row.id, name: row.name, role }, "api token created");
+      if (join) ctx.log.info({ actor, token: row.id, name: row.name, host: req.host }, "join token created");
+      else ctx.log.info({ actor, token: row.id, name: row.name, role }, "api token created");
       return { token: tokenToWire(row), secret };
     },
     async listTokens(req) {
