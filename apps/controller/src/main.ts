@@ -1,5 +1,9 @@
 import { controllerHelp, loadControllerConfig } from "./config.js";
 import { startController } from "./controller.js";
+import { natsConfigCommand } from "./nats-config.js";
+
+// `stowage-controller nats-config ...` writes the NATS server's config and exits (nats-config.ts).
+if (process.argv[2] === "nats-config") process.exit(await natsConfigCommand(process.argv.slice(3)));
 
 if (process.argv.includes("--help") || process.argv.includes("-h")) {
   process.stdout.write(controllerHelp());
