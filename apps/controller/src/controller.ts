@@ -5,17 +5,18 @@ import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { type Bus, connectBus, ensureStreams, pendingCommands } from "@stowage/bus";
 import { CAPABILITIES } from "@stowage/core";
 import { type Database, migrate, openDatabase } from "@stowage/store";
-import { createLogger, startOpsServer } from "@stowage/telemetry";
+import { createLogger, type Logger, startOpsServer } from "@stowage/telemetry";
 import { subscribeAgentTraffic } from "./agents.js";
 import { createAuthInterceptor, parseTokens, peerContext, storedTokens } from "./auth.js";
 import { type ControllerConfig, splitHostPort } from "./config.js";
-import type { ControllerContext } from "./context.js";
+import type { ControllerContext, NatsAuthority } from "./context.js";
 import { createErrorInterceptor } from "./errors.js";
 import { withMinimalGrpcMessage } from "./grpc-message.js";
 import { type LeaseTiming, postgresLeaseLock, singleProcessLock, startLease } from "./lease.js";
 import { LiveView } from "./live-view.js";
 import { type Loop, startLoop } from "./loop.js";
 import { createControllerMetrics } from "./metrics.js";
+import { type ControllerNatsAccess, controllerNatsAccess, createNatsAuthority } from "./nats-auth.js";
 import { reconcileOnce } from "./reconciler.js";
 import { Dispatcher, startRelay } from "./relay.js";
 import { runResultConsumer } from "./results.js";
@@ -54,17 +55,22 @@ export async function startController(
   log.info({ database: db.kind, applied }, "database ready");
 
   let bus: Bus;
+  // With STOWAGE_NATS_AUTH=jwt the controller connects as a user it signs itself (nats-auth.ts).
+  let nats: ControllerNatsAccess;
   try {
+    nats = await controllerNatsAccess(config);
     bus = await connectBus({
       servers: config.natsUrl,
       name: "stowage-controller",
-      user: config.natsUser,
-      pass: config.natsPass,
+      ...(nats.credentials
+        ? { credentials: nats.credentials }
+        : { user: config.natsUser, pass: config.natsPass }),
+      ...(nats.tlsCa ? { tlsCa: nats.tlsCa } : {}),
     });
   } catch (err) {
     await db.close();
     throw new Error(
-      `cannot connect to NATS at ${config.natsUrl}: ${(err as Error).message}. Is nats-server running with JetStream (-js)?`,
+      `cannot connect to NATS at ${config.natsUrl}: ${(err as Error).message}. Is nats-server running with JetStream (-js)${config.natsAuth === "jwt" ? ", on the config `stowage-controller nats-config` wrote" : ""}?`,
     );
   }
   await ensureStreams(bus.jsm);
@@ -97,6 +103,17 @@ export async function startController(
         signal?.addEventListener("abort", done, { once: true });
       }),
   };
+  if (nats.keys) {
+    ctx.natsAuthority = createNatsAuthority({
+      keys: nats.keys,
+      sql: db.sql,
+      nats: { servers: config.natsUrl, ...(nats.tlsCa ? { tlsCa: nats.tlsCa } : {}) },
+      log,
+    });
+  }
+  // A NATS server that missed a revocation (it was down, or restored) learns it now, and until it has.
+  const revocations = ctx.natsAuthority ? pushRevocationsUntilDone(ctx.natsAuthority, log) : undefined;
+  await revocations?.first;
   // The scheduler's live view follows the change feed from now on (live-view.ts); loaded before serving.
   const placement = new LiveView(db, { weights: config.schedulerWeights, log });
   ctx.placement = placement;
@@ -199,6 +216,7 @@ export async function startController(
     },
     async stop() {
       abort.abort();
+      revocations?.stop();
       unsubscribe();
       for (const s of sessions) s.close();
       await new Promise<void>((r) => server.close(() => r()));
@@ -210,6 +228,27 @@ export async function startController(
       await bus.close();
       await db!.close();
       log.info("controller stopped");
+    },
+  };
+}
+
+/** Pushes the revocations once now, and again every 30 s after a failure until one succeeds. */
+function pushRevocationsUntilDone(authority: NatsAuthority, log: Logger) {
+  let timer: NodeJS.Timeout | undefined;
+  let stopped = false;
+  const attempt = async (): Promise<void> => {
+    try {
+      await authority.pushRevocations();
+    } catch (err) {
+      log.error({ err }, "cannot push the NATS revocations; retrying in 30 s");
+      if (!stopped) timer = setTimeout(() => void attempt(), 30_000);
+    }
+  };
+  return {
+    first: attempt(),
+    stop: () => {
+      stopped = true;
+      clearTimeout(timer);
     },
   };
 }

@@ -35,8 +35,16 @@ import {
   type TempDir,
 } from "@stowage/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { loadControllerConfig } from "./config.js";
 import type { NatsAuthority } from "./context.js";
-import { controllerCredentials, createNatsAuthority, loadNatsKeys, type NatsKeys } from "./nats-auth.js";
+import { startController } from "./controller.js";
+import {
+  controllerCredentials,
+  createNatsAuthority,
+  loadNatsKeys,
+  type NatsKeys,
+  natsTlsEnabled,
+} from "./nats-auth.js";
 import { natsConfigCommand, natsServerConfig } from "./nats-config.js";
 
 x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
@@ -380,6 +388,44 @@ describe.skipIf(!natsAvailable())("NATS JWT auth against a real nats-server (TLS
       }),
     ).rejects.toThrow(/revoked|authorization/i);
   }, 40_000);
+
+  it("starts a controller with STOWAGE_NATS_AUTH=jwt over TLS: its own credentials, an authority, a push", async () => {
+    const config = loadControllerConfig(
+      {},
+      {
+        dataDir: join(dir.path, "controller"),
+        pkiDir: join(dir.path, "pki"),
+        natsUrl: url,
+        natsAuth: "jwt",
+        natsCaFile: join(dir.path, "ca.pem"),
+        grpcListen: "127.0.0.1:0",
+        metricsListen: "127.0.0.1:0",
+        logLevel: "silent",
+      },
+    );
+    // On loopback, auto means plaintext; this server wants TLS.
+    expect(natsTlsEnabled(config)).toBe(false);
+    const handle = await startController({ ...config, natsTls: "on" });
+    try {
+      const authority = handle.context.natsAuthority!;
+      expect(authority).toBeDefined();
+      const creds = createUser();
+      const jwt = await authority.mintAgentJwt(HOST_B, creds.getPublicKey(), new Date(Date.now() + 60_000));
+      const nc = await connect({
+        servers: url,
+        authenticator: jwtAuthenticator(jwt, creds.getSeed()),
+        tls: { ca: certs.ca, ...tlsIdentityHost(url) },
+        reconnect: false,
+      });
+      await nc.close();
+    } finally {
+      await handle.stop();
+    }
+    expect(natsTlsEnabled({ natsTls: "auto", natsUrl: "nats://203.0.113.5:4222" })).toBe(true);
+    expect(natsTlsEnabled({ natsTls: "auto", natsUrl: "nats://127.0.0.1:4222,nats://localhost:4223" })).toBe(
+      false,
+    );
+  }, 30_000);
 
   it("refuses a plaintext client and a client that does not trust the server's CA", async () => {
     const answer = await new Promise<string>((resolve, reject) => {

@@ -34,6 +34,7 @@ import {
 } from "@stowage/bus";
 import type { Sql } from "@stowage/store";
 import type { Logger } from "@stowage/telemetry";
+import { type ControllerConfig, isLoopback, pkiDirOf } from "./config.js";
 import type { NatsAuthority } from "./context.js";
 
 /** The PKI directory's nkey seed files (mode 0600, made once, kept across restarts). */
@@ -332,4 +333,48 @@ async function pushAccountJwt(o: NatsAuthorityOptions, jwt: string, timeout: num
   } finally {
     await bus.close();
   }
+}
+
+/** The host names of a NATS URL setting (one URL, or several separated by commas). */
+function natsHosts(natsUrl: string): string[] {
+  return natsUrl
+    .split(",")
+    .map((s) => s.trim())
+    .filter(Boolean)
+    .map((s) => new URL(s.includes("://") ? s : `nats://${s}`).hostname.replace(/^\[|\]$/g, ""));
+}
+
+/** Whether the controller (and so its agents) use TLS to NATS: STOWAGE_NATS_TLS, auto meaning "off loopback". */
+export function natsTlsEnabled(c: Pick<ControllerConfig, "natsTls" | "natsUrl">): boolean {
+  if (c.natsTls !== "auto") return c.natsTls === "on";
+  return natsHosts(c.natsUrl).some((h) => !isLoopback(h));
+}
+
+/** How the controller reaches NATS: its own credentials and keys with STOWAGE_NATS_AUTH=jwt, and the CA for TLS. */
+export interface ControllerNatsAccess {
+  keys?: NatsKeys;
+  credentials?: NatsCredentials;
+  /** PEM of the CA the server's certificate is checked against; undefined: plaintext. */
+  tlsCa?: string;
+}
+
+export async function controllerNatsAccess(
+  config: Pick<ControllerConfig, "natsAuth" | "natsTls" | "natsUrl" | "natsCaFile" | "pkiDir" | "dataDir">,
+): Promise<ControllerNatsAccess> {
+  const access: ControllerNatsAccess = {};
+  if (natsTlsEnabled(config)) {
+    const caFile = config.natsCaFile || join(pkiDirOf(config), "ca.crt");
+    try {
+      access.tlsCa = await readFile(caFile, "utf8");
+    } catch (err) {
+      throw new Error(
+        `TLS to NATS needs the CA of the server's certificate: cannot read ${caFile} (STOWAGE_NATS_CA_FILE, or the controller's CA): ${(err as Error).message}`,
+      );
+    }
+  }
+  if (config.natsAuth === "jwt") {
+    access.keys = await loadNatsKeys(pkiDirOf(config));
+    access.credentials = await controllerCredentials(access.keys);
+  }
+  return access;
 }
