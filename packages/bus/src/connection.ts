@@ -27,8 +27,12 @@ export interface BusOptions {
   user?: string;
   pass?: string;
   token?: string;
-  /** A NATS user JWT and the seed of the user key it names (decentralised JWT auth); the seed never leaves here. */
-  credentials?: { jwt: string; seed: string };
+  /**
+   * A NATS user JWT and the seed of the user key it names (decentralised JWT auth); the seed never leaves here.
+   * The JWT may be a function, read at each (re)connect: a renewed JWT is used from the next reconnect on (the
+   * server closes a connection when the JWT it authenticated with expires).
+   */
+  credentials?: { jwt: string | (() => string); seed: string };
   /** TLS to the server, trusting this CA (PEM). */
   tlsCa?: string;
   /** Prefix of this connection's reply subjects (an agent may subscribe to its own only: agentInboxPrefix). */
