@@ -129,7 +129,7 @@ describe.skipIf(!natsAvailable())("NATS JWT auth against a real nats-server (TLS
     return { kp, jwt, seed: new TextDecoder().decode(kp.getSeed()) };
   }
 
-  async function agentBus(host: string, creds: { jwt: string; seed: string }): Promise<Bus> {
+  async function agentBus(host: string, creds: { jwt: string | (() => string); seed: string }): Promise<Bus> {
     const bus = await connectBus({
       servers: url,
       name: `agent-${host}`,
@@ -338,6 +338,22 @@ describe.skipIf(!natsAvailable())("NATS JWT auth against a real nats-server (TLS
     }
     expect(subjects.every((s) => s === resultSubject(HOST_A))).toBe(true);
   });
+
+  it("reconnects an agent whose JWT expired with the renewed one it is given", async () => {
+    const kp = createUser();
+    let jwt = await authority.mintAgentJwt(HOST_B, kp.getPublicKey(), new Date(Date.now() + 2000));
+    const b = await agentBus(HOST_B, { jwt: () => jwt, seed: new TextDecoder().decode(kp.getSeed()) });
+    jwt = await authority.mintAgentJwt(HOST_B, kp.getPublicKey(), new Date(Date.now() + 3600_000));
+    const seen: string[] = [];
+    for await (const s of b.nc.status()) {
+      seen.push(s.type);
+      if (s.type === "reconnect") break;
+    }
+    expect(seen).toContain("disconnect");
+    b.nc.publish(heartbeatSubject(HOST_B), new TextEncoder().encode("hb"));
+    await b.nc.flush();
+    expect(b.nc.isClosed()).toBe(false);
+  }, 20_000);
 
   it("closes a revoked agent's connection within 10 s and refuses it from then on", async () => {
     const creds = await agentCredentials(HOST_A);
