@@ -250,8 +250,11 @@ export interface NatsAuthorityOptions {
   timeoutMs?: number;
 }
 
-/** The advisory lock revocation pushes take, so that pushes of several controllers never pass each other. */
-export const NATS_PUSH_LOCK = 0x5707a9f;
+/**
+ * The advisory lock revocation pushes take, so that pushes of several controllers never pass each other (the
+ * migrations take 0x5707a9e, the lease 0x5707a9f).
+ */
+export const NATS_PUSH_LOCK = 0x5707aa0;
 
 /**
  * The controller's NatsAuthority (context.ts): mints agents' user JWTs with `agentPermissions`, and pushes the
@@ -285,7 +288,7 @@ export function createNatsAuthority(o: NatsAuthorityOptions): NatsAuthority {
       // Under the lock, each push reads every revocation committed before it, and is issued in a later second
       // than the push before it (the server keeps the account JWT issued last).
       await o.sql.begin(async (tx) => {
-        await tx`select pg_advisory_xact_lock(${NATS_PUSH_LOCK})`;
+        await tx`select pg_advisory_xact_lock(${NATS_PUSH_LOCK}::int8)`;
         const rows = await tx<{ natsPublicKey: string; revokedAt: Date }[]>`
           select nats_public_key, min(revoked_at) as revoked_at from host_certificates
           where revoked_at is not null and nats_public_key <> ''
