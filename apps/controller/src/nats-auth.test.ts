@@ -30,9 +30,11 @@ import {
   makeTempDir,
   natsAvailable,
   natsServerPath,
+  postgresAvailable,
   type Service,
   spawnService,
   type TempDir,
+  testPostgres,
 } from "@stowage/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadControllerConfig } from "./config.js";
@@ -291,6 +293,7 @@ describe.skipIf(!natsAvailable())("NATS JWT auth against a real nats-server (TLS
       "STOWAGE_DEAD_LETTERS",
     );
     const heard = controller.nc.subscribe(heartbeatSubject(HOST_A), { max: 1 });
+    await controller.nc.flush();
     a.nc.publish(heartbeatSubject(HOST_A), new TextEncoder().encode("hb"));
     for await (const m of heard) expect(m.subject).toBe(heartbeatSubject(HOST_A));
     // The controller's inventory request reaches it.
@@ -406,9 +409,12 @@ describe.skipIf(!natsAvailable())("NATS JWT auth against a real nats-server (TLS
   }, 40_000);
 
   it("starts a controller with STOWAGE_NATS_AUTH=jwt over TLS: its own credentials, an authority, a push", async () => {
+    // On PostgreSQL: the leader holds the lease's advisory lock meanwhile, and a push takes one of its own.
+    const pg = postgresAvailable() ? await testPostgres() : undefined;
     const config = loadControllerConfig(
       {},
       {
+        ...(pg ? { databaseUrl: pg.url } : {}),
         dataDir: join(dir.path, "controller"),
         pkiDir: join(dir.path, "pki"),
         natsUrl: url,
@@ -425,6 +431,8 @@ describe.skipIf(!natsAvailable())("NATS JWT auth against a real nats-server (TLS
     try {
       const authority = handle.context.natsAuthority!;
       expect(authority).toBeDefined();
+      await expect.poll(() => handle.leading, { timeout: 10_000 }).toBe(true);
+      await authority.pushRevocations();
       const creds = createUser();
       const jwt = await authority.mintAgentJwt(HOST_B, creds.getPublicKey(), new Date(Date.now() + 60_000));
       const nc = await connect({
@@ -436,6 +444,7 @@ describe.skipIf(!natsAvailable())("NATS JWT auth against a real nats-server (TLS
       await nc.close();
     } finally {
       await handle.stop();
+      await pg?.release();
     }
     expect(natsTlsEnabled({ natsTls: "auto", natsUrl: "nats://203.0.113.5:4222" })).toBe(true);
     expect(natsTlsEnabled({ natsTls: "auto", natsUrl: "nats://127.0.0.1:4222,nats://localhost:4223" })).toBe(
