@@ -5,18 +5,23 @@ import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { type Bus, connectBus, ensureStreams, pendingCommands } from "@stowage/bus";
 import { CAPABILITIES } from "@stowage/core";
 import { type Database, migrate, openDatabase } from "@stowage/store";
-import { createLogger, type Logger, startOpsServer } from "@stowage/telemetry";
+import { createLogger, startOpsServer } from "@stowage/telemetry";
 import { subscribeAgentTraffic } from "./agents.js";
 import { createAuthInterceptor, parseTokens, peerContext, storedTokens } from "./auth.js";
 import { type ControllerConfig, splitHostPort } from "./config.js";
-import type { ControllerContext, NatsAuthority } from "./context.js";
+import type { ControllerContext } from "./context.js";
 import { createErrorInterceptor } from "./errors.js";
 import { withMinimalGrpcMessage } from "./grpc-message.js";
 import { type LeaseTiming, postgresLeaseLock, singleProcessLock, startLease } from "./lease.js";
 import { LiveView } from "./live-view.js";
 import { type Loop, startLoop } from "./loop.js";
 import { createControllerMetrics } from "./metrics.js";
-import { type ControllerNatsAccess, controllerNatsAccess, createNatsAuthority } from "./nats-auth.js";
+import {
+  type ControllerNatsAccess,
+  controllerNatsAccess,
+  createNatsAuthority,
+  keepRevocationsPushed,
+} from "./nats-auth.js";
 import { reconcileOnce } from "./reconciler.js";
 import { Dispatcher, startRelay } from "./relay.js";
 import { runResultConsumer } from "./results.js";
@@ -111,8 +116,9 @@ export async function startController(
       log,
     });
   }
-  // A NATS server that missed a revocation (it was down, or restored) learns it now, and until it has.
-  const revocations = ctx.natsAuthority ? pushRevocationsUntilDone(ctx.natsAuthority, log) : undefined;
+  // A NATS server that missed a revocation (it was down, restarted or restored) learns it now, and again after
+  // each reconnect.
+  const revocations = ctx.natsAuthority ? keepRevocationsPushed(ctx.natsAuthority, bus, log) : undefined;
   await revocations?.first;
   // The scheduler's live view follows the change feed from now on (live-view.ts); loaded before serving.
   const placement = new LiveView(db, { weights: config.schedulerWeights, log });
@@ -228,27 +234,6 @@ export async function startController(
       await bus.close();
       await db!.close();
       log.info("controller stopped");
-    },
-  };
-}
-
-/** Pushes the revocations once now, and again every 30 s after a failure until one succeeds. */
-function pushRevocationsUntilDone(authority: NatsAuthority, log: Logger) {
-  let timer: NodeJS.Timeout | undefined;
-  let stopped = false;
-  const attempt = async (): Promise<void> => {
-    try {
-      await authority.pushRevocations();
-    } catch (err) {
-      log.error({ err }, "cannot push the NATS revocations; retrying in 30 s");
-      if (!stopped) timer = setTimeout(() => void attempt(), 30_000);
-    }
-  };
-  return {
-    first: attempt(),
-    stop: () => {
-      stopped = true;
-      clearTimeout(timer);
     },
   };
 }

@@ -25,6 +25,7 @@ import {
   tlsIdentityHost,
 } from "@stowage/bus";
 import { type Database, migrate, openDatabase } from "@stowage/store";
+import { createLogger } from "@stowage/telemetry";
 import {
   freePorts,
   makeTempDir,
@@ -43,6 +44,7 @@ import { startController } from "./controller.js";
 import {
   controllerCredentials,
   createNatsAuthority,
+  keepRevocationsPushed,
   loadNatsKeys,
   type NatsKeys,
   natsTlsEnabled,
@@ -532,6 +534,49 @@ describe("nats-config", () => {
       for (const s of seeds) expect(text).not.toContain(s.trim());
     } finally {
       await dir.cleanup();
+    }
+  });
+});
+
+describe("keeping the revocations pushed", () => {
+  it("pushes at once, retries after a failure, and pushes again after each reconnect", async () => {
+    const queue: { type: string }[] = [];
+    let wake: (() => void) | undefined;
+    const bus = {
+      nc: {
+        status: () => ({
+          async *[Symbol.asyncIterator]() {
+            for (;;) {
+              while (queue.length) yield queue.shift()!;
+              await new Promise<void>((r) => {
+                wake = r;
+              });
+            }
+          },
+        }),
+      },
+    } as unknown as Pick<Bus, "nc">;
+    let pushes = 0;
+    let failing = 1;
+    const authority: NatsAuthority = {
+      mintAgentJwt: async () => "",
+      pushRevocations: async () => {
+        pushes++;
+        if (failing-- > 0) throw new Error("no server");
+      },
+    };
+    const kept = keepRevocationsPushed(authority, bus, createLogger("test", "silent"), 50);
+    try {
+      await kept.first;
+      expect(pushes).toBe(1);
+      await expect.poll(() => pushes, { timeout: 2000 }).toBe(2);
+      await new Promise((r) => setTimeout(r, 150));
+      expect(pushes).toBe(2);
+      queue.push({ type: "disconnect" }, { type: "reconnect" });
+      wake?.();
+      await expect.poll(() => pushes, { timeout: 2000 }).toBe(3);
+    } finally {
+      kept.stop();
     }
   });
 });

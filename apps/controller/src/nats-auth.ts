@@ -23,6 +23,7 @@ import {
 import {
   agentConsumerName,
   agentInboxPrefix,
+  type Bus,
   COMMAND_STREAM,
   connectBus,
   deadLetterSubject,
@@ -380,4 +381,55 @@ export async function controllerNatsAccess(
     access.credentials = await controllerCredentials(access.keys);
   }
   return access;
+}
+
+/**
+ * Pushes the revocations now, again 30 s after each failure until one succeeds, and again after each reconnect of
+ * `bus` (the server may have restarted on a config whose preloaded account JWT is newer than its last update).
+ * `first` settles when the first attempt has (it never rejects).
+ */
+export function keepRevocationsPushed(
+  authority: NatsAuthority,
+  bus: Pick<Bus, "nc">,
+  log: Logger,
+  retryMs = 30_000,
+): { first: Promise<void>; stop(): void } {
+  let timer: NodeJS.Timeout | undefined;
+  let stopped = false;
+  let running: Promise<void> | undefined;
+  let again = false;
+  const attempt = (): Promise<void> => {
+    if (running) {
+      again = true;
+      return running;
+    }
+    clearTimeout(timer);
+    running = authority
+      .pushRevocations()
+      .catch((err) => {
+        log.error({ err }, `cannot push the NATS revocations; retrying in ${Math.round(retryMs / 1000)} s`);
+        if (!stopped) timer = setTimeout(() => void attempt(), retryMs);
+      })
+      .finally(() => {
+        running = undefined;
+        if (again && !stopped) {
+          again = false;
+          void attempt();
+        }
+      });
+    return running;
+  };
+  void (async () => {
+    for await (const s of bus.nc.status()) {
+      if (stopped) return;
+      if (s.type === "reconnect") void attempt();
+    }
+  })().catch(() => {});
+  return {
+    first: attempt(),
+    stop: () => {
+      stopped = true;
+      clearTimeout(timer);
+    },
+  };
 }
