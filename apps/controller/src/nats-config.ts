@@ -128,6 +128,9 @@ STOWAGE_NATS_AUTH=jwt against that server.
   --resolver-dir   the account JWTs the server is sent (default ${DEFAULT_RESOLVER_DIR})
 `;
 
+/** A shell word for `s` (what is printed is meant to be pasted). */
+const shellQuote = (s: string) => (/^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replaceAll("'", "'\\''")}'`);
+
 /** The `nats-config` subcommand; returns the exit code. */
 export async function natsConfigCommand(
   args: string[],
@@ -195,7 +198,7 @@ export async function natsConfigCommand(
     const path = resolve(outFile!);
     await writeFileAtomic(path, text);
     out(
-      `wrote ${path} (NATS keys in ${pkiDir}).\nRun:  nats-server -c ${JSON.stringify(path)}\n` +
+      `wrote ${path} (NATS keys in ${pkiDir}).\nRun:  nats-server -c ${shellQuote(path)}\n` +
         `Then start the controller with STOWAGE_NATS_AUTH=jwt${cert ? " and STOWAGE_NATS_CA_FILE (or the controller's CA) trusting that certificate" : ""}.\n`,
     );
     return 0;
