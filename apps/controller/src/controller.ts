@@ -108,6 +108,10 @@ export async function startController(
         signal?.addEventListener("abort", done, { once: true });
       }),
   };
+  // The scheduler's live view follows the change feed from now on (live-view.ts); loaded before serving.
+  const placement = new LiveView(db, { weights: config.schedulerWeights, log });
+  ctx.placement = placement;
+  await placement.start();
   if (nats.keys) {
     ctx.natsAuthority = createNatsAuthority({
       keys: nats.keys,
@@ -120,10 +124,6 @@ export async function startController(
   // each reconnect.
   const revocations = ctx.natsAuthority ? keepRevocationsPushed(ctx.natsAuthority, bus, log) : undefined;
   await revocations?.first;
-  // The scheduler's live view follows the change feed from now on (live-view.ts); loaded before serving.
-  const placement = new LiveView(db, { weights: config.schedulerWeights, log });
-  ctx.placement = placement;
-  await placement.start();
   const dispatcher = new Dispatcher(ctx);
   // The relay and the reconciler run in one controller at a time: the holder of the lease (lease.ts).
   let relay: Loop | undefined;
