@@ -11,6 +11,7 @@ import {
   RESULT_STREAM,
   resultSubject,
 } from "@stowage/bus";
+import { validateName } from "@stowage/core";
 import {
   AgentCommandSchema,
   HeartbeatSchema,
@@ -30,7 +31,9 @@ import { fuzzCases, fuzzSeed, type Rng, rng } from "./support/fuzz.js";
  * Issue 10's bus fuzzing, against real processes (a controller on PGlite and an agent, from dist/): malformed
  * commands, results, inventories and heartbeats never crash a consumer or stop it consuming (a valid volume is
  * still made afterwards, the host stays up), and a poison message, one that fails on every delivery, is parked
- * after 5 deliveries and counted in stowage_bus_poison_messages_total on the consumer's /metrics.
+ * after 5 deliveries and counted in stowage_bus_poison_messages_total on the consumer's /metrics. A message
+ * naming another (valid) host than its subject's is forged: the controller counts it in
+ * stowage_bus_forged_messages_total instead.
  */
 
 const SEED = fuzzSeed();
@@ -79,6 +82,25 @@ function poison(text: string, consumer: string, reason: string): number {
       return Number(line.slice(line.lastIndexOf(" ") + 1));
   }
   return 0;
+}
+
+/** The value of stowage_bus_forged_messages_total for a kind (0 when absent). */
+function forged(text: string, kind: string): number {
+  for (const line of text.split("\n")) {
+    if (line.startsWith(`stowage_bus_forged_messages_total{kind="${kind}"}`))
+      return Number(line.slice(line.lastIndexOf(" ") + 1));
+  }
+  return 0;
+}
+
+/** Whether a host id is a valid name: a message naming another valid host is forged, one naming none malformed. */
+function isName(id: string): boolean {
+  try {
+    validateName("host name", id);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** The port a process listens on (the agent's /metrics, on a port it picked itself). */
@@ -224,10 +246,15 @@ describe.skipIf(why !== "")(`bus fuzzing, seed ${SEED} (STOWAGE_FUZZ_SEED=${SEED
     const msgs = malformed(r, absurd, CASES);
     const before = await scrape(controllerMetrics);
     let undecodable = 0;
+    let noHost = 0;
     let otherHost = 0;
     for (const m of msgs) {
       if (!decodes(OperationResultSchema, m)) undecodable++;
-      else if (fromBinary(OperationResultSchema, m).hostId !== HOST) otherHost++;
+      else {
+        const id = fromBinary(OperationResultSchema, m).hostId;
+        if (id !== HOST && isName(id)) otherHost++;
+        else if (id !== HOST) noHost++;
+      }
       await bus.js.publish(resultSubject(HOST), m);
     }
     // Right host id, wrong subject: a host publishing for another.
@@ -255,10 +282,11 @@ describe.skipIf(why !== "")(`bus fuzzing, seed ${SEED} (STOWAGE_FUZZ_SEED=${SEED
     expect({ undecodable: delta("undecodable"), invalid: delta("invalid"), failed: delta("failed") }).toEqual(
       {
         undecodable,
-        invalid: otherHost,
+        invalid: noHost,
         failed: 1,
       },
     );
+    expect(forged(after, "result") - forged(before, "result")).toBe(otherHost);
     await waitFor(
       "the result queue drained",
       async () => {
@@ -309,10 +337,21 @@ describe.skipIf(why !== "")(`bus fuzzing, seed ${SEED} (STOWAGE_FUZZ_SEED=${SEED
       inventories: inventories.filter((m) => !decodes(InventorySchema, m)).length,
       heartbeats: heartbeats.filter((m) => !decodes(HeartbeatSchema, m)).length,
     };
-    // Every one that decodes names another host than the subject's (none is HOST): refused as invalid.
+    // Every one that decodes names another host than the subject's (none is HOST): forged when it names a valid
+    // host, refused as invalid when it names none.
+    const hostIds = (schema: typeof InventorySchema | typeof HeartbeatSchema, ms: Uint8Array[]) =>
+      ms.filter((m) => decodes(schema, m)).map((m) => fromBinary(schema, m).hostId);
+    const named = {
+      inventories: hostIds(InventorySchema, inventories),
+      heartbeats: hostIds(HeartbeatSchema, heartbeats),
+    };
     const decoded = {
-      inventories: inventories.length - undecodable.inventories,
-      heartbeats: heartbeats.length - undecodable.heartbeats,
+      inventories: named.inventories.filter((id) => !isName(id)).length,
+      heartbeats: named.heartbeats.filter((id) => !isName(id)).length,
+    };
+    const forgedOnes = {
+      inventory: named.inventories.filter(isName).length,
+      heartbeat: named.heartbeats.filter(isName).length,
     };
     for (const m of inventories) bus.nc.publish(inventorySubject(HOST), m);
     for (const m of heartbeats) bus.nc.publish(heartbeatSubject(HOST), m);
@@ -323,9 +362,11 @@ describe.skipIf(why !== "")(`bus fuzzing, seed ${SEED} (STOWAGE_FUZZ_SEED=${SEED
         const t = await scrape(controllerMetrics);
         const d = (consumer: string, reason: string) =>
           poison(t, consumer, reason) - poison(before, consumer, reason);
+        const f = (kind: string) => forged(t, kind) - forged(before, kind);
         return (
-          d("inventories", "undecodable") + d("inventories", "invalid") === inventories.length &&
-          d("heartbeats", "undecodable") + d("heartbeats", "invalid") === heartbeats.length
+          d("inventories", "undecodable") + d("inventories", "invalid") + f("inventory") ===
+            inventories.length &&
+          d("heartbeats", "undecodable") + d("heartbeats", "invalid") + f("heartbeat") === heartbeats.length
         );
       },
       20_000,
@@ -340,6 +381,10 @@ describe.skipIf(why !== "")(`bus fuzzing, seed ${SEED} (STOWAGE_FUZZ_SEED=${SEED
       inventories: { undecodable: undecodable.inventories, invalid: decoded.inventories },
       heartbeats: { undecodable: undecodable.heartbeats, invalid: decoded.heartbeats },
     });
+    expect({
+      inventory: forged(after, "inventory") - forged(before, "inventory"),
+      heartbeat: forged(after, "heartbeat") - forged(before, "heartbeat"),
+    }).toEqual(forgedOnes);
     // No host "evil" appeared, the agent's host is still up and its pool as it reported it.
     const hosts = await c.stowctlJson<{ id: string; state: string }[]>(["host", "list"]);
     expect(hosts.map((h) => [h.id, h.state])).toEqual([[HOST, expect.stringMatching(/up/i)]]);

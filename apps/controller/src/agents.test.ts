@@ -15,7 +15,7 @@ import {
   RegisterAgentRequestSchema,
   VolumeFormat,
 } from "@stowage/proto";
-import { getPool, listFindings, replaceFindings } from "@stowage/store";
+import { getHost, getPool, listFindings, replaceFindings } from "@stowage/store";
 import { type NatsServer, natsAvailable, startNats } from "@stowage/testkit";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { applyInventory, createSequenceTracker, registerAgent, subscribeAgentTraffic } from "./agents.js";
@@ -194,5 +194,48 @@ describe.skipIf(!natsAvailable())("agent traffic over a real NATS (on PGlite)", 
     expect(requests).toBe(1);
     expect(await usedOf("h1/b")).toBe(5n * GiB);
     expect((await getPool(f.sql, "h1/a"))?.present).toBe(true);
+  });
+
+  const count = async (
+    metric: { get(): Promise<{ values: { labels: object; value: number }[] }> },
+    labels: object,
+  ) =>
+    (await metric.get()).values.find((v) => JSON.stringify(v.labels) === JSON.stringify(labels))?.value ?? 0;
+
+  it("drops a heartbeat or inventory whose host is not its subject's, counts it as forged and applies nothing", async () => {
+    const forged = (kind: string) => count(f.ctx.metrics.busForged, { kind });
+    const poison = (consumer: string) => count(f.ctx.metrics.busPoison, { consumer, reason: "invalid" });
+    const before = { heartbeat: await forged("heartbeat"), inventory: await forged("inventory") };
+    const poisonBefore = (await poison("heartbeats")) + (await poison("inventories"));
+    const h1 = await getHost(f.sql, "h1");
+    const usedBefore = await usedOf("h1/a");
+
+    // h1 keeping h2 up; h2 rewriting h1's pools; h1 rewriting h2's host record in its own full inventory.
+    bus.nc.publish(
+      heartbeatSubject("h1"),
+      toBinary(HeartbeatSchema, create(HeartbeatSchema, { hostId: "h2", sequence: 1n, bootId: "b2" })),
+    );
+    bus.nc.publish(
+      inventorySubject("h2"),
+      toBinary(InventorySchema, delta(100n, { pools: [report("a", 50n)] })),
+    );
+    bus.nc.publish(
+      inventorySubject("h1"),
+      toBinary(
+        InventorySchema,
+        create(InventorySchema, {
+          hostId: "h1",
+          sequence: 101n,
+          host: { name: "h2" },
+          pools: [report("a", 60n)],
+        }),
+      ),
+    );
+    await expect.poll(() => forged("heartbeat"), { timeout: 5000 }).toBe(before.heartbeat + 1);
+    await expect.poll(() => forged("inventory"), { timeout: 5000 }).toBe(before.inventory + 2);
+    expect((await poison("heartbeats")) + (await poison("inventories"))).toBe(poisonBefore);
+    expect(await getHost(f.sql, "h2")).toBeUndefined();
+    expect(await getHost(f.sql, "h1")).toEqual(h1);
+    expect(await usedOf("h1/a")).toBe(usedBefore);
   });
 });

@@ -383,14 +383,23 @@ async function applyHeartbeat(
   }
 }
 
+/** A message whose sender is not the host it names (its subject's host): dropped and counted, never applied. */
+export class ForgedMessageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "ForgedMessageError";
+  }
+}
+
 /**
- * A host publishes only on its own subjects: a message naming another host (or no valid host) is refused before
- * anything reads its host id, so one host cannot keep another one up or rewrite its pools.
+ * A host publishes only on its own subjects (its NATS credentials allow no other): a message naming another host
+ * is forged, and one naming no valid host is malformed; either is refused before anything reads its host id, so
+ * one host cannot keep another one up or rewrite its pools.
  */
 export function checkSubjectHost(what: string, hostId: string, subjectHost: string): string {
   const id = validateName("host name", hostId);
   if (id !== subjectHost)
-    throw invalidArgument(
+    throw new ForgedMessageError(
       `${what} for host ${JSON.stringify(id)} arrived on host ${JSON.stringify(subjectHost.slice(0, 80))}'s subject`,
     );
   return id;
@@ -408,7 +417,8 @@ function decode<T>(decoder: () => T): T {
 /**
  * Handles every message on `subject` in the controllers' queue group, logging (not throwing) what fails. Core
  * NATS never redelivers: a message that does not decode, or is malformed (INVALID_ARGUMENT), is dropped and
- * counted in stowage_bus_poison_messages_total{consumer}.
+ * counted in stowage_bus_poison_messages_total{consumer}; a forged one (ForgedMessageError) in
+ * stowage_bus_forged_messages_total{kind}, logged without its payload.
  */
 function subscribeQueued(
   ctx: ControllerContext,
@@ -417,6 +427,7 @@ function subscribeQueued(
   consumer: "heartbeats" | "inventories",
   handle: (data: Uint8Array, subjectHost: string) => Promise<void>,
 ) {
+  const kind = consumer === "heartbeats" ? "heartbeat" : "inventory";
   return bus.nc.subscribe(subject, {
     queue: CONTROLLER_QUEUE,
     callback: (err, msg) => {
@@ -425,6 +436,11 @@ function subscribeQueued(
         try {
           await handle(msg.data, tokenToHost(msg.subject.slice(msg.subject.lastIndexOf(".") + 1)));
         } catch (e) {
+          if (e instanceof ForgedMessageError) {
+            ctx.metrics.busForged.inc({ kind });
+            ctx.log.warn({ subject: msg.subject, error: e.message }, `forged ${kind} dropped`);
+            return;
+          }
           const reason =
             e instanceof PoisonMessageError
               ? e.reason
@@ -484,6 +500,8 @@ export function subscribeAgentTraffic(
     subscribeQueued(ctx, bus, ALL_INVENTORIES, "inventories", async (data, subjectHost) => {
       const inv = decode(() => fromBinary(InventorySchema, data));
       checkSubjectHost("an inventory", inv.hostId, subjectHost);
+      // A full inventory's host record is its sender's too (it would rewrite that host's row).
+      if (inv.host) checkSubjectHost("an inventory's host record", inv.host.name, subjectHost);
       if (!observe(inv.hostId, inv.sequence, inv.delta ? "delta" : "full")) return;
       await inOrder(inv.hostId, () => applyInventory(ctx, inv));
     }),

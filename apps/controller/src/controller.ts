@@ -19,6 +19,12 @@ import { type LeaseTiming, postgresLeaseLock, singleProcessLock, startLease } fr
 import { LiveView } from "./live-view.js";
 import { type Loop, startLoop } from "./loop.js";
 import { createControllerMetrics } from "./metrics.js";
+import {
+  type ControllerNatsAccess,
+  controllerNatsAccess,
+  createNatsAuthority,
+  keepRevocationsPushed,
+} from "./nats-auth.js";
 import { loadPki } from "./pki.js";
 import { reconcileOnce } from "./reconciler.js";
 import { Dispatcher, startRelay } from "./relay.js";
@@ -60,17 +66,22 @@ export async function startController(
   log.info({ database: db.kind, applied }, "database ready");
 
   let bus: Bus;
+  // With STOWAGE_NATS_AUTH=jwt the controller connects as a user it signs itself (nats-auth.ts).
+  let nats: ControllerNatsAccess;
   try {
+    nats = await controllerNatsAccess(config);
     bus = await connectBus({
       servers: config.natsUrl,
       name: "stowage-controller",
-      user: config.natsUser,
-      pass: config.natsPass,
+      ...(nats.credentials
+        ? { credentials: nats.credentials }
+        : { user: config.natsUser, pass: config.natsPass }),
+      ...(nats.tlsCa ? { tlsCa: nats.tlsCa } : {}),
     });
   } catch (err) {
     await db.close();
     throw new Error(
-      `cannot connect to NATS at ${config.natsUrl}: ${(err as Error).message}. Is nats-server running with JetStream (-js)?`,
+      `cannot connect to NATS at ${config.natsUrl}: ${(err as Error).message}. Is nats-server running with JetStream (-js)${config.natsAuth === "jwt" ? ", on the config `stowage-controller nats-config` wrote" : ""}?`,
     );
   }
   await ensureStreams(bus.jsm);
@@ -108,6 +119,18 @@ export async function startController(
   const placement = new LiveView(db, { weights: config.schedulerWeights, log });
   ctx.placement = placement;
   await placement.start();
+  if (nats.keys) {
+    ctx.natsAuthority = createNatsAuthority({
+      keys: nats.keys,
+      sql: db.sql,
+      nats: { servers: config.natsUrl, ...(nats.tlsCa ? { tlsCa: nats.tlsCa } : {}) },
+      log,
+    });
+  }
+  // A NATS server that missed a revocation (it was down, restarted or restored) learns it now, and again after
+  // each reconnect.
+  const revocations = ctx.natsAuthority ? keepRevocationsPushed(ctx.natsAuthority, bus, log) : undefined;
+  await revocations?.first;
   const dispatcher = new Dispatcher(ctx);
   // The relay and the reconciler run in one controller at a time: the holder of the lease (lease.ts).
   let relay: Loop | undefined;
@@ -246,6 +269,7 @@ export async function startController(
     },
     async stop() {
       abort.abort();
+      revocations?.stop();
       unsubscribe();
       for (const s of sessions) s.close();
       await new Promise<void>((r) => server.close(() => r()));

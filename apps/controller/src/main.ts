@@ -1,6 +1,10 @@
 import { ADMIN_COMMANDS_HELP, isAdminCommand, runAdminCommand } from "./admin-commands.js";
 import { controllerHelp, loadControllerConfig } from "./config.js";
 import { startController } from "./controller.js";
+import { natsConfigCommand } from "./nats-config.js";
+
+// `stowage-controller nats-config ...` writes the NATS server's config and exits (nats-config.ts).
+if (process.argv[2] === "nats-config") process.exit(await natsConfigCommand(process.argv.slice(3)));
 
 // Subcommands (issue-cert, token create, ca-cert) run once and exit; each has its own --help.
 const subcommand = process.argv[2];

@@ -48,6 +48,7 @@ export function createControllerMetrics(getSql: () => Sql | undefined, opts: Con
     ...outboxGauges(registry, read),
     ...leaseGauge(registry),
     ...poisonCounter(registry, CONTROLLER_CONSUMERS),
+    ...forgedCounter(registry),
   };
   poolCapacityGauges(registry, read, opts.forecast);
   return metrics;
@@ -81,4 +82,23 @@ export function poisonCounter(registry: Registry, consumers: readonly string[]) 
   for (const consumer of consumers)
     for (const reason of POISON_REASONS) busPoison.inc({ consumer, reason }, 0);
   return { busPoison };
+}
+
+/** What a host may send only as itself: results of its own operations, its heartbeats, its inventories. */
+export const FORGED_KINDS = ["result", "heartbeat", "inventory"] as const;
+
+/**
+ * Bus messages dropped because their sender is not the host they name: a heartbeat or inventory whose host is not
+ * its subject's, a result on one host's subject for another host's operation (agents.ts, results.ts). Exported at
+ * 0 from the start: any rise means a host's credentials are being misused.
+ */
+function forgedCounter(registry: Registry) {
+  const busForged = counter(
+    registry,
+    "stowage_bus_forged_messages_total",
+    "Bus messages dropped because the host they name is not the host whose subject they came on (a result: for an operation of another host), by kind (result, heartbeat, inventory).",
+    ["kind"],
+  );
+  for (const kind of FORGED_KINDS) busForged.inc({ kind }, 0);
+  return { busForged };
 }

@@ -344,6 +344,39 @@ describe.skipIf(!natsAvailable())("the result consumer (on PGlite and a real nat
     expect(await ledgerDiscrepancies(f.sql)).toEqual([]);
   });
 
+  it("drops a result for another host's operation, or naming another host than its subject's: acked, counted as forged, nothing applied", async () => {
+    const forged = async () =>
+      (await f.ctx.metrics.busForged.get()).values.find((v) => v.labels.kind === "result")?.value ?? 0;
+    const before = await forged();
+    const made = await creates(3, "forged");
+    const [victim, other, genuine] = made.map((m) => m.operation!);
+    // h2 reports h1's operation as done, on its own subject; then on h1's subject, naming itself.
+    await publishResults([{ ...success(victim!), hostId: "h2" }]);
+    await bus.js.publish(
+      resultSubject("h1"),
+      toBinary(OperationResultSchema, { ...success(other!), hostId: "h2" }),
+    );
+    await publishResults([success(genuine!)]);
+    const stop = await consume(f.ctx);
+    try {
+      await expect
+        .poll(async () => (await getVolumeById(f.sql, made[2]!.volume!.id))?.state, { timeout: 5_000 })
+        .toBe("available");
+      await expect.poll(forged, { timeout: 5_000 }).toBe(before + 2);
+      // Acked, so never redelivered.
+      await expect
+        .poll(async () => (await info()).num_ack_pending + (await info()).num_pending, { timeout: 5_000 })
+        .toBe(0);
+    } finally {
+      await stop();
+    }
+    for (const op of [victim!, other!])
+      expect((await getOperation(f.sql, op.id))?.state).toMatch(/pending|sent/);
+    expect((await getVolumeById(f.sql, made[0]!.volume!.id))?.state).toBe("creating");
+    expect((await info()).num_redelivered).toBe(0);
+    expect(await ledgerDiscrepancies(f.sql)).toEqual([]);
+  });
+
   it("acks only after commit: results applied by a controller that dies before acking are redelivered and change nothing more", async () => {
     const made = await creates(8, "crash");
     await publishResults(made.map((m) => success(m.operation!)));

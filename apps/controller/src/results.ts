@@ -16,6 +16,7 @@ import {
   type SnapshotState,
   VOLUME_STATE_MACHINE,
   type VolumeState,
+  validateName,
 } from "@stowage/core";
 import { type OperationResult, OperationResultSchema } from "@stowage/proto";
 import {
@@ -62,8 +63,16 @@ export async function applyResults(
     const ops = new Map(locked.map((op) => [op.id, op]));
     const finished: { op: OperationRow; r: OperationResult }[] = [];
     const late: LateOutcome[] = [];
+    // A host reports on its own operations only: a result naming another host's operation changes nothing.
+    const forged: { r: OperationResult; op: OperationRow }[] = [];
+    const genuine = results.filter((r) => {
+      const op = ops.get(r.operationId);
+      if (!op || op.hostId === r.hostId) return true;
+      forged.push({ r, op });
+      return false;
+    });
     // The batch's successful creates and clones, the bulk of it, in one statement; the rest one by one.
-    const { created, rest } = splitCreated(results, ops);
+    const { created, rest } = splitCreated(genuine, ops);
     const confirmed = new Set(
       await confirmCreated(
         tx,
@@ -84,8 +93,15 @@ export async function applyResults(
       const op = await applyInTransaction(ctx, tx, r, ops, late);
       if (op) finished.push({ op, r });
     }
-    return { finished, late };
+    return { finished, late, forged };
   });
+  for (const { r, op } of applied.forged) {
+    ctx.metrics.busForged.inc({ kind: "result" });
+    ctx.log.warn(
+      { operationId: op.id, host: r.hostId, operationHost: op.hostId },
+      "forged result dropped: a host reported on another host's operation",
+    );
+  }
   for (const outcome of applied.late) ctx.metrics.lateResults.inc({ outcome });
   for (const { op, r } of applied.finished) {
     ctx.metrics.operations.inc({ kind: op.kind, result: r.success ? "succeeded" : "failed" });
@@ -361,11 +377,24 @@ function resultPoisonPolicy(ctx: ControllerContext, maxDeliveries?: number): Poi
 /** The most results applied in one transaction. */
 export const RESULT_BATCH = 64;
 
+function isName(hostId: string): boolean {
+  try {
+    validateName("host name", hostId);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Forged results already counted: a batch that failed is decoded again one by one. */
+const forgedMessages = new WeakSet<JsMsg>();
+
 /**
- * Decodes result messages. One that does not decode, or names another host than the subject it came on (a host
- * publishes on its own subject only), is parked, and left out (its ack is then a no-op).
+ * Decodes result messages. One that does not decode, or names no valid host, is parked, and left out (its ack is
+ * then a no-op). One that names another host than the subject it came on (a host publishes on its own subject only) is forged: left out,
+ * so it is acked with the batch and never applied, counted and logged (without its payload).
  */
-function decodeResults(_ctx: ControllerContext, msgs: JsMsg[], poison: PoisonPolicy): OperationResult[] {
+function decodeResults(ctx: ControllerContext, msgs: JsMsg[], poison: PoisonPolicy): OperationResult[] {
   const results: OperationResult[] = [];
   for (const msg of msgs) {
     let r: OperationResult;
@@ -376,15 +405,24 @@ function decodeResults(_ctx: ControllerContext, msgs: JsMsg[], poison: PoisonPol
       continue;
     }
     const subjectHost = tokenToHost(msg.subject.slice(msg.subject.lastIndexOf(".") + 1));
-    if (r.hostId !== subjectHost) {
+    if (r.hostId !== subjectHost && !isName(r.hostId)) {
       void parkMessage(
         msg,
         poison,
         "invalid",
-        new Error(
-          `result for host ${JSON.stringify(r.hostId.slice(0, 80))} arrived on host ${JSON.stringify(subjectHost.slice(0, 80))}'s subject`,
-        ),
+        new Error(`result for no valid host (${JSON.stringify(r.hostId.slice(0, 80))})`),
       );
+      continue;
+    }
+    if (r.hostId !== subjectHost) {
+      if (!forgedMessages.has(msg)) {
+        forgedMessages.add(msg);
+        ctx.metrics.busForged.inc({ kind: "result" });
+        ctx.log.warn(
+          { subject: msg.subject, seq: msg.seq, claimedHost: r.hostId.slice(0, 80) },
+          "forged result dropped: it names another host than its subject's",
+        );
+      }
       continue;
     }
     results.push(r);

@@ -1,3 +1,4 @@
+import { isIP } from "node:net";
 import {
   AckPolicy,
   DeliverPolicy,
@@ -26,12 +27,24 @@ export interface BusOptions {
   user?: string;
   pass?: string;
   token?: string;
-  /** A NATS user JWT and the seed of the user key it names (decentralised JWT auth); the seed never leaves here. */
-  credentials?: { jwt: string; seed: string };
+  /**
+   * A NATS user JWT and the seed of the user key it names (decentralised JWT auth); the seed never leaves here.
+   * The JWT may be a function, read at each (re)connect: a renewed JWT is used from the next reconnect on (the
+   * server closes a connection when the JWT it authenticated with expires). So may the seed: an agent makes a
+   * new user key at each renewal.
+   */
+  credentials?: { jwt: string | (() => string); seed: string | (() => string) };
   /** TLS to the server, trusting this CA (PEM). */
   tlsCa?: string;
   /** Prefix of this connection's reply subjects (an agent may subscribe to its own only: agentInboxPrefix). */
   inboxPrefix?: string;
+  /**
+   * Whether connecting asks the server for JetStream's account info (`$JS.API.INFO`), failing at once when
+   * JetStream is off. Default: yes, unless `inboxPrefix` is given: an agent's NATS credentials do not allow it.
+   */
+  jetstreamCheck?: boolean;
+  /** How long the first connection may take (ms; the client's default otherwise). */
+  timeoutMs?: number;
 }
 
 export interface Bus {
@@ -50,21 +63,25 @@ export async function connectBus(opts: BusOptions): Promise<Bus> {
     token: opts.token,
     ...(opts.credentials
       ? {
-          authenticator: jwtAuthenticator(
-            opts.credentials.jwt,
-            new TextEncoder().encode(opts.credentials.seed),
-          ),
+          authenticator: jwtAuthenticator(opts.credentials.jwt, seedBytes(opts.credentials.seed)),
         }
       : {}),
-    ...(opts.tlsCa ? { tls: { ca: opts.tlsCa } } : {}),
+    ...(opts.tlsCa ? { tls: { ca: opts.tlsCa, ...tlsIdentityHost(opts.servers) } } : {}),
     ...(opts.inboxPrefix ? { inboxPrefix: opts.inboxPrefix } : {}),
+    ...(opts.timeoutMs ? { timeout: opts.timeoutMs } : {}),
     maxReconnectAttempts: -1,
     reconnectTimeWait: 500,
     // Every request (each JetStream publish is one) would otherwise build an Error up front for the caller's
     // stack, a few percent of a busy controller's CPU; a failure still says what failed.
     noAsyncTraces: true,
   });
-  const jsm = await jetstreamManager(nc);
+  let jsm: JetStreamManager;
+  try {
+    jsm = await jetstreamManager(nc, { checkAPI: opts.jetstreamCheck ?? opts.inboxPrefix === undefined });
+  } catch (err) {
+    await nc.close().catch(() => {});
+    throw err;
+  }
   const js = jetstream(nc);
   return {
     nc,
@@ -82,6 +99,10 @@ export async function connectBus(opts: BusOptions): Promise<Bus> {
       clearTimeout(timer);
     },
   };
+}
+
+function seedBytes(seed: string | (() => string)): Uint8Array | (() => Uint8Array) {
+  return typeof seed === "function" ? () => new TextEncoder().encode(seed()) : new TextEncoder().encode(seed);
 }
 
 /** How long JetStream remembers a message id to drop duplicates of it. */
@@ -235,4 +256,27 @@ export async function pendingCommands(jsm: JetStreamManager, hostId: string): Pr
   } catch {
     return 0;
   }
+}
+
+/**
+ * The name a server's certificate is checked against when it is an IP address. The client names no TLS server for
+ * an IP (SNI takes host names only), and Node then checks the certificate against "localhost": given the one
+ * address every server URL names, the certificate's IP address SAN is checked instead. Several addresses: Node's
+ * default, so use host names there.
+ */
+export function tlsIdentityHost(servers: string | string[]): { host?: string } {
+  const hosts = new Set(
+    (Array.isArray(servers) ? servers : servers.split(","))
+      .map((s) => s.trim())
+      .filter(Boolean)
+      .map((s) => {
+        try {
+          return new URL(s.includes("://") ? s : `nats://${s}`).hostname.replace(/^\[|\]$/g, "");
+        } catch {
+          return "";
+        }
+      }),
+  );
+  const [only] = hosts;
+  return hosts.size === 1 && only && isIP(only) ? { host: only } : {};
 }
