@@ -26,12 +26,20 @@ export interface BusOptions {
   user?: string;
   pass?: string;
   token?: string;
-  /** A NATS user JWT and the seed of the user key it names (decentralised JWT auth); the seed never leaves here. */
-  credentials?: { jwt: string; seed: string };
+  /**
+   * A NATS user JWT and the seed of the user key it names (decentralised JWT auth); the seed never leaves here.
+   * A function is asked at every (re)connect: an agent's renewed credentials are used from its next reconnect.
+   */
+  credentials?: NatsCredentials | (() => NatsCredentials);
   /** TLS to the server, trusting this CA (PEM). */
   tlsCa?: string;
   /** Prefix of this connection's reply subjects (an agent may subscribe to its own only: agentInboxPrefix). */
   inboxPrefix?: string;
+}
+
+export interface NatsCredentials {
+  jwt: string;
+  seed: string;
 }
 
 export interface Bus {
@@ -48,14 +56,7 @@ export async function connectBus(opts: BusOptions): Promise<Bus> {
     user: opts.user,
     pass: opts.pass,
     token: opts.token,
-    ...(opts.credentials
-      ? {
-          authenticator: jwtAuthenticator(
-            opts.credentials.jwt,
-            new TextEncoder().encode(opts.credentials.seed),
-          ),
-        }
-      : {}),
+    ...(opts.credentials ? { authenticator: credentialsAuthenticator(opts.credentials) } : {}),
     ...(opts.tlsCa ? { tls: { ca: opts.tlsCa } } : {}),
     ...(opts.inboxPrefix ? { inboxPrefix: opts.inboxPrefix } : {}),
     maxReconnectAttempts: -1,
@@ -82,6 +83,14 @@ export async function connectBus(opts: BusOptions): Promise<Bus> {
       clearTimeout(timer);
     },
   };
+}
+
+function credentialsAuthenticator(credentials: NatsCredentials | (() => NatsCredentials)) {
+  const current = typeof credentials === "function" ? credentials : () => credentials;
+  return jwtAuthenticator(
+    () => current().jwt,
+    () => new TextEncoder().encode(current().seed),
+  );
 }
 
 /** How long JetStream remembers a message id to drop duplicates of it. */
