@@ -73,7 +73,8 @@ describe("host identity: join, reuse, renewal, crash-safe files", () => {
   it("joins on the first start (a CSR naming the host; the key stays here), files 0600; reuses them after", async () => {
     const config = newConfig("alpha");
     const secret = token("alpha");
-    const joined = await loadOrJoin(config, c.clients, log, secret);
+    const { identity: joined, joined: didJoin } = await loadOrJoin(config, c.clients, log, secret);
+    expect(didJoin).toBe(true);
     noteSecrets(joined);
 
     const req = c.joins.at(-1);
@@ -101,7 +102,8 @@ describe("host identity: join, reuse, renewal, crash-safe files", () => {
 
     // A second start: no token needed, no join made, the same certificate.
     const joins = c.joins.length;
-    const again = await loadOrJoin(config, c.clients, log);
+    const { identity: again, joined: joinedAgain } = await loadOrJoin(config, c.clients, log);
+    expect(joinedAgain).toBe(false);
     expect(again.serial).toBe(joined.serial);
     expect(again.natsJwt).toBe(joined.natsJwt);
     expect(c.joins).toHaveLength(joins);
@@ -119,7 +121,7 @@ describe("host identity: join, reuse, renewal, crash-safe files", () => {
     const config = newConfig("gamma");
     c.ttlMs = 3000;
     try {
-      const first = await loadOrJoin(config, c.clients, log, token("gamma"));
+      const { identity: first } = await loadOrJoin(config, c.clients, log, token("gamma"));
       noteSecrets(first);
       const renewed: HostIdentity[] = [];
       const stop = keepRenewed({
@@ -159,7 +161,7 @@ describe("host identity: join, reuse, renewal, crash-safe files", () => {
 
   it("a crash between the writes of a renewal still loads a matching pair", async () => {
     const config = newConfig("delta");
-    const old = await loadOrJoin(config, c.clients, log, token("delta"));
+    const { identity: old } = await loadOrJoin(config, c.clients, log, token("delta"));
     c.ttlMs = 2 * 3600_000;
     const renewed = await renewIdentity(config, c.clients, old, log).finally(() => {
       c.ttlMs = 3600_000;

@@ -100,14 +100,14 @@ export async function loadOrJoin(
   clients: IdentityClientFactory,
   log: Logger,
   joinToken?: string,
-): Promise<HostIdentity> {
+): Promise<{ identity: HostIdentity; joined: boolean }> {
   const held = await loadIdentity(config, log);
   if (held) {
     log.info(
       { serial: held.serial, notAfter: held.notAfter.toISOString() },
       "using the host certificate in stateDir",
     );
-    return held;
+    return { identity: held, joined: false };
   }
   const token = joinToken ?? (await readJoinToken(config));
   if (!token) {
@@ -115,6 +115,16 @@ export async function loadOrJoin(
       `no certificate in ${config.stateDir} and no join token: create one with \`stowctl token create --host ${config.hostName}\` and set ${JOIN_TOKEN_ENV} (or joinTokenFile)`,
     );
   }
+  return { identity: await joinWhenReachable(config, clients, token, log), joined: true };
+}
+
+/** Joins, waiting for the controller as long as it takes (an agent may start first); a refusal is an error. */
+export async function joinWhenReachable(
+  config: IdentityConfig,
+  clients: IdentityClientFactory,
+  token: string,
+  log: Logger,
+): Promise<HostIdentity> {
   let delay = 250;
   for (;;) {
     try {
