@@ -154,6 +154,10 @@ const IDLE_COLLECT_MS = 10_000;
 
 export async function startAgent(config: AgentConfig, hooks: AgentHooks = {}): Promise<AgentHandle> {
   const log = (hooks.log ?? createLogger(`stowage-agent`, config.logLevel)).child({ host: config.hostName });
+  const secure = secureMode(config);
+  // The join token is read once, before any tool runs, and kept out of the environment the tools inherit.
+  let joinToken = secure ? await readJoinToken(config) : undefined;
+  delete process.env[JOIN_TOKEN_ENV];
   let inventory: Inventory | undefined;
   const metrics = createAgentMetrics(config.hostName, () => inventory?.samples() ?? []);
   const opened = await openPools(config, createMeteredToolRunner(config, metrics, log));
@@ -161,14 +165,9 @@ export async function startAgent(config: AgentConfig, hooks: AgentHooks = {}): P
   const host = await discoverHost({ sysfsRoot: config.sysfsRoot, procRoot: config.procRoot });
 
   // Secure mode (an https controllerUrl): the host's identity first, joining with the token if it has none.
-  // The token is read once and kept out of the environment of the tools the agent runs.
-  const secure = secureMode(config);
   let identity: HostIdentity | undefined;
-  let joinToken: string | undefined;
   const identityClients = (tls: TlsMaterial) => agentClient(config, tls);
   if (secure) {
-    joinToken = await readJoinToken(config);
-    delete process.env[JOIN_TOKEN_ENV];
     const loaded = await loadOrJoin(config, identityClients, log, joinToken);
     identity = loaded.identity;
     // A token that joined is used up; one given to a host that still had its certificate is kept for a re-join.
