@@ -279,10 +279,13 @@ describe("parseAgentConfig", () => {
     expect(new Set(kinds)).toEqual(new Set(["dir", "lvm", "lvmthin", "rbd"]));
   });
 
-  it("reads the example config in deploy/examples", () => {
-    const path = new URL("../../../deploy/examples/agent.json", import.meta.url);
-    const c = parseAgentConfig(JSON.parse(readFileSync(path, "utf8")), "deploy/examples/agent.json");
-    expect(c.pools.length).toBeGreaterThan(0);
+  it("reads the example configs in deploy/examples", () => {
+    for (const name of ["agent.json", "agent-secure.json"]) {
+      const path = new URL(`../../../deploy/examples/${name}`, import.meta.url);
+      const c = parseAgentConfig(JSON.parse(readFileSync(path, "utf8")), `deploy/examples/${name}`);
+      expect(c.pools.length).toBeGreaterThan(0);
+      expect(secureMode(c), name).toBe(name === "agent-secure.json");
+    }
   });
 });
 
