@@ -1,3 +1,4 @@
+import { execFileSync } from "node:child_process";
 import { createPrivateKey, createPublicKey, webcrypto, X509Certificate } from "node:crypto";
 import { copyFile, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -36,6 +37,23 @@ const noteSecrets = (id: HostIdentity) => {
 
 const spkiOf = (pem: string) =>
   createPublicKey(pem).export({ type: "spki", format: "der" }).toString("base64");
+
+describe("the agent's memory", () => {
+  it("does not load @peculiar/x509 until it joins or renews", () => {
+    // @peculiar/x509 installs reflect-metadata's Reflect.getMetadata when loaded: the sign that it was.
+    const script = `
+      await import("./apps/agent/src/agent.ts");
+      const before = typeof Reflect.getMetadata;
+      await import("@peculiar/x509");
+      console.log(before, typeof Reflect.getMetadata);
+    `;
+    const out = execFileSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], {
+      cwd: new URL("../../../", import.meta.url).pathname,
+      encoding: "utf8",
+    });
+    expect(out.trim()).toBe("undefined function");
+  });
+});
 
 describe("host identity: join, reuse, renewal, crash-safe files", () => {
   let root: string;
