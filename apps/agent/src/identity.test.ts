@@ -20,7 +20,7 @@ import {
   renewIdentity,
 } from "./identity.js";
 import { waitUntil } from "./testing/fixture.js";
-import { type SecureStandIn, startSecureStandIn } from "./testing/secure-controller.js";
+import { makeTestCa, type SecureStandIn, startSecureStandIn } from "./testing/secure-controller.js";
 
 x509.cryptoProvider.set(webcrypto);
 
@@ -209,6 +209,19 @@ describe("host identity: join, reuse, renewal, crash-safe files", () => {
     expect(completed?.keyPem).toBe(renewed.keyPem);
     expect(await readFile(file(IDENTITY_FILES.cert), "utf8")).toBe(renewed.certPem);
     await expect(stat(file(`${IDENTITY_FILES.cert}.next`))).rejects.toThrow(/ENOENT/);
+  });
+
+  it("does not join a controller that caFile does not trust, and says what to check", async () => {
+    const other = await makeTestCa("another CA");
+    const caFile = join(root, "other-ca.crt");
+    await writeFile(caFile, other.caPem);
+    const joins = c.joins.length;
+    await expect(
+      loadOrJoin({ ...newConfig("epsilon"), caFile }, c.clients, log, token("epsilon")),
+    ).rejects.toThrow(
+      /cannot join the cluster: .*certificate.*is caFile .* the CA that signed the controller's/,
+    );
+    expect(c.joins).toHaveLength(joins);
   });
 
   it("reads the token from joinTokenFile when it exists, else from STOWAGE_JOIN_TOKEN", async () => {

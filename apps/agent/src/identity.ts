@@ -130,17 +130,21 @@ export async function joinWhenReachable(
     try {
       return await joinCluster(config, clients, token, log);
     } catch (err) {
-      const e = ConnectError.from(err);
-      if (!retriable(e.code)) throw new Error(`the controller refused the join: ${e.rawMessage}`);
-      log.warn({ err: e.rawMessage }, "cannot reach the controller to join yet; retrying");
-      await sleep(delay);
-      delay = Math.min(delay * 2, 5000);
+      if (!(err instanceof ConnectError)) throw err;
+      if (err.code === Code.Unavailable || err.code === Code.DeadlineExceeded) {
+        log.warn({ err: err.rawMessage }, "cannot reach the controller to join yet; retrying");
+        await sleep(delay);
+        delay = Math.min(delay * 2, 5000);
+        continue;
+      }
+      if (isRefusal(err) || err.code === Code.FailedPrecondition || err.code === Code.InvalidArgument)
+        throw new Error(`the controller refused the join: ${err.rawMessage}`);
+      const hint = /certificate/i.test(err.rawMessage)
+        ? ` (is caFile ${config.caFile} the CA that signed the controller's certificate?)`
+        : "";
+      throw new Error(`cannot join the cluster: ${err.rawMessage}${hint}`);
     }
   }
-}
-
-function retriable(code: Code): boolean {
-  return code === Code.Unavailable || code === Code.DeadlineExceeded || code === Code.Unknown;
 }
 
 /** Joins with a one-time token: a new key and NATS user key, a CSR naming the host; commits what it gets. */
