@@ -271,6 +271,11 @@ export function keepRenewed(opts: RenewalOptions): () => void {
           fields,
           "the controller refused to renew this host's certificate (revoked?): the host must join again with a new token",
         );
+      else if (Date.now() >= current.notAfter.getTime())
+        opts.log.error(
+          fields,
+          "the host certificate expired before it could be renewed: the host must join again with a new token",
+        );
       else opts.log.warn(fields, "cannot renew the host certificate yet; retrying");
       at(Date.now() + retryMs);
     }
