@@ -109,9 +109,10 @@ describe("agent --help", () => {
     for (const [kind, rows] of Object.entries(KINDS)) expectRows(section(`Pools of kind "${kind}"`), rows);
   });
 
-  it("says how to pass the config", () => {
+  it("says how to pass the config, and the join token of the secure mode", () => {
     expect(help).toContain("--config");
     expect(help).toContain("STOWAGE_AGENT_CONFIG");
+    expect(help).toContain("STOWAGE_JOIN_TOKEN");
   });
 });
 

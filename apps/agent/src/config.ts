@@ -380,6 +380,10 @@ export function agentHelp(): string {
 Usage: stowage-agent --config /etc/stowage/agent.json
        (or STOWAGE_AGENT_CONFIG=/etc/stowage/agent.json stowage-agent)
 
+With an https:// controllerUrl (secure mode) the first start joins the cluster with a one-time token from
+\`stowctl token create --host NAME\`, given in STOWAGE_JOIN_TOKEN or a file named by joinTokenFile, and caFile;
+later starts use the certificate kept in stateDir.
+
 The config is one JSON object; unknown fields are refused. A minimal one:
   { "hostName": "node1", "pools": [ { "name": "default", "kind": "dir", "path": "/var/lib/stowage/pools/default" } ] }
 
