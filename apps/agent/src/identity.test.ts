@@ -209,6 +209,14 @@ describe("host identity: join, reuse, renewal, crash-safe files", () => {
     expect(completed?.keyPem).toBe(renewed.keyPem);
     expect(await readFile(file(IDENTITY_FILES.cert), "utf8")).toBe(renewed.certPem);
     await expect(stat(file(`${IDENTITY_FILES.cert}.next`))).rejects.toThrow(/ENOENT/);
+
+    // The NATS pair likewise: the new JWT in place with the old seed still there, the new seed not yet renamed.
+    await commitIdentity(config.stateDir, renewed, old);
+    await writeFile(file(IDENTITY_FILES.natsSeed), old.natsSeed);
+    await writeFile(file(`${IDENTITY_FILES.natsSeed}.next`), renewed.natsSeed);
+    const nats = await loadIdentity(config, log);
+    expect([nats?.natsJwt, nats?.natsSeed]).toEqual([renewed.natsJwt, renewed.natsSeed]);
+    expect(await readFile(file(IDENTITY_FILES.natsSeed), "utf8")).toBe(renewed.natsSeed);
   });
 
   it("does not join a controller that caFile does not trust, and says what to check", async () => {
