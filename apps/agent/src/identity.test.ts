@@ -135,7 +135,7 @@ describe("host identity: join, reuse, renewal, crash-safe files", () => {
     );
   });
 
-  it("renews at two thirds of a short lifetime, and uses the new certificate from then on", async () => {
+  it("renews at two thirds of a short lifetime (counted from its receipt: notBefore is backdated), and uses the new certificate from then on", async () => {
     const config = newConfig("gamma");
     c.ttlMs = 3000;
     try {
@@ -161,6 +161,9 @@ describe("host identity: join, reuse, renewal, crash-safe files", () => {
       // Each renewal came at two thirds of the certificate it presented, before it expired.
       const [a, b] = renewed as [HostIdentity, HostIdentity];
       expect(calls[0]?.serial).toBe(first.serial);
+      // Two renewals in all: a notBefore 5 min back did not make a 3 s certificate due at once, again and again.
+      expect(c.renewals.filter((r) => r.at >= (first.receivedAt?.getTime() ?? 0))).toHaveLength(2);
+      expect(calls[0]?.at).toBeGreaterThanOrEqual((first.receivedAt?.getTime() ?? 0) + 1300);
       expect(calls[0]?.at).toBeGreaterThanOrEqual(renewalDue(first));
       expect(calls[0]?.at).toBeLessThan(first.notAfter.getTime());
       // The second renewal presented the first renewal's certificate: the new one is used for new connections.

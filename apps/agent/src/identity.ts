@@ -30,6 +30,8 @@ export interface HostIdentity {
   serial: string;
   notBefore: Date;
   notAfter: Date;
+  /** When this process received it (join or renewal); unset for one loaded from stateDir. */
+  receivedAt?: Date;
 }
 
 /** What the client factory is given: the CA to trust and, once joined, the host's certificate and key (mTLS). */
@@ -209,9 +211,13 @@ export function tlsOf(identity: HostIdentity): Required<TlsMaterial> {
   return { ca: identity.caPem, cert: identity.certPem, key: identity.keyPem };
 }
 
-/** When to renew: at two thirds of the certificate's lifetime (ms since the epoch). */
+/**
+ * When to renew (ms since the epoch): at two thirds of the certificate's lifetime, counted from when it was
+ * received when that is later than its notBefore (a CA backdates notBefore for clock skew, which would otherwise
+ * make a short-lived certificate due at once, again and again).
+ */
 export function renewalDue(identity: HostIdentity): number {
-  const from = identity.notBefore.getTime();
+  const from = Math.max(identity.notBefore.getTime(), identity.receivedAt?.getTime() ?? 0);
   return from + ((identity.notAfter.getTime() - from) * 2) / 3;
 }
 
@@ -257,7 +263,8 @@ export function keepRenewed(opts: RenewalOptions): () => void {
       failures = 0;
       if (stopped) return;
       opts.onRenewed(next);
-      at(renewalDue(next));
+      // Never at once again, whatever the certificate says: a renewal loop would flood the controller.
+      at(Math.max(renewalDue(next), Date.now() + minRetry));
     } catch (err) {
       failures++;
       const retryMs = Math.min(maxRetry, minRetry * 2 ** Math.min(failures - 1, 20));
@@ -345,7 +352,7 @@ function accept(hostName: string, fresh: FreshKeys, creds: HostCredentials | und
   if (typeof identity === "string") throw new Error(`the controller's answer is not usable: ${identity}`);
   if (!natsPairMatches(creds.natsJwt, fresh.natsSeed))
     throw new Error("the controller's answer is not usable: its NATS JWT names another key");
-  return identity;
+  return { ...identity, receivedAt: new Date() };
 }
 
 type Files = Omit<HostIdentity, "serial" | "notBefore" | "notAfter">;

@@ -20,6 +20,7 @@ import type { IdentityClientFactory } from "../identity.js";
 
 x509.cryptoProvider.set(webcrypto);
 
+const BACKDATE_MS = 5 * 60_000;
 const ALG = { name: "ECDSA", namedCurve: "P-256", hash: "SHA-256" };
 const serial = () => {
   const b = randomBytes(16);
@@ -66,7 +67,8 @@ export async function makeTestCa(name = "stowage test CA"): Promise<TestCa> {
       serialNumber: serial(),
       subject,
       issuer: ca.subject,
-      notBefore: new Date(),
+      // Backdated for clock skew, as the controller's CA does.
+      notBefore: new Date(Date.now() - BACKDATE_MS),
       notAfter: new Date(Date.now() + ttlMs),
       publicKey,
       signingKey: keys.privateKey,
