@@ -78,9 +78,9 @@ async function connectAgentBus(config: AgentConfig, identity: () => HostIdentity
       pass: config.natsPass,
       ...(held?.natsJwt
         ? {
-            credentials: () => {
-              const now = identity() ?? held;
-              return { jwt: now.natsJwt, seed: now.natsSeed };
+            credentials: {
+              jwt: () => (identity() ?? held).natsJwt,
+              seed: () => (identity() ?? held).natsSeed,
             },
           }
         : {}),

@@ -28,18 +28,15 @@ export interface BusOptions {
   token?: string;
   /**
    * A NATS user JWT and the seed of the user key it names (decentralised JWT auth); the seed never leaves here.
-   * A function is asked at every (re)connect: an agent's renewed credentials are used from its next reconnect.
+   * The JWT may be a function, read at each (re)connect: a renewed JWT is used from the next reconnect on (the
+   * server closes a connection when the JWT it authenticated with expires). So may the seed: an agent makes a
+   * new user key at each renewal.
    */
-  credentials?: NatsCredentials | (() => NatsCredentials);
+  credentials?: { jwt: string | (() => string); seed: string | (() => string) };
   /** TLS to the server, trusting this CA (PEM). */
   tlsCa?: string;
   /** Prefix of this connection's reply subjects (an agent may subscribe to its own only: agentInboxPrefix). */
   inboxPrefix?: string;
-}
-
-export interface NatsCredentials {
-  jwt: string;
-  seed: string;
 }
 
 export interface Bus {
@@ -56,7 +53,11 @@ export async function connectBus(opts: BusOptions): Promise<Bus> {
     user: opts.user,
     pass: opts.pass,
     token: opts.token,
-    ...(opts.credentials ? { authenticator: credentialsAuthenticator(opts.credentials) } : {}),
+    ...(opts.credentials
+      ? {
+          authenticator: jwtAuthenticator(opts.credentials.jwt, seedBytes(opts.credentials.seed)),
+        }
+      : {}),
     ...(opts.tlsCa ? { tls: { ca: opts.tlsCa } } : {}),
     ...(opts.inboxPrefix ? { inboxPrefix: opts.inboxPrefix } : {}),
     maxReconnectAttempts: -1,
@@ -85,12 +86,8 @@ export async function connectBus(opts: BusOptions): Promise<Bus> {
   };
 }
 
-function credentialsAuthenticator(credentials: NatsCredentials | (() => NatsCredentials)) {
-  const current = typeof credentials === "function" ? credentials : () => credentials;
-  return jwtAuthenticator(
-    () => current().jwt,
-    () => new TextEncoder().encode(current().seed),
-  );
+function seedBytes(seed: string | (() => string)): Uint8Array | (() => Uint8Array) {
+  return typeof seed === "function" ? () => new TextEncoder().encode(seed()) : new TextEncoder().encode(seed);
 }
 
 /** How long JetStream remembers a message id to drop duplicates of it. */
