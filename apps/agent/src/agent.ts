@@ -44,6 +44,12 @@ export interface AgentHandle {
   heldCommands(): number;
   /** Hands back what it has not started and waits `shutdownGraceMs` at most for what runs, then closes. */
   stop(): Promise<void>;
+  /**
+   * Settles with why the agent can no longer work when its NATS connection closes for good while it runs (the
+   * server refused its credentials: a revoked host, or an expired NATS JWT); main.ts exits 1 then. Never
+   * settles after stop().
+   */
+  lost: Promise<string>;
 }
 
 /** What tests change in an agent: its drivers (fault injection, counting) and its full scan. */
@@ -300,8 +306,17 @@ export async function startAgent(config: AgentConfig, hooks: AgentHooks = {}): P
     metricsServer,
   };
   let stopping: Promise<void> | undefined;
+  const lost = new Promise<string>((resolve) => {
+    void bus.nc.closed().then((err) => {
+      if (stopping) return;
+      const why = `the NATS connection closed for good${err ? `: ${err.message}` : ""}; the agent cannot receive commands (${secure ? "if this host was revoked, it must join again with a new token" : "check the NATS server and credentials"})`;
+      log.error({ nats: config.natsUrl }, why);
+      resolve(why);
+    });
+  });
   return {
     hostId: reg.hostId,
+    lost,
     metricsPort: metricsServer.port,
     publishInventory: () => inv.publishFull(),
     heldCommands: () => commands.held(),

@@ -126,6 +126,8 @@ export interface SecureStandIn {
   caFile: string;
   /** Lifetime of the certificates it signs (changeable between calls). */
   ttlMs: number;
+  /** Whether it mints a NATS JWT (else nats_jwt is "", as with NATS without per-agent credentials). */
+  natsJwt: boolean;
   /** Join tokens it accepts once each, by secret: the host they are for. */
   tokens: Map<string, string>;
   joins: JoinRequest[];
@@ -155,6 +157,7 @@ export async function startSecureStandIn(
     ca,
     caFile,
     ttlMs: 3600_000,
+    natsJwt: true,
     tokens: new Map(),
     joins: [],
     renewals: [],
@@ -172,7 +175,7 @@ export async function startSecureStandIn(
     return create(HostCredentialsSchema, {
       certificatePem: cert.toString("pem"),
       caPem: ca.caPem,
-      natsJwt: fakeJwt(natsPublicKey),
+      natsJwt: s.natsJwt ? fakeJwt(natsPublicKey) : "",
       notAfter: timestampFromDate(cert.notAfter),
     });
   };
