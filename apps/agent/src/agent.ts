@@ -1,12 +1,24 @@
 import { randomUUID } from "node:crypto";
+import { readFile } from "node:fs/promises";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
-import { type Bus, connectBus } from "@stowage/bus";
+import { agentInboxPrefix, type Bus, connectBus } from "@stowage/bus";
 import { AgentService, type RegisterAgentResponse } from "@stowage/proto";
 import { createLogger, type Logger } from "@stowage/telemetry";
 import { type CommandConsumer, startCommandConsumer } from "./commands.js";
-import type { AgentConfig } from "./config.js";
+import { type AgentConfig, natsTlsEnabled, secureMode } from "./config.js";
 import { discoverHost } from "./discovery.js";
+import {
+  type HostIdentity,
+  isRefusal,
+  JOIN_TOKEN_ENV,
+  joinWhenReachable,
+  keepRenewed,
+  loadOrJoin,
+  readJoinToken,
+  type TlsMaterial,
+  tlsOf,
+} from "./identity.js";
 import { startIdleCollector } from "./idle-gc.js";
 import {
   createInventory,
@@ -17,7 +29,7 @@ import {
   scanPools,
   startReporting,
 } from "./inventory.js";
-import { createAgentMetrics, serveMetrics } from "./metrics.js";
+import { createAgentMetrics, listensOnLoopback, serveMetrics } from "./metrics.js";
 import { type AgentPool, createMeteredToolRunner, openPools } from "./pools.js";
 import { keepRegistered, registerWhenReachable } from "./registration.js";
 
@@ -32,6 +44,12 @@ export interface AgentHandle {
   heldCommands(): number;
   /** Hands back what it has not started and waits `shutdownGraceMs` at most for what runs, then closes. */
   stop(): Promise<void>;
+  /**
+   * Settles with why the agent can no longer work when its NATS connection closes for good while it runs (the
+   * server refused its credentials: a revoked host, or an expired NATS JWT); main.ts exits 1 then. Never
+   * settles after stop().
+   */
+  lost: Promise<string>;
 }
 
 /** What tests change in an agent: its drivers (fault injection, counting) and its full scan. */
@@ -41,19 +59,56 @@ export interface AgentHooks {
   wrapScan?: (scan: () => Promise<PoolScan>) => () => Promise<PoolScan>;
   /** Milliseconds between progress acks of a held command (default 10 s). */
   progressIntervalMs?: number;
+  /** The agent's logger (default: pino on stderr at `logLevel`); tests capture what it logs. */
+  log?: Logger;
 }
 
-async function connectAgentBus(config: AgentConfig): Promise<Bus> {
+/**
+ * Connects to NATS. In secure mode with the host's NATS credentials (asked at every reconnect, so a renewed JWT
+ * is used from the next one) and reply subjects under the host's own inbox prefix, the only one its credentials
+ * may subscribe to; TLS trusting the cluster CA when natsTls is on.
+ */
+async function connectAgentBus(config: AgentConfig, identity: () => HostIdentity | undefined): Promise<Bus> {
+  const held = identity();
+  let tlsCa: string | undefined;
+  if (natsTlsEnabled(config)) {
+    if (held) tlsCa = held.caPem;
+    else if (config.caFile) tlsCa = await readFile(config.caFile, "utf8");
+    else throw new Error("natsTls is on: set caFile to the CA that signed the NATS server's certificate");
+  }
   try {
     return await connectBus({
       servers: config.natsUrl,
       name: `stowage-agent-${config.hostName}`,
       user: config.natsUser,
       pass: config.natsPass,
+      ...(held?.natsJwt
+        ? {
+            credentials: {
+              jwt: () => (identity() ?? held).natsJwt,
+              seed: () => (identity() ?? held).natsSeed,
+            },
+          }
+        : {}),
+      ...(tlsCa ? { tlsCa } : {}),
+      ...(held ? { inboxPrefix: agentInboxPrefix(config.hostName) } : {}),
     });
   } catch (err) {
     throw new Error(`cannot connect to NATS at ${config.natsUrl}: ${(err as Error).message}`);
   }
+}
+
+/** The AgentService client: plain h2c, or TLS trusting `tls.ca` (and mutual TLS with the host's certificate). */
+function agentClient(config: AgentConfig, tls?: TlsMaterial) {
+  return createClient(
+    AgentService,
+    createGrpcTransport({ baseUrl: config.controllerUrl, ...(tls ? { nodeOptions: tls } : {}) }),
+  );
+}
+
+/** What the agent says, once per retry, when the controller refuses its certificate. */
+function refusedMessage(config: AgentConfig): string {
+  return `the controller refused this host's certificate (revoked, or unknown to it): the host must join again: create a token with \`stowctl token create --host ${config.hostName}\`, set ${JOIN_TOKEN_ENV} (or joinTokenFile) and restart the agent`;
 }
 
 interface RunningAgent {
@@ -104,36 +159,93 @@ function fullInventoryOnReconnect(bus: Bus, inventory: Inventory): () => void {
 const IDLE_COLLECT_MS = 10_000;
 
 export async function startAgent(config: AgentConfig, hooks: AgentHooks = {}): Promise<AgentHandle> {
-  const log = createLogger(`stowage-agent`, config.logLevel).child({ host: config.hostName });
+  const log = (hooks.log ?? createLogger(`stowage-agent`, config.logLevel)).child({ host: config.hostName });
+  const secure = secureMode(config);
+  // The join token is read once, before any tool runs, and kept out of the environment the tools inherit.
+  let joinToken = secure ? await readJoinToken(config) : undefined;
+  delete process.env[JOIN_TOKEN_ENV];
   let inventory: Inventory | undefined;
   const metrics = createAgentMetrics(config.hostName, () => inventory?.samples() ?? []);
   const opened = await openPools(config, createMeteredToolRunner(config, metrics, log));
   const pools = new Map([...opened].map(([name, p]) => [name, hooks.wrapPool ? hooks.wrapPool(p) : p]));
   const host = await discoverHost({ sysfsRoot: config.sysfsRoot, procRoot: config.procRoot });
 
+  // Secure mode (an https controllerUrl): the host's identity first, joining with the token if it has none.
+  let identity: HostIdentity | undefined;
+  const identityClients = (tls: TlsMaterial) => agentClient(config, tls);
+  if (secure) {
+    const loaded = await loadOrJoin(config, identityClients, log, joinToken);
+    identity = loaded.identity;
+    // A token that joined is used up; one given to a host that still had its certificate is kept for a re-join.
+    if (loaded.joined) joinToken = undefined;
+  }
+
   let registered: RegisterAgentResponse | undefined;
   let bus: Bus | undefined;
-  const metricsServer = await serveMetrics(config.metricsListen, metrics.registry, async () => ({
-    ok: registered !== undefined && bus !== undefined && !bus.nc.isClosed(),
-    detail: { registered: registered !== undefined },
-  }));
+  // The metrics listener serves HTTPS with the host certificate once it is reachable from elsewhere.
+  const metricsTls = identity !== undefined && !listensOnLoopback(config.metricsListen);
+  const metricsServer = await serveMetrics(
+    config.metricsListen,
+    metrics.registry,
+    async () => ({
+      ok: registered !== undefined && bus !== undefined && !bus.nc.isClosed(),
+      detail: { registered: registered !== undefined },
+    }),
+    metricsTls && identity ? { cert: identity.certPem, key: identity.keyPem } : undefined,
+  );
   const info = () => hostInfo(config, host, metricsServer.address);
 
-  const client = createClient(AgentService, createGrpcTransport({ baseUrl: config.controllerUrl }));
+  let client = agentClient(config, identity ? tlsOf(identity) : undefined);
+  let stopRenewal = () => {};
+  /** A new identity (renewed, or joined again): new connections use it; NATS from its next reconnect. */
+  const useIdentity = (next: HostIdentity) => {
+    identity = next;
+    client = agentClient(config, tlsOf(next));
+    if (metricsServer.secure) metricsServer.useTls({ cert: next.certPem, key: next.keyPem });
+  };
+  const renewFrom = (from: HostIdentity) => {
+    stopRenewal();
+    stopRenewal = keepRenewed({
+      config,
+      clients: identityClients,
+      log,
+      identity: from,
+      onRenewed: useIdentity,
+    });
+  };
+  if (identity) renewFrom(identity);
+
   // Registration carries each pool's health and capacity, not its volumes: it stays cheap at any pool size.
-  const register = async () => {
+  const registerOnce = async () => {
     registered = await client.registerAgent(
       { host: info(), pools: await poolReports(pools.values()), processStart: registered === undefined },
       { timeoutMs: 10_000 },
     );
     return registered;
   };
-  const reg = await registerWhenReachable(register, config.controllerUrl, log);
+  const register = async () => {
+    try {
+      return await registerOnce();
+    } catch (err) {
+      // Refused with a join token at hand (given to a host whose certificate was revoked): join again, once.
+      if (!secure || !isRefusal(err) || !joinToken) throw err;
+      const token = joinToken;
+      joinToken = undefined;
+      log.warn("the controller refused this host's certificate: joining again with the join token");
+      const joined = await joinWhenReachable(config, identityClients, token, log);
+      useIdentity(joined);
+      renewFrom(joined);
+      return registerOnce();
+    }
+  };
+  const refusal = (err: unknown) => (secure && isRefusal(err) ? refusedMessage(config) : undefined);
+  const reg = await registerWhenReachable(register, config.controllerUrl, log, refusal);
   log.info({ consumer: reg.commandConsumer }, "registered with the controller");
 
   try {
-    bus = await connectAgentBus(config);
+    bus = await connectAgentBus(config, () => identity);
   } catch (err) {
+    stopRenewal();
     await metricsServer.close();
     throw err;
   }
@@ -184,7 +296,8 @@ export async function startAgent(config: AgentConfig, hooks: AgentHooks = {}): P
       stopReporting,
       stopServing,
       fullInventoryOnReconnect(bus, inv),
-      keepRegistered(register),
+      keepRegistered(register, log, refusal),
+      () => stopRenewal(),
       () => idle.stop(),
     ],
     commands,
@@ -193,8 +306,17 @@ export async function startAgent(config: AgentConfig, hooks: AgentHooks = {}): P
     metricsServer,
   };
   let stopping: Promise<void> | undefined;
+  const lost = new Promise<string>((resolve) => {
+    void bus.nc.closed().then((err) => {
+      if (stopping) return;
+      const why = `the NATS connection closed for good${err ? `: ${err.message}` : ""}; the agent cannot receive commands (${secure ? "if this host was revoked, it must join again with a new token" : "check the NATS server and credentials"})`;
+      log.error({ nats: config.natsUrl }, why);
+      resolve(why);
+    });
+  });
   return {
     hostId: reg.hostId,
+    lost,
     metricsPort: metricsServer.port,
     publishInventory: () => inv.publishFull(),
     heldCommands: () => commands.held(),

@@ -1,7 +1,7 @@
 import { readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { describe, expect, it } from "vitest";
-import { agentHelp, agentSettings, parseAgentConfig } from "./config.js";
+import { agentHelp, agentSettings, natsTlsEnabled, parseAgentConfig, secureMode } from "./config.js";
 
 /** Every setting of the agent's config and its default as --help shows it ("required" when it has none). */
 const HOST: Record<string, string> = {
@@ -17,6 +17,10 @@ const HOST: Record<string, string> = {
   natsUrl: '"nats://127.0.0.1:4222"',
   natsUser: "unset (no NATS auth)",
   natsPass: "unset (none)",
+  stateDir: '"/var/lib/stowage/agent"',
+  caFile: "unset (none: the first join needs it)",
+  joinTokenFile: "unset (the token in STOWAGE_JOIN_TOKEN)",
+  natsTls: '"auto"',
   sysfsRoot: '"/sys"',
   procRoot: '"/proc"',
   metricsListen: '"127.0.0.1:7482"',
@@ -105,9 +109,10 @@ describe("agent --help", () => {
     for (const [kind, rows] of Object.entries(KINDS)) expectRows(section(`Pools of kind "${kind}"`), rows);
   });
 
-  it("says how to pass the config", () => {
+  it("says how to pass the config, and the join token of the secure mode", () => {
     expect(help).toContain("--config");
     expect(help).toContain("STOWAGE_AGENT_CONFIG");
+    expect(help).toContain("STOWAGE_JOIN_TOKEN");
   });
 });
 
@@ -139,6 +144,8 @@ describe("parseAgentConfig", () => {
       labels: {},
       controllerUrl: "http://127.0.0.1:7480",
       natsUrl: "nats://127.0.0.1:4222",
+      stateDir: "/var/lib/stowage/agent",
+      natsTls: "auto",
       sysfsRoot: "/sys",
       procRoot: "/proc",
       metricsListen: "127.0.0.1:7482",
@@ -206,6 +213,25 @@ describe("parseAgentConfig", () => {
     expect(c.pools[3]).toMatchObject({ cephPool: "rbd", cephUser: "stowage", maxVolumes: 500, numaNode: 1 });
   });
 
+  it("is in secure mode with an https controller URL, NATS TLS following it unless told", () => {
+    const base = { hostName: "node1", pools: [{ name: "p", kind: "dir", path: "/srv/p" }] };
+    const plain = parseAgentConfig(base);
+    const secure = parseAgentConfig({ ...base, controllerUrl: "https://ctl.example:7480" });
+    expect([secureMode(plain), natsTlsEnabled(plain)]).toEqual([false, false]);
+    expect([secureMode(secure), natsTlsEnabled(secure)]).toEqual([true, true]);
+    expect(natsTlsEnabled({ ...secure, natsTls: "off" })).toBe(false);
+    expect(natsTlsEnabled({ ...plain, natsTls: "on" })).toBe(true);
+    expect(() => parseAgentConfig({ ...base, stateDir: "state" })).toThrow(/stateDir must be absolute/);
+  });
+
+  it("never takes the join token itself (only a file naming it, or STOWAGE_JOIN_TOKEN)", () => {
+    const base = { hostName: "node1", pools: [{ name: "p", kind: "dir", path: "/srv/p" }] };
+    expect(() => parseAgentConfig({ ...base, joinToken: "stw_join_00" })).toThrow(/joinToken/);
+    expect(parseAgentConfig({ ...base, joinTokenFile: "/run/stowage/join" }).joinTokenFile).toBe(
+      "/run/stowage/join",
+    );
+  });
+
   it("defaults the host name to the machine's", () => {
     const c = parseAgentConfig({ pools: [{ name: "p", kind: "dir", path: "/srv/p" }] });
     expect(c.hostName).toBe(JSON.parse(HOST.hostName as string));
@@ -254,10 +280,13 @@ describe("parseAgentConfig", () => {
     expect(new Set(kinds)).toEqual(new Set(["dir", "lvm", "lvmthin", "rbd"]));
   });
 
-  it("reads the example config in deploy/examples", () => {
-    const path = new URL("../../../deploy/examples/agent.json", import.meta.url);
-    const c = parseAgentConfig(JSON.parse(readFileSync(path, "utf8")), "deploy/examples/agent.json");
-    expect(c.pools.length).toBeGreaterThan(0);
+  it("reads the example configs in deploy/examples", () => {
+    for (const name of ["agent.json", "agent-secure.json"]) {
+      const path = new URL(`../../../deploy/examples/${name}`, import.meta.url);
+      const c = parseAgentConfig(JSON.parse(readFileSync(path, "utf8")), `deploy/examples/${name}`);
+      expect(c.pools.length).toBeGreaterThan(0);
+      expect(secureMode(c), name).toBe(name === "agent-secure.json");
+    }
   });
 });
 

@@ -167,11 +167,29 @@ export const AgentConfigSchema = z
     ),
     controllerUrl: setting(
       z.string().url().default("http://127.0.0.1:7480"),
-      "the controller's gRPC address",
+      "the controller's gRPC address; https:// is the secure mode: the host joins with a token, then uses its certificate",
     ),
     natsUrl: setting(z.string().default("nats://127.0.0.1:4222"), "NATS server with JetStream"),
     natsUser: setting(z.string().optional(), "NATS user name", "no NATS auth"),
     natsPass: setting(z.string().optional(), "NATS password", "none"),
+    stateDir: setting(
+      z.string().startsWith("/", "stateDir must be absolute").default("/var/lib/stowage/agent"),
+      "secure mode: where the host's key, certificate, CA and NATS credentials are kept (directory 0700, files 0600)",
+    ),
+    caFile: setting(
+      z.string().optional(),
+      "secure mode: PEM of the cluster CA, trusted for the first join (`stowage-controller ca-cert` prints it); afterwards the CA in stateDir is used",
+      "none: the first join needs it",
+    ),
+    joinTokenFile: setting(
+      z.string().optional(),
+      "secure mode: a file holding the one-time join token (`stowctl token create --host NAME`), read only when the host has no valid certificate; it may be deleted once joined",
+      "the token in STOWAGE_JOIN_TOKEN",
+    ),
+    natsTls: setting(
+      z.enum(["auto", "on", "off"]).default("auto"),
+      "TLS to NATS, trusting the cluster CA: auto is on when controllerUrl is https",
+    ),
     sysfsRoot: setting(
       z.string().default("/sys"),
       "where NUMA topology is read from (tests use a fake tree)",
@@ -231,6 +249,16 @@ export const AgentConfigSchema = z
 
 export type AgentConfig = z.infer<typeof AgentConfigSchema>;
 export type PoolConfig = AgentConfig["pools"][number];
+
+/** An https controller URL is the secure mode: join, certificates, mTLS and NATS credentials (identity.ts). */
+export function secureMode(config: Pick<AgentConfig, "controllerUrl">): boolean {
+  return new URL(config.controllerUrl).protocol === "https:";
+}
+
+/** Whether the agent's NATS connection uses TLS (trusting the cluster CA). */
+export function natsTlsEnabled(config: Pick<AgentConfig, "controllerUrl" | "natsTls">): boolean {
+  return config.natsTls === "on" || (config.natsTls === "auto" && secureMode(config));
+}
 
 /** Reads the config from a JSON file (STOWAGE_AGENT_CONFIG or --config), with a message that says what is wrong. */
 export function loadAgentConfig(path: string, overrides: Partial<AgentConfig> = {}): AgentConfig {
@@ -351,6 +379,10 @@ export function agentHelp(): string {
 
 Usage: stowage-agent --config /etc/stowage/agent.json
        (or STOWAGE_AGENT_CONFIG=/etc/stowage/agent.json stowage-agent)
+
+With an https:// controllerUrl (secure mode) the first start joins the cluster with a one-time token from
+\`stowctl token create --host NAME\`, given in STOWAGE_JOIN_TOKEN or a file named by joinTokenFile, and caFile;
+later starts use the certificate kept in stateDir.
 
 The config is one JSON object; unknown fields are refused. A minimal one:
   { "hostName": "node1", "pools": [ { "name": "default", "kind": "dir", "path": "/var/lib/stowage/pools/default" } ] }

@@ -323,6 +323,9 @@ export function createInventory(o: InventoryOptions) {
       scheduleFlush();
     },
     publishHeartbeat(): void {
+      // A connection closed for good (the server refused its credentials) takes no more messages: the agent's
+      // `lost` says so once (agent.ts), and a heartbeat must not throw from its timer.
+      if (o.bus.nc.isClosed()) return;
       sequence++;
       const hb = create(HeartbeatSchema, {
         hostId: reg.hostId,

@@ -35,6 +35,14 @@ try {
   };
   process.on("SIGINT", () => void stop("SIGINT"));
   process.on("SIGTERM", () => void stop("SIGTERM"));
+  // NATS closed the connection for good (a revoked host, expired credentials): a new process starts over.
+  void agent.lost.then(async (why) => {
+    process.stderr.write(`stowage-agent: ${why}\n`);
+    const force = setTimeout(() => process.exit(1), config.shutdownGraceMs + 5000);
+    force.unref();
+    await agent.stop().catch(() => {});
+    process.exit(1);
+  });
 } catch (err) {
   process.stderr.write(`stowage-agent: ${(err as Error).message}\n`);
   process.exit(1);

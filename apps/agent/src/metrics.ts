@@ -1,3 +1,4 @@
+import { Server as TlsServer } from "node:tls";
 import { POISON_REASONS } from "@stowage/bus";
 import { OPERATION_KINDS } from "@stowage/core";
 import type { PoolCapacityReport } from "@stowage/drivers";
@@ -141,17 +142,53 @@ function poisonCounter(registry: Registry) {
   return c;
 }
 
+/** Whether a `host:port` listen address is on loopback (127.0.0.0/8, ::1, localhost). */
+export function listensOnLoopback(listen: string): boolean {
+  const host = listen.slice(0, listen.lastIndexOf(":")).replace(/^\[|\]$/g, "");
+  return host === "localhost" || host === "::1" || host.startsWith("127.");
+}
+
+/** A certificate and key (PEM) for the metrics listener's HTTPS. */
+export interface MetricsTls {
+  cert: string;
+  key: string;
+}
+
 /**
- * /metrics, /healthz and /readyz on `listen` (host:port; port 0 picks a free one). `address` is where the
- * controller is told to scrape.
+ * /metrics, /healthz and /readyz on `listen` (host:port; port 0 picks a free one), over HTTPS with `tls` (the
+ * host certificate, in secure mode off loopback; `useTls` swaps in a renewed one for new connections).
+ * `address` is where the controller is told to scrape.
  */
-export async function serveMetrics(listen: string, registry: Registry, ready: OpsServerOptions["ready"]) {
+export async function serveMetrics(
+  listen: string,
+  registry: Registry,
+  ready: OpsServerOptions["ready"],
+  tls?: MetricsTls,
+) {
   const host = listen.slice(0, listen.lastIndexOf(":"));
-  const ops = await startOpsServer({
+  const options = {
     host,
     port: Number(listen.slice(listen.lastIndexOf(":") + 1)),
     registry,
     ready,
-  });
-  return { port: ops.port, address: `${host}:${ops.port}`, close: () => ops.close() };
+    ...(tls ? { tls } : {}),
+  };
+  const ops = await startOpsServer(options);
+  const secure = ops.server instanceof TlsServer;
+  if (tls && !secure) {
+    await ops.close();
+    throw new Error(
+      `cannot serve the agent's metrics over HTTPS on ${listen}: startOpsServer has no tls option`,
+    );
+  }
+  return {
+    port: ops.port,
+    address: `${host}:${ops.port}`,
+    /** Whether it serves HTTPS. */
+    secure,
+    useTls: (next: MetricsTls) => {
+      if (ops.server instanceof TlsServer) ops.server.setSecureContext({ cert: next.cert, key: next.key });
+    },
+    close: () => ops.close(),
+  };
 }
