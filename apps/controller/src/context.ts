@@ -1,6 +1,6 @@
 import type { Bus } from "@stowage/bus";
 import type { CAPABILITIES } from "@stowage/core";
-import type { Database, OperationRow, Sql } from "@stowage/store";
+import type { Database, OperationRow, Queryable, Sql } from "@stowage/store";
 import type { Logger } from "@stowage/telemetry";
 import type { ControllerConfig } from "./config.js";
 import type { LiveView } from "./live-view.js";
@@ -11,8 +11,12 @@ import type { ControllerMetrics } from "./metrics.js";
  * without per-agent credentials (a loopback cluster).
  */
 export interface NatsAuthority {
-  /** A user JWT for an agent's NATS public key ("U..."), allowing only its host's subjects, until `expiresAt`. */
-  mintAgentJwt(hostId: string, publicKey: string, expiresAt: Date): Promise<string>;
+  /**
+   * A user JWT for an agent's NATS public key ("U..."), allowing only its host's subjects, until `expiresAt`.
+   * `sql` is the caller's transaction when there is one (PGlite has a single connection: a query outside the
+   * transaction would wait for it for ever).
+   */
+  mintAgentJwt(hostId: string, publicKey: string, expiresAt: Date, sql?: Queryable): Promise<string>;
   /**
    * Makes the NATS server refuse these user keys from now on and close their connections: the account JWT,
    * with every revoked key the database holds (host_certificates), is pushed to the server. Idempotent.

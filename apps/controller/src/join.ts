@@ -102,7 +102,9 @@ async function record(
     issuedBy,
   });
   const natsJwt =
-    ctx.natsAuthority && natsKey ? await ctx.natsAuthority.mintAgentJwt(host, natsKey, cert.notAfter) : "";
+    ctx.natsAuthority && natsKey
+      ? await ctx.natsAuthority.mintAgentJwt(host, natsKey, cert.notAfter, tx)
+      : "";
   return create(HostCredentialsSchema, {
     certificatePem: cert.certPem,
     caPem: pki.caPem,

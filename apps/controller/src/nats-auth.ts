@@ -264,7 +264,7 @@ export const NATS_PUSH_LOCK = 0x5707aa0;
 export function createNatsAuthority(o: NatsAuthorityOptions): NatsAuthority {
   const timeout = o.timeoutMs ?? 5000;
   return {
-    async mintAgentJwt(hostId, publicKey, expiresAt) {
+    async mintAgentJwt(hostId, publicKey, expiresAt, sql = o.sql) {
       let user: KeyPair;
       try {
         user = fromPublic(publicKey);
@@ -273,7 +273,7 @@ export function createNatsAuthority(o: NatsAuthorityOptions): NatsAuthority {
       }
       if (!publicKey.startsWith("U")) throw new Error("the NATS public key is not a user key (U...)");
       // A key once revoked stays revoked: a JWT issued after its revocation time would be accepted again.
-      const [revoked] = await o.sql<{ n: number }[]>`
+      const [revoked] = await sql<{ n: number }[]>`
         select 1 as n from host_certificates
         where nats_public_key = ${publicKey} and revoked_at is not null limit 1`;
       if (revoked) throw new Error(`this NATS key of host ${hostId} has been revoked`);
