@@ -2,9 +2,10 @@ import { existsSync, readdirSync } from "node:fs";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { commandSubject, connectBus } from "@stowage/bus";
 import { AgentCommandSchema, OperationKind, VolumeFormat } from "@stowage/proto";
-import { natsAvailable, postgresAvailable } from "@stowage/testkit";
+import { natsAvailable, netnsAvailable, postgresAvailable } from "@stowage/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type Cluster, type DatabaseKind, qemuImgInfo, startCluster, waitFor } from "./support/cluster.js";
+import { type Cluster, qemuImgInfo, startCluster, waitFor } from "./support/cluster.js";
+import { type FleetCluster, startFleetCluster } from "./support/fleet.js";
 
 interface VolumeJson {
   id: string;
@@ -21,10 +22,61 @@ interface VolumeJson {
 }
 
 const GiB = 1024 ** 3;
-const databases: DatabaseKind[] = ["pglite", "postgres"];
+
+/**
+ * Where the suite runs: a loopback cluster on embedded PGlite, the same on PostgreSQL, and once on a secure
+ * test fleet (three hosts in their own network namespaces, TLS, tokens, joined agents; test/support/fleet.ts).
+ */
+type Setting = "pglite" | "postgres" | "fleet";
+const netns = netnsAvailable();
+const settings: Setting[] = ["pglite", "postgres", "fleet"];
+
+/** What the suite uses of either kind of cluster, and how it publishes a command past the controller. */
+type E2eCluster = Pick<Cluster, "stowctl" | "stowctlJson" | "startController" | "stop"> & {
+  controller: Cluster["controller"];
+  agents: { name: string; poolDir: string; service: Cluster["agents"][number]["service"] }[];
+  publishCommand(subject: string, data: Uint8Array, msgID: string): Promise<void>;
+};
+
+async function startE2e(setting: Setting): Promise<E2eCluster> {
+  if (setting === "fleet") {
+    const f: FleetCluster = await startFleetCluster({
+      prefix: `e2${(process.pid % 100_000).toString(36)}`,
+      hosts: 3,
+      secure: true,
+    });
+    return Object.assign(f, {
+      async publishCommand(subject: string, data: Uint8Array, msgID: string) {
+        // From the controller's namespace, as a user of the cluster's NATS account (signed with its key).
+        const r = await f.probe("ctl", {
+          op: "nats-js-publish",
+          natsUrl: f.natsUrl,
+          ca: f.caFile,
+          accountSeedFile: `${f.controllerDir}/pki/nats-account.nk`,
+          subject,
+          dataBase64: Buffer.from(data).toString("base64"),
+          msgID,
+        });
+        if (!r.ok) throw new Error(`publishing ${subject} failed: ${JSON.stringify(r)}`);
+      },
+    });
+  }
+  if (setting === "postgres" && !postgresAvailable())
+    throw new Error(
+      "PostgreSQL 15 is needed for this suite: install postgresql-15 or set STOWAGE_TEST_PG_URL",
+    );
+  const c = await startCluster({ database: setting, agents: ["node1", "node2"] });
+  return Object.assign(c, {
+    async publishCommand(subject: string, data: Uint8Array, msgID: string) {
+      const bus = await connectBus({ servers: c.nats.url, name: "e2e-redeliver" });
+      await bus.js.publish(subject, data, { msgID });
+      await bus.close();
+    },
+  });
+}
 
 /** `stowctl volume create … -o json` prints the whole response; the volume is under `.volume`. */
-async function createVolume(c: Cluster, args: string[]): Promise<VolumeJson> {
+async function createVolume(c: E2eCluster, args: string[]): Promise<VolumeJson> {
   return (await c.stowctlJson<{ volume: VolumeJson }>(["volume", "create", ...args])).volume;
 }
 
@@ -32,15 +84,17 @@ async function createVolume(c: Cluster, args: string[]): Promise<VolumeJson> {
 const volumeFiles = (dir: string) => readdirSync(dir).filter((f) => f.startsWith("vol-"));
 
 describe.skipIf(!natsAvailable())("end to end", () => {
-  describe.each(databases)("on %s", (database) => {
-    let c: Cluster;
+  describe.each(settings)("on %s", (database) => {
+    let c: E2eCluster;
+    // The fleet needs root and `ip netns`; on a machine without them that setting says so and runs nothing.
+    const skip = database === "fleet" && !netns.ok ? `SKIPPED, ${netns.ok ? "" : netns.reason}` : undefined;
+    if (skip) {
+      it.skip(`the suite on a secure test fleet: ${skip}`, () => {});
+      return;
+    }
 
     beforeAll(async () => {
-      if (database === "postgres" && !postgresAvailable())
-        throw new Error(
-          "PostgreSQL 15 is needed for this suite: install postgresql-15 or set STOWAGE_TEST_PG_URL",
-        );
-      c = await startCluster({ database, agents: ["node1", "node2"] });
+      c = await startE2e(database);
     }, 180_000);
     afterAll(async () => {
       await c?.stop();
@@ -50,7 +104,8 @@ describe.skipIf(!natsAvailable())("end to end", () => {
       const hosts = await c.stowctlJson<
         { id: string; state: string; numaNodes: { id: number; cpuList: string }[] }[]
       >(["host", "list"]);
-      expect(hosts.map((h) => h.id).sort()).toEqual(["node1", "node2"]);
+      const names = c.agents.map((a) => a.name).sort();
+      expect(hosts.map((h) => h.id).sort()).toEqual(names);
       for (const h of hosts) {
         expect(h.state).toBe("up");
         expect(h.numaNodes.map((n) => n.cpuList)).toEqual(["0-1", "2-3"]);
@@ -59,7 +114,7 @@ describe.skipIf(!natsAvailable())("end to end", () => {
         "pool",
         "list",
       ]);
-      expect(pools.map((p) => p.id).sort()).toEqual(["node1/default", "node2/default"]);
+      expect(pools.map((p) => p.id).sort()).toEqual(names.map((n) => `${n}/default`));
       for (const p of pools) {
         expect(p.kind).toBe("dir");
         expect(BigInt(p.capacity.totalBytes)).toBeGreaterThan(0n);
@@ -140,11 +195,11 @@ describe.skipIf(!natsAvailable())("end to end", () => {
           value: { volumeId: v.id, sizeBytes: BigInt(v.sizeBytes), format: VolumeFormat.QCOW2 },
         },
       });
-      const bus = await connectBus({ servers: c.nats.url, name: "e2e-redeliver" });
-      await bus.js.publish(commandSubject(v.hostId), toBinary(AgentCommandSchema, cmd), {
-        msgID: `${v.operationId}-again`,
-      });
-      await bus.close();
+      await c.publishCommand(
+        commandSubject(v.hostId),
+        toBinary(AgentCommandSchema, cmd),
+        `${v.operationId}-again`,
+      );
       const agent = c.agents.find((a) => a.name === v.hostId)!;
       await waitFor(
         "the agent to adopt the redelivered operation",
