@@ -1,6 +1,4 @@
-import { randomBytes } from "node:crypto";
-import { constants as fsc } from "node:fs";
-import { mkdir, open, rename, unlink } from "node:fs/promises";
+import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import {
@@ -14,6 +12,7 @@ import {
 } from "@stowage/store";
 import { createLogger } from "@stowage/telemetry";
 import { type ControllerConfig, loadControllerConfig } from "./config.js";
+import { writeFileAtomic } from "./files.js";
 import { loadPki } from "./pki.js";
 
 /** The controller's one-shot subcommands (docs/security.md); `stowage-controller` alone runs the controller. */
@@ -76,23 +75,6 @@ export function parseTtl(s: string): number {
   return ms;
 }
 
-async function writeFileAtomic(path: string, data: string, mode: number): Promise<void> {
-  const tmp = `${path}.${randomBytes(6).toString("hex")}.tmp`;
-  const fh = await open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, mode);
-  try {
-    await fh.writeFile(data);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  try {
-    await rename(tmp, path);
-  } catch (err) {
-    await unlink(tmp).catch(() => {});
-    throw err;
-  }
-}
-
 async function issueCert(config: ControllerConfig, args: string[], io: AdminIo): Promise<number> {
   const { values } = parseArgs({
     args,
@@ -119,9 +101,9 @@ async function issueCert(config: ControllerConfig, args: string[], io: AdminIo):
   const issued = await pki.issue(name, sans, ttlMs);
   const dir = values["out-dir"];
   await mkdir(dir, { recursive: true });
-  await writeFileAtomic(join(dir, `${name}.key`), issued.keyPem, 0o600);
-  await writeFileAtomic(join(dir, `${name}.crt`), issued.certPem, 0o644);
-  await writeFileAtomic(join(dir, "ca.crt"), pki.caPem, 0o644);
+  await writeFileAtomic(join(dir, `${name}.key`), issued.keyPem);
+  await writeFileAtomic(join(dir, `${name}.crt`), issued.certPem, { mode: 0o644 });
+  await writeFileAtomic(join(dir, "ca.crt"), pki.caPem, { mode: 0o644 });
   io.err.write(
     `wrote ${join(dir, `${name}.crt`)}, ${join(dir, `${name}.key`)} (0600) and ${join(dir, "ca.crt")}: serial ${issued.serial}, valid until ${issued.notAfter.toISOString()}\n`,
   );

@@ -7,9 +7,8 @@
  * reloaded: a user JWT is checked against its account key when it connects, and a revocation is an account
  * JWT update.
  */
-import { randomBytes } from "node:crypto";
-import { constants } from "node:fs";
-import { link, mkdir, open, readFile, unlink } from "node:fs/promises";
+
+import { mkdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { encodeAccount, encodeOperator, encodeUser, type User } from "@nats-io/jwt";
 import {
@@ -37,6 +36,7 @@ import type { Sql } from "@stowage/store";
 import type { Logger } from "@stowage/telemetry";
 import { type ControllerConfig, isLoopback, pkiDirOf } from "./config.js";
 import type { NatsAuthority } from "./context.js";
+import { writeFileAtomic } from "./files.js";
 
 /** The PKI directory's nkey seed files (mode 0600, made once, kept across restarts). */
 export const NATS_KEY_FILES = {
@@ -83,21 +83,8 @@ async function loadOrCreateSeed(path: string, prefix: string, create: () => KeyP
   const existing = await readSeed(path, prefix);
   if (existing) return existing;
   const kp = create();
-  const tmp = `${path}.${randomBytes(6).toString("hex")}.tmp`;
-  const fh = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
-  try {
-    await fh.writeFile(`${new TextDecoder().decode(kp.getSeed())}\n`);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  try {
-    await link(tmp, path);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
-  } finally {
-    await unlink(tmp).catch(() => {});
-  }
+  // Linked, not renamed: a key another controller made first is never overwritten (files.ts).
+  await writeFileAtomic(path, `${new TextDecoder().decode(kp.getSeed())}\n`, { exclusive: true });
   const made = await readSeed(path, prefix);
   if (!made) throw new Error(`${path}: the NATS key was written but cannot be read back`);
   return made;

@@ -5,12 +5,11 @@
  * never needs reloading: agents' credentials are user JWTs the controller signs, and revocations are account
  * updates the controller pushes.
  */
-import { randomBytes } from "node:crypto";
-import { constants } from "node:fs";
-import { open, rename, unlink } from "node:fs/promises";
-import { basename, dirname, resolve } from "node:path";
+
+import { resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { loadControllerConfig, pkiDirOf } from "./config.js";
+import { writeFileAtomic } from "./files.js";
 import { accountJwt, loadNatsKeys, type NatsKeys, operatorJwt, systemAccountJwt } from "./nats-auth.js";
 
 export interface NatsServerConfigOptions {
@@ -94,24 +93,6 @@ export async function natsServerConfig(keys: NatsKeys, o: NatsServerConfigOption
     );
   }
   return `${lines.join("\n")}\n`;
-}
-
-/** Writes `text` to `path` atomically (a file of its own, renamed into place), mode 0600. */
-export async function writeFileAtomic(path: string, text: string): Promise<void> {
-  const tmp = resolve(dirname(path), `.${basename(path)}.${randomBytes(6).toString("hex")}.tmp`);
-  const fh = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
-  try {
-    await fh.writeFile(text);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  try {
-    await rename(tmp, path);
-  } catch (err) {
-    await unlink(tmp).catch(() => {});
-    throw err;
-  }
 }
 
 export const NATS_CONFIG_USAGE = `Usage: stowage-controller nats-config --out FILE [--listen HOST:PORT]

@@ -1,12 +1,12 @@
 import { createHash, createPrivateKey, randomBytes, webcrypto } from "node:crypto";
-import { constants as fsc } from "node:fs";
-import { chmod, link, mkdir, open, readFile, rename, unlink } from "node:fs/promises";
+import { chmod, mkdir, readFile } from "node:fs/promises";
 import { isIP } from "node:net";
 import { networkInterfaces } from "node:os";
 import { join } from "node:path";
 import * as x509 from "@peculiar/x509";
 import type { Logger } from "@stowage/telemetry";
 import { type ControllerConfig, pkiDirOf, splitHostPort } from "./config.js";
+import { writeFileAtomic } from "./files.js";
 
 type CryptoKey = webcrypto.CryptoKey;
 type CryptoKeyPair = webcrypto.CryptoKeyPair;
@@ -130,32 +130,6 @@ function certSans(cert: x509.X509Certificate): string[] {
     .sort();
 }
 
-/** Writes a file readable only by its owner, atomically (a temporary file, fsync, then rename or link). */
-async function writePrivate(path: string, data: string, exclusive: boolean): Promise<boolean> {
-  const tmp = `${path}.${randomBytes(6).toString("hex")}.tmp`;
-  const fh = await open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o600);
-  try {
-    await fh.writeFile(data);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  try {
-    if (!exclusive) {
-      await rename(tmp, path);
-      return true;
-    }
-    // link() fails when the name exists: a CA another controller made is never overwritten.
-    await link(tmp, path);
-    return true;
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "EEXIST") return false;
-    throw err;
-  } finally {
-    await unlink(tmp).catch(() => {});
-  }
-}
-
 async function readIfExists(path: string): Promise<string | undefined> {
   try {
     return await readFile(path, "utf8");
@@ -186,8 +160,8 @@ async function ownCa(dir: string, log: Logger): Promise<{ certPem: string; keyPe
       ],
     });
     const pem = await keyPem(keys.privateKey);
-    if (await writePrivate(keyPath, pem, true)) {
-      await writePrivate(certPath, cert.toString("pem"), true);
+    if (await writeFileAtomic(keyPath, pem, { exclusive: true })) {
+      await writeFileAtomic(certPath, cert.toString("pem"), { exclusive: true });
       log.info({ dir, ca: hex(await cert.getThumbprint("SHA-256")) }, "made the cluster CA");
       return { certPem: cert.toString("pem"), keyPem: pem };
     }
@@ -353,8 +327,8 @@ export async function loadPki(
     if (why) {
       const issued = await issue("stowage-controller", want, SERVER_CERT_TTL_MS);
       // The key first, then the certificate: a reader that finds a pair that does not match issues again.
-      await writePrivate(keyPath, issued.keyPem, false);
-      await writePrivate(certPath, issued.certPem, false);
+      await writeFileAtomic(keyPath, issued.keyPem);
+      await writeFileAtomic(certPath, issued.certPem);
       log.info({ reason: why, sans: want, notAfter: issued.notAfter }, "issued the listeners' certificate");
       serverCert = { certPem: issued.certPem, keyPem: issued.keyPem };
     } else serverCert = { certPem: certPem!, keyPem: keyPemText! };
