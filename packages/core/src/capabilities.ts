@@ -5,8 +5,8 @@ import { failedPrecondition } from "./errors.js";
 export const WIPE_MODES = ["none", "zero", "discard"] as const;
 export type WipeMode = (typeof WIPE_MODES)[number];
 
-/** How a volume is reached from another host (the sharing issue builds them; no kind offers one yet). */
-export const EXPORT_KINDS = ["iscsi", "nfs", "nbd"] as const;
+/** How a volume is reached from another host: iSCSI (tgt), NFS, NBD, or an RBD access grant (not built yet; no kind offers one). */
+export const EXPORT_KINDS = ["iscsi", "nfs", "nbd", "rbd"] as const;
 export type ExportKind = (typeof EXPORT_KINDS)[number];
 
 /** What volumes of one pool kind and format can do. */

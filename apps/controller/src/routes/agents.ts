@@ -4,6 +4,7 @@ import { registerAgent } from "../agents.js";
 import { peerKey } from "../auth.js";
 import type { ControllerContext } from "../context.js";
 import { join, pkiOf, renewCertificate } from "../join.js";
+import { notYet } from "./unimplemented.js";
 
 /**
  * AgentService: agents join (once, with a join token), renew their certificate, and register themselves (and
@@ -14,5 +15,7 @@ export function agentRoutes(ctx: ControllerContext): ServiceImpl<typeof AgentSer
     registerAgent: (req, hc) => registerAgent(ctx, req, hc.values.get(peerKey)),
     join: (req, hc) => join(ctx, pkiOf(ctx), req, hc.values.get(peerKey)),
     renewCertificate: (req, hc) => renewCertificate(ctx, pkiOf(ctx), req, hc.values.get(peerKey)),
+    // CHAP credentials of exports: in the contract, built with exports (docs/architecture.md, Not built yet).
+    getExportCredentials: notYet("GetExportCredentials"),
   };
 }

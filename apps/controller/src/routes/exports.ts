@@ -9,5 +9,7 @@ export function exportRoutes(): ServiceImpl<typeof ExportService> {
     getExport: notYet("GetExport"),
     listExports: notYet("ListExports"),
     deleteExport: notYet("DeleteExport"),
+    updateExport: notYet("UpdateExport"),
+    getDiskXml: notYet("GetDiskXml"),
   };
 }

@@ -8,6 +8,8 @@ import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { ErrorDetail, PoolKind, Qcow2Options, VolumeFormat, WipeMode } from "./common_pb.js";
 import { file_stowage_v1_common } from "./common_pb.js";
+import type { ExportKind } from "./export_pb.js";
+import { file_stowage_v1_export } from "./export_pb.js";
 import type { NumaNode } from "./host_pb.js";
 import { file_stowage_v1_host } from "./host_pb.js";
 import type { OperationKind } from "./operation_pb.js";
@@ -18,7 +20,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file stowage/v1/agent.proto.
  */
 export const file_stowage_v1_agent: GenFile = /*@__PURE__*/
-  fileDesc("ChZzdG93YWdlL3YxL2FnZW50LnByb3RvEgpzdG93YWdlLnYxIqICCghIb3N0SW5mbxIMCgRuYW1lGAEgASgJEgwKBHpvbmUYAiABKAkSMAoGbGFiZWxzGAMgAygLMiAuc3Rvd2FnZS52MS5Ib3N0SW5mby5MYWJlbHNFbnRyeRIoCgpudW1hX25vZGVzGAQgAygLMhQuc3Rvd2FnZS52MS5OdW1hTm9kZRIRCgljcHVfY291bnQYBSABKA0SFAoMbWVtb3J5X2J5dGVzGAYgASgEEhUKDWFnZW50X3ZlcnNpb24YByABKAkSFgoOaW5pdGlhdG9yX25hbWUYCCABKAkSFwoPbWV0cmljc19hZGRyZXNzGAkgASgJGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEixgQKClBvb2xSZXBvcnQSDAoEbmFtZRgBIAEoCRIiCgRraW5kGAIgASgOMhQuc3Rvd2FnZS52MS5Qb29sS2luZBIWCgludW1hX25vZGUYAyABKA1IAIgBARIPCgdoZWFsdGh5GAQgASgIEhYKDmhlYWx0aF9tZXNzYWdlGAUgASgJEhMKC3RvdGFsX2J5dGVzGAYgASgEEhIKCnVzZWRfYnl0ZXMYByABKAQSEgoKZnJlZV9ieXRlcxgIIAEoBBIZChFwcm92aXNpb25lZF9ieXRlcxgJIAEoBBIZCgxkYXRhX3BlcmNlbnQYCiABKAFIAYgBARIdChBtZXRhZGF0YV9wZXJjZW50GAsgASgBSAKIAQESKQoHZm9ybWF0cxgMIAMoDjIYLnN0b3dhZ2UudjEuVm9sdW1lRm9ybWF0EjIKBmxhYmVscxgNIAMoCzIiLnN0b3dhZ2UudjEuUG9vbFJlcG9ydC5MYWJlbHNFbnRyeRIYChBvdmVyY29tbWl0X3JhdGlvGA4gASgBEg4KBnNoYXJlZBgPIAEoCBIYChByZXNlcnZlZF9wZXJjZW50GBAgASgBEhMKC21heF92b2x1bWVzGBEgASgNEhgKEG1heF91c2VkX3BlcmNlbnQYEiABKAEaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIMCgpfbnVtYV9ub2RlQg8KDV9kYXRhX3BlcmNlbnRCEwoRX21ldGFkYXRhX3BlcmNlbnQisQEKDlZvbHVtZUFydGlmYWN0EhEKCXZvbHVtZV9pZBgBIAEoCRIRCglwb29sX25hbWUYAiABKAkSEgoKc2l6ZV9ieXRlcxgDIAEoBBIoCgZmb3JtYXQYBCABKA4yGC5zdG93YWdlLnYxLlZvbHVtZUZvcm1hdBIXCg9hbGxvY2F0ZWRfYnl0ZXMYBSABKAQSDAoEcGF0aBgGIAEoCRIUCgxvcGVyYXRpb25faWQYByABKAkijAEKFFJlZ2lzdGVyQWdlbnRSZXF1ZXN0EiIKBGhvc3QYASABKAsyFC5zdG93YWdlLnYxLkhvc3RJbmZvEiUKBXBvb2xzGAIgAygLMhYuc3Rvd2FnZS52MS5Qb29sUmVwb3J0EhIKCmpvaW5fdG9rZW4YAyABKAkSFQoNcHJvY2Vzc19zdGFydBgEIAEoCCLgAQoVUmVnaXN0ZXJBZ2VudFJlc3BvbnNlEg8KB2hvc3RfaWQYASABKAkSFwoPY29tbWFuZF9zdWJqZWN0GAIgASgJEhYKDmNvbW1hbmRfc3RyZWFtGAMgASgJEhgKEGNvbW1hbmRfY29uc3VtZXIYBCABKAkSFgoOcmVzdWx0X3N1YmplY3QYBSABKAkSGQoRaW52ZW50b3J5X3N1YmplY3QYBiABKAkSGQoRaGVhcnRiZWF0X3N1YmplY3QYByABKAkSHQoVaGVhcnRiZWF0X2ludGVydmFsX21zGAggASgNIpQCCglJbnZlbnRvcnkSDwoHaG9zdF9pZBgBIAEoCRIQCghzZXF1ZW5jZRgCIAEoBBImCgJhdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASIgoEaG9zdBgEIAEoCzIULnN0b3dhZ2UudjEuSG9zdEluZm8SJQoFcG9vbHMYBSADKAsyFi5zdG93YWdlLnYxLlBvb2xSZXBvcnQSKwoHdm9sdW1lcxgGIAMoCzIaLnN0b3dhZ2UudjEuVm9sdW1lQXJ0aWZhY3QSGQoRZm9yZWlnbl9hcnRpZmFjdHMYByADKAkSDQoFZGVsdGEYCCABKAgSGgoScmVtb3ZlZF92b2x1bWVfaWRzGAkgAygJIoMBCglIZWFydGJlYXQSDwoHaG9zdF9pZBgBIAEoCRIQCghzZXF1ZW5jZRgCIAEoBBImCgJhdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGgoScnVubmluZ19vcGVyYXRpb25zGAQgASgNEg8KB2Jvb3RfaWQYBSABKAkijwEKE0NyZWF0ZVZvbHVtZUNvbW1hbmQSEQoJdm9sdW1lX2lkGAEgASgJEhIKCnNpemVfYnl0ZXMYAiABKAQSKAoGZm9ybWF0GAMgASgOMhguc3Rvd2FnZS52MS5Wb2x1bWVGb3JtYXQSJwoFcWNvdzIYBCABKAsyGC5zdG93YWdlLnYxLlFjb3cyT3B0aW9ucyJMChNEZWxldGVWb2x1bWVDb21tYW5kEhEKCXZvbHVtZV9pZBgBIAEoCRIiCgR3aXBlGAIgASgOMhQuc3Rvd2FnZS52MS5XaXBlTW9kZSJWChNSZXNpemVWb2x1bWVDb21tYW5kEhEKCXZvbHVtZV9pZBgBIAEoCRIWCg5uZXdfc2l6ZV9ieXRlcxgCIAEoBBIUCgxhbGxvd19zaHJpbmsYAyABKAgirAEKEkNsb25lVm9sdW1lQ29tbWFuZBIRCgl2b2x1bWVfaWQYASABKAkSGAoQc291cmNlX3ZvbHVtZV9pZBgCIAEoCRIaChJzb3VyY2Vfc25hcHNob3RfaWQYAyABKAkSEgoKc2l6ZV9ieXRlcxgEIAEoBBIoCgZmb3JtYXQYBSABKA4yGC5zdG93YWdlLnYxLlZvbHVtZUZvcm1hdBIPCgdmbGF0dGVuGAYgASgIIjkKD1NuYXBzaG90Q29tbWFuZBIRCgl2b2x1bWVfaWQYASABKAkSEwoLc25hcHNob3RfaWQYAiABKAki+AQKDEFnZW50Q29tbWFuZBIUCgxvcGVyYXRpb25faWQYASABKAkSJwoEa2luZBgCIAEoDjIZLnN0b3dhZ2UudjEuT3BlcmF0aW9uS2luZBIPCgdob3N0X2lkGAMgASgJEhEKCXBvb2xfbmFtZRgEIAEoCRIPCgdhdHRlbXB0GAUgASgNEi0KCWlzc3VlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZGVhZGxpbmUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjgKDWNyZWF0ZV92b2x1bWUYCiABKAsyHy5zdG93YWdlLnYxLkNyZWF0ZVZvbHVtZUNvbW1hbmRIABI4Cg1kZWxldGVfdm9sdW1lGAsgASgLMh8uc3Rvd2FnZS52MS5EZWxldGVWb2x1bWVDb21tYW5kSAASOAoNcmVzaXplX3ZvbHVtZRgMIAEoCzIfLnN0b3dhZ2UudjEuUmVzaXplVm9sdW1lQ29tbWFuZEgAEjYKDGNsb25lX3ZvbHVtZRgNIAEoCzIeLnN0b3dhZ2UudjEuQ2xvbmVWb2x1bWVDb21tYW5kSAASNgoPY3JlYXRlX3NuYXBzaG90GA4gASgLMhsuc3Rvd2FnZS52MS5TbmFwc2hvdENvbW1hbmRIABI2Cg9kZWxldGVfc25hcHNob3QYDyABKAsyGy5zdG93YWdlLnYxLlNuYXBzaG90Q29tbWFuZEgAEjYKD3JldmVydF9zbmFwc2hvdBgQIAEoCzIbLnN0b3dhZ2UudjEuU25hcHNob3RDb21tYW5kSABCCQoHcGF5bG9hZCKfAgoPT3BlcmF0aW9uUmVzdWx0EhQKDG9wZXJhdGlvbl9pZBgBIAEoCRIPCgdob3N0X2lkGAIgASgJEicKBGtpbmQYAyABKA4yGS5zdG93YWdlLnYxLk9wZXJhdGlvbktpbmQSDwoHc3VjY2VzcxgEIAEoCBImCgVlcnJvchgFIAEoCzIXLnN0b3dhZ2UudjEuRXJyb3JEZXRhaWwSLAoIYXJ0aWZhY3QYBiABKAsyGi5zdG93YWdlLnYxLlZvbHVtZUFydGlmYWN0Eg8KB2Fkb3B0ZWQYByABKAgSLwoLZmluaXNoZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC2R1cmF0aW9uX21zGAkgASgEIl4KC0pvaW5SZXF1ZXN0EhIKCmpvaW5fdG9rZW4YASABKAkSEQoJaG9zdF9uYW1lGAIgASgJEg8KB2Nzcl9wZW0YAyABKAkSFwoPbmF0c19wdWJsaWNfa2V5GAQgASgJInsKD0hvc3RDcmVkZW50aWFscxIXCg9jZXJ0aWZpY2F0ZV9wZW0YASABKAkSDgoGY2FfcGVtGAIgASgJEhAKCG5hdHNfand0GAMgASgJEi0KCW5vdF9hZnRlchgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiQAoMSm9pblJlc3BvbnNlEjAKC2NyZWRlbnRpYWxzGAEgASgLMhsuc3Rvd2FnZS52MS5Ib3N0Q3JlZGVudGlhbHMiQwoXUmVuZXdDZXJ0aWZpY2F0ZVJlcXVlc3QSDwoHY3NyX3BlbRgBIAEoCRIXCg9uYXRzX3B1YmxpY19rZXkYAiABKAkiTAoYUmVuZXdDZXJ0aWZpY2F0ZVJlc3BvbnNlEjAKC2NyZWRlbnRpYWxzGAEgASgLMhsuc3Rvd2FnZS52MS5Ib3N0Q3JlZGVudGlhbHMy/gEKDEFnZW50U2VydmljZRJUCg1SZWdpc3RlckFnZW50EiAuc3Rvd2FnZS52MS5SZWdpc3RlckFnZW50UmVxdWVzdBohLnN0b3dhZ2UudjEuUmVnaXN0ZXJBZ2VudFJlc3BvbnNlEjkKBEpvaW4SFy5zdG93YWdlLnYxLkpvaW5SZXF1ZXN0Ghguc3Rvd2FnZS52MS5Kb2luUmVzcG9uc2USXQoQUmVuZXdDZXJ0aWZpY2F0ZRIjLnN0b3dhZ2UudjEuUmVuZXdDZXJ0aWZpY2F0ZVJlcXVlc3QaJC5zdG93YWdlLnYxLlJlbmV3Q2VydGlmaWNhdGVSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_stowage_v1_common, file_stowage_v1_host, file_stowage_v1_operation]);
+  fileDesc("ChZzdG93YWdlL3YxL2FnZW50LnByb3RvEgpzdG93YWdlLnYxIrUCCghIb3N0SW5mbxIMCgRuYW1lGAEgASgJEgwKBHpvbmUYAiABKAkSMAoGbGFiZWxzGAMgAygLMiAuc3Rvd2FnZS52MS5Ib3N0SW5mby5MYWJlbHNFbnRyeRIoCgpudW1hX25vZGVzGAQgAygLMhQuc3Rvd2FnZS52MS5OdW1hTm9kZRIRCgljcHVfY291bnQYBSABKA0SFAoMbWVtb3J5X2J5dGVzGAYgASgEEhUKDWFnZW50X3ZlcnNpb24YByABKAkSFgoOaW5pdGlhdG9yX25hbWUYCCABKAkSFwoPbWV0cmljc19hZGRyZXNzGAkgASgJEhEKCWFkZHJlc3NlcxgKIAMoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIsYECgpQb29sUmVwb3J0EgwKBG5hbWUYASABKAkSIgoEa2luZBgCIAEoDjIULnN0b3dhZ2UudjEuUG9vbEtpbmQSFgoJbnVtYV9ub2RlGAMgASgNSACIAQESDwoHaGVhbHRoeRgEIAEoCBIWCg5oZWFsdGhfbWVzc2FnZRgFIAEoCRITCgt0b3RhbF9ieXRlcxgGIAEoBBISCgp1c2VkX2J5dGVzGAcgASgEEhIKCmZyZWVfYnl0ZXMYCCABKAQSGQoRcHJvdmlzaW9uZWRfYnl0ZXMYCSABKAQSGQoMZGF0YV9wZXJjZW50GAogASgBSAGIAQESHQoQbWV0YWRhdGFfcGVyY2VudBgLIAEoAUgCiAEBEikKB2Zvcm1hdHMYDCADKA4yGC5zdG93YWdlLnYxLlZvbHVtZUZvcm1hdBIyCgZsYWJlbHMYDSADKAsyIi5zdG93YWdlLnYxLlBvb2xSZXBvcnQuTGFiZWxzRW50cnkSGAoQb3ZlcmNvbW1pdF9yYXRpbxgOIAEoARIOCgZzaGFyZWQYDyABKAgSGAoQcmVzZXJ2ZWRfcGVyY2VudBgQIAEoARITCgttYXhfdm9sdW1lcxgRIAEoDRIYChBtYXhfdXNlZF9wZXJjZW50GBIgASgBGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCDAoKX251bWFfbm9kZUIPCg1fZGF0YV9wZXJjZW50QhMKEV9tZXRhZGF0YV9wZXJjZW50IrEBCg5Wb2x1bWVBcnRpZmFjdBIRCgl2b2x1bWVfaWQYASABKAkSEQoJcG9vbF9uYW1lGAIgASgJEhIKCnNpemVfYnl0ZXMYAyABKAQSKAoGZm9ybWF0GAQgASgOMhguc3Rvd2FnZS52MS5Wb2x1bWVGb3JtYXQSFwoPYWxsb2NhdGVkX2J5dGVzGAUgASgEEgwKBHBhdGgYBiABKAkSFAoMb3BlcmF0aW9uX2lkGAcgASgJIowBChRSZWdpc3RlckFnZW50UmVxdWVzdBIiCgRob3N0GAEgASgLMhQuc3Rvd2FnZS52MS5Ib3N0SW5mbxIlCgVwb29scxgCIAMoCzIWLnN0b3dhZ2UudjEuUG9vbFJlcG9ydBISCgpqb2luX3Rva2VuGAMgASgJEhUKDXByb2Nlc3Nfc3RhcnQYBCABKAgi4AEKFVJlZ2lzdGVyQWdlbnRSZXNwb25zZRIPCgdob3N0X2lkGAEgASgJEhcKD2NvbW1hbmRfc3ViamVjdBgCIAEoCRIWCg5jb21tYW5kX3N0cmVhbRgDIAEoCRIYChBjb21tYW5kX2NvbnN1bWVyGAQgASgJEhYKDnJlc3VsdF9zdWJqZWN0GAUgASgJEhkKEWludmVudG9yeV9zdWJqZWN0GAYgASgJEhkKEWhlYXJ0YmVhdF9zdWJqZWN0GAcgASgJEh0KFWhlYXJ0YmVhdF9pbnRlcnZhbF9tcxgIIAEoDSLBAgoJSW52ZW50b3J5Eg8KB2hvc3RfaWQYASABKAkSEAoIc2VxdWVuY2UYAiABKAQSJgoCYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiIKBGhvc3QYBCABKAsyFC5zdG93YWdlLnYxLkhvc3RJbmZvEiUKBXBvb2xzGAUgAygLMhYuc3Rvd2FnZS52MS5Qb29sUmVwb3J0EisKB3ZvbHVtZXMYBiADKAsyGi5zdG93YWdlLnYxLlZvbHVtZUFydGlmYWN0EhkKEWZvcmVpZ25fYXJ0aWZhY3RzGAcgAygJEg0KBWRlbHRhGAggASgIEhoKEnJlbW92ZWRfdm9sdW1lX2lkcxgJIAMoCRIrCgdleHBvcnRzGAogAygLMhouc3Rvd2FnZS52MS5FeHBvcnRBcnRpZmFjdCJKCgxFeHBvcnRDbGllbnQSDwoHaG9zdF9pZBgBIAEoCRIWCg5pbml0aWF0b3JfbmFtZRgCIAEoCRIRCglhZGRyZXNzZXMYAyADKAkirgEKDUV4cG9ydENvbW1hbmQSEQoJZXhwb3J0X2lkGAEgASgJEhEKCXZvbHVtZV9pZBgCIAEoCRIkCgRraW5kGAMgASgOMhYuc3Rvd2FnZS52MS5FeHBvcnRLaW5kEikKB2FsbG93ZWQYBCADKAsyGC5zdG93YWdlLnYxLkV4cG9ydENsaWVudBIRCgljaGFwX3VzZXIYBSABKAkSEwoLY2hhcF9zZWNyZXQYBiABKAkigwEKDkV4cG9ydEFydGlmYWN0EhEKCWV4cG9ydF9pZBgBIAEoCRIRCgl2b2x1bWVfaWQYAiABKAkSJAoEa2luZBgDIAEoDjIWLnN0b3dhZ2UudjEuRXhwb3J0S2luZBILCgN1cmkYBCABKAkSGAoQYWxsb3dlZF9ob3N0X2lkcxgFIAMoCSKDAQoJSGVhcnRiZWF0Eg8KB2hvc3RfaWQYASABKAkSEAoIc2VxdWVuY2UYAiABKAQSJgoCYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhoKEnJ1bm5pbmdfb3BlcmF0aW9ucxgEIAEoDRIPCgdib290X2lkGAUgASgJIo8BChNDcmVhdGVWb2x1bWVDb21tYW5kEhEKCXZvbHVtZV9pZBgBIAEoCRISCgpzaXplX2J5dGVzGAIgASgEEigKBmZvcm1hdBgDIAEoDjIYLnN0b3dhZ2UudjEuVm9sdW1lRm9ybWF0EicKBXFjb3cyGAQgASgLMhguc3Rvd2FnZS52MS5RY293Mk9wdGlvbnMiTAoTRGVsZXRlVm9sdW1lQ29tbWFuZBIRCgl2b2x1bWVfaWQYASABKAkSIgoEd2lwZRgCIAEoDjIULnN0b3dhZ2UudjEuV2lwZU1vZGUiVgoTUmVzaXplVm9sdW1lQ29tbWFuZBIRCgl2b2x1bWVfaWQYASABKAkSFgoObmV3X3NpemVfYnl0ZXMYAiABKAQSFAoMYWxsb3dfc2hyaW5rGAMgASgIIqwBChJDbG9uZVZvbHVtZUNvbW1hbmQSEQoJdm9sdW1lX2lkGAEgASgJEhgKEHNvdXJjZV92b2x1bWVfaWQYAiABKAkSGgoSc291cmNlX3NuYXBzaG90X2lkGAMgASgJEhIKCnNpemVfYnl0ZXMYBCABKAQSKAoGZm9ybWF0GAUgASgOMhguc3Rvd2FnZS52MS5Wb2x1bWVGb3JtYXQSDwoHZmxhdHRlbhgGIAEoCCI5Cg9TbmFwc2hvdENvbW1hbmQSEQoJdm9sdW1lX2lkGAEgASgJEhMKC3NuYXBzaG90X2lkGAIgASgJIuAFCgxBZ2VudENvbW1hbmQSFAoMb3BlcmF0aW9uX2lkGAEgASgJEicKBGtpbmQYAiABKA4yGS5zdG93YWdlLnYxLk9wZXJhdGlvbktpbmQSDwoHaG9zdF9pZBgDIAEoCRIRCglwb29sX25hbWUYBCABKAkSDwoHYXR0ZW1wdBgFIAEoDRItCglpc3N1ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGRlYWRsaW5lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI4Cg1jcmVhdGVfdm9sdW1lGAogASgLMh8uc3Rvd2FnZS52MS5DcmVhdGVWb2x1bWVDb21tYW5kSAASOAoNZGVsZXRlX3ZvbHVtZRgLIAEoCzIfLnN0b3dhZ2UudjEuRGVsZXRlVm9sdW1lQ29tbWFuZEgAEjgKDXJlc2l6ZV92b2x1bWUYDCABKAsyHy5zdG93YWdlLnYxLlJlc2l6ZVZvbHVtZUNvbW1hbmRIABI2CgxjbG9uZV92b2x1bWUYDSABKAsyHi5zdG93YWdlLnYxLkNsb25lVm9sdW1lQ29tbWFuZEgAEjYKD2NyZWF0ZV9zbmFwc2hvdBgOIAEoCzIbLnN0b3dhZ2UudjEuU25hcHNob3RDb21tYW5kSAASNgoPZGVsZXRlX3NuYXBzaG90GA8gASgLMhsuc3Rvd2FnZS52MS5TbmFwc2hvdENvbW1hbmRIABI2Cg9yZXZlcnRfc25hcHNob3QYECABKAsyGy5zdG93YWdlLnYxLlNuYXBzaG90Q29tbWFuZEgAEjIKDWNyZWF0ZV9leHBvcnQYESABKAsyGS5zdG93YWdlLnYxLkV4cG9ydENvbW1hbmRIABIyCg1kZWxldGVfZXhwb3J0GBIgASgLMhkuc3Rvd2FnZS52MS5FeHBvcnRDb21tYW5kSABCCQoHcGF5bG9hZCLLAgoPT3BlcmF0aW9uUmVzdWx0EhQKDG9wZXJhdGlvbl9pZBgBIAEoCRIPCgdob3N0X2lkGAIgASgJEicKBGtpbmQYAyABKA4yGS5zdG93YWdlLnYxLk9wZXJhdGlvbktpbmQSDwoHc3VjY2VzcxgEIAEoCBImCgVlcnJvchgFIAEoCzIXLnN0b3dhZ2UudjEuRXJyb3JEZXRhaWwSLAoIYXJ0aWZhY3QYBiABKAsyGi5zdG93YWdlLnYxLlZvbHVtZUFydGlmYWN0Eg8KB2Fkb3B0ZWQYByABKAgSLwoLZmluaXNoZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC2R1cmF0aW9uX21zGAkgASgEEioKBmV4cG9ydBgKIAEoCzIaLnN0b3dhZ2UudjEuRXhwb3J0QXJ0aWZhY3QiXgoLSm9pblJlcXVlc3QSEgoKam9pbl90b2tlbhgBIAEoCRIRCglob3N0X25hbWUYAiABKAkSDwoHY3NyX3BlbRgDIAEoCRIXCg9uYXRzX3B1YmxpY19rZXkYBCABKAkiewoPSG9zdENyZWRlbnRpYWxzEhcKD2NlcnRpZmljYXRlX3BlbRgBIAEoCRIOCgZjYV9wZW0YAiABKAkSEAoIbmF0c19qd3QYAyABKAkSLQoJbm90X2FmdGVyGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJACgxKb2luUmVzcG9uc2USMAoLY3JlZGVudGlhbHMYASABKAsyGy5zdG93YWdlLnYxLkhvc3RDcmVkZW50aWFscyJDChdSZW5ld0NlcnRpZmljYXRlUmVxdWVzdBIPCgdjc3JfcGVtGAEgASgJEhcKD25hdHNfcHVibGljX2tleRgCIAEoCSJMChhSZW5ld0NlcnRpZmljYXRlUmVzcG9uc2USMAoLY3JlZGVudGlhbHMYASABKAsyGy5zdG93YWdlLnYxLkhvc3RDcmVkZW50aWFscyIwChtHZXRFeHBvcnRDcmVkZW50aWFsc1JlcXVlc3QSEQoJZXhwb3J0X2lkGAEgASgJIkYKHEdldEV4cG9ydENyZWRlbnRpYWxzUmVzcG9uc2USEQoJY2hhcF91c2VyGAEgASgJEhMKC2NoYXBfc2VjcmV0GAIgASgJMukCCgxBZ2VudFNlcnZpY2USVAoNUmVnaXN0ZXJBZ2VudBIgLnN0b3dhZ2UudjEuUmVnaXN0ZXJBZ2VudFJlcXVlc3QaIS5zdG93YWdlLnYxLlJlZ2lzdGVyQWdlbnRSZXNwb25zZRI5CgRKb2luEhcuc3Rvd2FnZS52MS5Kb2luUmVxdWVzdBoYLnN0b3dhZ2UudjEuSm9pblJlc3BvbnNlEl0KEFJlbmV3Q2VydGlmaWNhdGUSIy5zdG93YWdlLnYxLlJlbmV3Q2VydGlmaWNhdGVSZXF1ZXN0GiQuc3Rvd2FnZS52MS5SZW5ld0NlcnRpZmljYXRlUmVzcG9uc2USaQoUR2V0RXhwb3J0Q3JlZGVudGlhbHMSJy5zdG93YWdlLnYxLkdldEV4cG9ydENyZWRlbnRpYWxzUmVxdWVzdBooLnN0b3dhZ2UudjEuR2V0RXhwb3J0Q3JlZGVudGlhbHNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_stowage_v1_common, file_stowage_v1_export, file_stowage_v1_host, file_stowage_v1_operation]);
 
 /**
  * What an agent knows of its host.
@@ -74,6 +76,13 @@ export type HostInfo = Message<"stowage.v1.HostInfo"> & {
    * @generated from field: string metrics_address = 9;
    */
   metricsAddress: string;
+
+  /**
+   * The host's unicast addresses (not loopback): what export ACLs bind besides its initiator name.
+   *
+   * @generated from field: repeated string addresses = 10;
+   */
+  addresses: string[];
 };
 
 /**
@@ -406,6 +415,13 @@ export type Inventory = Message<"stowage.v1.Inventory"> & {
    * @generated from field: repeated string removed_volume_ids = 9;
    */
   removedVolumeIds: string[];
+
+  /**
+   * Full: every export this host serves now (tgtd targets, NFS exports, NBD servers), as found, not as desired.
+   *
+   * @generated from field: repeated stowage.v1.ExportArtifact exports = 10;
+   */
+  exports: ExportArtifact[];
 };
 
 /**
@@ -414,6 +430,127 @@ export type Inventory = Message<"stowage.v1.Inventory"> & {
  */
 export const InventorySchema: GenMessage<Inventory> = /*@__PURE__*/
   messageDesc(file_stowage_v1_agent, 5);
+
+/**
+ * One host allowed to use an export, as the serving agent binds it (tgt ACL: initiator name and address).
+ *
+ * @generated from message stowage.v1.ExportClient
+ */
+export type ExportClient = Message<"stowage.v1.ExportClient"> & {
+  /**
+   * @generated from field: string host_id = 1;
+   */
+  hostId: string;
+
+  /**
+   * @generated from field: string initiator_name = 2;
+   */
+  initiatorName: string;
+
+  /**
+   * @generated from field: repeated string addresses = 3;
+   */
+  addresses: string[];
+};
+
+/**
+ * Describes the message stowage.v1.ExportClient.
+ * Use `create(ExportClientSchema)` to create a new message.
+ */
+export const ExportClientSchema: GenMessage<ExportClient> = /*@__PURE__*/
+  messageDesc(file_stowage_v1_agent, 6);
+
+/**
+ * Makes (create) or removes (delete) an export on the serving host. The agent keeps what it was told as desired
+ * state and puts it back by itself when the target server loses it (a tgtd restart); a create of an export that
+ * exists converges it to this allowed set (adding and removing a host on a live export is a create again).
+ *
+ * @generated from message stowage.v1.ExportCommand
+ */
+export type ExportCommand = Message<"stowage.v1.ExportCommand"> & {
+  /**
+   * @generated from field: string export_id = 1;
+   */
+  exportId: string;
+
+  /**
+   * @generated from field: string volume_id = 2;
+   */
+  volumeId: string;
+
+  /**
+   * @generated from field: stowage.v1.ExportKind kind = 3;
+   */
+  kind: ExportKind;
+
+  /**
+   * @generated from field: repeated stowage.v1.ExportClient allowed = 4;
+   */
+  allowed: ExportClient[];
+
+  /**
+   * CHAP, when on: the account the target requires. The secret travels only to the serving host, over the
+   * agent's own TLS connection; it is never logged or stored in clear by the agent beyond its 0600 state file.
+   *
+   * @generated from field: string chap_user = 5;
+   */
+  chapUser: string;
+
+  /**
+   * @generated from field: string chap_secret = 6;
+   */
+  chapSecret: string;
+};
+
+/**
+ * Describes the message stowage.v1.ExportCommand.
+ * Use `create(ExportCommandSchema)` to create a new message.
+ */
+export const ExportCommandSchema: GenMessage<ExportCommand> = /*@__PURE__*/
+  messageDesc(file_stowage_v1_agent, 7);
+
+/**
+ * An export as the serving agent finds it.
+ *
+ * @generated from message stowage.v1.ExportArtifact
+ */
+export type ExportArtifact = Message<"stowage.v1.ExportArtifact"> & {
+  /**
+   * @generated from field: string export_id = 1;
+   */
+  exportId: string;
+
+  /**
+   * @generated from field: string volume_id = 2;
+   */
+  volumeId: string;
+
+  /**
+   * @generated from field: stowage.v1.ExportKind kind = 3;
+   */
+  kind: ExportKind;
+
+  /**
+   * How a client reaches it: iscsi://portal/iqn/lun, nfs://server/path, nbd://host:port/name.
+   *
+   * @generated from field: string uri = 4;
+   */
+  uri: string;
+
+  /**
+   * The hosts bound in its ACL now.
+   *
+   * @generated from field: repeated string allowed_host_ids = 5;
+   */
+  allowedHostIds: string[];
+};
+
+/**
+ * Describes the message stowage.v1.ExportArtifact.
+ * Use `create(ExportArtifactSchema)` to create a new message.
+ */
+export const ExportArtifactSchema: GenMessage<ExportArtifact> = /*@__PURE__*/
+  messageDesc(file_stowage_v1_agent, 8);
 
 /**
  * @generated from message stowage.v1.Heartbeat
@@ -452,7 +589,7 @@ export type Heartbeat = Message<"stowage.v1.Heartbeat"> & {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
-  messageDesc(file_stowage_v1_agent, 6);
+  messageDesc(file_stowage_v1_agent, 9);
 
 /**
  * @generated from message stowage.v1.CreateVolumeCommand
@@ -484,7 +621,7 @@ export type CreateVolumeCommand = Message<"stowage.v1.CreateVolumeCommand"> & {
  * Use `create(CreateVolumeCommandSchema)` to create a new message.
  */
 export const CreateVolumeCommandSchema: GenMessage<CreateVolumeCommand> = /*@__PURE__*/
-  messageDesc(file_stowage_v1_agent, 7);
+  messageDesc(file_stowage_v1_agent, 10);
 
 /**
  * @generated from message stowage.v1.DeleteVolumeCommand
@@ -506,7 +643,7 @@ export type DeleteVolumeCommand = Message<"stowage.v1.DeleteVolumeCommand"> & {
  * Use `create(DeleteVolumeCommandSchema)` to create a new message.
  */
 export const DeleteVolumeCommandSchema: GenMessage<DeleteVolumeCommand> = /*@__PURE__*/
-  messageDesc(file_stowage_v1_agent, 8);
+  messageDesc(file_stowage_v1_agent, 11);
 
 /**
  * @generated from message stowage.v1.ResizeVolumeCommand
@@ -533,7 +670,7 @@ export type ResizeVolumeCommand = Message<"stowage.v1.ResizeVolumeCommand"> & {
  * Use `create(ResizeVolumeCommandSchema)` to create a new message.
  */
 export const ResizeVolumeCommandSchema: GenMessage<ResizeVolumeCommand> = /*@__PURE__*/
-  messageDesc(file_stowage_v1_agent, 9);
+  messageDesc(file_stowage_v1_agent, 12);
 
 /**
  * @generated from message stowage.v1.CloneVolumeCommand
@@ -575,7 +712,7 @@ export type CloneVolumeCommand = Message<"stowage.v1.CloneVolumeCommand"> & {
  * Use `create(CloneVolumeCommandSchema)` to create a new message.
  */
 export const CloneVolumeCommandSchema: GenMessage<CloneVolumeCommand> = /*@__PURE__*/
-  messageDesc(file_stowage_v1_agent, 10);
+  messageDesc(file_stowage_v1_agent, 13);
 
 /**
  * @generated from message stowage.v1.SnapshotCommand
@@ -597,7 +734,7 @@ export type SnapshotCommand = Message<"stowage.v1.SnapshotCommand"> & {
  * Use `create(SnapshotCommandSchema)` to create a new message.
  */
 export const SnapshotCommandSchema: GenMessage<SnapshotCommand> = /*@__PURE__*/
-  messageDesc(file_stowage_v1_agent, 11);
+  messageDesc(file_stowage_v1_agent, 14);
 
 /**
  * One operation for an agent. The JetStream message id is the operation id (dedup).
@@ -692,6 +829,18 @@ export type AgentCommand = Message<"stowage.v1.AgentCommand"> & {
      */
     value: SnapshotCommand;
     case: "revertSnapshot";
+  } | {
+    /**
+     * @generated from field: stowage.v1.ExportCommand create_export = 17;
+     */
+    value: ExportCommand;
+    case: "createExport";
+  } | {
+    /**
+     * @generated from field: stowage.v1.ExportCommand delete_export = 18;
+     */
+    value: ExportCommand;
+    case: "deleteExport";
   } | { case: undefined; value?: undefined };
 };
 
@@ -700,7 +849,7 @@ export type AgentCommand = Message<"stowage.v1.AgentCommand"> & {
  * Use `create(AgentCommandSchema)` to create a new message.
  */
 export const AgentCommandSchema: GenMessage<AgentCommand> = /*@__PURE__*/
-  messageDesc(file_stowage_v1_agent, 12);
+  messageDesc(file_stowage_v1_agent, 15);
 
 /**
  * The outcome of an AgentCommand, published once the agent has acted (possibly more than once).
@@ -756,6 +905,13 @@ export type OperationResult = Message<"stowage.v1.OperationResult"> & {
    * @generated from field: uint64 duration_ms = 9;
    */
   durationMs: bigint;
+
+  /**
+   * The export as it stands after a create_export (absent after a delete).
+   *
+   * @generated from field: stowage.v1.ExportArtifact export = 10;
+   */
+  export?: ExportArtifact | undefined;
 };
 
 /**
@@ -763,7 +919,7 @@ export type OperationResult = Message<"stowage.v1.OperationResult"> & {
  * Use `create(OperationResultSchema)` to create a new message.
  */
 export const OperationResultSchema: GenMessage<OperationResult> = /*@__PURE__*/
-  messageDesc(file_stowage_v1_agent, 13);
+  messageDesc(file_stowage_v1_agent, 16);
 
 /**
  * An agent's first start on a TLS controller: it proves itself with a one-time join token (`stowctl token create
@@ -807,7 +963,7 @@ export type JoinRequest = Message<"stowage.v1.JoinRequest"> & {
  * Use `create(JoinRequestSchema)` to create a new message.
  */
 export const JoinRequestSchema: GenMessage<JoinRequest> = /*@__PURE__*/
-  messageDesc(file_stowage_v1_agent, 14);
+  messageDesc(file_stowage_v1_agent, 17);
 
 /**
  * What a host holds after joining or renewing: its certificate, the CA, and its NATS user JWT.
@@ -847,7 +1003,7 @@ export type HostCredentials = Message<"stowage.v1.HostCredentials"> & {
  * Use `create(HostCredentialsSchema)` to create a new message.
  */
 export const HostCredentialsSchema: GenMessage<HostCredentials> = /*@__PURE__*/
-  messageDesc(file_stowage_v1_agent, 15);
+  messageDesc(file_stowage_v1_agent, 18);
 
 /**
  * @generated from message stowage.v1.JoinResponse
@@ -864,7 +1020,7 @@ export type JoinResponse = Message<"stowage.v1.JoinResponse"> & {
  * Use `create(JoinResponseSchema)` to create a new message.
  */
 export const JoinResponseSchema: GenMessage<JoinResponse> = /*@__PURE__*/
-  messageDesc(file_stowage_v1_agent, 16);
+  messageDesc(file_stowage_v1_agent, 19);
 
 /**
  * A joined agent renews before its certificate expires, over mTLS with the certificate it has: a new key and a
@@ -889,7 +1045,7 @@ export type RenewCertificateRequest = Message<"stowage.v1.RenewCertificateReques
  * Use `create(RenewCertificateRequestSchema)` to create a new message.
  */
 export const RenewCertificateRequestSchema: GenMessage<RenewCertificateRequest> = /*@__PURE__*/
-  messageDesc(file_stowage_v1_agent, 17);
+  messageDesc(file_stowage_v1_agent, 20);
 
 /**
  * @generated from message stowage.v1.RenewCertificateResponse
@@ -906,7 +1062,49 @@ export type RenewCertificateResponse = Message<"stowage.v1.RenewCertificateRespo
  * Use `create(RenewCertificateResponseSchema)` to create a new message.
  */
 export const RenewCertificateResponseSchema: GenMessage<RenewCertificateResponse> = /*@__PURE__*/
-  messageDesc(file_stowage_v1_agent, 18);
+  messageDesc(file_stowage_v1_agent, 21);
+
+/**
+ * An allowed host's agent asks for the CHAP credentials of an export it may use (over mutual TLS: the controller
+ * answers only a host in the export's allowed set). The only answer that carries the secret.
+ *
+ * @generated from message stowage.v1.GetExportCredentialsRequest
+ */
+export type GetExportCredentialsRequest = Message<"stowage.v1.GetExportCredentialsRequest"> & {
+  /**
+   * @generated from field: string export_id = 1;
+   */
+  exportId: string;
+};
+
+/**
+ * Describes the message stowage.v1.GetExportCredentialsRequest.
+ * Use `create(GetExportCredentialsRequestSchema)` to create a new message.
+ */
+export const GetExportCredentialsRequestSchema: GenMessage<GetExportCredentialsRequest> = /*@__PURE__*/
+  messageDesc(file_stowage_v1_agent, 22);
+
+/**
+ * @generated from message stowage.v1.GetExportCredentialsResponse
+ */
+export type GetExportCredentialsResponse = Message<"stowage.v1.GetExportCredentialsResponse"> & {
+  /**
+   * @generated from field: string chap_user = 1;
+   */
+  chapUser: string;
+
+  /**
+   * @generated from field: string chap_secret = 2;
+   */
+  chapSecret: string;
+};
+
+/**
+ * Describes the message stowage.v1.GetExportCredentialsResponse.
+ * Use `create(GetExportCredentialsResponseSchema)` to create a new message.
+ */
+export const GetExportCredentialsResponseSchema: GenMessage<GetExportCredentialsResponse> = /*@__PURE__*/
+  messageDesc(file_stowage_v1_agent, 23);
 
 /**
  * On a TLS controller every method but Join needs the host's certificate (mutual TLS), and a certificate acts only
@@ -938,6 +1136,14 @@ export const AgentService: GenService<{
     methodKind: "unary";
     input: typeof RenewCertificateRequestSchema;
     output: typeof RenewCertificateResponseSchema;
+  },
+  /**
+   * @generated from rpc stowage.v1.AgentService.GetExportCredentials
+   */
+  getExportCredentials: {
+    methodKind: "unary";
+    input: typeof GetExportCredentialsRequestSchema;
+    output: typeof GetExportCredentialsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_stowage_v1_agent, 0);

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file stowage/v1/export.proto.
  */
 export const file_stowage_v1_export: GenFile = /*@__PURE__*/
-  fileDesc("ChdzdG93YWdlL3YxL2V4cG9ydC5wcm90bxIKc3Rvd2FnZS52MSKYAgoGRXhwb3J0EgoKAmlkGAEgASgJEhEKCXZvbHVtZV9pZBgCIAEoCRIkCgRraW5kGAMgASgOMhYuc3Rvd2FnZS52MS5FeHBvcnRLaW5kEiYKBXN0YXRlGAQgASgOMhcuc3Rvd2FnZS52MS5FeHBvcnRTdGF0ZRIPCgdob3N0X2lkGAUgASgJEgsKA3VyaRgGIAEoCRIYChBhbGxvd2VkX2hvc3RfaWRzGAcgAygJEhEKCWNoYXBfdXNlchgIIAEoCRIuCgpjcmVhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBImCgVlcnJvchgKIAEoCzIXLnN0b3dhZ2UudjEuRXJyb3JEZXRhaWwihwEKE0NyZWF0ZUV4cG9ydFJlcXVlc3QSDgoGdm9sdW1lGAEgASgJEiQKBGtpbmQYAiABKA4yFi5zdG93YWdlLnYxLkV4cG9ydEtpbmQSGAoQYWxsb3dlZF9ob3N0X2lkcxgDIAMoCRIMCgRjaGFwGAQgASgIEhIKCnJlcXVlc3RfaWQYBSABKAkiZAoUQ3JlYXRlRXhwb3J0UmVzcG9uc2USIgoGZXhwb3J0GAEgASgLMhIuc3Rvd2FnZS52MS5FeHBvcnQSKAoJb3BlcmF0aW9uGAIgASgLMhUuc3Rvd2FnZS52MS5PcGVyYXRpb24iJQoQR2V0RXhwb3J0UmVxdWVzdBIRCglleHBvcnRfaWQYASABKAkiNwoRR2V0RXhwb3J0UmVzcG9uc2USIgoGZXhwb3J0GAEgASgLMhIuc3Rvd2FnZS52MS5FeHBvcnQiXAoSTGlzdEV4cG9ydHNSZXF1ZXN0Eg4KBnZvbHVtZRgBIAEoCRIPCgdob3N0X2lkGAIgASgJEhEKCXBhZ2Vfc2l6ZRgDIAEoDRISCgpwYWdlX3Rva2VuGAQgASgJIlMKE0xpc3RFeHBvcnRzUmVzcG9uc2USIwoHZXhwb3J0cxgBIAMoCzISLnN0b3dhZ2UudjEuRXhwb3J0EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI8ChNEZWxldGVFeHBvcnRSZXF1ZXN0EhEKCWV4cG9ydF9pZBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJImQKFERlbGV0ZUV4cG9ydFJlc3BvbnNlEiIKBmV4cG9ydBgBIAEoCzISLnN0b3dhZ2UudjEuRXhwb3J0EigKCW9wZXJhdGlvbhgCIAEoCzIVLnN0b3dhZ2UudjEuT3BlcmF0aW9uKmoKCkV4cG9ydEtpbmQSGwoXRVhQT1JUX0tJTkRfVU5TUEVDSUZJRUQQABIVChFFWFBPUlRfS0lORF9JU0NTSRABEhMKD0VYUE9SVF9LSU5EX05GUxACEhMKD0VYUE9SVF9LSU5EX05CRBADKqwBCgtFeHBvcnRTdGF0ZRIcChhFWFBPUlRfU1RBVEVfVU5TUEVDSUZJRUQQABIZChVFWFBPUlRfU1RBVEVfQ1JFQVRJTkcQARIXChNFWFBPUlRfU1RBVEVfQUNUSVZFEAISGQoVRVhQT1JUX1NUQVRFX0RFTEVUSU5HEAMSGAoURVhQT1JUX1NUQVRFX0RFTEVURUQQBBIWChJFWFBPUlRfU1RBVEVfRVJST1IQBTLPAgoNRXhwb3J0U2VydmljZRJRCgxDcmVhdGVFeHBvcnQSHy5zdG93YWdlLnYxLkNyZWF0ZUV4cG9ydFJlcXVlc3QaIC5zdG93YWdlLnYxLkNyZWF0ZUV4cG9ydFJlc3BvbnNlEkgKCUdldEV4cG9ydBIcLnN0b3dhZ2UudjEuR2V0RXhwb3J0UmVxdWVzdBodLnN0b3dhZ2UudjEuR2V0RXhwb3J0UmVzcG9uc2USTgoLTGlzdEV4cG9ydHMSHi5zdG93YWdlLnYxLkxpc3RFeHBvcnRzUmVxdWVzdBofLnN0b3dhZ2UudjEuTGlzdEV4cG9ydHNSZXNwb25zZRJRCgxEZWxldGVFeHBvcnQSHy5zdG93YWdlLnYxLkRlbGV0ZUV4cG9ydFJlcXVlc3QaIC5zdG93YWdlLnYxLkRlbGV0ZUV4cG9ydFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp, file_stowage_v1_common, file_stowage_v1_operation]);
+  fileDesc("ChdzdG93YWdlL3YxL2V4cG9ydC5wcm90bxIKc3Rvd2FnZS52MSKYAgoGRXhwb3J0EgoKAmlkGAEgASgJEhEKCXZvbHVtZV9pZBgCIAEoCRIkCgRraW5kGAMgASgOMhYuc3Rvd2FnZS52MS5FeHBvcnRLaW5kEiYKBXN0YXRlGAQgASgOMhcuc3Rvd2FnZS52MS5FeHBvcnRTdGF0ZRIPCgdob3N0X2lkGAUgASgJEgsKA3VyaRgGIAEoCRIYChBhbGxvd2VkX2hvc3RfaWRzGAcgAygJEhEKCWNoYXBfdXNlchgIIAEoCRIuCgpjcmVhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBImCgVlcnJvchgKIAEoCzIXLnN0b3dhZ2UudjEuRXJyb3JEZXRhaWwihwEKE0NyZWF0ZUV4cG9ydFJlcXVlc3QSDgoGdm9sdW1lGAEgASgJEiQKBGtpbmQYAiABKA4yFi5zdG93YWdlLnYxLkV4cG9ydEtpbmQSGAoQYWxsb3dlZF9ob3N0X2lkcxgDIAMoCRIMCgRjaGFwGAQgASgIEhIKCnJlcXVlc3RfaWQYBSABKAkiZAoUQ3JlYXRlRXhwb3J0UmVzcG9uc2USIgoGZXhwb3J0GAEgASgLMhIuc3Rvd2FnZS52MS5FeHBvcnQSKAoJb3BlcmF0aW9uGAIgASgLMhUuc3Rvd2FnZS52MS5PcGVyYXRpb24iJQoQR2V0RXhwb3J0UmVxdWVzdBIRCglleHBvcnRfaWQYASABKAkiNwoRR2V0RXhwb3J0UmVzcG9uc2USIgoGZXhwb3J0GAEgASgLMhIuc3Rvd2FnZS52MS5FeHBvcnQiXAoSTGlzdEV4cG9ydHNSZXF1ZXN0Eg4KBnZvbHVtZRgBIAEoCRIPCgdob3N0X2lkGAIgASgJEhEKCXBhZ2Vfc2l6ZRgDIAEoDRISCgpwYWdlX3Rva2VuGAQgASgJIlMKE0xpc3RFeHBvcnRzUmVzcG9uc2USIwoHZXhwb3J0cxgBIAMoCzISLnN0b3dhZ2UudjEuRXhwb3J0EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJ7ChNVcGRhdGVFeHBvcnRSZXF1ZXN0EhEKCWV4cG9ydF9pZBgBIAEoCRIcChRhZGRfYWxsb3dlZF9ob3N0X2lkcxgCIAMoCRIfChdyZW1vdmVfYWxsb3dlZF9ob3N0X2lkcxgDIAMoCRISCgpyZXF1ZXN0X2lkGAQgASgJImQKFFVwZGF0ZUV4cG9ydFJlc3BvbnNlEiIKBmV4cG9ydBgBIAEoCzISLnN0b3dhZ2UudjEuRXhwb3J0EigKCW9wZXJhdGlvbhgCIAEoCzIVLnN0b3dhZ2UudjEuT3BlcmF0aW9uIloKEUdldERpc2tYbWxSZXF1ZXN0Eg4KBnZvbHVtZRgBIAEoCRIPCgdob3N0X2lkGAIgASgJEhIKCnRhcmdldF9kZXYYAyABKAkSEAoIaW90aHJlYWQYBCABKA0iUQoSR2V0RGlza1htbFJlc3BvbnNlEhAKCGRpc2tfeG1sGAEgASgJEhgKEGlvdGhyZWFkX3Bpbl94bWwYAiABKAkSDwoHY3B1X3NldBgDIAEoCSI8ChNEZWxldGVFeHBvcnRSZXF1ZXN0EhEKCWV4cG9ydF9pZBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJImQKFERlbGV0ZUV4cG9ydFJlc3BvbnNlEiIKBmV4cG9ydBgBIAEoCzISLnN0b3dhZ2UudjEuRXhwb3J0EigKCW9wZXJhdGlvbhgCIAEoCzIVLnN0b3dhZ2UudjEuT3BlcmF0aW9uKn8KCkV4cG9ydEtpbmQSGwoXRVhQT1JUX0tJTkRfVU5TUEVDSUZJRUQQABIVChFFWFBPUlRfS0lORF9JU0NTSRABEhMKD0VYUE9SVF9LSU5EX05GUxACEhMKD0VYUE9SVF9LSU5EX05CRBADEhMKD0VYUE9SVF9LSU5EX1JCRBAEKqwBCgtFeHBvcnRTdGF0ZRIcChhFWFBPUlRfU1RBVEVfVU5TUEVDSUZJRUQQABIZChVFWFBPUlRfU1RBVEVfQ1JFQVRJTkcQARIXChNFWFBPUlRfU1RBVEVfQUNUSVZFEAISGQoVRVhQT1JUX1NUQVRFX0RFTEVUSU5HEAMSGAoURVhQT1JUX1NUQVRFX0RFTEVURUQQBBIWChJFWFBPUlRfU1RBVEVfRVJST1IQBTLvAwoNRXhwb3J0U2VydmljZRJRCgxDcmVhdGVFeHBvcnQSHy5zdG93YWdlLnYxLkNyZWF0ZUV4cG9ydFJlcXVlc3QaIC5zdG93YWdlLnYxLkNyZWF0ZUV4cG9ydFJlc3BvbnNlEkgKCUdldEV4cG9ydBIcLnN0b3dhZ2UudjEuR2V0RXhwb3J0UmVxdWVzdBodLnN0b3dhZ2UudjEuR2V0RXhwb3J0UmVzcG9uc2USTgoLTGlzdEV4cG9ydHMSHi5zdG93YWdlLnYxLkxpc3RFeHBvcnRzUmVxdWVzdBofLnN0b3dhZ2UudjEuTGlzdEV4cG9ydHNSZXNwb25zZRJRCgxEZWxldGVFeHBvcnQSHy5zdG93YWdlLnYxLkRlbGV0ZUV4cG9ydFJlcXVlc3QaIC5zdG93YWdlLnYxLkRlbGV0ZUV4cG9ydFJlc3BvbnNlElEKDFVwZGF0ZUV4cG9ydBIfLnN0b3dhZ2UudjEuVXBkYXRlRXhwb3J0UmVxdWVzdBogLnN0b3dhZ2UudjEuVXBkYXRlRXhwb3J0UmVzcG9uc2USSwoKR2V0RGlza1htbBIdLnN0b3dhZ2UudjEuR2V0RGlza1htbFJlcXVlc3QaHi5zdG93YWdlLnYxLkdldERpc2tYbWxSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_stowage_v1_common, file_stowage_v1_operation]);
 
 /**
  * @generated from message stowage.v1.Export
@@ -236,6 +236,132 @@ export const ListExportsResponseSchema: GenMessage<ListExportsResponse> = /*@__P
   messageDesc(file_stowage_v1_export, 6);
 
 /**
+ * Adds and removes allowed hosts on a live export (the serving agent converges its ACL); either list may be empty.
+ *
+ * @generated from message stowage.v1.UpdateExportRequest
+ */
+export type UpdateExportRequest = Message<"stowage.v1.UpdateExportRequest"> & {
+  /**
+   * @generated from field: string export_id = 1;
+   */
+  exportId: string;
+
+  /**
+   * @generated from field: repeated string add_allowed_host_ids = 2;
+   */
+  addAllowedHostIds: string[];
+
+  /**
+   * @generated from field: repeated string remove_allowed_host_ids = 3;
+   */
+  removeAllowedHostIds: string[];
+
+  /**
+   * @generated from field: string request_id = 4;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message stowage.v1.UpdateExportRequest.
+ * Use `create(UpdateExportRequestSchema)` to create a new message.
+ */
+export const UpdateExportRequestSchema: GenMessage<UpdateExportRequest> = /*@__PURE__*/
+  messageDesc(file_stowage_v1_export, 7);
+
+/**
+ * @generated from message stowage.v1.UpdateExportResponse
+ */
+export type UpdateExportResponse = Message<"stowage.v1.UpdateExportResponse"> & {
+  /**
+   * @generated from field: stowage.v1.Export export = 1;
+   */
+  export?: Export | undefined;
+
+  /**
+   * @generated from field: stowage.v1.Operation operation = 2;
+   */
+  operation?: Operation | undefined;
+};
+
+/**
+ * Describes the message stowage.v1.UpdateExportResponse.
+ * Use `create(UpdateExportResponseSchema)` to create a new message.
+ */
+export const UpdateExportResponseSchema: GenMessage<UpdateExportResponse> = /*@__PURE__*/
+  messageDesc(file_stowage_v1_export, 8);
+
+/**
+ * The libvirt <disk> element with which host `host_id` attaches the volume: a local file or block device on the
+ * volume's own host, the network source of an export (iSCSI, NFS, RBD) that allows `host_id` elsewhere.
+ *
+ * @generated from message stowage.v1.GetDiskXmlRequest
+ */
+export type GetDiskXmlRequest = Message<"stowage.v1.GetDiskXmlRequest"> & {
+  /**
+   * @generated from field: string volume = 1;
+   */
+  volume: string;
+
+  /**
+   * @generated from field: string host_id = 2;
+   */
+  hostId: string;
+
+  /**
+   * The guest device, vda.. (default vdb).
+   *
+   * @generated from field: string target_dev = 3;
+   */
+  targetDev: string;
+
+  /**
+   * The IO thread to run the disk in (0: none); with the placement's CPU set, an <iothreadpin> is given too.
+   *
+   * @generated from field: uint32 iothread = 4;
+   */
+  iothread: number;
+};
+
+/**
+ * Describes the message stowage.v1.GetDiskXmlRequest.
+ * Use `create(GetDiskXmlRequestSchema)` to create a new message.
+ */
+export const GetDiskXmlRequestSchema: GenMessage<GetDiskXmlRequest> = /*@__PURE__*/
+  messageDesc(file_stowage_v1_export, 9);
+
+/**
+ * @generated from message stowage.v1.GetDiskXmlResponse
+ */
+export type GetDiskXmlResponse = Message<"stowage.v1.GetDiskXmlResponse"> & {
+  /**
+   * The <disk> element, built with an XML library (user text escaped); never a secret, only secret usages.
+   *
+   * @generated from field: string disk_xml = 1;
+   */
+  diskXml: string;
+
+  /**
+   * <iothreadpin iothread='N' cpuset='...'/> when an IO thread was asked for and the placement has a CPU set.
+   *
+   * @generated from field: string iothread_pin_xml = 2;
+   */
+  iothreadPinXml: string;
+
+  /**
+   * @generated from field: string cpu_set = 3;
+   */
+  cpuSet: string;
+};
+
+/**
+ * Describes the message stowage.v1.GetDiskXmlResponse.
+ * Use `create(GetDiskXmlResponseSchema)` to create a new message.
+ */
+export const GetDiskXmlResponseSchema: GenMessage<GetDiskXmlResponse> = /*@__PURE__*/
+  messageDesc(file_stowage_v1_export, 10);
+
+/**
  * @generated from message stowage.v1.DeleteExportRequest
  */
 export type DeleteExportRequest = Message<"stowage.v1.DeleteExportRequest"> & {
@@ -255,7 +381,7 @@ export type DeleteExportRequest = Message<"stowage.v1.DeleteExportRequest"> & {
  * Use `create(DeleteExportRequestSchema)` to create a new message.
  */
 export const DeleteExportRequestSchema: GenMessage<DeleteExportRequest> = /*@__PURE__*/
-  messageDesc(file_stowage_v1_export, 7);
+  messageDesc(file_stowage_v1_export, 11);
 
 /**
  * @generated from message stowage.v1.DeleteExportResponse
@@ -277,7 +403,7 @@ export type DeleteExportResponse = Message<"stowage.v1.DeleteExportResponse"> & 
  * Use `create(DeleteExportResponseSchema)` to create a new message.
  */
 export const DeleteExportResponseSchema: GenMessage<DeleteExportResponse> = /*@__PURE__*/
-  messageDesc(file_stowage_v1_export, 8);
+  messageDesc(file_stowage_v1_export, 12);
 
 /**
  * @generated from enum stowage.v1.ExportKind
@@ -308,6 +434,14 @@ export enum ExportKind {
    * @generated from enum value: EXPORT_KIND_NBD = 3;
    */
   NBD = 3,
+
+  /**
+   * Access to an RBD image for another host: a cephx client whose caps are limited to the pool (and the image
+   * where Ceph allows it); its keyring reaches only that host.
+   *
+   * @generated from enum value: EXPORT_KIND_RBD = 4;
+   */
+  RBD = 4,
 }
 
 /**
@@ -392,6 +526,22 @@ export const ExportService: GenService<{
     methodKind: "unary";
     input: typeof DeleteExportRequestSchema;
     output: typeof DeleteExportResponseSchema;
+  },
+  /**
+   * @generated from rpc stowage.v1.ExportService.UpdateExport
+   */
+  updateExport: {
+    methodKind: "unary";
+    input: typeof UpdateExportRequestSchema;
+    output: typeof UpdateExportResponseSchema;
+  },
+  /**
+   * @generated from rpc stowage.v1.ExportService.GetDiskXml
+   */
+  getDiskXml: {
+    methodKind: "unary";
+    input: typeof GetDiskXmlRequestSchema;
+    output: typeof GetDiskXmlResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_stowage_v1_export, 0);
