@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { addFakeBlockDevice, addFakeStackedDevice, makeFakeSysfs } from "@stowage/testkit";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { blockDeviceNumaNode, devMajorMinor, discoverHost, poolNumaNode } from "./discovery.js";
+import { hostAddresses } from "./inventory.js";
 
 const GiB = 1024n ** 3n;
 let root: string;
@@ -161,5 +162,21 @@ describe("discovery on this machine's /sys", () => {
     const node = await poolNumaNode(tmpdir());
     expect(node === undefined || host.numaNodes.some((n) => n.id === node)).toBe(true);
     if (existsSync("/dev/shm")) expect(await poolNumaNode("/dev/shm")).toBeUndefined();
+  });
+});
+
+describe("hostAddresses", () => {
+  it("lists unicast addresses, without loopback or link-local ones, once each", () => {
+    const v4 = (address: string, internal = false) =>
+      ({ address, family: "IPv4", internal, netmask: "", mac: "", cidr: null }) as const;
+    const v6 = (address: string) =>
+      ({ address, family: "IPv6", internal: false, netmask: "", mac: "", cidr: null, scopeid: 0 }) as const;
+    expect(
+      hostAddresses({
+        lo: [v4("127.0.0.1", true)],
+        eth0: [v4("203.0.113.11"), v6("fe80::1"), v6("2001:db8::11")],
+        eth1: [v4("203.0.113.11")],
+      }),
+    ).toEqual(["2001:db8::11", "203.0.113.11"]);
   });
 });

@@ -1,3 +1,4 @@
+import { type NetworkInterfaceInfo, networkInterfaces } from "node:os";
 import { create, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { type Bus, inventoryRequestSubject } from "@stowage/bus";
@@ -42,7 +43,20 @@ export function hostInfo(config: AgentConfig, host: HostDiscovery, metricsAddres
     agentVersion: AGENT_VERSION,
     initiatorName: config.initiatorName,
     metricsAddress,
+    addresses: hostAddresses(),
   });
+}
+
+/** The host's unicast addresses, loopback and link-local left out: what export ACLs bind (HostInfo.addresses). */
+export function hostAddresses(
+  interfaces: NodeJS.Dict<NetworkInterfaceInfo[]> = networkInterfaces(),
+): string[] {
+  const out = new Set<string>();
+  for (const list of Object.values(interfaces))
+    for (const a of list ?? [])
+      if (!a.internal && !(a.family === "IPv6" && a.address.toLowerCase().startsWith("fe80:")))
+        out.add(a.address);
+  return [...out].sort();
 }
 
 export interface PoolScan {
