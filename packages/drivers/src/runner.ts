@@ -259,7 +259,9 @@ export function createToolRunner(opts: ToolRunnerOptions = {}): ToolRunner {
     // Node's spawn error carries the whole argv (`spawnargs`): a cause logged with it must not leak either.
     const spawnArgs = (result.spawnError as { spawnargs?: unknown } | undefined)?.spawnargs;
     if (Array.isArray(spawnArgs)) {
-      (result.spawnError as { spawnargs: string[] }).spawnargs = spawnArgs.map((a) => redact(String(a)));
+      (result.spawnError as unknown as { spawnargs: string[] }).spawnargs = spawnArgs.map((a) =>
+        redact(String(a)),
+      );
     }
 
     const fail = (err: ToolError): never => {
