@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { type IscsiExport, iqnForVolume, validateExports, volumeIdFromIqn } from "./export.js";
-import { describeStep, planTgt, type TgtState, tgtadmArgv } from "./plan.js";
+import { describeStep, planTgt, type TgtState, type TgtStep, tgtadmArgv } from "./plan.js";
 import type { TgtTarget } from "./show.js";
 
 const V1 = "vol-00000000000000000000000000000001";
@@ -45,7 +45,7 @@ const foreign: TgtTarget = {
 };
 
 const empty: TgtState = { targets: [], accounts: [] };
-const ops = (s: { steps: { op: string }[] }) => s.steps.map(describeStep as (x: never) => string);
+const ops = (s: { steps: TgtStep[] }) => s.steps.map(describeStep);
 
 describe("the Stowage IQN", () => {
   it("is derived from the volume id and read back", () => {
