@@ -27,7 +27,7 @@ import { parseTgtAccounts, parseTgtTargets } from "./show.js";
 
 export interface TgtExporterOptions {
   runner: ToolRunner;
-  /** tgtd's control port (`tgtd -C N`, `tgtadm -C N`: the socket /var/run/tgtd/socket.N). Default 0. */
+  /** tgtd's control port (`tgtd -C N`, `tgtadm -C N`: the socket /var/run/tgtd/socket.N; 0-32767). Default 0. */
   controlPort?: number;
   /** `--bsopts` for rbd LUNs, e.g. `conf=/etc/ceph/ceph.conf;id=stowage` (tgt-rbd). */
   rbdBsopts?: string;
@@ -59,8 +59,11 @@ const digest = (secret: string) => createHash("sha256").update(secret).digest("h
 
 export function createTgtExporter(opts: TgtExporterOptions): TgtExporter {
   const controlPort = opts.controlPort ?? 0;
-  if (!Number.isInteger(controlPort) || controlPort < 0 || controlPort > 65535) {
-    throw new StowageError("invalid_argument", `tgt control port ${controlPort} must be 0-65535`);
+  if (!Number.isInteger(controlPort) || controlPort < 0 || controlPort > 32767) {
+    throw new StowageError(
+      "invalid_argument",
+      `tgt control port ${controlPort} must be 0-32767 (tgtadm refuses more)`,
+    );
   }
   const timeoutMs = opts.timeoutMs ?? 10_000;
   // The secret each account was last given by this exporter (its digest only); tgtd cannot tell us.
