@@ -145,7 +145,9 @@ export async function startTgtd(opts: StartTgtdOptions): Promise<TgtdService> {
       }
       // Reaps it (and anything left in its group).
       const code = await service.stop("SIGKILL");
-      removeSockets();
+      // A successor started on the same control port after a kill() owns the socket now.
+      if ((await runTgtadm(controlPort, ["--mode", "system", "--op", "show"])).exitCode !== 0)
+        removeSockets();
       return code;
     })();
     return stopping;
