@@ -12,7 +12,7 @@ import {
   tgtAvailable,
 } from "@stowage/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createToolRunner } from "../runner.js";
+import { createToolRunner, type ToolInvocationEvent } from "../runner.js";
 import { type IscsiExport, iqnForVolume } from "./export.js";
 import { createTgtExporter, type ExportKeeper, keepExported, type TgtExporter } from "./exporter.js";
 
@@ -46,6 +46,8 @@ describe.skipIf(skip !== undefined)(title, () => {
   const controlPort = 20_000 + (process.pid % 12_000);
   const secret = randomBytes(12).toString("hex");
   const chap = { username: `stowage-${tag}`, secret };
+  /** Every tgtadm run the exporter made, as the agent's metrics and logs see it. */
+  const events: ToolInvocationEvent[] = [];
 
   const startDaemon = () =>
     startTgtd({ dir: join(tmp.path, "tgtd"), netns: fleet.node("h1").netns, portal: PORTAL, controlPort });
@@ -57,7 +59,10 @@ describe.skipIf(skip !== undefined)(title, () => {
     await truncate(backing, SIZE);
     fleet = await startFleet({ prefix: `tg${tag}`, hosts: 3 });
     tgtd = await startDaemon();
-    exporter = createTgtExporter({ runner: createToolRunner(), controlPort });
+    exporter = createTgtExporter({
+      runner: createToolRunner({ onInvocation: (e) => events.push(e) }),
+      controlPort,
+    });
   });
   afterAll(async () => {
     await keeper?.stop();
@@ -197,6 +202,35 @@ describe.skipIf(skip !== undefined)(title, () => {
     expect(discovery.stdout).not.toContain(IQN);
     expect((await exporter.show()).targets).toEqual([]);
     expect((await exporter.show()).accounts).toEqual([]);
+  });
+
+  it("after an agent restart (a new exporter) sets each CHAP secret once more, and rotates a secret", async () => {
+    await exporter.apply([exportTo({ chap })]);
+    const restarted = createTgtExporter({ runner: createToolRunner(), controlPort });
+    const once = await restarted.apply([exportTo({ chap })]);
+    expect(once.actions).toEqual(
+      expect.arrayContaining([`delete-account ${chap.username}`, `new-account ${chap.username}`]),
+    );
+    expect((await restarted.apply([exportTo({ chap })])).changed).toBe(false);
+    const auth = { user: chap.username, secret };
+    expect((await qemuIo("h2", hostIqn("h2"), "read -P 0xa5 0 1M", auth)).exitCode).toBe(0);
+
+    const rotated = { ...chap, secret: randomBytes(12).toString("hex") };
+    expect((await restarted.apply([exportTo({ chap: rotated })])).changed).toBe(true);
+    expectRefused(await qemuIo("h2", hostIqn("h2"), "read 0 4k", auth), /Authentication failure/);
+    const ok = await qemuIo("h2", hostIqn("h2"), "read 0 4k", {
+      user: chap.username,
+      secret: rotated.secret,
+    });
+    expect(ok.exitCode, ok.stderr).toBe(0);
+    await restarted.apply([]);
+  });
+
+  it("never let a CHAP secret out of the tool runner", () => {
+    const seen = JSON.stringify(events);
+    expect(events.some((e) => e.argv.includes("--password"))).toBe(true);
+    expect(seen).toContain("<redacted>");
+    expect(seen).not.toContain(secret);
   });
 
   it("10 applies of the same desired state converge to one target, and leave a foreign target alone", async () => {
