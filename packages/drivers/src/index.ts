@@ -24,6 +24,7 @@ export {
 export { createRbdDriver, type RbdDriverOptions } from "./rbd/index.js";
 export {
   createToolRunner,
+  REDACTED,
   type RunOptions,
   ToolError,
   type ToolErrorFields,
@@ -33,3 +34,17 @@ export {
   type ToolRunner,
   type ToolRunnerOptions,
 } from "./runner.js";
+export {
+  type ApplyReport,
+  createTgtExporter,
+  type ExportKeeper,
+  type IscsiExport,
+  type IscsiInitiator,
+  iqnForVolume,
+  type KeepExportedOptions,
+  keepExported,
+  STOWAGE_IQN_PREFIX,
+  type TgtExporter,
+  type TgtExporterOptions,
+  volumeIdFromIqn,
+} from "./tgt/index.js";

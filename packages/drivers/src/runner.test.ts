@@ -215,6 +215,35 @@ setTimeout(() => process.exit(0), 500);
     expect(events[0]!.durationMs).toBeGreaterThanOrEqual(0);
     expect(events[1]).toMatchObject({ tool: "fail-loud", exitCode: 4, ok: false });
   });
+
+  it("hands secretArgs to the tool verbatim but never shows them in events, errors or stderr", async () => {
+    const secret = "s3cret-Pass!word";
+    const events: ToolInvocationEvent[] = [];
+    const runner = createToolRunner({ pathPrefix: [bin], onInvocation: (e) => events.push(e) });
+    const ok = await runner.run("print-args", ["--password", secret, `--pw=${secret}`], {
+      secretArgs: [secret],
+    });
+    expect(ok.stdout.split("\0").slice(0, -1)).toEqual(["--password", secret, `--pw=${secret}`]);
+    expect(events[0]!.argv).toEqual(["--password", "<redacted>", "--pw=<redacted>"]);
+
+    await tool("echo-fail", `echo "bad password: $2" >&2; exit 1`);
+    const err = (await runner
+      .run("echo-fail", ["--password", secret], { secretArgs: [secret] })
+      .catch((e: unknown) => e)) as ToolError;
+    expect(err).toBeInstanceOf(ToolError);
+    expect(err.argv).toEqual(["--password", "<redacted>"]);
+    expect(err.stderr).toContain("bad password: <redacted>");
+    const everything = JSON.stringify({ events, err, message: err.message, details: err.details });
+    expect(everything).not.toContain(secret);
+
+    const missing = (await runner
+      .run("no-such-tool-here", ["--password", secret], { secretArgs: [secret] })
+      .catch((e: unknown) => e)) as ToolError;
+    expect(missing.code).toBe("failed_precondition");
+    expect(JSON.stringify({ m: missing.message, d: missing.details, c: missing.cause })).not.toContain(
+      secret,
+    );
+  });
 });
 
 describe("parseJsonOutput", () => {

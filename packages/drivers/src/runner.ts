@@ -41,6 +41,12 @@ export interface RunOptions {
   input?: string | Uint8Array;
   /** Exit codes other than 0 that still count as success (e.g. `qemu-img check` reports leaks with 3). */
   allowExitCodes?: number[];
+  /**
+   * Values (a password, a key) that must never leave the runner: the tool still gets them verbatim, but every
+   * argv, message and stderr the runner hands on (`onInvocation`, `ToolError`) shows `<redacted>` instead.
+   * The process list still shows them while the tool runs; only passing them by file or stdin avoids that.
+   */
+  secretArgs?: readonly string[];
 }
 
 export interface ToolResult {
@@ -230,6 +236,7 @@ export function createToolRunner(opts: ToolRunnerOptions = {}): ToolRunner {
       }
     }
     const timeoutMs = runOpts.timeoutMs ?? defaultTimeoutMs;
+    const redact = redactor(runOpts.secretArgs ?? []);
     const started = performance.now();
 
     // Its own process group, so a timeout kills the whole tree: a wrapper script's children would otherwise
@@ -243,12 +250,22 @@ export function createToolRunner(opts: ToolRunnerOptions = {}): ToolRunner {
       killGraceMs,
     });
     const durationMs = Math.round(performance.now() - started);
-    const { stdout, stderr, exitCode, timedOut } = result;
-    const fields: ToolErrorFields = { tool, argv, exitCode, stderr, timedOut };
-    const label = `${tool} ${formatArgv(argv)}`.trim();
+    const { stdout, exitCode, timedOut } = result;
+    // Everything below is what leaves the runner: the argv and stderr as they may be shown.
+    const shownArgv = argv.map(redact);
+    const stderr = redact(result.stderr);
+    const fields: ToolErrorFields = { tool, argv: shownArgv, exitCode, stderr, timedOut };
+    const label = `${tool} ${formatArgv(shownArgv)}`.trim();
+    // Node's spawn error carries the whole argv (`spawnargs`): a cause logged with it must not leak either.
+    const spawnArgs = (result.spawnError as { spawnargs?: unknown } | undefined)?.spawnargs;
+    if (Array.isArray(spawnArgs)) {
+      (result.spawnError as unknown as { spawnargs: string[] }).spawnargs = spawnArgs.map((a) =>
+        redact(String(a)),
+      );
+    }
 
     const fail = (err: ToolError): never => {
-      notify({ tool, argv, durationMs, exitCode, timedOut, ok: false });
+      notify({ tool, argv: shownArgv, durationMs, exitCode, timedOut, ok: false });
       throw err;
     };
 
@@ -300,8 +317,8 @@ export function createToolRunner(opts: ToolRunnerOptions = {}): ToolRunner {
       );
     }
 
-    notify({ tool, argv, durationMs, exitCode, timedOut: false, ok: true });
-    return { stdout, stderr, exitCode: exitCode as number, durationMs };
+    notify({ tool, argv: shownArgv, durationMs, exitCode, timedOut: false, ok: true });
+    return { stdout, stderr: result.stderr, exitCode: exitCode as number, durationMs };
   }
 
   return { run };
@@ -418,6 +435,16 @@ function spawnTool(
     });
     child.on("close", (code, signal) => settle(code, signal));
   });
+}
+
+export const REDACTED = "<redacted>";
+
+/** Replaces every occurrence of each secret (whole argument or part of one, `--password=X`) with REDACTED. */
+function redactor(secrets: readonly string[]): (text: string) => string {
+  // Longest first, so a secret that contains another is replaced whole.
+  const list = [...new Set(secrets.filter((s) => s !== ""))].sort((a, b) => b.length - a.length);
+  if (list.length === 0) return (text) => text;
+  return (text) => list.reduce((t, secret) => t.replaceAll(secret, REDACTED), text);
 }
 
 function stderrSuffix(stderr: string): string {

@@ -21,3 +21,4 @@ export {
   parseJsonOutput,
   STDERR_TAIL_BYTES,
 } from "./runner.js";
+export * from "./tgt/index.js";

@@ -23,3 +23,4 @@ export * from "./ports.js";
 export * from "./postgres.js";
 export * from "./process.js";
 export * from "./temp.js";
+export * from "./tgt.js";
