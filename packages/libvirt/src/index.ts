@@ -1,1 +1,3 @@
-export {};
+export * from "./disk.js";
+export * from "./domain.js";
+export * from "./validate.js";
