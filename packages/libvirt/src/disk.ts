@@ -304,10 +304,14 @@ export function resolveDriver(
       field: "io",
     });
   }
-  if (spec.shareable && format !== "raw") {
-    throw invalidArgument("a shareable disk must be raw: two writers of one qcow2 image corrupt it", {
-      field: "shareable",
-    });
+  if (spec.shareable && !spec.readonly && format !== "raw") {
+    // libvirt too: "shared access for disk ... requires use of supported storage format"
+    throw invalidArgument(
+      "a shareable writable disk must be raw: two writers of one qcow2 image corrupt it",
+      {
+        field: "shareable",
+      },
+    );
   }
   const out: DriverDefaults & { format: "qcow2" | "raw"; iothread?: number } = { format, cache, io };
   if (discard !== undefined) out.discard = discard;

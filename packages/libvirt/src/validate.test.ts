@@ -190,7 +190,8 @@ describe("targets and driver settings", () => {
   it("refuses a format the kind does not have, and a shareable qcow2", () => {
     expect(bad({ ...blockThin, format: "qcow2" }).message).toMatch(/block\.format "qcow2" is not one of raw/);
     expect(bad({ ...fileQcow2, format: "vmdk" }).message).toMatch(/file\.format "vmdk"/);
-    expect(bad({ ...fileQcow2, shareable: true }).message).toMatch(/shareable disk must be raw/);
+    expect(bad({ ...fileQcow2, shareable: true }).message).toMatch(/shareable writable disk must be raw/);
+    expect(() => diskXml({ ...fileQcow2, shareable: true, readonly: true })).not.toThrow();
   });
 
   it("refuses an iothread 0 or on a non-virtio disk", () => {

@@ -55,6 +55,7 @@ const cases: [string, DiskSpec[], { iothreads?: number; cpuset?: string }?][] = 
     { cpuset: "0-3" },
   ],
   ["file raw, shareable, io native", [{ ...fileQcow2, format: "raw", shareable: true, io: "native" }]],
+  ["file qcow2, shareable and readonly", [{ ...fileQcow2, shareable: true, readonly: true }]],
   ["file qcow2 on a scsi target", [{ ...fileQcow2, target: { dev: "sdb" } }]],
   ["file qcow2 on a sata target", [{ ...fileQcow2, target: { dev: "sdc", bus: "sata" } }]],
   ["block thin", [blockThin]],
