@@ -72,19 +72,29 @@ describe("ports and hosts", () => {
     expect(() => diskXml({ ...nfsQcow2, port: undefined })).not.toThrow();
   });
 
-  it.each(["", "host name", "a..b", "-a.example", "a_b.example", "[2001:db8::1]", "203.0.113.1:3260"])(
-    "refuses host %j",
-    (host) => {
-      expect(refusal(() => checkHost("host", host)).message).toMatch(/is not a host name or an IP address/);
-    },
-  );
+  it.each([
+    "",
+    "host name",
+    "a..b",
+    "-a.example",
+    "a_b.example",
+    "[2001:db8::1]",
+    "203.0.113.1:3260",
+    "fe80::1%eth0",
+  ])("refuses host %j", (host) => {
+    expect(refusal(() => checkHost("host", host)).message).toMatch(/is not a host name or an IP address/);
+  });
 
-  it.each(["203.0.113.11", "2001:db8::1", "ceph-mon1.test", "localhost", "nfs.example."])(
-    "takes host %j",
-    (host) => {
-      expect(checkHost("host", host)).toBe(host);
-    },
-  );
+  it.each([
+    "203.0.113.11",
+    "2001:db8::1",
+    "ceph-mon1.test",
+    "localhost",
+    "nfs.example.",
+    "::ffff:203.0.113.1",
+  ])("takes host %j", (host) => {
+    expect(checkHost("host", host)).toBe(host);
+  });
 });
 
 describe("iSCSI names (RFC 3720)", () => {

@@ -75,7 +75,8 @@ const DNS_LABEL = /^[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$/;
 /** A host name (RFC 1123 labels) or an IPv4/IPv6 address, as libvirt's `<host name>` takes it. */
 export function checkHost(what: string, value: string): string {
   checkText(what, value);
-  if (isIP(value) !== 0) return value;
+  // An IPv6 zone ("fe80::1%eth0") is refused: libvirt's ipAddr pattern has no place for it.
+  if (isIP(value) !== 0 && !value.includes("%")) return value;
   const name = value.endsWith(".") ? value.slice(0, -1) : value;
   if (name === "" || name.length > 253 || !name.split(".").every((l) => DNS_LABEL.test(l))) {
     throw invalidArgument(`${what} ${JSON.stringify(value)} is not a host name or an IP address`, {

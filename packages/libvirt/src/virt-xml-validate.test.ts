@@ -84,8 +84,17 @@ const cases: [string, DiskSpec[], { iothreads?: number; cpuset?: string }?][] = 
   ],
   ["rbd with auth", [rbdAuth]],
   [
-    "rbd without auth, one IPv6 monitor",
-    [{ ...rbdAuth, auth: undefined, monitors: [{ host: "2001:db8::31", port: 3300 }] }],
+    "rbd without auth, IPv6 monitors",
+    [
+      {
+        ...rbdAuth,
+        auth: undefined,
+        monitors: [
+          { host: "2001:db8::31", port: 3300 },
+          { host: "::ffff:203.0.113.32", port: 6789 },
+        ],
+      },
+    ],
   ],
   ["rbd, shareable, iothread 1", [{ ...rbdAuth, shareable: true, iothread: 1 }]],
   ["nfs qcow2 with port", [nfsQcow2]],
