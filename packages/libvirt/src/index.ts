@@ -1,0 +1,3 @@
+export * from "./disk.js";
+export * from "./domain.js";
+export * from "./validate.js";
