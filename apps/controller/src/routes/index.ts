@@ -40,7 +40,7 @@ export function createRoutes(ctx: ControllerContext) {
     router.service(OperationService, operationRoutes(ctx));
     router.service(FindingService, findingRoutes(ctx));
     router.service(AgentService, agentRoutes(ctx));
-    router.service(ExportService, exportRoutes());
+    router.service(ExportService, exportRoutes(ctx));
     router.service(MigrationService, migrationRoutes());
     router.service(TokenService, tokenRoutes(ctx));
     router.service(AuditService, auditRoutes(ctx));

@@ -1,0 +1,91 @@
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { create } from "@bufbuild/protobuf";
+import { GetDiskXmlRequestSchema } from "@stowage/proto";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { getDiskXml } from "./disk-xml.js";
+import { addVolume, countRows, openServiceFixture, type ServiceFixture } from "./testing/service-fixture.js";
+
+/** virt-xml-validate on the element inside a minimal domain (libvirt-clients and libxml2-utils, install-deps). */
+function validate(disk: string, iothreads = 0): void {
+  const dir = mkdtempSync(join(tmpdir(), "stowage-disk-xml-"));
+  const file = join(dir, "domain.xml");
+  writeFileSync(
+    file,
+    `<domain type='kvm'><name>check</name><memory unit='MiB'>64</memory>${iothreads ? `<iothreads>${iothreads}</iothreads>` : ""}<os><type arch='x86_64'>hvm</type></os><devices>${disk}</devices></domain>`,
+  );
+  execFileSync("virt-xml-validate", [file, "domain"], { stdio: "pipe" });
+}
+
+describe("GetDiskXml (on PGlite)", () => {
+  let f: ServiceFixture;
+  const req = (o: Partial<{ volume: string; hostId: string; targetDev: string; iothread: number }>) =>
+    create(GetDiskXmlRequestSchema, o);
+
+  beforeAll(async () => {
+    f = await openServiceFixture();
+    await f.addPool("files", "dir", ["qcow2", "raw"]);
+    await f.addPool("thin", "lvmthin", ["raw"]);
+    await f.addPool("ceph", "rbd", ["raw"]);
+  });
+  afterAll(async () => {
+    await f?.close();
+  });
+
+  const volume = async (
+    name: string,
+    poolId: string,
+    format: "qcow2" | "raw",
+    hostPath: string,
+    cpuSet = "",
+  ) => {
+    const v = await addVolume(f.sql, { name, poolId, format });
+    await f.sql`update volumes set host_path = ${hostPath}, cpu_set = ${cpuSet} where id = ${v.id}`;
+    return v;
+  };
+
+  it("gives a dir volume on its own host as a file disk that libvirt's schema accepts", async () => {
+    const v = await volume("vm1-disk0", "h1/files", "qcow2", "/var/lib/stowage/pools/files/x.qcow2", "2-3");
+    const res = await getDiskXml(f.ctx, req({ volume: "vm1-disk0", iothread: 1 }));
+    expect(res.diskXml).toContain('<disk type="file" device="disk">');
+    expect(res.diskXml).toContain('<source file="/var/lib/stowage/pools/files/x.qcow2"/>');
+    expect(res.diskXml).toMatch(/<driver name="qemu" type="qcow2"[^>]*cache="none"/);
+    expect(res.diskXml).toContain(`<serial>${v.id}</serial>`);
+    expect(res.diskXml).toContain('<target dev="vdb" bus="virtio"/>');
+    expect(res.iothreadPinXml).toBe('<iothreadpin iothread="1" cpuset="2-3"/>');
+    expect(res.cpuSet).toBe("2-3");
+    validate(res.diskXml, 1);
+  });
+
+  it("gives a thin LVM volume as a block disk with cache none, io native and discard unmap", async () => {
+    await volume("db-data", "h1/thin", "raw", "/dev/vg0/vol-thin");
+    const res = await getDiskXml(f.ctx, req({ volume: "db-data", hostId: "h1", targetDev: "vdc" }));
+    expect(res.diskXml).toContain('<disk type="block" device="disk">');
+    expect(res.diskXml).toContain('<source dev="/dev/vg0/vol-thin"/>');
+    expect(res.diskXml).toMatch(/cache="none"/);
+    expect(res.diskXml).toMatch(/io="native"/);
+    expect(res.diskXml).toMatch(/discard="unmap"/);
+    expect(res.iothreadPinXml).toBe("");
+    validate(res.diskXml);
+  });
+
+  it("refuses what it cannot give with a clear error, and writes nothing", async () => {
+    await volume("remote-only", "h1/ceph", "raw", "rbd/vol-x");
+    const audits = await countRows(f.sql, "audit_log");
+    const cases: [Parameters<typeof req>[0], string, RegExp][] = [
+      [{ volume: "" }, "invalid_argument", /volume is empty/],
+      [{ volume: "vm1-disk0", targetDev: "hda'/>" }, "invalid_argument", /not a virtio disk name/],
+      [{ volume: "nope" }, "not_found", /volume nope not found/],
+      [{ volume: "vm1-disk0", hostId: "h9" }, "not_found", /host h9 not found/],
+      [{ volume: "remote-only" }, "failed_precondition", /attached over the network/],
+    ];
+    for (const [r, code, message] of cases) {
+      const err = await getDiskXml(f.ctx, req(r)).catch((e: unknown) => e);
+      expect(err, JSON.stringify(r)).toMatchObject({ code });
+      expect((err as Error).message, JSON.stringify(r)).toMatch(message);
+    }
+    expect(await countRows(f.sql, "audit_log")).toBe(audits);
+  });
+});
