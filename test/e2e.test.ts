@@ -1,4 +1,7 @@
-import { existsSync, readdirSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdtempSync, readdirSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { commandSubject, connectBus } from "@stowage/bus";
 import { AgentCommandSchema, OperationKind, VolumeFormat } from "@stowage/proto";
@@ -146,6 +149,29 @@ describe.skipIf(!natsAvailable())("end to end", () => {
       expect(q.hostPath.endsWith(`/${q.id}.qcow2`)).toBe(true);
       const pool = c.agents.find((a) => a.name === q.hostId)!.poolDir;
       expect(q.hostPath.startsWith(pool)).toBe(true);
+    });
+
+    it("prints the libvirt <disk> of a volume for its host, which libvirt's schema accepts", async () => {
+      const v = await c.stowctlJson<VolumeJson>(["volume", "get", "vm1-disk0"]);
+      const r = await c.stowctl(["volume", "xml", "vm1-disk0", "--iothread", "1"], { reject: true });
+      expect(r.stdout).toContain(`<source file="${v.hostPath}"/>`);
+      expect(r.stdout).toContain(`<serial>${v.id}</serial>`);
+      const dir = mkdtempSync(join(tmpdir(), "stowage-e2e-xml-"));
+      const file = join(dir, "domain.xml");
+      writeFileSync(
+        file,
+        `<domain type='kvm'><name>e2e</name><memory unit='MiB'>64</memory><iothreads>1</iothreads><os><type arch='x86_64'>hvm</type></os><devices>${r.stdout.split("<iothreadpin")[0]}</devices></domain>`,
+      );
+      execFileSync("virt-xml-validate", [file, "domain"], { stdio: "pipe" });
+      const elsewhere = await c.stowctl([
+        "volume",
+        "xml",
+        "vm1-disk0",
+        "--host",
+        c.agents.find((a) => a.name !== v.hostId)!.name,
+      ]);
+      expect(elsewhere.exitCode).toBe(6);
+      expect(elsewhere.stderr).toMatch(/only through an export/);
     });
 
     it("makes one volume when the same CreateVolume is sent twice", async () => {

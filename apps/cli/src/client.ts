@@ -2,6 +2,7 @@ import { type Client, Code, createClient, type Interceptor } from "@connectrpc/c
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import {
   AuditService,
+  ExportService,
   FindingService,
   HostService,
   OperationService,
@@ -26,6 +27,7 @@ export interface Clients {
   readonly findings: Client<typeof FindingService>;
   readonly tokens: Client<typeof TokenService>;
   readonly audit: Client<typeof AuditService>;
+  readonly exports: Client<typeof ExportService>;
   /** Closes the HTTP/2 connection. */
   close(): void;
 }
@@ -167,6 +169,7 @@ export const createClients: ClientFactory = ({ baseUrl, token, ca }) => {
     findings: client(FindingService),
     tokens: client(TokenService),
     audit: client(AuditService),
+    exports: client(ExportService),
     close: () => sessionManager.abort(),
   };
 };

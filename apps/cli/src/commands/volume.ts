@@ -4,6 +4,7 @@ import {
   CompressionTypeSchema,
   CreateVolumeResponseSchema,
   DeleteVolumeResponseSchema,
+  GetDiskXmlResponseSchema,
   type Preallocation,
   PreallocationSchema,
   type Qcow2OptionsSchema,
@@ -29,6 +30,7 @@ import {
   parseName,
   parsePoolId,
   parsePrefix,
+  parseUint,
   parseVolumeSize,
 } from "../parse.js";
 import { placementSummaryLine, placementView, volumeDetails, volumeTable } from "../views.js";
@@ -274,6 +276,42 @@ ${examples(
         if (!v) throw new Error(`the controller returned no volume for ${ref}`);
         if (ctx.json) ctx.printJson(toPlain(VolumeSchema, v));
         else ctx.print(volumeDetails(v, ctx.view()));
+      }),
+    );
+
+  volume
+    .command("xml")
+    .description(
+      "Print the libvirt <disk> element with which a host attaches the volume (file for dir, block for LVM), and the <iothreadpin> for its CPU set",
+    )
+    .argument("<volume>", "the volume's name or id")
+    .option("--host <host>", "the host that attaches it (default: the volume's own host)")
+    .option("--target-dev <dev>", "the guest's device name", "vdb")
+    .option(
+      "--iothread <n>",
+      "run the disk in this IO thread (then <iothreadpin> pins it to the volume's CPU set)",
+    )
+    .addHelpText(
+      "after",
+      examples(
+        "stowctl volume xml vm1-disk0 > disk.xml && virsh attach-device vm1 disk.xml --persistent",
+        "stowctl volume xml vm1-disk0 --target-dev vdc --iothread 1",
+        "stowctl volume xml vm1-disk0 -o json | jq -r .diskXml",
+      ),
+    )
+    .action(
+      act(hints, async (ctx, [ref], opts) => {
+        const res = await ctx.clients.exports.getDiskXml(
+          {
+            volume: parseName("volume", ref!),
+            hostId: opts.host === undefined ? "" : parseName("host", String(opts.host)),
+            targetDev: String(opts.targetDev),
+            iothread: opts.iothread === undefined ? 0 : parseUint(String(opts.iothread), "--iothread", 1024),
+          },
+          ctx.call(),
+        );
+        if (ctx.json) ctx.printJson(toPlain(GetDiskXmlResponseSchema, res));
+        else ctx.print(`${res.diskXml.trimEnd()}${res.iothreadPinXml ? `\n${res.iothreadPinXml}` : ""}`);
       }),
     );
 

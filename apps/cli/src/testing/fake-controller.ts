@@ -6,6 +6,7 @@ import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import {
   AuditService,
+  ExportService,
   type Finding,
   FindingKind,
   FindingSchema,
@@ -192,6 +193,7 @@ export interface FakeOverrides {
   findings?: Partial<ServiceImpl<typeof FindingService>>;
   tokens?: Partial<ServiceImpl<typeof TokenService>>;
   audit?: Partial<ServiceImpl<typeof AuditService>>;
+  exports?: Partial<ServiceImpl<typeof ExportService>>;
 }
 
 export interface FakeController {
@@ -211,6 +213,7 @@ const defaults: Required<FakeOverrides> = {
   tokens: {},
   // Audit tests pass their own implementations.
   audit: {},
+  exports: {},
   hosts: {
     listHosts: () => ({ hosts: HOSTS }),
     getHost: (req) => ({ host: HOSTS.find((h) => h.id === req.hostId) ?? notFound(`host ${req.hostId}`) }),
@@ -316,6 +319,7 @@ export async function startFakeController(overrides: FakeOverrides = {}): Promis
       router.service(FindingService, recorded(calls, { ...defaults.findings, ...overrides.findings }));
       router.service(TokenService, recorded(calls, { ...defaults.tokens, ...overrides.tokens }));
       router.service(AuditService, recorded(calls, { ...defaults.audit, ...overrides.audit }));
+      router.service(ExportService, recorded(calls, { ...defaults.exports, ...overrides.exports }));
     },
   });
   const server = http2.createServer(handler);
