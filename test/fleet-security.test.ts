@@ -227,6 +227,8 @@ describe.skipIf(skipReason !== undefined)(title, () => {
       "stowage.heartbeat.h1",
       "stowage.inventory.h1",
       "stowage.cmd.h1",
+      "stowage.dead.commands.h1",
+      "stowage.dead.commands",
     ]) {
       const r = await c.probe("h2", { op: "nats-pub", subject, ...asH2 });
       expect(r.ok, `publish ${subject}`).toBe(false);

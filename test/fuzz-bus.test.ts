@@ -218,7 +218,7 @@ describe.skipIf(why !== "")(`bus fuzzing, seed ${SEED} (STOWAGE_FUZZ_SEED=${SEED
       15_000,
     );
     const parked = await bus.jsm.streams.getMessage(DEAD_LETTER_STREAM, {
-      last_by_subj: "stowage.dead.commands",
+      last_by_subj: `stowage.dead.commands.${HOST}`,
     });
     expect(parked?.header.get("Stowage-Original-Subject")).toBe(commandSubject(HOST));
   }, 120_000);

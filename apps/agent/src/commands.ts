@@ -1,5 +1,6 @@
 import { fromBinary, toBinary } from "@bufbuild/protobuf";
 import {
+  agentDeadLetterSubject,
   type Bus,
   COMMAND_STREAM,
   type Consumer,
@@ -118,6 +119,7 @@ export async function startCommandConsumer(o: CommandConsumerOptions): Promise<C
   // Poison commands are parked, counted and logged instead of being retried for ever (@stowage/bus poison.ts).
   const poison: PoisonPolicy = {
     consumer: "commands",
+    subject: agentDeadLetterSubject(reg.hostId),
     ...(o.maxDeliveries === undefined ? {} : { maxDeliveries: o.maxDeliveries }),
     js: o.bus.js,
     onParked: ({ msg, reason, error }) => {

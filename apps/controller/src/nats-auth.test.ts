@@ -9,12 +9,12 @@ import * as x509 from "@peculiar/x509";
 import {
   ALL_HEARTBEATS,
   agentConsumerName,
+  agentDeadLetterSubject,
   agentInboxPrefix,
   type Bus,
   COMMAND_STREAM,
   commandSubject,
   connectBus,
-  deadLetterSubject,
   ensureAgentConsumer,
   ensureResultConsumer,
   ensureStreams,
@@ -267,7 +267,7 @@ describe.skipIf(!natsAvailable())("NATS JWT auth against a real nats-server (TLS
         "$JS.API.CONSUMER.INFO.STOWAGE_COMMANDS.agent-node-a~rack1",
         "$JS.API.CONSUMER.MSG.NEXT.STOWAGE_COMMANDS.agent-node-a~rack1",
         "$JS.ACK.STOWAGE_COMMANDS.agent-node-a~rack1.>",
-        "stowage.dead.commands",
+        "stowage.dead.commands.node-a~rack1",
       ].sort(),
     );
     expect(claims.nats.sub?.allow?.sort()).toEqual(
@@ -291,7 +291,7 @@ describe.skipIf(!natsAvailable())("NATS JWT auth against a real nats-server (TLS
     const ack = await a.js.publish(resultSubject(HOST_A), new TextEncoder().encode("result-a"));
     expect(ack.stream).toBe(RESULT_STREAM);
     // A poison command is parked in the dead-letter stream.
-    expect((await a.js.publish(deadLetterSubject("commands"), new TextEncoder().encode("x"))).stream).toBe(
+    expect((await a.js.publish(agentDeadLetterSubject(HOST_A), new TextEncoder().encode("x"))).stream).toBe(
       "STOWAGE_DEAD_LETTERS",
     );
     const heard = controller.nc.subscribe(heartbeatSubject(HOST_A), { max: 1 });

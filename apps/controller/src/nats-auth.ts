@@ -21,11 +21,11 @@ import {
 } from "@nats-io/nkeys";
 import {
   agentConsumerName,
+  agentDeadLetterSubject,
   agentInboxPrefix,
   type Bus,
   COMMAND_STREAM,
   connectBus,
-  deadLetterSubject,
   heartbeatSubject,
   hostToken,
   inventoryRequestSubject,
@@ -185,8 +185,8 @@ export function agentPermissions(hostId: string): Pick<User, "pub" | "sub"> {
         `$JS.API.CONSUMER.INFO.${COMMAND_STREAM}.${consumer}`,
         `$JS.API.CONSUMER.MSG.NEXT.${COMMAND_STREAM}.${consumer}`,
         `$JS.ACK.${COMMAND_STREAM}.${consumer}.>`,
-        // The agent's poison policy (apps/agent commands.ts) copies a parked command there.
-        deadLetterSubject("commands"),
+        // The agent's poison policy (apps/agent commands.ts) copies a parked command to its own subject there.
+        agentDeadLetterSubject(hostId),
       ],
     },
     sub: { allow: [`${agentInboxPrefix(hostId)}.>`, inventoryRequestSubject(hostId)] },

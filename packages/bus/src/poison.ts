@@ -1,5 +1,6 @@
 import type { JetStreamClient, JsMsg } from "@nats-io/jetstream";
 import { headers as natsHeaders } from "@nats-io/transport-node";
+import { hostToken } from "./subjects.js";
 
 /**
  * Poison messages: one that can never be handled (it does not decode) or that failed on each of its first
@@ -22,10 +23,18 @@ export const DEFAULT_MAX_DELIVERIES = 5;
 export const DEAD_LETTER_STREAM = "STOWAGE_DEAD_LETTERS";
 export const DEAD_LETTER_SUBJECTS = "stowage.dead.>";
 export const deadLetterSubject = (consumer: string) => `stowage.dead.${consumer}`;
+/**
+ * Where a host's agent parks a poison command: a subject of its own under `stowage.dead.commands`, so that its
+ * NATS credentials allow that one and no other host's (nats-auth.ts in the controller).
+ */
+export const agentDeadLetterSubject = (hostId: string) =>
+  `${deadLetterSubject("commands")}.${hostToken(hostId)}`;
 
 export interface PoisonPolicy {
-  /** The consumer's name: the dead-letter subject and the metric's label. */
+  /** The consumer's name: the metric's label, and the dead-letter subject unless `subject` says otherwise. */
   consumer: string;
+  /** The dead-letter subject (default `deadLetterSubject(consumer)`). */
+  subject?: string;
   /** Parked once handling has failed on this delivery or a later one (default DEFAULT_MAX_DELIVERIES). */
   maxDeliveries?: number;
   /** Where the dead-letter copy is published; without it the message is only terminated and counted. */
@@ -100,7 +109,10 @@ export async function parkMessage(
       h.set("Stowage-Deliveries", String(deliveryCount(msg)));
       h.set("Stowage-Reason", reason);
       h.set("Stowage-Error", error);
-      await policy.js.publish(deadLetterSubject(policy.consumer), msg.data, { headers: h, timeout: 5_000 });
+      await policy.js.publish(policy.subject ?? deadLetterSubject(policy.consumer), msg.data, {
+        headers: h,
+        timeout: 5_000,
+      });
       copied = true;
     } catch {}
   }
