@@ -242,6 +242,24 @@ export async function startController(
     ready: () => readiness(ctx),
     ...(pki ? { tls: { cert: pki.serverCert.certPem, key: pki.serverCert.keyPem } } : {}),
   });
+  // The issued listeners' certificate is checked again twice a day while running (pki.ts re-issues it a third of
+  // its life before it expires); a new one is swapped in for new connections on both listeners.
+  const stopCertRenewal =
+    pki && !config.tlsCert
+      ? keepServerCertFresh(
+          pki.serverCert.certPem,
+          async () => (await loadPki(config, log)).serverCert,
+          (c) => {
+            const context = { cert: c.certPem, key: c.keyPem, ca: [pki.caPem] };
+            (server as http2.Http2SecureServer).setSecureContext(context);
+            (ops.server as unknown as { setSecureContext?: (o: typeof context) => void }).setSecureContext?.(
+              context,
+            );
+            log.info("the listeners' certificate was renewed");
+          },
+          log,
+        )
+      : () => {};
   log.info(
     {
       grpc: `${host}:${grpcPort}`,
@@ -270,6 +288,7 @@ export async function startController(
     async stop() {
       abort.abort();
       revocations?.stop();
+      stopCertRenewal();
       unsubscribe();
       for (const s of sessions) s.close();
       await new Promise<void>((r) => server.close(() => r()));
@@ -307,4 +326,39 @@ function codeName(code: number): string {
       "unauthenticated",
     ][code] ?? "unknown"
   );
+}
+
+/** How often a running controller checks whether its issued listeners' certificate is due (docs/security.md). */
+export const SERVER_CERT_CHECK_MS = 12 * 3600_000;
+
+/**
+ * Every `intervalMs`, loads the listeners' certificate (which re-issues it when due) and hands a changed one to
+ * `swap`. A failure is logged and tried again at the next round. Returns what stops it.
+ */
+export function keepServerCertFresh(
+  current: string,
+  load: () => Promise<{ certPem: string; keyPem: string }>,
+  swap: (c: { certPem: string; keyPem: string }) => void,
+  log: { warn(o: object, m: string): void },
+  intervalMs = SERVER_CERT_CHECK_MS,
+): () => void {
+  let pem = current;
+  let running = false;
+  const timer = setInterval(() => {
+    if (running) return;
+    running = true;
+    void load()
+      .then((c) => {
+        if (c.certPem !== pem) {
+          pem = c.certPem;
+          swap(c);
+        }
+      })
+      .catch((err) => log.warn({ err }, "cannot check the listeners' certificate; trying again later"))
+      .finally(() => {
+        running = false;
+      });
+  }, intervalMs);
+  timer.unref();
+  return () => clearInterval(timer);
 }
