@@ -3,13 +3,13 @@ import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { type AuditEvent, AuditEventSchema, type ListAuditEventsRequest } from "@stowage/proto";
 import { afterEach, describe, expect, it } from "vitest";
 import { parseWhen } from "./commands/audit.js";
-import { createProgram } from "./program.js";
 import {
   type FakeController,
   type FakeOverrides,
   NOW,
   startFakeController,
 } from "./testing/fake-controller.js";
+import { runStowctl } from "./testing/run.js";
 
 let fake: FakeController | undefined;
 afterEach(async () => {
@@ -18,16 +18,7 @@ afterEach(async () => {
 });
 
 async function stowctl(args: string[]) {
-  const out: string[] = [];
-  const err: string[] = [];
-  const program = createProgram({
-    out: { write: (s: string) => out.push(s) },
-    err: { write: (s: string) => err.push(s) },
-    env: { STOWAGE_SERVER: fake?.url, STOWAGE_TOKEN: "adm" },
-    now: () => NOW,
-  });
-  const code = await program.run(args);
-  return { code, stdout: out.join(""), stderr: err.join("") };
+  return runStowctl(args, { STOWAGE_SERVER: fake?.url, STOWAGE_TOKEN: "adm" });
 }
 
 /** 250 events, ids 250 down to 1, one a minute back from NOW. */

@@ -31,12 +31,12 @@ import { createProgram } from "./program.js";
 import {
   type FakeController,
   type FakeOverrides,
-  NOW,
   ORPHAN_ID,
   startFakeController,
   VOLUMES,
   volume,
 } from "./testing/fake-controller.js";
+import { runStowctl } from "./testing/run.js";
 
 const GiB = 1024n ** 3n;
 
@@ -59,17 +59,7 @@ interface Result {
 }
 
 async function stowctl(args: string[], env: Record<string, string | undefined> = {}): Promise<Result> {
-  const out: string[] = [];
-  const err: string[] = [];
-  const program = createProgram({
-    out: { write: (s: string) => out.push(s) },
-    err: { write: (s: string) => err.push(s) },
-    env: { STOWAGE_SERVER: fake?.url, ...env },
-    now: () => NOW,
-    pollIntervalMs: 20,
-  });
-  const code = await program.run(args);
-  return { code, stdout: out.join(""), stderr: err.join("") };
+  return runStowctl(args, { STOWAGE_SERVER: fake?.url, ...env });
 }
 
 /** The port of a socket that was just closed: nothing listens there. */

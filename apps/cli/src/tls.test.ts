@@ -6,7 +6,7 @@ import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { HostService, TokenService } from "@stowage/proto";
 import { makeTempDir } from "@stowage/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createProgram } from "./program.js";
+import { runStowctl } from "./testing/run.js";
 
 // A test CA and a certificate it signed for 127.0.0.1, valid for a century: test data only, used nowhere else.
 const CA_PEM = `-----BEGIN CERTIFICATE-----
@@ -81,15 +81,7 @@ describe("stowctl over https", () => {
   });
 
   async function stowctl(args: string[], env: Record<string, string> = {}) {
-    const out: string[] = [];
-    const err: string[] = [];
-    const program = createProgram({
-      out: { write: (s: string) => out.push(s) },
-      err: { write: (s: string) => err.push(s) },
-      env: { STOWAGE_SERVER: url, STOWAGE_TOKEN: "adm", ...env },
-    });
-    const code = await program.run(args);
-    return { code, stdout: out.join(""), stderr: err.join("") };
+    return runStowctl(args, { STOWAGE_SERVER: url, STOWAGE_TOKEN: "adm", ...env }, {});
   }
 
   it("trusts the CA of --ca-file, and revokes a host (JSON and text)", async () => {

@@ -2,13 +2,13 @@ import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { TokenKind, TokenRole, TokenSchema } from "@stowage/proto";
 import { afterEach, describe, expect, it } from "vitest";
-import { createProgram } from "./program.js";
 import {
   type FakeController,
   type FakeOverrides,
   NOW,
   startFakeController,
 } from "./testing/fake-controller.js";
+import { runStowctl } from "./testing/run.js";
 
 let fake: FakeController | undefined;
 afterEach(async () => {
@@ -17,17 +17,7 @@ afterEach(async () => {
 });
 
 async function stowctl(args: string[]) {
-  const out: string[] = [];
-  const err: string[] = [];
-  const program = createProgram({
-    out: { write: (s: string) => out.push(s) },
-    err: { write: (s: string) => err.push(s) },
-    env: { STOWAGE_SERVER: fake?.url, STOWAGE_TOKEN: "adm" },
-    now: () => NOW,
-    pollIntervalMs: 20,
-  });
-  const code = await program.run(args);
-  return { code, stdout: out.join(""), stderr: err.join("") };
+  return runStowctl(args, { STOWAGE_SERVER: fake?.url, STOWAGE_TOKEN: "adm" });
 }
 
 const SECRET = `stw_${"ab".repeat(32)}`;

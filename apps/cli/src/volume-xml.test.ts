@@ -1,8 +1,8 @@
 import { create } from "@bufbuild/protobuf";
 import { type GetDiskXmlRequest, GetDiskXmlResponseSchema } from "@stowage/proto";
 import { afterEach, describe, expect, it } from "vitest";
-import { createProgram } from "./program.js";
-import { type FakeController, NOW, startFakeController } from "./testing/fake-controller.js";
+import { type FakeController, startFakeController } from "./testing/fake-controller.js";
+import { runStowctl } from "./testing/run.js";
 
 let fake: FakeController | undefined;
 afterEach(async () => {
@@ -11,16 +11,7 @@ afterEach(async () => {
 });
 
 async function stowctl(args: string[]) {
-  const out: string[] = [];
-  const err: string[] = [];
-  const program = createProgram({
-    out: { write: (s: string) => out.push(s) },
-    err: { write: (s: string) => err.push(s) },
-    env: { STOWAGE_SERVER: fake?.url },
-    now: () => NOW,
-  });
-  const code = await program.run(args);
-  return { code, stdout: out.join(""), stderr: err.join("") };
+  return runStowctl(args, { STOWAGE_SERVER: fake?.url });
 }
 
 const DISK = `<disk type="file" device="disk">\n  <source file="/pools/a/vol-1.qcow2"/>\n</disk>\n`;
