@@ -136,6 +136,11 @@ describe("API tokens stored hashed", () => {
     await expect(admin.tokens.revokeToken({ token: "absent" })).rejects.toMatchObject({
       code: Code.NotFound,
     });
+    // A secret pasted where a name belongs is refused without being echoed back.
+    const pasted = `stw_${"ab".repeat(32)}`;
+    const err = await admin.tokens.revokeToken({ token: pasted }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: Code.InvalidArgument });
+    expect(String((err as Error).message)).not.toContain(pasted.slice(4, 20));
     await admin.tokens.createToken({ name: "dup", role: TokenRole.ADMIN });
     await expect(admin.tokens.createToken({ name: "dup", role: TokenRole.ADMIN })).rejects.toMatchObject({
       code: Code.AlreadyExists,

@@ -136,7 +136,12 @@ export function tokenRoutes(ctx: ControllerContext): ServiceImpl<typeof TokenSer
     async revokeToken(req, hc) {
       const ref = req.token;
       if (!NAME.test(ref) && !/^tok-[0-9a-f]{32}$/.test(ref))
-        throw invalid(`${JSON.stringify(ref.slice(0, 80))} is neither a token name nor a token id (tok-...)`);
+        throw invalid(
+          // A pasted secret is never echoed back (docs/security.md, Secrets).
+          /^stw_/.test(ref)
+            ? "that is a token's secret, not its name or id: revoke a token by its name or id (`stowctl token list`)"
+            : `${JSON.stringify(ref.slice(0, 80))} is neither a token name nor a token id (tok-...)`,
+        );
       const actor = actorOf(hc);
       const row = await ctx.sql.begin(async (tx) => {
         const found = await findToken(tx, ref);
