@@ -3,11 +3,14 @@ import { readFile } from "node:fs/promises";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { agentInboxPrefix, type Bus, connectBus } from "@stowage/bus";
+import { StowageError } from "@stowage/core";
+import { createTgtExporter } from "@stowage/drivers";
 import { AgentService, type RegisterAgentResponse } from "@stowage/proto";
 import { createLogger, type Logger } from "@stowage/telemetry";
 import { type CommandConsumer, startCommandConsumer } from "./commands.js";
 import { type AgentConfig, natsTlsEnabled, secureMode } from "./config.js";
 import { discoverHost } from "./discovery.js";
+import { openExportManager } from "./exports.js";
 import {
   type HostIdentity,
   isRefusal,
@@ -166,9 +169,29 @@ export async function startAgent(config: AgentConfig, hooks: AgentHooks = {}): P
   delete process.env[JOIN_TOKEN_ENV];
   let inventory: Inventory | undefined;
   const metrics = createAgentMetrics(config.hostName, () => inventory?.samples() ?? []);
-  const opened = await openPools(config, createMeteredToolRunner(config, metrics, log));
+  const runner = createMeteredToolRunner(config, metrics, log);
+  const opened = await openPools(config, runner);
   const pools = new Map([...opened].map(([name, p]) => [name, hooks.wrapPool ? hooks.wrapPool(p) : p]));
   const host = await discoverHost({ sysfsRoot: config.sysfsRoot, procRoot: config.procRoot });
+  // iSCSI exports (exports.ts): kept as desired state in stateDir and put back whenever tgtd loses them.
+  const exports = config.iscsiPortal
+    ? await openExportManager({
+        stateDir: config.stateDir,
+        exporter: createTgtExporter({ runner: runner(), controlPort: config.tgtControlPort }),
+        portal: config.iscsiPortal,
+        backing: async (poolName, volumeId) => {
+          const pool = pools.get(poolName);
+          const v = await pool?.driver.info(volumeId);
+          if (!pool || !v)
+            throw new StowageError("not_found", `volume ${volumeId} is not in pool ${poolName} on this host`);
+          return {
+            type: pool.config.kind === "dir" ? "file" : pool.config.kind === "rbd" ? "rbd" : "block",
+            path: v.path,
+          };
+        },
+        log,
+      })
+    : undefined;
 
   // Secure mode (an https controllerUrl): the host's identity first, joining with the token if it has none.
   let identity: HostIdentity | undefined;
@@ -262,6 +285,7 @@ export async function startAgent(config: AgentConfig, hooks: AgentHooks = {}): P
   const inv = createInventory({
     bus,
     registration: reg,
+    ...(exports ? { exports: () => exports.artifacts() } : {}),
     bootId: randomUUID(),
     host: info,
     pools,
@@ -276,6 +300,7 @@ export async function startAgent(config: AgentConfig, hooks: AgentHooks = {}): P
   commands = await startCommandConsumer({
     bus,
     registration: reg,
+    ...(exports ? { exports } : {}),
     pools,
     metrics,
     log,
@@ -299,6 +324,7 @@ export async function startAgent(config: AgentConfig, hooks: AgentHooks = {}): P
       keepRegistered(register, log, refusal),
       () => stopRenewal(),
       () => idle.stop(),
+      () => void exports?.stop(),
     ],
     commands,
     inventory: inv,

@@ -21,6 +21,7 @@ import {
 import { faultPoint, type Logger } from "@stowage/telemetry";
 import { operationKinds } from "@stowage/wire";
 import { executeCommand } from "./executor.js";
+import type { ExportManager } from "./exports.js";
 import type { AgentMetrics } from "./metrics.js";
 import type { AgentPool } from "./pools.js";
 import { createOperationScheduler } from "./scheduler.js";
@@ -37,6 +38,8 @@ export interface CommandConsumerOptions {
   maxConcurrency: number;
   /** How often a held command tells JetStream it is still being worked on (well under the consumer's ack wait). */
   progressIntervalMs?: number;
+  /** Runs export commands (exports.ts); without it they fail with a clear error. */
+  exports?: ExportManager;
   /** The consumer to read (tests); default the registration's durable consumer. */
   consumer?: Consumer;
   /** The clock that commands' deadlines are judged by (tests); default `Date.now`. */
@@ -88,7 +91,7 @@ export async function startCommandConsumer(o: CommandConsumerOptions): Promise<C
     const backend = o.pools.get(cmd.poolName)?.config.kind ?? "unknown";
     const end = o.metrics.operationDuration.startTimer({ kind, backend });
     // A command whose deadline passed while it waited (the host was down, or busy) is refused, not run.
-    const result = await executeCommand(drivers, reg.hostId, cmd, o.now).finally(end);
+    const result = await executeCommand(drivers, reg.hostId, cmd, o.now, o.exports).finally(end);
     o.metrics.operations.inc({ kind, backend, result: result.success ? "succeeded" : "failed" });
     faultPoint("after-tool", kind);
     // The result is durable in JetStream before the command is acked; a crash in between means a redelivery,

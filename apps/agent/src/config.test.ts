@@ -30,6 +30,8 @@ const HOST: Record<string, string> = {
   shutdownGraceMs: "5000",
   toolTimeoutMs: "600000",
   initiatorName: '""',
+  iscsiPortal: "unset (none: this host serves no iSCSI exports)",
+  tgtControlPort: "0",
   pools: "required",
   logLevel: '"info"',
 };
@@ -155,6 +157,7 @@ describe("parseAgentConfig", () => {
       shutdownGraceMs: 5000,
       toolTimeoutMs: 600000,
       initiatorName: "",
+      tgtControlPort: 0,
       logLevel: "info",
       pools: [
         {

@@ -231,6 +231,21 @@ export const AgentConfigSchema = z
       z.string().default(""),
       "the host's iSCSI initiator name, reported to the controller",
     ),
+    iscsiPortal: setting(
+      z
+        .string()
+        .regex(
+          /^(\d{1,3}(\.\d{1,3}){3}|\[[0-9a-fA-F:]+\]):\d{1,5}$/,
+          "use ip:port, for example 203.0.113.11:3260",
+        )
+        .optional(),
+      "iSCSI exports: the address:port the host's tgtd serves initiators on (the URI clients get)",
+      "none: this host serves no iSCSI exports",
+    ),
+    tgtControlPort: setting(
+      z.number().int().min(0).max(32767).default(0),
+      "tgtd's control port (`tgtd -C N`; the host's tgt service uses 0)",
+    ),
     pools: setting(
       z.array(Pool).min(1, "an agent needs at least one pool"),
       "the host's pools (at least one), each of one kind below",

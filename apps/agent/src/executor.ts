@@ -72,6 +72,7 @@ export async function executeCommand(
   hostId: string,
   cmd: AgentCommand,
   now: () => number = Date.now,
+  exports?: { handle(cmd: AgentCommand): Promise<Outcome> },
 ): Promise<OperationResult> {
   const t0 = now();
   const finish = (outcome: Outcome) =>
@@ -86,6 +87,14 @@ export async function executeCommand(
   const refusal = deadlineRefusal(cmd, t0);
   if (refusal) return finish({ success: false, error: stowageErrorToWire(refusal) });
   try {
+    if (cmd.payload.case === "createExport" || cmd.payload.case === "deleteExport") {
+      if (!exports)
+        throw new StowageError(
+          "failed_precondition",
+          `host ${hostId} serves no exports: set iscsiPortal in its agent config (docs/operating.md)`,
+        );
+      return finish(await exports.handle(cmd));
+    }
     const driver = drivers.get(cmd.poolName);
     if (!driver) {
       throw new StowageError("not_found", `pool ${cmd.poolName} is not configured on host ${hostId}`);

@@ -533,7 +533,8 @@ export async function commitIdentity(
   await syncDir(stateDir);
 }
 
-async function writeAtomic(dir: string, name: string, text: string): Promise<void> {
+/** Writes `dir/name` (0600) atomically: a temporary file, fsynced, renamed into place. */
+export async function writeAtomic(dir: string, name: string, text: string): Promise<void> {
   const tmp = joinPath(dir, `.${name}.${randomBytes(6).toString("hex")}.tmp`);
   const fh = await open(tmp, "wx", 0o600);
   try {

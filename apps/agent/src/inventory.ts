@@ -6,6 +6,7 @@ import { FORMATS_BY_KIND } from "@stowage/core";
 import type { PoolCapacityReport, PoolDriver } from "@stowage/drivers";
 import {
   type AgentCommand,
+  type ExportArtifact,
   HeartbeatSchema,
   type HostInfo,
   HostInfoSchema,
@@ -161,6 +162,8 @@ export interface InventoryOptions {
   log: Logger;
   /** Deltas of one pool are sent at most this often: a burst of operations becomes one delta per pool. */
   deltaCoalesceMs?: number;
+  /** The exports the host serves, for full inventories (exports.ts). */
+  exports?: () => ExportArtifact[];
   /** The full scan (default `scanPools` of the pools); tests count it. */
   scan?: () => Promise<PoolScan>;
 }
@@ -251,7 +254,13 @@ export function createInventory(o: InventoryOptions) {
       for (const [pool, ids] of s.volumeIds) volumeIds.set(pool, ids);
       for (const sample of s.samples) samples.set(sample.pool, sample);
       if (stopped) return;
-      publish({ host: o.host(), pools: s.reports, volumes: s.artifacts, foreignArtifacts: s.foreign });
+      publish({
+        host: o.host(),
+        pools: s.reports,
+        volumes: s.artifacts,
+        foreignArtifacts: s.foreign,
+        exports: o.exports?.() ?? [],
+      });
     } finally {
       const changed = changedDuringScan;
       changedDuringScan = undefined;
