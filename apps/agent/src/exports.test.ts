@@ -2,13 +2,31 @@ import { execFileSync } from "node:child_process";
 import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { create } from "@bufbuild/protobuf";
+import { AckPolicy } from "@nats-io/jetstream";
+import { agentConsumerName, COMMAND_STREAM, commandSubject, resultSubject } from "@stowage/bus";
 import { createTgtExporter, createToolRunner, iqnForVolume } from "@stowage/drivers";
-import { AgentCommandSchema, ExportKind, OperationKind } from "@stowage/proto";
+import {
+  AgentCommandSchema,
+  ExportKind,
+  OperationKind,
+  type OperationResult,
+  RegisterAgentResponseSchema,
+} from "@stowage/proto";
 import { createLogger } from "@stowage/telemetry";
-import { freePort, makeTempDir, startTgtd, type TgtdService, tgtAvailable } from "@stowage/testkit";
+import {
+  freePort,
+  makeTempDir,
+  natsAvailable,
+  startTgtd,
+  type TgtdService,
+  tgtAvailable,
+} from "@stowage/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type CommandConsumer, startCommandConsumer } from "./commands.js";
 import { executeCommand } from "./executor.js";
 import { type ExportManager, openExportManager } from "./exports.js";
+import { createAgentMetrics } from "./metrics.js";
+import { type BusFixture, createCommand, dirPool, openBusFixture, waitUntil } from "./testing/fixture.js";
 
 const avail = tgtAvailable();
 const title = avail.ok ? "the agent's exports (real tgtd)" : `the agent's exports: SKIPPED, ${avail.reason}`;
@@ -129,3 +147,100 @@ describe("export commands on a host without iscsiPortal", () => {
     expect(r.error?.message).toMatch(/serves no exports: set iscsiPortal/);
   });
 });
+
+describe.skipIf(!avail.ok || !natsAvailable())(
+  avail.ok
+    ? "export commands through NATS (real nats-server, tgtd, qemu-img)"
+    : `export commands through NATS: SKIPPED, ${avail.reason}`,
+  () => {
+    let f: BusFixture;
+    let tgtd: TgtdService;
+    let consumer: CommandConsumer | undefined;
+    let exports: ExportManager | undefined;
+    const controlPort = 1_000 + (process.pid % 9_000);
+
+    beforeAll(async () => {
+      f = await openBusFixture();
+      tgtd = await startTgtd({
+        dir: join(f.tmp, "tgtd"),
+        portal: `127.0.0.1:${await freePort()}`,
+        controlPort,
+      });
+    }, 30_000);
+    afterAll(async () => {
+      await consumer?.stop(0);
+      await exports?.stop();
+      await tgtd?.stop();
+      await f?.close();
+    });
+
+    it("makes the LUN of a dir volume's file and answers the export in its result", async () => {
+      const hostId = "xh1";
+      await f.bus.jsm.consumers.add(COMMAND_STREAM, {
+        durable_name: agentConsumerName(hostId),
+        filter_subject: commandSubject(hostId),
+        ack_policy: AckPolicy.Explicit,
+      });
+      const pool = await dirPool("p", join(f.tmp, "pool"));
+      exports = await openExportManager({
+        stateDir: join(f.tmp, "state"),
+        exporter: createTgtExporter({ runner: createToolRunner(), controlPort }),
+        portal: tgtd.portal,
+        backing: async (_pool, volumeId) => ({
+          type: "file",
+          path: (await pool.driver.info(volumeId))!.path,
+        }),
+        log: createLogger("test", "silent"),
+      });
+      const results: OperationResult[] = [];
+      consumer = await startCommandConsumer({
+        bus: f.bus,
+        registration: create(RegisterAgentResponseSchema, {
+          hostId,
+          commandStream: COMMAND_STREAM,
+          commandConsumer: agentConsumerName(hostId),
+          resultSubject: resultSubject(hostId),
+        }),
+        pools: new Map([["p", pool]]),
+        metrics: createAgentMetrics(hostId, () => []),
+        log: createLogger("test", "silent"),
+        poolConcurrency: 2,
+        maxConcurrency: 4,
+        exports,
+        afterOperation: (_cmd, r) => {
+          results.push(r);
+        },
+      });
+      const made = createCommand(hostId, "p");
+      const volumeId = (made.payload.value as { volumeId: string }).volumeId;
+      await f.publish(made);
+      await waitUntil("the volume", () => results.length === 1);
+      const exp = create(AgentCommandSchema, {
+        operationId: "op-export",
+        kind: OperationKind.CREATE_EXPORT,
+        hostId,
+        poolName: "p",
+        payload: {
+          case: "createExport",
+          value: {
+            exportId: "exp-x",
+            volumeId,
+            kind: ExportKind.ISCSI,
+            allowed: [
+              { hostId: "xh2", initiatorName: "iqn.2026-12.io.stowage:host-xh2", addresses: ["127.0.0.3"] },
+            ],
+          },
+        },
+      });
+      await f.publish(exp);
+      await waitUntil("the export", () => results.length === 2);
+      expect(results[1]).toMatchObject({
+        success: true,
+        export: { exportId: "exp-x", allowedHostIds: ["xh2"] },
+      });
+      const shown = (await tgtd.tgtadm(["--lld", "iscsi", "--mode", "target", "--op", "show"])).stdout;
+      expect(shown).toContain(iqnForVolume(volumeId));
+      expect(shown).toContain((await pool.driver.info(volumeId))!.path);
+    });
+  },
+);
