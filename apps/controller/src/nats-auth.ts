@@ -111,22 +111,7 @@ async function readSeed(path: string, prefix: string): Promise<KeyPair | undefin
   return kp;
 }
 
-/** Unlimited, as the server itself bounds them; JetStream must be enabled in the account's claims. */
-const ACCOUNT_LIMITS = {
-  subs: -1,
-  data: -1,
-  payload: -1,
-  conn: -1,
-  leaf: -1,
-  imports: -1,
-  exports: -1,
-  wildcards: true,
-  mem_storage: -1,
-  disk_storage: -1,
-  streams: -1,
-  consumer: -1,
-};
-/** The system account gets no connections without limits of its own. */
+/** The system account gets no connections without limits of its own: unlimited, as the server bounds them. */
 const SYSTEM_LIMITS = {
   subs: -1,
   data: -1,
@@ -136,6 +121,14 @@ const SYSTEM_LIMITS = {
   imports: -1,
   exports: -1,
   wildcards: true,
+};
+/** The same for the Stowage account, which also needs JetStream enabled in its claims. */
+const ACCOUNT_LIMITS = {
+  ...SYSTEM_LIMITS,
+  mem_storage: -1,
+  disk_storage: -1,
+  streams: -1,
+  consumer: -1,
 };
 
 /** The operator JWT of the server's config (nats-config.ts), naming the system account. */
