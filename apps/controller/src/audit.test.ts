@@ -18,7 +18,7 @@ import {
   VolumeFormat,
   VolumeService,
 } from "@stowage/proto";
-import type { Queryable } from "@stowage/store";
+import type { AuditRow, Queryable } from "@stowage/store";
 import { createLogger } from "@stowage/telemetry";
 import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -34,17 +34,8 @@ import { createNulStringInterceptor } from "./validate.js";
 const TOKENS = "root:admin:adm-secret,otto:operator:op-secret,vera:viewer:view-secret";
 const PASTED = `stw_${"c3".repeat(32)}`;
 
-interface AuditRowText {
-  id: string;
-  actor: string;
-  role: string;
-  source: string;
-  action: string;
-  target: string;
-  request: Record<string, unknown>;
-  outcome: string;
-  error: string;
-}
+/** An audit row as the test reads it: the store's row, its id as text and without its time. */
+type AuditRowText = Omit<AuditRow, "id" | "at"> & { id: string };
 
 /** The controller's interceptors in the controller's order, on a real h2c socket (the source is its address). */
 describe("audit trail through the API", () => {
