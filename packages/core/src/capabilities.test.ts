@@ -2,8 +2,10 @@ import { describe, expect, it } from "vitest";
 import {
   CAPABILITIES,
   capabilitiesOf,
+  cephxUserFor,
   checkCapabilityTable,
   requireCapability,
+  requireExport,
   requireWipe,
 } from "./capabilities.js";
 import { FORMATS_BY_KIND, POOL_KINDS } from "./domain.js";
@@ -29,6 +31,24 @@ describe("capability table", () => {
   it("refuses zero wipes on rbd and names the modes that work", () => {
     expect(() => requireWipe("rbd", "raw", "zero")).toThrow(/use none or discard/);
     expect(() => requireWipe("lvm", "raw", "zero")).not.toThrow();
+  });
+
+  it("exports dir and LVM volumes over iSCSI, RBD images by grant, and netfs volumes not at all", () => {
+    expect(() => requireExport("dir", "qcow2", "iscsi")).not.toThrow();
+    expect(() => requireExport("lvmthin", "raw", "iscsi")).not.toThrow();
+    expect(() => requireExport("rbd", "raw", "rbd")).not.toThrow();
+    expect(() => requireExport("rbd", "raw", "iscsi")).toThrow(
+      expect.objectContaining({ code: "failed_precondition", message: expect.stringContaining("use rbd") }),
+    );
+    expect(() => requireExport("dir", "raw", "nfs")).toThrow(/over nfs: use iscsi/);
+    expect(() => requireExport("netfs", "qcow2", "iscsi")).toThrow(/reaches them already/);
+  });
+
+  it("names one cephx client per export and host, from ids and names only", () => {
+    const user = cephxUserFor("exp-0123456789abcdef0123456789abcdef", "h2.rack-1");
+    expect(user).toBe("stowage.0123456789abcdef0123456789abcdef.h2.rack-1");
+    expect(user).toMatch(/^[a-z0-9._-]+$/);
+    expect(cephxUserFor("exp-0123456789abcdef0123456789abcdef", "h3")).not.toBe(user);
   });
 
   it("gives nothing to a pair that cannot exist", () => {

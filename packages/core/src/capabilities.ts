@@ -5,7 +5,10 @@ import { failedPrecondition } from "./errors.js";
 export const WIPE_MODES = ["none", "zero", "discard"] as const;
 export type WipeMode = (typeof WIPE_MODES)[number];
 
-/** How a volume is reached from another host: iSCSI (tgt), NFS, NBD, or an RBD access grant (not built yet; no kind offers one). */
+/**
+ * How a volume is reached from another host: an iSCSI target (tgt), NFS, NBD, or an RBD access grant (a cephx
+ * client of the other host's own). A netfs volume needs none: every host that reaches the share reaches it.
+ */
 export const EXPORT_KINDS = ["iscsi", "nfs", "nbd", "rbd"] as const;
 export type ExportKind = (typeof EXPORT_KINDS)[number];
 
@@ -31,13 +34,17 @@ const FILE_QCOW2: Capabilities = {
   flatten: true,
   shrink: true,
   wipe: ["none", "zero", "discard"],
-  exports: [],
+  exports: ["iscsi"],
 };
 // A raw file has nowhere to keep a snapshot; clones and flatten are full copies.
 const FILE_RAW: Capabilities = { ...FILE_QCOW2, snapshots: false, revert: false };
 const LVM: Capabilities = FILE_QCOW2;
-// Zeros on a thin RBD image allocate every object: a zero wipe would fill the cluster.
-const RBD: Capabilities = { ...FILE_QCOW2, wipe: ["none", "discard"] };
+// Files on a share every attached host reaches already; tgt needs a local path, which libnfs does not give.
+const NETFS_QCOW2: Capabilities = { ...FILE_QCOW2, exports: [] };
+const NETFS_RAW: Capabilities = { ...FILE_RAW, exports: [] };
+// Zeros on a thin RBD image allocate every object: a zero wipe would fill the cluster. Other hosts reach an
+// image through a cephx grant of their own.
+const RBD: Capabilities = { ...FILE_QCOW2, wipe: ["none", "discard"], exports: ["rbd"] };
 
 /**
  * The one table of what each pool kind and format can do (docs/architecture.md, "Capabilities"). The
@@ -46,7 +53,7 @@ const RBD: Capabilities = { ...FILE_QCOW2, wipe: ["none", "discard"] };
  */
 export const CAPABILITIES: Readonly<Record<PoolKind, Partial<Record<VolumeFormat, Capabilities>>>> = {
   dir: { qcow2: FILE_QCOW2, raw: FILE_RAW },
-  netfs: { qcow2: FILE_QCOW2, raw: FILE_RAW },
+  netfs: { qcow2: NETFS_QCOW2, raw: NETFS_RAW },
   lvm: { raw: LVM },
   lvmthin: { raw: LVM },
   rbd: { raw: RBD },
@@ -119,4 +126,31 @@ export function checkCapabilityTable(table = CAPABILITIES): void {
       }
     }
   }
+}
+
+/** Throws FAILED_PRECONDITION when volumes of this kind and format cannot be exported this way. */
+export function requireExport(
+  kind: PoolKind,
+  format: VolumeFormat,
+  exportKind: ExportKind,
+  table = CAPABILITIES,
+): void {
+  const kinds = capabilitiesOf(kind, format, table).exports;
+  if (!kinds.includes(exportKind)) {
+    throw failedPrecondition(
+      kinds.length === 0
+        ? `${format} volumes on ${kind} pools cannot be exported${kind === "netfs" ? ": every host attached to the share reaches them already" : ""}`
+        : `${format} volumes on ${kind} pools cannot be exported over ${exportKind}: use ${kinds.join(" or ")}`,
+      { kind, format, export: exportKind },
+    );
+  }
+}
+
+/**
+ * The cephx client (without its `client.` prefix) through which host `hostName` reaches the image of RBD export
+ * `exportId`: one per export and host, so that revoking one host's grant leaves every other key alone. Built
+ * from an export id and a host name only ([a-z0-9._-]), so it is safe as a Ceph entity name.
+ */
+export function cephxUserFor(exportId: string, hostName: string): string {
+  return `stowage.${exportId.slice(exportId.indexOf("-") + 1)}.${hostName}`;
 }
