@@ -114,6 +114,24 @@ export async function startFleetCluster(opts: {
   secure?: boolean;
   /** Agents' certificate lifetime (secure mode; STOWAGE_AGENT_CERT_TTL_MS). */
   agentCertTtlMs?: number;
+  /**
+   * The hosts that run an agent (default: every host). The others are free for servers a test runs in a
+   * namespace of their own (an NFS server with its rpcbind, a Ceph monitor) on fleetHostAddress(i).
+   */
+  agentHosts?: readonly string[];
+  /**
+   * Runs after the fleet and before the controller and agents start: the servers the agents' config points at
+   * (a tgtd per host, Ganesha, Ceph). What it returns is stopped with the cluster, after the agents.
+   */
+  beforeAgents?: (fleet: Fleet, dir: string) => Promise<readonly Service[] | undefined>;
+  /**
+   * More of each agent's config file, merged over the defaults (`pools` replaces the default dir pool, so
+   * include it to keep it: `ctx.defaultPool`).
+   */
+  agentConfig?: (
+    name: string,
+    ctx: { index: number; base: string; defaultPool: Record<string, unknown> },
+  ) => Record<string, unknown>;
 }): Promise<FleetCluster> {
   const secure = opts.secure === true;
   const natsBin = natsServerPath();
@@ -147,6 +165,8 @@ export async function startFleetCluster(opts: {
   };
 
   try {
+    const servers = opts.beforeAgents ? await opts.beforeAgents(fleet, tmp.path) : undefined;
+    if (servers) started.push(...servers);
     const natsDir = join(tmp.path, "nats");
     await mkdir(join(natsDir, "js"), { recursive: true });
     const natsConf = join(natsDir, "nats.conf");
@@ -284,6 +304,7 @@ export async function startFleetCluster(opts: {
       // A first start joins with a token; later starts use the certificate in the state directory.
       const needsJoin = secure && !existsSync(join(stateDir, "host.crt"));
       const token = o.joinToken ?? (needsJoin ? await joinToken(name) : undefined);
+      const defaultPool = { name: "default", kind: "dir", path: poolDir, numaNode: index % 2 };
       writeFileSync(
         configFile,
         JSON.stringify({
@@ -295,7 +316,8 @@ export async function startFleetCluster(opts: {
           procRoot: sys.procRoot,
           metricsListen: "127.0.0.1:0", // the host namespace's own loopback
           inventoryIntervalMs: 1000,
-          pools: [{ name: "default", kind: "dir", path: poolDir, numaNode: index % 2 }],
+          pools: [defaultPool],
+          ...opts.agentConfig?.(name, { index, base, defaultPool }),
         }),
       );
       const service = await fleet.spawn(host, {
@@ -316,7 +338,11 @@ export async function startFleetCluster(opts: {
 
     const controller = await startController();
     started.push(controller);
-    await Promise.all(fleet.hosts.map((h) => startAgent(h.name)));
+    await Promise.all(
+      fleet.hosts
+        .filter((h) => !opts.agentHosts || opts.agentHosts.includes(h.name))
+        .map((h) => startAgent(h.name)),
+    );
     agents.sort((a, b) => a.name.localeCompare(b.name, "en", { numeric: true }));
 
     let stopped: Promise<void> | undefined;
