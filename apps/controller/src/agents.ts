@@ -1,3 +1,4 @@
+import { isIP } from "node:net";
 import { create, fromBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import {
@@ -104,8 +105,23 @@ function hostFromWire(host: HostInfo): Parameters<typeof upsertHost>[1] {
     memoryBytes: int64("memory_bytes", host.memoryBytes),
     agentVersion: host.agentVersion,
     initiatorName: host.initiatorName,
+    addresses: hostAddresses(host.addresses),
     metricsAddress: host.metricsAddress,
   };
+}
+
+/** At most this many addresses per host go into export ACLs. */
+const MAX_HOST_ADDRESSES = 16;
+
+/** A host's unicast addresses as export ACLs bind them: IPv4 or IPv6 literals only, each once. */
+function hostAddresses(addresses: readonly string[]): string[] {
+  const out = [...new Set(addresses)];
+  if (out.length > MAX_HOST_ADDRESSES)
+    throw invalidArgument(`host reports ${out.length} addresses: at most ${MAX_HOST_ADDRESSES}`);
+  for (const a of out)
+    if (isIP(a) === 0)
+      throw invalidArgument(`host address ${JSON.stringify(a.slice(0, 60))} is not an IP address`);
+  return out;
 }
 
 async function applyHostInfo(sql: Queryable, host: ReturnType<typeof hostFromWire>) {

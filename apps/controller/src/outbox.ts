@@ -31,6 +31,8 @@ export async function enqueueOperation(
     volume: Pick<VolumeRow, "id" | "hostId" | "poolId">;
     payload: MessageInitShape<typeof AgentCommandSchema>["payload"];
     snapshotId?: string;
+    /** The export a create_export or delete_export changes. */
+    exportId?: string;
     actor: string;
     /** When the caller needed the id first (to write it on the volume row). */
     operationId?: string;
@@ -47,6 +49,7 @@ export async function enqueueOperation(
     poolId: o.volume.poolId,
     volumeId: o.volume.id,
     ...(o.snapshotId ? { snapshotId: o.snapshotId } : {}),
+    ...(o.exportId ? { exportId: o.exportId } : {}),
     command: agentCommand(operationId, o.kind, o.volume, o.payload, collected?.deadlineMs),
     requestedBy: o.actor,
     requestId: o.requestId ?? null,

@@ -3,6 +3,7 @@ import { markOperationsSent, type OperationRow, operationsToPublish } from "@sto
 import { faultPoint } from "@stowage/telemetry";
 import type { ControllerContext } from "./context.js";
 import { commandDeadlineMs } from "./deadline.js";
+import { publishableCommand } from "./export-commands.js";
 import { type Loop, startLoop } from "./loop.js";
 
 /** How many operations a round reads from the outbox at a time. */
@@ -72,7 +73,8 @@ async function publishAll(
       const i = next++;
       const op = ops[i]!;
       try {
-        await ctx.bus.js.publish(commandSubject(op.hostId), op.command, { msgID: op.id, timeout: 5000 });
+        const command = await publishableCommand(ctx, op);
+        await ctx.bus.js.publish(commandSubject(op.hostId), command, { msgID: op.id, timeout: 5000 });
         faultPoint("after-publish", op.kind);
         stored[i] = true;
       } catch (err) {
@@ -122,8 +124,9 @@ export class Dispatcher {
       this.publishing.add(op.id);
       // Through a promise: a publish that throws at once (a closed connection) fails like one that is refused.
       Promise.resolve()
-        .then(() =>
-          this.ctx.bus.js.publish(commandSubject(op.hostId), op.command, { msgID: op.id, timeout: 5000 }),
+        .then(() => publishableCommand(this.ctx, op))
+        .then((command) =>
+          this.ctx.bus.js.publish(commandSubject(op.hostId), command, { msgID: op.id, timeout: 5000 }),
         )
         .then(
           () => {

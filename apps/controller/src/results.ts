@@ -25,6 +25,7 @@ import {
   confirmSnapshotReservation,
   type ErrorRecord,
   finishOperation,
+  getExport,
   getOperationsForUpdate,
   getSnapshotById,
   getVolumeById,
@@ -36,6 +37,7 @@ import {
   type Tx,
   transitionSnapshot,
   transitionVolume,
+  updateExport,
   updateSnapshot,
   type VolumeRow,
   type VolumeUpdate,
@@ -281,11 +283,55 @@ async function applyToSubject(
       await transitionSnapshot(tx, snapshot, to, { error });
       return;
     }
+    case "create_export":
+    case "delete_export":
+      await settleExport(ctx, tx, op, r, error);
+      return;
     default:
       ctx.log.warn(
         { kind: op.kind, operationId: op.id },
         "result of an operation kind this controller does not apply yet",
       );
+  }
+}
+
+/**
+ * An export's result: a create (or an update, which is a create with the new allowed set) makes it active with
+ * the URI the agent reports, a delete makes it deleted. A result of an operation the export has moved on from
+ * (an update sent after it, a delete) changes nothing but the log. A failed create leaves the export in error
+ * (a failed update of an active one keeps it active, with the error); a failed delete leaves it in error, and
+ * DeleteExport sends the delete again.
+ */
+async function settleExport(
+  ctx: ControllerContext,
+  tx: Tx,
+  op: OperationRow,
+  r: OperationResult,
+  error: ErrorRecord | null,
+): Promise<void> {
+  const e = op.exportId ? await getExport(tx, op.exportId, true) : undefined;
+  if (!e) return;
+  if (e.operationId !== op.id) {
+    ctx.log.info({ operationId: op.id, export: e.id }, "result of an export operation since superseded");
+    return;
+  }
+  if (op.kind === "delete_export") {
+    await updateExport(tx, e.id, r.success ? { state: "deleted", error: null } : { state: "error", error });
+    return;
+  }
+  if (r.success) {
+    await updateExport(
+      tx,
+      e.id,
+      { state: "active", error: null, ...(r.export?.uri ? { uri: r.export.uri } : {}) },
+      ["creating", "active", "error"],
+    );
+  } else {
+    await updateExport(tx, e.id, { state: e.state === "active" ? "active" : "error", error }, [
+      "creating",
+      "active",
+      "error",
+    ]);
   }
 }
 

@@ -21,6 +21,7 @@ import {
   getVolumeByName,
   getVolumeByRequestOrName,
   insertPlacedVolume,
+  liveExportsOfVolume,
   liveSnapshotCount,
   type OperationRow,
   type Queryable,
@@ -387,6 +388,12 @@ export async function deleteVolume(
     if (v.state === "resizing" || v.state === "reverting")
       throw failedPrecondition(`volume ${v.name} is ${v.state}: wait for it to finish, then delete it`);
     await requireVolumeCapability(ctx, tx, v, { wipe });
+    const exports = await liveExportsOfVolume(tx, v.id);
+    if (exports.length > 0) {
+      throw failedPrecondition(
+        `volume ${v.name} is exported (${exports.map((e) => `${e.kind} ${e.id}`).join(", ")}): unexport it first (stowctl volume unexport ${v.name})`,
+      );
+    }
     const snapshots = await liveSnapshotCount(tx, v.id);
     if (snapshots > 0) {
       throw failedPrecondition(

@@ -63,6 +63,7 @@ export async function insertPlacedVolume(
       poolId: v.poolId,
       volumeId: v.id,
       snapshotId: o.snapshotId ?? "",
+      exportId: "",
       command: o.command,
       attempts: 0,
       error: null,

@@ -3,6 +3,7 @@ export * from "./audit.js";
 export * from "./cluster-view.js";
 export * from "./create.js";
 export * from "./db.js";
+export * from "./exports.js";
 export * from "./findings.js";
 export * from "./host-certificates.js";
 export * from "./hosts.js";

@@ -10,6 +10,8 @@ export interface NewOperation {
   poolId: string;
   volumeId: string;
   snapshotId?: string;
+  /** The export a create_export or delete_export changes. */
+  exportId?: string;
   command: Uint8Array;
   requestedBy: string;
   /** The caller's request id: a second operation with the same one is refused by a unique index. */
@@ -19,9 +21,9 @@ export interface NewOperation {
 /** Writes an operation in state `pending`: the outbox row that the relay will publish. */
 export async function insertOperation(sql: Queryable, op: NewOperation): Promise<OperationRow> {
   const [row] = await sql<OperationRow[]>`
-    insert into operations (id, kind, state, host_id, pool_id, volume_id, snapshot_id, command, requested_by, request_id)
+    insert into operations (id, kind, state, host_id, pool_id, volume_id, snapshot_id, export_id, command, requested_by, request_id)
     values (${op.id}, ${op.kind}, 'pending', ${op.hostId}, ${op.poolId}, ${op.volumeId}, ${op.snapshotId ?? ""},
-      ${Buffer.from(op.command)}, ${op.requestedBy}, ${op.requestId ?? null})
+      ${op.exportId ?? ""}, ${Buffer.from(op.command)}, ${op.requestedBy}, ${op.requestId ?? null})
     returning *`;
   return row!;
 }

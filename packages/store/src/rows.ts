@@ -25,6 +25,8 @@ export interface HostRow {
   memoryBytes: bigint;
   agentVersion: string;
   initiatorName: string;
+  /** Unicast addresses the agent reported (export ACLs bind them). */
+  addresses: string[];
   metricsAddress: string;
   schedulable: boolean;
   cordonReason: string;
@@ -101,6 +103,8 @@ export interface OperationRow {
   poolId: string;
   volumeId: string;
   snapshotId: string;
+  /** The export a create_export or delete_export changes ("" for others). */
+  exportId: string;
   command: Uint8Array;
   attempts: number;
   error: ErrorRecord | null;

@@ -37,7 +37,7 @@ export async function openServiceFixture(config: Partial<ControllerConfig> = {})
   await migrate(db.sql);
   await upsertHost(db.sql, hostRegistration("h1", { zone: "z1", cpuCount: 1 }));
   const ctx = {
-    config: loadControllerConfig({}, config),
+    config: loadControllerConfig({}, { dataDir: dir.path, ...config }),
     db,
     sql: db.sql,
     log: createLogger("test", "silent"),
