@@ -3,6 +3,7 @@ import { Command, CommanderError, Option } from "commander";
 import { DEFAULT_SERVER } from "./client.js";
 import { makeAct } from "./command-kit.js";
 import { registerAuditCommands } from "./commands/audit.js";
+import { registerExportCommands, registerVolumeExportCommands } from "./commands/export.js";
 import { registerFindingCommands } from "./commands/finding.js";
 import { registerHostCommands } from "./commands/host.js";
 import { registerOperationCommands } from "./commands/operation.js";
@@ -26,6 +27,7 @@ Examples:
   $ stowctl placement explain --size 10G --numa-host node1 --numa-node 0
   $ stowctl volume create vm1-disk0 --size 10G --wait
   $ stowctl volume list -o json
+  $ stowctl volume export vm1-disk0 --allow node2 --chap --wait
   $ stowctl finding list --kind orphan
   $ stowctl --server http://controller:7480 volume get vm1-disk0
   $ stowctl --server https://controller:7480 --ca-file ca.crt host list
@@ -85,12 +87,14 @@ function buildCommand(deps: ProgramDeps): Command {
   registerHostCommands(program, act);
   registerPoolCommands(program, act);
   registerVolumeCommands(program, act);
+  registerVolumeExportCommands(program.commands.find((c) => c.name() === "volume")!, act);
   registerSnapshotCommands(program, act);
   registerPlacementCommands(program, act);
   registerOperationCommands(program, act);
   registerFindingCommands(program, act);
   registerTokenCommands(program, act);
   registerAuditCommands(program, act);
+  registerExportCommands(program, act);
   return program;
 }
 

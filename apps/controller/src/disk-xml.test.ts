@@ -3,9 +3,19 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { create } from "@bufbuild/protobuf";
-import { GetDiskXmlRequestSchema } from "@stowage/proto";
+import {
+  CreateExportRequestSchema,
+  ExportArtifactSchema,
+  ExportKind,
+  GetDiskXmlRequestSchema,
+  OperationResultSchema,
+} from "@stowage/proto";
+import { upsertHost } from "@stowage/store";
+import { hostRegistration } from "@stowage/store/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { getDiskXml } from "./disk-xml.js";
+import { createExport } from "./export-service.js";
+import { applyResult } from "./results.js";
 import { addVolume, countRows, openServiceFixture, type ServiceFixture } from "./testing/service-fixture.js";
 
 /** virt-xml-validate on the element inside a minimal domain (libvirt-clients and libxml2-utils, install-deps). */
@@ -29,6 +39,14 @@ describe("GetDiskXml (on PGlite)", () => {
     await f.addPool("files", "dir", ["qcow2", "raw"]);
     await f.addPool("thin", "lvmthin", ["raw"]);
     await f.addPool("ceph", "rbd", ["raw"]);
+    await upsertHost(
+      f.sql,
+      hostRegistration("h2", { initiatorName: "iqn.2026-12.test:h2", addresses: ["203.0.113.12"] }),
+    );
+    await upsertHost(
+      f.sql,
+      hostRegistration("h3", { initiatorName: "iqn.2026-12.test:h3", addresses: ["203.0.113.13"] }),
+    );
   });
   afterAll(async () => {
     await f?.close();
@@ -71,6 +89,47 @@ describe("GetDiskXml (on PGlite)", () => {
     validate(res.diskXml);
   });
 
+  it("gives another host the iSCSI network disk of the export that allows it, CHAP by secret usage only", async () => {
+    const v = await volume("shared-disk", "h1/files", "qcow2", "/var/lib/stowage/pools/files/s.qcow2");
+    const made = await createExport(
+      f.ctx,
+      create(CreateExportRequestSchema, {
+        volume: v.id,
+        kind: ExportKind.ISCSI,
+        allowedHostIds: ["h2"],
+        chap: true,
+      }),
+      "test",
+    );
+    const uri = `iscsi://203.0.113.11:3260/iqn.2026-12.io.stowage:${v.id}/1`;
+    // Not active yet: nothing to attach.
+    await expect(getDiskXml(f.ctx, req({ volume: v.id, hostId: "h2" }))).rejects.toThrow(
+      /no active iscsi export/,
+    );
+    await applyResult(
+      f.ctx,
+      create(OperationResultSchema, {
+        operationId: made.operation!.id,
+        hostId: "h1",
+        success: true,
+        export: create(ExportArtifactSchema, { uri }),
+      }),
+    );
+    const res = await getDiskXml(f.ctx, req({ volume: v.id, hostId: "h2", iothread: 1 }));
+    expect(res.diskXml).toContain('<disk type="network" device="disk">');
+    expect(res.diskXml).toContain(`<source protocol="iscsi" name="iqn.2026-12.io.stowage:${v.id}/1">`);
+    expect(res.diskXml).toContain('<host name="203.0.113.11" port="3260"/>');
+    expect(res.diskXml).toContain('<iqn name="iqn.2026-12.test:h2"/>');
+    expect(res.diskXml).toContain(`<auth username="${made.export.chapUser}">`);
+    expect(res.diskXml).toContain(`<secret type="iscsi" usage="stowage-${made.export.id}"/>`);
+    expect(res.diskXml).toMatch(/<driver name="qemu" type="qcow2"/);
+    validate(res.diskXml, 1);
+    // Host h3 is not on the ACL: refused.
+    await expect(getDiskXml(f.ctx, req({ volume: v.id, hostId: "h3" }))).rejects.toThrow(
+      /no active iscsi export allows host h3/,
+    );
+  });
+
   it("refuses what it cannot give with a clear error, and writes nothing", async () => {
     await volume("remote-only", "h1/ceph", "raw", "rbd/vol-x");
     const audits = await countRows(f.sql, "audit_log");
@@ -79,7 +138,12 @@ describe("GetDiskXml (on PGlite)", () => {
       [{ volume: "vm1-disk0", targetDev: "hda'/>" }, "invalid_argument", /not a virtio disk name/],
       [{ volume: "nope" }, "not_found", /volume nope not found/],
       [{ volume: "vm1-disk0", hostId: "h9" }, "not_found", /host h9 not found/],
-      [{ volume: "remote-only" }, "failed_precondition", /attached over the network/],
+      [{ volume: "remote-only" }, "failed_precondition", /no active rbd export allows host h1/],
+      [
+        { volume: "vm1-disk0", hostId: "h2" },
+        "failed_precondition",
+        /no active iscsi export allows host h2.*--allow h2/,
+      ],
     ];
     for (const [r, code, message] of cases) {
       const err = await getDiskXml(f.ctx, req(r)).catch((e: unknown) => e);

@@ -1,8 +1,21 @@
 import { create } from "@bufbuild/protobuf";
-import { failedPrecondition, invalidArgument, notFound, validateName } from "@stowage/core";
-import { type DiskSpec, diskXml, iothreadPinXml } from "@stowage/libvirt";
+import {
+  cephxUserFor,
+  failedPrecondition,
+  invalidArgument,
+  notFound,
+  type PoolKind,
+  validateName,
+} from "@stowage/core";
+import {
+  type DiskSpec,
+  diskXml,
+  type IscsiDiskSpec,
+  iothreadPinXml,
+  type RbdDiskSpec,
+} from "@stowage/libvirt";
 import { type GetDiskXmlRequest, type GetDiskXmlResponse, GetDiskXmlResponseSchema } from "@stowage/proto";
-import { getHost, getPool } from "@stowage/store";
+import { exportsAllowing, getHost, getPool, type HostRow, type VolumeRow } from "@stowage/store";
 import type { ControllerContext } from "./context.js";
 import { resolveVolume } from "./volume-service.js";
 
@@ -13,8 +26,9 @@ const ATTACHABLE = new Set(["available", "resizing", "reverting"]);
  * GetDiskXml (`stowctl volume xml VOL --host H`): the libvirt `<disk>` element with which host H attaches the
  * volume, built by @stowage/libvirt (an XML library; user text escaped). On the volume's own host: `type='file'`
  * for a dir volume, `type='block'` for an LVM volume (`cache='none' io='native'`, `discard='unmap'` when thin).
- * From another host, or for kinds that attach over the network (rbd, netfs), it needs an export: not built yet,
- * refused with FAILED_PRECONDITION. Nothing is written.
+ * From another host, the network source of the live export that allows that host: `type='network'` iSCSI
+ * (portal, IQN/LUN, the host's initiator name, CHAP by secret usage) or RBD (monitors, the host's own cephx user
+ * by secret usage). Without one, FAILED_PRECONDITION says how to make it. Nothing is written.
  */
 export async function getDiskXml(
   ctx: ControllerContext,
@@ -29,7 +43,8 @@ export async function getDiskXml(
   if (req.iothread > 1024) throw invalidArgument("iothread is at most 1024", { field: "iothread" });
   const volume = await resolveVolume(ctx.sql, req.volume);
   const hostId = req.hostId ? validateName("host_id", req.hostId) : volume.hostId;
-  if (!(await getHost(ctx.sql, hostId)))
+  const host = await getHost(ctx.sql, hostId);
+  if (!host)
     throw notFound(`host ${hostId} not found: list hosts with \`stowctl host list\``, { field: "host_id" });
   if (!ATTACHABLE.has(volume.state))
     throw failedPrecondition(
@@ -37,22 +52,25 @@ export async function getDiskXml(
     );
   const pool = await getPool(ctx.sql, volume.poolId);
   if (!pool) throw failedPrecondition(`the pool ${volume.poolId} of volume ${volume.name} is gone`);
-  if (hostId !== volume.hostId || pool.kind === "rbd" || pool.kind === "netfs")
-    throw failedPrecondition(
-      hostId !== volume.hostId
-        ? `volume ${volume.name} lives on host ${volume.hostId}: host ${hostId} can reach it only through an export, which is not built yet`
-        : `a ${pool.kind} volume is attached over the network, through an export or access grant, which is not built yet`,
-    );
-  if (!volume.hostPath)
-    throw failedPrecondition(
-      `volume ${volume.name} has no path on host ${volume.hostId} yet (its agent has not reported it)`,
-    );
   const common = {
     target: { dev: targetDev, bus: "virtio" as const },
     serial: volume.id,
     alias: volume.name,
     ...(req.iothread > 0 ? { iothread: req.iothread } : {}),
   };
+  const answer = (spec: DiskSpec) =>
+    create(GetDiskXmlResponseSchema, {
+      diskXml: diskXml(spec),
+      iothreadPinXml: req.iothread > 0 && volume.cpuSet ? iothreadPinXml(req.iothread, volume.cpuSet) : "",
+      cpuSet: volume.cpuSet,
+    });
+  if (hostId !== volume.hostId || pool.kind === "rbd" || pool.kind === "netfs") {
+    return answer({ ...(await networkSpec(ctx, volume, pool.kind, host)), ...common });
+  }
+  if (!volume.hostPath)
+    throw failedPrecondition(
+      `volume ${volume.name} has no path on host ${volume.hostId} yet (its agent has not reported it)`,
+    );
   const spec: DiskSpec =
     pool.kind === "dir"
       ? {
@@ -62,9 +80,68 @@ export async function getDiskXml(
           ...common,
         }
       : { kind: "block", path: volume.hostPath, format: "raw", thin: pool.kind === "lvmthin", ...common };
-  return create(GetDiskXmlResponseSchema, {
-    diskXml: diskXml(spec),
-    iothreadPinXml: req.iothread > 0 && volume.cpuSet ? iothreadPinXml(req.iothread, volume.cpuSet) : "",
-    cpuSet: volume.cpuSet,
-  });
+  return answer(spec);
+}
+
+type NetworkSpec =
+  | Omit<IscsiDiskSpec, "target" | "serial" | "alias">
+  | Omit<RbdDiskSpec, "target" | "serial" | "alias">;
+
+/**
+ * How host `host` reaches a volume over the network: through the live export that allows it (the iSCSI target,
+ * or its own cephx grant of an RBD image). The secrets stay out: the element names a libvirt secret by usage
+ * (`stowage-<export id>`), which the attaching host defines with the value from GetExportCredentials.
+ */
+async function networkSpec(
+  ctx: ControllerContext,
+  volume: VolumeRow,
+  poolKind: PoolKind,
+  host: HostRow,
+): Promise<NetworkSpec> {
+  const exports = await exportsAllowing(ctx.sql, volume.id, host.id);
+  const want = poolKind === "rbd" ? "rbd" : "iscsi";
+  const e = exports.find((x) => x.kind === want && x.uri);
+  if (!e) {
+    if (poolKind === "netfs")
+      throw failedPrecondition(
+        `a netfs volume is reached through its share, which host ${host.id} is not attached to`,
+      );
+    throw failedPrecondition(
+      `volume ${volume.name} lives on host ${volume.hostId}: no active ${want} export allows host ${host.id} (stowctl volume export ${volume.name}${want === "rbd" ? " --kind rbd" : ""} --allow ${host.id} --wait)`,
+    );
+  }
+  const secretUsage = `stowage-${e.id}`;
+  if (e.kind === "rbd") {
+    const r = /^rbd:\/\/([^/]+)\/([^/]+)\/([^/]+)$/.exec(e.uri);
+    if (!r) throw failedPrecondition(`export ${e.id} has an RBD URI this controller cannot read: ${e.uri}`);
+    return {
+      kind: "rbd",
+      monitors: r[1]!.split(",").map((m) => hostPort(m, 6789)),
+      pool: decodeURIComponent(r[2]!),
+      image: decodeURIComponent(r[3]!),
+      auth: { username: cephxUserFor(e.id, host.id), secretUsage },
+    };
+  }
+  const m = /^iscsi:\/\/([^/]+)\/([^/]+)\/(\d+)$/.exec(e.uri);
+  if (!m) throw failedPrecondition(`export ${e.id} has an iSCSI URI this controller cannot read: ${e.uri}`);
+  if (!host.initiatorName)
+    throw failedPrecondition(
+      `host ${host.id} has reported no iSCSI initiator name: set initiatorName in its agent's config`,
+    );
+  return {
+    kind: "iscsi",
+    portal: hostPort(m[1]!, 3260),
+    iqn: m[2]!,
+    lun: Number(m[3]),
+    initiatorIqn: host.initiatorName,
+    format: volume.format === "qcow2" ? "qcow2" : "raw",
+    ...(e.chapUser ? { chap: { username: e.chapUser, secretUsage } } : {}),
+  };
+}
+
+/** "host:port", "[v6]:port" or a bare host, as libvirt's <host name port>. */
+function hostPort(s: string, defaultPort: number): { host: string; port: number } {
+  const m = /^\[([^\]]+)\](?::(\d+))?$/.exec(s) ?? /^([^:]+)(?::(\d+))?$/.exec(s);
+  if (!m) throw failedPrecondition(`${JSON.stringify(s)} is not a host:port`);
+  return { host: m[1]!, port: m[2] ? Number(m[2]) : defaultPort };
 }

@@ -115,7 +115,8 @@ async function clientHosts(
       throw notFound(`host ${id} not found: list hosts with \`stowctl host list\``, {
         field: "allowed_host_ids",
       });
-    if (id === servingHost)
+    // A host reaches its own dir and LVM volumes locally; an RBD image needs a grant wherever it is used.
+    if (id === servingHost && kind !== "rbd")
       throw invalidArgument(
         `host ${id} serves this volume: it reaches the volume locally (stowctl volume xml VOL --host ${id}), without an export`,
         { field: "allowed_host_ids" },

@@ -92,6 +92,13 @@ describe("diskXml: one element per kind", () => {
     });
   });
 
+  it("an iSCSI LUN that holds a qcow2 image (an exported qcow2 dir volume) says so in its driver", () => {
+    expect(attrsOf(one(parse(diskXml({ ...iscsiChap, format: "qcow2" })), "driver"))).toMatchObject({
+      type: "qcow2",
+    });
+    expect(() => diskXml({ ...iscsiChap, format: "vmdk" as never })).toThrow(/iscsi.format/);
+  });
+
   it("an iSCSI volume without CHAP has no <auth>", () => {
     const { chap: _, ...noChap } = iscsiChap;
     expect(all(parse(diskXml(noChap)), "auth")).toHaveLength(0);

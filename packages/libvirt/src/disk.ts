@@ -88,6 +88,8 @@ export interface IscsiDiskSpec extends DiskCommon {
   /** The attaching host's initiator name, which the target's ACL admits. */
   initiatorIqn: string;
   chap?: SecretRef;
+  /** What the LUN holds: raw (a block device, a raw file), or a qcow2 image served as it is (default raw). */
+  format?: "qcow2" | "raw";
 }
 
 export interface RbdDiskSpec extends DiskCommon {
@@ -181,6 +183,7 @@ function imageFormat(spec: DiskSpec): "qcow2" | "raw" {
     case "block":
       return oneOf("block.format", spec.format, ["raw"] as const);
     case "iscsi":
+      return oneOf("iscsi.format", spec.format ?? "raw", ["qcow2", "raw"] as const);
     case "rbd":
       return "raw";
   }

@@ -73,6 +73,7 @@ const cases: [string, DiskSpec[], { iothreads?: number; cpuset?: string }?][] = 
   ["block, io_uring", [{ ...blockThin, io: "io_uring" }]],
   ["iscsi with CHAP", [iscsiChap]],
   ["iscsi without CHAP", [{ ...iscsiChap, chap: undefined }]],
+  ["iscsi LUN holding qcow2", [{ ...iscsiChap, format: "qcow2" }]],
   [
     "iscsi, LUN 0, readonly, iothread 1",
     [{ ...iscsiChap, lun: 0, readonly: true, iothread: 1 }],

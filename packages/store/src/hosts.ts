@@ -16,15 +16,21 @@ export type HostRegistration = Pick<
 > &
   Partial<Pick<HostRow, "addresses">>;
 
-/** Registers a host or refreshes what it says of itself; a registering host is up. */
+/**
+ * Registers a host or refreshes what it says of itself; a registering host is up. Its addresses are written only
+ * when given (migration 0014 added them: the migration tests register hosts on the schema before it).
+ */
 export async function upsertHost(sql: Queryable, h: HostRegistration): Promise<HostRow> {
+  const addresses = h.addresses;
   const [row] = await sql<HostRow[]>`
-    insert into hosts (id, zone, labels, numa_nodes, cpu_count, memory_bytes, agent_version, initiator_name, addresses, metrics_address, state, last_heartbeat_at)
+    insert into hosts (id, zone, labels, numa_nodes, cpu_count, memory_bytes, agent_version, initiator_name,
+      ${addresses ? sql`addresses,` : sql``} metrics_address, state, last_heartbeat_at)
     values (${h.id}, ${h.zone}, ${sql.json(h.labels)}, ${sql.json(h.numaNodes as never)}, ${h.cpuCount}, ${h.memoryBytes},
-            ${h.agentVersion}, ${h.initiatorName}, ${sql.json(h.addresses ?? [])}, ${h.metricsAddress}, 'up', now())
+            ${h.agentVersion}, ${h.initiatorName}, ${addresses ? sql`${sql.json(addresses)},` : sql``} ${h.metricsAddress}, 'up', now())
     on conflict (id) do update set zone = excluded.zone, labels = excluded.labels, numa_nodes = excluded.numa_nodes,
       cpu_count = excluded.cpu_count, memory_bytes = excluded.memory_bytes, agent_version = excluded.agent_version,
-      initiator_name = excluded.initiator_name, addresses = excluded.addresses, metrics_address = excluded.metrics_address, state = 'up',
+      initiator_name = excluded.initiator_name, ${addresses ? sql`addresses = excluded.addresses,` : sql``}
+      metrics_address = excluded.metrics_address, state = 'up',
       last_heartbeat_at = now(), updated_at = now()
     returning *`;
   return row!;
