@@ -8,7 +8,7 @@
  * The argument is one JSON object with `op` and its fields; see the switch below.
  */
 import { webcrypto } from "node:crypto";
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import http2 from "node:http2";
 import https from "node:https";
 import { connect as netConnect } from "node:net";
@@ -88,6 +88,22 @@ function agentClient(o) {
     nodeOptions.key = o.keyPem;
   }
   return createClient(AgentService, createGrpcTransport({ baseUrl: o.url, nodeOptions }));
+}
+
+/**
+ * GetExportCredentials as a host (its certificate from its state directory): the CHAP secret or cephx key goes
+ * to `secretFile` (0600), never to stdout, so that the test's output and logs never hold it.
+ */
+async function exportCredentials(o) {
+  const r = await agentClient({
+    url: o.url,
+    ca: o.ca,
+    certFile: `${o.stateDir}/host.crt`,
+    keyFile: `${o.stateDir}/host.key`,
+  }).getExportCredentials({ exportId: o.exportId }, { timeoutMs: 5000 });
+  const secret = r.chapSecret || r.cephxKey;
+  if (o.secretFile) writeFileSync(o.secretFile, secret, { mode: 0o600 });
+  return { ok: true, chapUser: r.chapUser, cephxUser: r.cephxUser, secretLength: secret.length };
 }
 
 async function register(o) {
@@ -246,6 +262,9 @@ try {
       break;
     case "register":
       out(await register(arg));
+      break;
+    case "export-credentials":
+      out(await exportCredentials(arg));
       break;
     case "register-foreign": {
       const f = await foreignCertificate(arg.host);

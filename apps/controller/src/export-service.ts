@@ -226,6 +226,7 @@ export async function createExport(
       if (before) return outcomeOf(tx, before);
     }
     const v = await lockVolumeFor(tx, req.volume);
+    const hosts = await clientHosts(tx, kind, v.hostId, hostIds);
     const existing = await liveExportOf(tx, v.id, kind);
     if (existing) {
       const same =
@@ -240,7 +241,6 @@ export async function createExport(
     const pool = await getPool(tx, v.poolId);
     if (!pool) throw failedPrecondition(`the pool ${v.poolId} of volume ${v.name} is gone`);
     requireExport(pool.kind, v.format, kind, ctx.capabilities);
-    const hosts = await clientHosts(tx, kind, v.hostId, hostIds);
     const cephxKeys = kind === "rbd" ? await Promise.all(hostIds.map(() => newCephxKeyFor())) : [];
     const id = newId("exp");
     const opId = newId("op");
