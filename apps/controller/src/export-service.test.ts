@@ -24,6 +24,7 @@ import {
   exportToWire,
   updateExportHosts,
 } from "./export-service.js";
+import { createControllerMetrics } from "./metrics.js";
 import { applyResult } from "./results.js";
 import { SECRET_KEY_FILE, secretBox, secretBoxFromKey } from "./secret-box.js";
 import { addVolume, countRows, openServiceFixture, type ServiceFixture } from "./testing/service-fixture.js";
@@ -291,6 +292,19 @@ describe("export service (on PGlite)", () => {
       ["host:h3", "denied"],
     ]);
     expect(JSON.stringify(rows)).not.toContain(creds.chapSecret);
+  });
+
+  it("counts live exports by kind and state in stowage_exports, every kind and state exported", async () => {
+    const m = createControllerMetrics(() => f.sql);
+    const all = (await m.registry.getMetricsAsJSON()).find((x) => x.name === "stowage_exports")!.values;
+    const at = (kind: string, state: string) =>
+      all.find((v) => v.labels.kind === kind && v.labels.state === state)?.value;
+    const [row] = await f.sql<{ n: number }[]>`
+      select count(*)::int as n from exports where kind = 'iscsi' and state = 'active'`;
+    expect(row!.n).toBeGreaterThan(0);
+    expect(at("iscsi", "active")).toBe(row!.n);
+    expect(at("rbd", "creating")).toBe(0);
+    expect(all).toHaveLength(4 * 4); // iscsi, nfs, nbd, rbd x creating, active, deleting, error
   });
 
   it("refuses an export of a volume that is not there any more, even through a retried update", async () => {

@@ -1,5 +1,7 @@
-import { SNAPSHOT_STATES, VOLUME_STATES } from "@stowage/core";
+import { EXPORT_KINDS, SNAPSHOT_STATES, VOLUME_STATES } from "@stowage/core";
 import {
+  EXPORT_STATES,
+  exportCounts,
   findingCountsByHost,
   migrationPlanCountsByPhase,
   snapshotCountsByState,
@@ -38,6 +40,26 @@ export function resourceStateGauges(registry: Registry, read: ScrapeRead) {
       { name: "stowage_snapshots", help: "Snapshots by state.", label: "state", values: SNAPSHOT_STATES },
       () => read(snapshotCountsByState),
     ),
+    // Every kind and live state, so that dashboards see each series from the start.
+    exports: rowGauge(registry, {
+      name: "stowage_exports",
+      help: "Live exports (volumes reachable from other hosts: iSCSI targets, RBD grants) by kind and state.",
+      labelNames: ["kind", "state"],
+      rows: async () => {
+        const found = await read(exportCounts);
+        if (!found) return undefined;
+        const n = new Map(found.map((r) => [`${r.kind}/${r.state}`, r.count]));
+        return EXPORT_KINDS.flatMap((kind) =>
+          EXPORT_STATES.filter((s) => s !== "deleted").map((state) => ({
+            kind,
+            state,
+            count: n.get(`${kind}/${state}`) ?? 0,
+          })),
+        );
+      },
+      labels: (r) => ({ kind: r.kind, state: r.state }),
+      value: (r) => r.count,
+    }),
     migrationPlans: countGauge(
       registry,
       {
