@@ -29,6 +29,7 @@ import {
   CEPH_INSTALL_HINT,
   type CephCluster,
   cephAvailable,
+  cephToolPath,
   freePort,
   makeTempDir,
   natsAvailable,
@@ -536,6 +537,42 @@ describe.skipIf(!cephOk)(
       }
       expect(await clientsOf(`exp-${"2a".repeat(16)}`)).toEqual([]);
       expect(m.artifacts().map((a) => a.exportId)).not.toContain(`exp-${"2a".repeat(16)}`);
+    });
+
+    it("takes back what a failed create made: one host's grant fails, the other's is revoked", async () => {
+      // A ceph whose auth import fails for host h6's client only (fault injection, first on PATH).
+      const bin = join(tmp.path, "flaky-bin");
+      await mkdir(bin, { recursive: true });
+      const real = cephToolPath("ceph");
+      await writeFile(
+        join(bin, "ceph"),
+        `#!/bin/sh\ncase "$*" in *"auth import"*) kr=$(cat); case "$kr" in *.h6]*) echo injected >&2; exit 1;; esac; printf '%s\\n' "$kr" | ${real} "$@"; exit $?;; esac\nexec ${real} "$@"\n`,
+        { mode: 0o755 },
+      );
+      const flaky = { runner: createToolRunner({ pathPrefix: [bin] }), conn: admin.conn };
+      const m = await openExportManager({
+        stateDir: join(tmp.path, "flaky-state"),
+        rbdPool: () => ({ admin: flaky, cephPool: ceph.pool }),
+        log: capturingLogger(logged),
+      });
+      const exp = `exp-${"2b".repeat(16)}`;
+      const r = await executeCommand(
+        new Map(),
+        "h1",
+        rbdCommand("create", {
+          exportId: exp,
+          allowed: [
+            { hostId: "h5", cephxKey: newKey() },
+            { hostId: "h6", cephxKey: newKey() },
+          ],
+        }),
+        undefined,
+        m,
+      ).finally(() => m.stop());
+      expect(r.success).toBe(false);
+      expect(r.error?.message).toMatch(/injected/);
+      expect(await clientsOf(exp)).toEqual([]);
+      expect(m.artifacts()).toEqual([]);
     });
 
     it("revokes every client on delete_export (B refused afterwards), again without error, and keeps the state private", async () => {

@@ -309,13 +309,27 @@ export async function openExportManager(o: ExportManagerOptions): Promise<Export
       uri: await uriFor(poolName, pool, e.volumeId),
     };
     // Grants first, then the desired state, then the revocations: a failed grant (a missing volume) leaves
-    // the export as it was; a crash leaves at worst a grant this command's redelivery converges.
+    // the export as it was; a crash leaves at worst a grant that this command's redelivery converges.
     // A client already in place with this key and the caps this agent granted is left as it is, so a
     // repeated create_export costs one `ceph auth ls`.
     const listed = await listStowageCephxClients(pool.admin);
     const byUser = new Map(listed.map((c) => [c.user, c]));
-    for (const c of clients) {
-      if (!inPlace(byUser.get(c.user), c)) await grant(pool, e.volumeId, c);
+    const had = new Set(before?.kind === "rbd" ? before.clients.map((c) => c.user) : []);
+    const made: string[] = [];
+    try {
+      for (const c of clients) {
+        if (inPlace(byUser.get(c.user), c)) continue;
+        if (!byUser.has(c.user)) made.push(c.user);
+        await grant(pool, e.volumeId, c);
+      }
+    } catch (err) {
+      // A failed create leaves the export as it was: the clients this attempt made for hosts it did not have
+      // go again (best effort; a redelivered command or delete_export converges the rest).
+      for (const user of made.filter((u) => !had.has(u))) {
+        await revokeRbdAccess(pool.admin, user).catch(() => undefined);
+        grantedCaps.delete(user);
+      }
+      throw err;
     }
     desired.set(e.exportId, d);
     await save();
