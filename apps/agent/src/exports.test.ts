@@ -484,6 +484,11 @@ describe.skipIf(!cephOk)(
       const nope = newKey();
       const tries = [
         {
+          cmd: rbdCommand("create", { exportId: "exp-1.x", allowed: [{ hostId: "h5", cephxKey: nope }] }),
+          code: "invalid_argument",
+          msg: /export id "exp-1.x" is not valid/,
+        },
+        {
           cmd: rbdCommand("create", {
             exportId: `exp-${"2a".repeat(16)}`,
             poolName: "default",

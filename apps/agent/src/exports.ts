@@ -2,7 +2,7 @@ import { mkdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { create } from "@bufbuild/protobuf";
-import { cephxUserFor, isCephxKey, StowageError, validateName } from "@stowage/core";
+import { cephxUserFor, isCephxKey, isId, StowageError, validateName } from "@stowage/core";
 import {
   type CephAdmin,
   cephMonitorAddresses,
@@ -247,11 +247,11 @@ export async function openExportManager(o: ExportManagerOptions): Promise<Export
   function inPlace(
     now: StowageCephxClient | undefined,
     c: RbdClient,
-    o: { capsUnknownIsFine?: boolean } = {},
+    opts: { capsUnknownIsFine?: boolean } = {},
   ): boolean {
     if (!now || now.keyDigest !== cephxKeyDigest(c.key)) return false;
     const caps = grantedCaps.get(c.user);
-    if (!caps) return o.capsUnknownIsFine === true;
+    if (!caps) return opts.capsUnknownIsFine === true;
     return now.caps.mon === caps.mon && now.caps.osd === caps.osd;
   }
 
@@ -274,6 +274,19 @@ export async function openExportManager(o: ExportManagerOptions): Promise<Export
   }
 
   async function handleRbd(cmd: AgentCommand, e: ExportCommand, deleting: boolean): Promise<Outcome> {
+    // The export id names the cephx clients (and, by prefix, the set a delete removes): ids only.
+    if (!isId(e.exportId, "exp")) {
+      throw new StowageError(
+        "invalid_argument",
+        `export id ${JSON.stringify(e.exportId.slice(0, 80))} is not valid`,
+      );
+    }
+    if (!isId(e.volumeId, "vol")) {
+      throw new StowageError(
+        "invalid_argument",
+        `volume id ${JSON.stringify(e.volumeId.slice(0, 80))} is not valid`,
+      );
+    }
     const before = desired.get(e.exportId);
     // A delete goes to the pool the export was made in; a create to the command's pool.
     const poolName = deleting && before?.kind === "rbd" ? before.poolName : cmd.poolName;
