@@ -1,5 +1,6 @@
 export * from "./agent-operation.js";
 export * from "./capabilities.js";
+export * from "./cephx.js";
 export * from "./cpulist.js";
 export * from "./domain.js";
 export * from "./errors.js";

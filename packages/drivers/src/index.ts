@@ -21,7 +21,22 @@ export {
   lvmPhysicalDevices,
   lvmToolEnv,
 } from "./lvm/index.js";
-export { createRbdDriver, type RbdDriverOptions } from "./rbd/index.js";
+export {
+  type CephAdmin,
+  cephMonitorAddresses,
+  cephxKeyDigest,
+  createRbdDriver,
+  grantRbdAccess,
+  listStowageCephxClients,
+  type RbdCaps,
+  type RbdDriverOptions,
+  type RbdGrant,
+  type RbdGrantSpec,
+  rbdImageForVolume,
+  revokeRbdAccess,
+  STOWAGE_CEPHX_PREFIX,
+  type StowageCephxClient,
+} from "./rbd/index.js";
 export {
   createToolRunner,
   REDACTED,

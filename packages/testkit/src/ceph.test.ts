@@ -60,6 +60,11 @@ describe.skipIf(!cephAvailable())("startCeph", () => {
     for (const r of runs) expect(r.stderr).toBe("");
   });
 
+  it("refuses a fleet namespace without the node's address, before starting anything", async () => {
+    await expect(startCeph({ netns: "nope-h1" })).rejects.toThrow(/netns needs the node's IPv4 address/);
+    await expect(startCeph({ netns: "nope-h1", address: "203.0.113.11;x" })).rejects.toThrow(/IPv4/);
+  });
+
   it("refuses a directory that already holds a cluster, before starting anything", async () => {
     await expect(startCeph({ dir: ceph.dir })).rejects.toThrow(/already holds a cluster/);
   });

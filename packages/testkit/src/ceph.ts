@@ -20,6 +20,11 @@
  * Several clusters run side by side: each has its own directory, a free mon port and its own block of ports
  * for the OSD (and mgr) below the kernel's ephemeral range, so `freePort()` users never collide with it.
  *
+ * In a test fleet (`netns` and `address`, see netns.ts): the mon and the OSD run inside that namespace, bound to
+ * the node's fleet address (mon port 3300, OSD ports from 6800: the namespace has a port space of its own), and
+ * the fixture's own ceph/rados/rbd commands run there too; clients on other fleet hosts reach it at
+ * `ADDRESS:3300`. The files stay on the shared file system, in the cluster's directory.
+ *
  * Environment: STOWAGE_TEST_CEPH_AUTOSTART=1 makes Ceph suites run (and fail) when the binaries are missing,
  * instead of being skipped.
  */
@@ -49,6 +54,13 @@ export interface StartCephOptions {
   mgr?: boolean;
   /** Default 90 s for the whole start. */
   startTimeoutMs?: number;
+  /**
+   * Run the mon and the OSD inside this network namespace (a fleet node's, as root), bound to `address`.
+   * Default: the root namespace on 127.0.0.1.
+   */
+  netns?: string;
+  /** The address the daemons bind and clients use; required with `netns` (the node's fleet address). */
+  address?: string;
 }
 
 export interface CephCluster {
@@ -63,7 +75,11 @@ export interface CephCluster {
   readonly dir: string;
   readonly fsid: string;
   readonly monPort: number;
-  /** `v2:127.0.0.1:PORT` */
+  /** Where the daemons listen: 127.0.0.1, or the fleet address given with `netns`. */
+  readonly address: string;
+  /** The namespace the daemons run in, when started in a fleet. */
+  readonly netns: string | undefined;
+  /** `v2:ADDRESS:PORT` */
   readonly monHost: string;
   readonly store: CephStore;
   /** For child processes: `{ CEPH_CONF }`. */
@@ -116,6 +132,7 @@ export const CEPH_INSTALL_HINT = "apt-get install ceph-mon ceph-osd ceph-common"
 
 function cephConf(o: {
   dir: string;
+  address: string;
   fsid: string;
   monPort: number;
   osdPortMin: number;
@@ -126,9 +143,9 @@ function cephConf(o: {
   return `# written by @stowage/testkit
 [global]
 fsid = ${o.fsid}
-mon host = v2:127.0.0.1:${o.monPort}
-public addr = 127.0.0.1
-cluster addr = 127.0.0.1
+mon host = v2:${o.address}:${o.monPort}
+public addr = ${o.address}
+cluster addr = ${o.address}
 ms bind msgr1 = false
 ms bind msgr2 = true
 ms bind port min = ${o.osdPortMin}
@@ -224,6 +241,11 @@ export async function startCeph(opts: StartCephOptions = {}): Promise<CephCluste
       `startCeph: ${missing.join(", ")} not found: ${CEPH_INSTALL_HINT}${opts.mgr ? " ceph-mgr" : ""}`,
     );
   }
+  if (opts.netns !== undefined && !/^[0-9.]+$/.test(opts.address ?? "")) {
+    throw new Error("startCeph: netns needs the node's IPv4 address (address)");
+  }
+  const address = opts.address ?? "127.0.0.1";
+  const netns = opts.netns;
   const temp = opts.dir ? undefined : await makeTempDir("stowage-ceph-");
   const dir = opts.dir ?? temp!.path;
   const conf = join(dir, "ceph.conf");
@@ -236,7 +258,8 @@ export async function startCeph(opts: StartCephOptions = {}): Promise<CephCluste
 
   /** Runs a Ceph command line tool against this cluster; throws with its output when it fails. */
   const tool = async (cmd: string, args: string[], o: { input?: string; timeoutMs?: number } = {}) => {
-    const r = await execa(cmd, ["--conf", conf, ...args], {
+    const argv = ["--conf", conf, ...args];
+    const r = await execa(netns ? "ip" : cmd, netns ? ["netns", "exec", netns, cmd, ...argv] : argv, {
       env: { ...env, LC_ALL: "C" },
       reject: false,
       all: true,
@@ -260,6 +283,7 @@ export async function startCeph(opts: StartCephOptions = {}): Promise<CephCluste
       env,
       logFile: join(dir, "log", `${name}.out`),
       stopTimeoutMs: 10_000,
+      ...(netns ? { netns } : {}),
     });
     daemons.push({ name, service });
     return service;
@@ -301,10 +325,11 @@ export async function startCeph(opts: StartCephOptions = {}): Promise<CephCluste
     }
     for (const sub of ["mon.a", "osd.0", "mgr.x", "run", "log"])
       await mkdir(join(dir, sub), { recursive: true });
-    monPort = opts.monPort ?? (await freeMonPort());
-    const osdPortMin = opts.osdPortMin ?? (await freePortBlock());
+    // In a namespace of its own the ports are the cluster's alone: Ceph's defaults.
+    monPort = opts.monPort ?? (netns ? 3300 : await freeMonPort());
+    const osdPortMin = opts.osdPortMin ?? (netns ? 6800 : await freePortBlock());
     const sizeBytes = opts.osdSizeBytes ?? 10 * 1024 ** 3;
-    await writeFile(conf, cephConf({ dir, fsid, monPort, osdPortMin, store, sizeBytes }));
+    await writeFile(conf, cephConf({ dir, address, fsid, monPort, osdPortMin, store, sizeBytes }));
 
     // Keys and the mon: the mon. key and client.admin share the global keyring, as ceph-deploy did.
     await execa("ceph-authtool", [
@@ -333,7 +358,7 @@ export async function startCeph(opts: StartCephOptions = {}): Promise<CephCluste
       fsid,
       "--addv",
       "a",
-      `[v2:127.0.0.1:${monPort}]`,
+      `[v2:${address}:${monPort}]`,
       monmap,
     ]);
     await must("ceph-mon", ["--mkfs", "-i", "a", "--monmap", monmap, "--keyring", keyring]);
@@ -403,7 +428,7 @@ export async function startCeph(opts: StartCephOptions = {}): Promise<CephCluste
     await halt(true).catch(() => {});
     await temp?.cleanup();
     throw new Error(
-      `startCeph (dir ${dir}, mon port ${monPort}, ${store}): ${(err as Error).message}${tail ? `\n${tail}` : ""}`,
+      `startCeph (dir ${dir}, mon ${address}:${monPort}${netns ? ` in ${netns}` : ""}, ${store}): ${(err as Error).message}${tail ? `\n${tail}` : ""}`,
       { cause: err },
     );
   }
@@ -416,7 +441,9 @@ export async function startCeph(opts: StartCephOptions = {}): Promise<CephCluste
     dir,
     fsid,
     monPort,
-    monHost: `v2:127.0.0.1:${monPort}`,
+    address,
+    netns,
+    monHost: `v2:${address}:${monPort}`,
     store,
     env,
     startSeconds: Math.round((performance.now() - t0) / 100) / 10,

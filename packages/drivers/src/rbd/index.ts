@@ -7,7 +7,23 @@ import { createRbdPool, type RbdDriverOptions } from "./layout.js";
 import { createRbdSnapshots } from "./snapshots.js";
 import { createRbdVolumes } from "./volumes.js";
 
-export { RBD_META, type RbdDriverOptions } from "./layout.js";
+export {
+  type CephAdmin,
+  cephMonitorAddresses,
+  cephxKeyDigest,
+  grantRbdAccess,
+  listStowageCephxClients,
+  type RbdCaps,
+  type RbdGrant,
+  type RbdGrantSpec,
+  type RbdImageRef,
+  rbdImageCaps,
+  rbdImageChain,
+  revokeRbdAccess,
+  STOWAGE_CEPHX_PREFIX,
+  type StowageCephxClient,
+} from "./access.js";
+export { finalImage as rbdImageForVolume, RBD_META, type RbdDriverOptions } from "./layout.js";
 
 /** An `rbd` pool (see layout.ts), behind the driver guard. */
 export function createRbdDriver(opts: RbdDriverOptions): PoolDriver {
