@@ -10,7 +10,7 @@ import { createLogger, type Logger } from "@stowage/telemetry";
 import { type CommandConsumer, startCommandConsumer } from "./commands.js";
 import { type AgentConfig, natsTlsEnabled, secureMode } from "./config.js";
 import { discoverHost } from "./discovery.js";
-import { openExportManager } from "./exports.js";
+import { openExportManager, type RbdExportPool } from "./exports.js";
 import {
   type HostIdentity,
   isRefusal,
@@ -173,25 +173,56 @@ export async function startAgent(config: AgentConfig, hooks: AgentHooks = {}): P
   const opened = await openPools(config, runner);
   const pools = new Map([...opened].map(([name, p]) => [name, hooks.wrapPool ? hooks.wrapPool(p) : p]));
   const host = await discoverHost({ sysfsRoot: config.sysfsRoot, procRoot: config.procRoot });
-  // iSCSI exports (exports.ts): kept as desired state in stateDir and put back whenever tgtd loses them.
-  const exports = config.iscsiPortal
-    ? await openExportManager({
-        stateDir: config.stateDir,
-        exporter: createTgtExporter({ runner: runner(), controlPort: config.tgtControlPort }),
-        portal: config.iscsiPortal,
-        backing: async (poolName, volumeId) => {
-          const pool = pools.get(poolName);
-          const v = await pool?.driver.info(volumeId);
-          if (!pool || !v)
-            throw new StowageError("not_found", `volume ${volumeId} is not in pool ${poolName} on this host`);
-          return {
-            type: pool.config.kind === "dir" ? "file" : pool.config.kind === "rbd" ? "rbd" : "block",
-            path: v.path,
-          };
+  // Exports (exports.ts): iSCSI targets on tgtd (with iscsiPortal) and cephx grants on the host's rbd pools, kept
+  // as desired state in stateDir and put back whenever tgtd or Ceph loses them.
+  const rbdExportPools = new Map<string, RbdExportPool>();
+  for (const p of config.pools) {
+    if (p.kind !== "rbd") continue;
+    rbdExportPools.set(p.name, {
+      admin: {
+        runner: runner(),
+        conn: {
+          ...(p.cephConf ? { cephConf: p.cephConf } : {}),
+          ...(p.cephUser ? { cephUser: p.cephUser } : {}),
+          ...(p.keyring ? { keyring: p.keyring } : {}),
         },
-        log,
-      })
-    : undefined;
+      },
+      cephPool: p.cephPool,
+      ...(p.namespace ? { namespace: p.namespace } : {}),
+    });
+  }
+  const exports =
+    config.iscsiPortal || rbdExportPools.size > 0
+      ? await openExportManager({
+          stateDir: config.stateDir,
+          ...(config.iscsiPortal
+            ? {
+                exporter: createTgtExporter({ runner: runner(), controlPort: config.tgtControlPort }),
+                portal: config.iscsiPortal,
+                backing: async (poolName: string, volumeId: string) => {
+                  const pool = pools.get(poolName);
+                  const v = await pool?.driver.info(volumeId);
+                  if (!pool || !v)
+                    throw new StowageError(
+                      "not_found",
+                      `volume ${volumeId} is not in pool ${poolName} on this host`,
+                    );
+                  return {
+                    type:
+                      pool.config.kind === "dir"
+                        ? ("file" as const)
+                        : pool.config.kind === "rbd"
+                          ? ("rbd" as const)
+                          : ("block" as const),
+                    path: v.path,
+                  };
+                },
+              }
+            : {}),
+          rbdPool: (name) => rbdExportPools.get(name),
+          log,
+        })
+      : undefined;
 
   // Secure mode (an https controllerUrl): the host's identity first, joining with the token if it has none.
   let identity: HostIdentity | undefined;

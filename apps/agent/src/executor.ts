@@ -91,7 +91,7 @@ export async function executeCommand(
       if (!exports)
         throw new StowageError(
           "failed_precondition",
-          `host ${hostId} serves no exports: set iscsiPortal in its agent config (docs/operating.md)`,
+          `host ${hostId} serves no exports: set iscsiPortal in its agent config for iSCSI, or give it an rbd pool for RBD grants (docs/operating.md)`,
         );
       return finish(await exports.handle(cmd));
     }
