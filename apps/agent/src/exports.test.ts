@@ -551,7 +551,7 @@ describe.skipIf(!cephOk)(
       const real = cephToolPath("ceph");
       await writeFile(
         join(bin, "ceph"),
-        `#!/bin/sh\ncase "$*" in *"auth import"*) kr=$(cat); case "$kr" in *.h6]*) echo injected >&2; exit 1;; esac; printf '%s\\n' "$kr" | ${real} "$@"; exit $?;; esac\nexec ${real} "$@"\n`,
+        `#!/bin/sh\ncase "$*" in *"auth import"*) kr=$(cat); case "$kr" in *-h6]*) echo injected >&2; exit 1;; esac; printf '%s\\n' "$kr" | ${real} "$@"; exit $?;; esac\nexec ${real} "$@"\n`,
         { mode: 0o755 },
       );
       const flaky = { runner: createToolRunner({ pathPrefix: [bin] }), conn: admin.conn };

@@ -3,6 +3,7 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { create } from "@bufbuild/protobuf";
+import { cephxUserFor } from "@stowage/core";
 import {
   CreateExportRequestSchema,
   ExportArtifactSchema,
@@ -127,6 +128,36 @@ describe("GetDiskXml (on PGlite)", () => {
     // Host h3 is not on the ACL: refused.
     await expect(getDiskXml(f.ctx, req({ volume: v.id, hostId: "h3" }))).rejects.toThrow(
       /no active iscsi export allows host h3/,
+    );
+  });
+
+  it("gives a host with an RBD grant the rbd network disk with its own cephx user, the key by secret usage", async () => {
+    const v = await volume("ceph-disk", "h1/ceph", "raw", "rbd/x");
+    const made = await createExport(
+      f.ctx,
+      create(CreateExportRequestSchema, { volume: v.id, kind: ExportKind.RBD, allowedHostIds: ["h2"] }),
+      "test",
+    );
+    await applyResult(
+      f.ctx,
+      create(OperationResultSchema, {
+        operationId: made.operation!.id,
+        hostId: "h1",
+        success: true,
+        export: create(ExportArtifactSchema, {
+          uri: `rbd://203.0.113.11:3300,203.0.113.12/rbd/stowage-${v.id}`,
+        }),
+      }),
+    );
+    const res = await getDiskXml(f.ctx, req({ volume: v.id, hostId: "h2" }));
+    expect(res.diskXml).toContain(`<source protocol="rbd" name="rbd/stowage-${v.id}">`);
+    expect(res.diskXml).toContain('<host name="203.0.113.11" port="3300"/>');
+    expect(res.diskXml).toContain('<host name="203.0.113.12" port="3300"/>');
+    expect(res.diskXml).toContain(`<auth username="${cephxUserFor(made.export.id, "h2")}">`);
+    expect(res.diskXml).toContain(`<secret type="ceph" usage="stowage-${made.export.id}"/>`);
+    validate(res.diskXml);
+    await expect(getDiskXml(f.ctx, req({ volume: v.id, hostId: "h3" }))).rejects.toThrow(
+      /no active rbd export allows host h3/,
     );
   });
 

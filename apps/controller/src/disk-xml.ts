@@ -112,11 +112,15 @@ async function networkSpec(
   }
   const secretUsage = `stowage-${e.id}`;
   if (e.kind === "rbd") {
-    const r = /^rbd:\/\/([^/]+)\/([^/]+)\/([^/]+)$/.exec(e.uri);
+    const r = /^rbd:\/\/([^/]+)\/([^/]+)\/([^/]+)(?:\/([^/]+))?$/.exec(e.uri);
     if (!r) throw failedPrecondition(`export ${e.id} has an RBD URI this controller cannot read: ${e.uri}`);
+    if (r[4] !== undefined)
+      throw failedPrecondition(
+        `volume ${volume.name} is in RBD namespace ${decodeURIComponent(r[3]!)}, which the <disk> element does not name yet: attach it with qemu's rbd driver directly`,
+      );
     return {
       kind: "rbd",
-      monitors: r[1]!.split(",").map((m) => hostPort(m, 6789)),
+      monitors: r[1]!.split(",").map((m) => hostPort(m, 3300)),
       pool: decodeURIComponent(r[2]!),
       image: decodeURIComponent(r[3]!),
       auth: { username: cephxUserFor(e.id, host.id), secretUsage },

@@ -1,7 +1,7 @@
 import { stat } from "node:fs/promises";
 import { join } from "node:path";
 import { create, fromBinary } from "@bufbuild/protobuf";
-import { StowageError } from "@stowage/core";
+import { cephxUserFor, isCephxKey, StowageError } from "@stowage/core";
 import {
   AgentCommandSchema,
   CreateExportRequestSchema,
@@ -294,6 +294,66 @@ describe("export service (on PGlite)", () => {
     expect(JSON.stringify(rows)).not.toContain(creds.chapSecret);
   });
 
+  it("grants RBD access with a cephx key per allowed host (the serving host too), handed only to that host", async () => {
+    const rbdPool = await f.addPool("ceph", "rbd", ["raw"]);
+    const v = await addVolume(f.sql, { name: `v${++n}`, poolId: rbdPool, format: "raw" });
+    const out = await createExport(
+      f.ctx,
+      create(CreateExportRequestSchema, { volume: v.id, kind: ExportKind.RBD, allowedHostIds: ["h2", "h1"] }),
+      "alice",
+    );
+    expect(out.export).toMatchObject({ kind: "rbd", allowedHostIds: ["h1", "h2"], chapUser: "" });
+    const { op, stored } = await commandOf(out.operation!.id);
+    const storedClients = (stored.payload.value as { allowed: { hostId: string; cephxKey: string }[] })
+      .allowed;
+    expect(storedClients.map((c) => c.cephxKey)).toEqual(["", ""]);
+    const published = fromBinary(AgentCommandSchema, await publishableCommand(f.ctx, op));
+    const keys = (published.payload.value as { allowed: { hostId: string; cephxKey: string }[] }).allowed;
+    expect(keys.every((c) => isCephxKey(c.cephxKey))).toBe(true);
+    expect(keys[0]!.cephxKey).not.toBe(keys[1]!.cephxKey);
+    const sealed = await f.sql<
+      { cephxKey: string }[]
+    >`select cephx_key from export_clients where export_id = ${out.export.id}`;
+    for (const k of keys) expect(JSON.stringify(sealed)).not.toContain(k.cephxKey);
+    const h2 = await exportCredentials(f.ctx, out.export.id, "h2");
+    expect(h2).toMatchObject({ chapUser: "", chapSecret: "", cephxUser: cephxUserFor(out.export.id, "h2") });
+    expect(h2.cephxKey).toBe(keys.find((c) => c.hostId === "h2")!.cephxKey);
+    expect(await codeOf(exportCredentials(f.ctx, out.export.id, "h3"))).toBe("permission_denied");
+    expect(
+      await codeOf(
+        createExport(
+          f.ctx,
+          create(CreateExportRequestSchema, {
+            volume: v.id,
+            kind: ExportKind.RBD,
+            allowedHostIds: ["h2"],
+            chap: true,
+          }),
+          "a",
+        ),
+      ),
+    ).toBe("invalid_argument");
+    // Adding a host later gives it a key of its own; removing one forgets its key.
+    await applyResult(f.ctx, result(out.operation!.id, true, `rbd://127.0.0.1:3300/rbd/${v.id}`));
+    const upd = await updateExportHosts(
+      f.ctx,
+      create(UpdateExportRequestSchema, {
+        exportId: out.export.id,
+        addAllowedHostIds: ["h3"],
+        removeAllowedHostIds: ["h2"],
+      }),
+      "a",
+    );
+    const next = fromBinary(
+      AgentCommandSchema,
+      await publishableCommand(f.ctx, (await getOperation(f.sql, upd.operation!.id))!),
+    );
+    const nextKeys = (next.payload.value as { allowed: { hostId: string; cephxKey: string }[] }).allowed;
+    expect(nextKeys.map((c) => c.hostId)).toEqual(["h1", "h3"]);
+    expect(nextKeys[0]!.cephxKey).toBe(keys.find((c) => c.hostId === "h1")!.cephxKey);
+    expect(isCephxKey(nextKeys[1]!.cephxKey)).toBe(true);
+  });
+
   it("counts live exports by kind and state in stowage_exports, every kind and state exported", async () => {
     const m = createControllerMetrics(() => f.sql);
     const all = (await m.registry.getMetricsAsJSON()).find((x) => x.name === "stowage_exports")!.values;
@@ -303,7 +363,7 @@ describe("export service (on PGlite)", () => {
       select count(*)::int as n from exports where kind = 'iscsi' and state = 'active'`;
     expect(row!.n).toBeGreaterThan(0);
     expect(at("iscsi", "active")).toBe(row!.n);
-    expect(at("rbd", "creating")).toBe(0);
+    expect(at("nbd", "creating")).toBe(0);
     expect(all).toHaveLength(4 * 4); // iscsi, nfs, nbd, rbd x creating, active, deleting, error
   });
 

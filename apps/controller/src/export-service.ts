@@ -8,6 +8,7 @@ import {
   failedPrecondition,
   invalidArgument,
   isId,
+  newCephxKey,
   newId,
   notFound,
   requireExport,
@@ -146,13 +147,6 @@ function newChap(exportId: string): { user: string; secret: string } {
   return { user: `stowage-${exportId.slice(4, 16)}`, secret: randomBytes(12).toString("base64url") };
 }
 
-/** The cephx key of a new client, in Ceph's own format (packages/core cephx.ts). */
-async function newCephxKeyFor(): Promise<string> {
-  const core = (await import("@stowage/core")) as { newCephxKey?: () => string };
-  if (!core.newCephxKey) throw failedPrecondition("RBD access grants are not built into this controller");
-  return core.newCephxKey();
-}
-
 async function lockVolumeFor(tx: Tx, ref: string): Promise<VolumeRow> {
   const v = await resolveVolume(tx, ref);
   return (await getVolumeById(tx, v.id, true)) ?? v;
@@ -241,7 +235,7 @@ export async function createExport(
     const pool = await getPool(tx, v.poolId);
     if (!pool) throw failedPrecondition(`the pool ${v.poolId} of volume ${v.name} is gone`);
     requireExport(pool.kind, v.format, kind, ctx.capabilities);
-    const cephxKeys = kind === "rbd" ? await Promise.all(hostIds.map(() => newCephxKeyFor())) : [];
+    const cephxKeys = kind === "rbd" ? hostIds.map(() => newCephxKey()) : [];
     const id = newId("exp");
     const opId = newId("op");
     const chap = req.chap ? newChap(id) : undefined;
@@ -328,7 +322,7 @@ export async function updateExportHosts(
     if (!v) throw failedPrecondition(`the volume ${e.volumeId} of export ${e.id} is gone`);
     requireExportable(v);
     const newHosts = await clientHosts(tx, e.kind, e.hostId, adding);
-    const keys = e.kind === "rbd" ? await Promise.all(adding.map(() => newCephxKeyFor())) : [];
+    const keys = e.kind === "rbd" ? adding.map(() => newCephxKey()) : [];
     await removeExportClients(tx, e.id, removing);
     await addExportClients(
       tx,

@@ -45,9 +45,13 @@ describe("capability table", () => {
   });
 
   it("names one cephx client per export and host, from ids and names only", () => {
-    const user = cephxUserFor("exp-0123456789abcdef0123456789abcdef", "h2.rack-1");
-    expect(user).toBe("stowage.0123456789abcdef0123456789abcdef.h2.rack-1");
-    expect(user).toMatch(/^[a-z0-9._-]+$/);
+    const user = cephxUserFor("exp-0123456789abcdef0123456789abcdef", "h2.rack_1");
+    expect(user).toBe("stowage-0123456789abcdef0123456789abcdef-h2_drack__1");
+    // A libvirt <auth username> (genericName) as well as a Ceph entity id.
+    expect(user).toMatch(/^[A-Za-z0-9_+-]+$/);
+    expect(cephxUserFor("exp-0123456789abcdef0123456789abcdef", "h2_d")).not.toBe(
+      cephxUserFor("exp-0123456789abcdef0123456789abcdef", "h2."),
+    );
     expect(cephxUserFor("exp-0123456789abcdef0123456789abcdef", "h3")).not.toBe(user);
   });
 

@@ -148,9 +148,12 @@ export function requireExport(
 
 /**
  * The cephx client (without its `client.` prefix) through which host `hostName` reaches the image of RBD export
- * `exportId`: one per export and host, so that revoking one host's grant leaves every other key alone. Built
- * from an export id and a host name only ([a-z0-9._-]), so it is safe as a Ceph entity name.
+ * `exportId`: one per export and host, so that revoking one host's grant leaves every other key alone:
+ * `stowage-<export id's hex>-<host>`. It must also be a libvirt `<auth username>`, which takes only
+ * [A-Za-z0-9_+-], so the host name's '.' and '_' are escaped as "_d" and "__" (one name per host, no two
+ * alike). Built from an export id and a host name only, so it is safe as a Ceph entity name.
  */
 export function cephxUserFor(exportId: string, hostName: string): string {
-  return `stowage.${exportId.slice(exportId.indexOf("-") + 1)}.${hostName}`;
+  const host = hostName.replaceAll("_", "__").replaceAll(".", "_d");
+  return `stowage-${exportId.slice(exportId.indexOf("-") + 1)}-${host}`;
 }

@@ -73,8 +73,8 @@ describe.skipIf(!avail)(
     let sha: string;
     const imageA = "stowage-vol-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     const imageB = "stowage-vol-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
-    const userB = "stowage.0123456789abcdef0123456789abcdef.h2";
-    const userC = "stowage.fedcba9876543210fedcba9876543210.h3";
+    const userB = "stowage-0123456789abcdef0123456789abcdef-h2";
+    const userC = "stowage-fedcba9876543210fedcba9876543210-h3";
 
     const key = () => {
       const k = newCephxKey();
@@ -230,7 +230,7 @@ describe.skipIf(!avail)(
       await adminRbd(["snap", "protect", `rbd/${imageA}@s1`]);
       const clone = "stowage-vol-cccccccccccccccccccccccccccccccc";
       await adminRbd(["clone", `rbd/${imageA}@s1`, `rbd/${clone}`]);
-      const user = "stowage.cccccccccccccccccccccccccccccccc.h2";
+      const user = "stowage-cccccccccccccccccccccccccccccccc-h2";
       const k = key();
       const g = await attempt(grantRbdAccess(admin, { pool: "rbd", image: clone, user, key: k }));
       const clauses = g.caps.osd.split(", ");
@@ -273,7 +273,7 @@ describe.skipIf(!avail)(
       const k = key();
       for (const bad of [
         { pool: "rbd", image: imageA, user: "admin", key: k },
-        { pool: "rbd", image: imageA, user: "stowage.x;rm -rf", key: k },
+        { pool: "rbd", image: imageA, user: "stowage-x;rm -rf", key: k },
         { pool: "rbd", image: imageA, user: "client.stowage.x", key: k },
         { pool: "rbd/x", image: imageA, user: userB, key: k },
         { pool: "rbd", image: "a b", user: userB, key: k },

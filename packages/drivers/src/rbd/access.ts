@@ -55,7 +55,7 @@ export interface RbdGrantSpec {
   /** Its RADOS namespace, if any. */
   namespace?: string;
   image: string;
-  /** The cephx client without `client.`: `cephxUserFor(exportId, hostId)`, so `stowage.` + ... */
+  /** The cephx client without `client.`: `cephxUserFor(exportId, hostId)`, so `stowage-` + ... */
   user: string;
   /** The client's key, in Ceph's format (`isCephxKey`). */
   key: string;
@@ -79,8 +79,8 @@ export interface StowageCephxClient {
 }
 
 /** Prefix of every cephx client Stowage makes (see `cephxUserFor` in @stowage/core). */
-export const STOWAGE_CEPHX_PREFIX = "stowage.";
-const STOWAGE_USER = /^stowage\.[a-z0-9][a-z0-9._-]{0,127}$/;
+export const STOWAGE_CEPHX_PREFIX = "stowage-";
+const STOWAGE_USER = /^stowage-[a-z0-9][a-z0-9_-]{0,127}$/;
 const RBD_ID = /^[0-9a-f]{1,64}$/;
 const TIMEOUT_MS = 30_000;
 
@@ -90,9 +90,9 @@ export function cephxKeyDigest(key: string): string {
 }
 
 function validateUser(user: string): string {
-  if (typeof user !== "string" || !STOWAGE_USER.test(user) || user.includes("..")) {
+  if (typeof user !== "string" || !STOWAGE_USER.test(user)) {
     throw invalidArgument(
-      `cephx user ${JSON.stringify(String(user).slice(0, 80))} is not a Stowage client: it must be "stowage." followed by lowercase letters, digits, '.', '_' and '-'`,
+      `cephx user ${JSON.stringify(String(user).slice(0, 80))} is not a Stowage client: it must be "stowage-" followed by lowercase letters, digits, '_' and '-'`,
       { field: "user" },
     );
   }
@@ -245,7 +245,7 @@ const authLsSchema = z.object({
 });
 
 /**
- * Every `client.stowage.*` entity, for convergence after a crash (a client of an export that is no longer
+ * Every `client.stowage-*` entity, for convergence after a crash (a client of an export that is no longer
  * wanted is revoked; a missing one is granted again). One `ceph auth ls`, whatever the number of clients. Its
  * output holds every entity's key: only digests of Stowage's own leave this function.
  */
