@@ -22,7 +22,7 @@ for arg in "$@"; do
     --no-npm) DO_NPM=0 ;;
     --no-system) DO_SYSTEM=0 ;;
     --test-backends) TEST_BACKENDS=1 ;;
-    -h | --help) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "install-deps: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
