@@ -118,7 +118,7 @@ export function frameRecord(msg: Buffer): Buffer {
  * complete (fragments joined). A record over `maxRecordBytes` is a protocol error.
  */
 export class RecordDecoder {
-  private buf = Buffer.alloc(0);
+  private buf: Buffer = Buffer.alloc(0);
   private fragments: Buffer[] = [];
   private recordBytes = 0;
 
