@@ -21,6 +21,14 @@ export {
   lvmPhysicalDevices,
   lvmToolEnv,
 } from "./lvm/index.js";
+export {
+  createNetfsDriver,
+  type NetfsDriverOptions,
+  type NetfsShare,
+  Nfs3Client,
+  NfsError,
+  parseNetfsUrl,
+} from "./netfs/index.js";
 export { createRbdDriver, type RbdDriverOptions } from "./rbd/index.js";
 export {
   createToolRunner,

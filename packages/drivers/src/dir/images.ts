@@ -39,7 +39,7 @@ export function createDirImages(pool: DirPool): DirImages {
       sizeBytes: info.virtualSize,
       format: rec.format,
       allocatedBytes: info.actualSize ?? 0n,
-      path: pool.volumePath(id, rec.format),
+      path: pool.artifactPath(pool.volumePath(id, rec.format)),
       operationId: rec.operationId,
     };
   }
@@ -51,7 +51,7 @@ export function createDirImages(pool: DirPool): DirImages {
       sizeBytes: currentSize(rec),
       format: rec.format,
       allocatedBytes,
-      path: pool.volumePath(id, rec.format),
+      path: pool.artifactPath(pool.volumePath(id, rec.format)),
       operationId: rec.operationId,
     };
   }

@@ -82,8 +82,10 @@ export interface DirPool {
   fs: PoolFs;
   /** A file in `.stowage/`. */
   metaPath(name: string): string;
-  /** A backing file name as qemu-img reports it, made absolute the way qemu resolves it. */
+  /** A backing file name as qemu-img reports it, made absolute the way qemu resolves it (a layout path). */
   resolveBacking(name: string): string;
+  /** What a volume's artifact gives as its path: the layout path (dir), or what qemu opens (netfs). */
+  artifactPath(path: string): string;
   runner: ToolRunner;
   now: () => Date;
   options: DirDriverOptions;
@@ -124,6 +126,8 @@ export interface FilePoolPlace {
   fs: PoolFs;
   join(dir: string, name: string): string;
   resolveBacking(name: string): string;
+  /** Default: the layout path itself. */
+  artifactPath?(path: string): string;
 }
 
 /** The layout of a file pool (see the top of this file) on `place`. */
@@ -148,6 +152,7 @@ export function createFilePool(opts: DirDriverOptions, place: FilePoolPlace): Di
     fs,
     metaPath: (name) => join(metaDir, name),
     resolveBacking: place.resolveBacking,
+    artifactPath: place.artifactPath ?? ((path) => path),
     runner: opts.runner,
     now: opts.now ?? (() => new Date()),
     options: opts,

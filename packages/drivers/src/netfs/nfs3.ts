@@ -24,6 +24,10 @@ const IPPROTO_TCP = 6;
 export const NF3REG = 1;
 export const NF3DIR = 2;
 export const NF3LNK = 5;
+export const ACCESS3_LOOKUP = 0x02;
+export const ACCESS3_MODIFY = 0x04;
+export const ACCESS3_EXTEND = 0x08;
+export const ACCESS3_DELETE = 0x10;
 
 /** NFS3ERR_* names (RFC 1813 §2.6) and the error code each maps to. */
 const NFS3_STATUS: Record<number, [string, ErrorCode]> = {
@@ -542,6 +546,19 @@ export class Nfs3Client {
       cookie = last;
     }
     throw new NfsError("unavailable", `${this.where}: READDIRPLUS did not end`, "PROTOCOL");
+  }
+
+  /** COMMIT of everything written UNSTABLE (by qemu through libnfs) to stable storage. */
+  async commit(fh: Buffer): Promise<void> {
+    const r = await this.nfs(21, new XdrWriter().opaque(fh, 64).u64(0n).u32(0).toBuffer(), "COMMIT");
+    skipWcc(r);
+  }
+
+  /** ACCESS: which of `bits` (ACCESS3_* of RFC 1813 §3.3.4) the server grants us on `fh`. */
+  async access(fh: Buffer, bits: number): Promise<number> {
+    const r = await this.nfs(4, new XdrWriter().opaque(fh, 64).u32(bits).toBuffer(), "ACCESS");
+    readPostOpAttr(r);
+    return r.u32();
   }
 
   async fsstat(): Promise<FsStat> {
