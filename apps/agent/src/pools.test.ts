@@ -116,6 +116,6 @@ describe.skipIf(!ganesha.ok)(
         await g.stop();
         await tmp.cleanup();
       }
-    }, 120_000);
+    }, 360_000);
   },
 );

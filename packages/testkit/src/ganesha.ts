@@ -42,7 +42,7 @@ export interface StartGaneshaOptions {
   mountPort?: number;
   /** Default 15 s. */
   startTimeoutMs?: number;
-  /** How long to wait for the machine-wide lock in the test's own namespace. Default 120 s. */
+  /** How long to wait for the machine-wide lock in the test's own namespace. Default 300 s. */
   lockTimeoutMs?: number;
 }
 
@@ -207,7 +207,7 @@ export async function startGanesha(opts: StartGaneshaOptions): Promise<GaneshaSe
     );
   }
   const ownNamespace = opts.netns !== undefined;
-  const release = ownNamespace ? () => {} : await takeRootLock(opts.lockTimeoutMs ?? 120_000);
+  const release = ownNamespace ? () => {} : await takeRootLock(opts.lockTimeoutMs ?? 300_000);
   try {
     const nfsPort = opts.nfsPort ?? (ownNamespace ? 2049 : await freePort(address));
     const mountPort = opts.mountPort ?? (ownNamespace ? 20048 : await freePort(address));

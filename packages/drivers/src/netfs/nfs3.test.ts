@@ -30,7 +30,7 @@ describe.skipIf(!avail.ok)(title, () => {
     g = await startGanesha({ dir: tmp.path, exportPath: "/export" });
     c = new Nfs3Client({ host: g.address, exportPath: g.exportPath, timeoutMs: 5_000 });
     await c.fsinfo();
-  }, 180_000);
+  }, 360_000);
 
   afterAll(async () => {
     c?.close();
