@@ -84,7 +84,7 @@ export interface DirPool {
   metaPath(name: string): string;
   /** A backing file name as qemu-img reports it, made absolute the way qemu resolves it (a layout path). */
   resolveBacking(name: string): string;
-  /** What a volume's artifact gives as its path: the layout path (dir), or what qemu opens (netfs). */
+  /** What a volume's artifact and messages give as a path: the layout path (dir), or what qemu opens (netfs). */
   artifactPath(path: string): string;
   runner: ToolRunner;
   now: () => Date;
@@ -133,6 +133,7 @@ export interface FilePoolPlace {
 /** The layout of a file pool (see the top of this file) on `place`. */
 export function createFilePool(opts: DirDriverOptions, place: FilePoolPlace): DirPool {
   const { label, root, fs } = place;
+  const shown = place.artifactPath?.(root) ?? root;
   const poolName = validateName("pool name", opts.poolName);
   const maxChainDepth = opts.maxChainDepth ?? DEFAULT_MAX_CHAIN_DEPTH;
   if (!Number.isInteger(maxChainDepth) || maxChainDepth < 0) {
@@ -176,10 +177,10 @@ export function createFilePool(opts: DirDriverOptions, place: FilePoolPlace): Di
         isDir = await fs.isDirectory(root);
       } catch (e) {
         if (fs.isMissing(e))
-          throw failedPrecondition(`${label} pool ${poolName}: root ${root} does not exist`);
+          throw failedPrecondition(`${label} pool ${poolName}: root ${shown} does not exist`);
         throw e;
       }
-      if (!isDir) throw failedPrecondition(`${label} pool ${poolName}: root ${root} is not a directory`);
+      if (!isDir) throw failedPrecondition(`${label} pool ${poolName}: root ${shown} is not a directory`);
     },
   };
 }

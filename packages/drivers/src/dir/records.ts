@@ -108,7 +108,7 @@ export function createDirRecords(pool: DirPool): DirRecords {
       return schema.parse(JSON.parse(text));
     } catch (e) {
       throw failedPrecondition(
-        `${label} pool ${poolName}: ownership record ${path} is unreadable (${(e as Error).message.split("\n")[0]}); inspect or remove it by hand`,
+        `${label} pool ${poolName}: ownership record ${pool.artifactPath(path)} is unreadable (${(e as Error).message.split("\n")[0]}); inspect or remove it by hand`,
       );
     }
   }
@@ -128,7 +128,7 @@ export function createDirRecords(pool: DirPool): DirRecords {
     if (!parsed) return undefined;
     if (parsed.volumeId !== id) {
       throw failedPrecondition(
-        `${label} pool ${poolName}: ownership record ${path} names ${parsed.volumeId}, not ${id}; inspect it by hand`,
+        `${label} pool ${poolName}: ownership record ${pool.artifactPath(path)} names ${parsed.volumeId}, not ${id}; inspect it by hand`,
       );
     }
     const { snapshots, clone, virtualSizeBytes, ...rest } = parsed;

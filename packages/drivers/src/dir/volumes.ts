@@ -80,8 +80,8 @@ export function createDirVolumes(
       if (kind === "missing") continue;
       if (!rec || f !== format || kind !== "file") {
         throw alreadyExists(
-          `${p} already exists in pool ${poolName} without a matching Stowage ownership record; refusing to take it over (move it away, or import it)`,
-          { volumeId: id, poolName, path: p },
+          `${pool.artifactPath(p)} already exists in pool ${poolName} without a matching Stowage ownership record; refusing to take it over (move it away, or import it)`,
+          { volumeId: id, poolName, path: pool.artifactPath(p) },
         );
       }
     }
@@ -150,7 +150,9 @@ export function createDirVolumes(
       const p = pool.volumePath(id, rec.format);
       const kind = await fs.kindOf(p);
       if (kind === "other") {
-        throw failedPrecondition(`${p} is not a regular file; refusing to delete it`, { path: p });
+        throw failedPrecondition(`${pool.artifactPath(p)} is not a regular file; refusing to delete it`, {
+          path: pool.artifactPath(p),
+        });
       }
       // Bases exported from this volume's snapshots outlive it only while nothing stands on them.
       const owned = await records.basesOf(id);
@@ -180,8 +182,8 @@ export function createDirVolumes(
         const p = pool.volumePath(id, f);
         if ((await fs.kindOf(p)) !== "missing") {
           throw failedPrecondition(
-            `${p} has no Stowage ownership record; refusing to delete a file that is not ours`,
-            { path: p },
+            `${pool.artifactPath(p)} has no Stowage ownership record; refusing to delete a file that is not ours`,
+            { path: pool.artifactPath(p) },
           );
         }
       }
@@ -238,7 +240,7 @@ export function createDirVolumes(
   let qemuImgVersion: string | undefined;
 
   async function check(): Promise<{ healthy: boolean; message: string }> {
-    const where = `${label} pool ${poolName} at ${root}`;
+    const where = `${label} pool ${poolName} at ${pool.artifactPath(root)}`;
     try {
       await pool.assertRootUsable();
       await fs.assertWritableDir(root);
@@ -251,7 +253,10 @@ export function createDirVolumes(
         if (!(await fs.isDirectory(metaDir))) throw new Error("not a directory");
         await fs.assertWritableDir(metaDir);
       } catch (e) {
-        return { healthy: false, message: `${where}: ${metaDir} is not usable: ${(e as Error).message}` };
+        return {
+          healthy: false,
+          message: `${where}: ${pool.artifactPath(metaDir)} is not usable: ${(e as Error).message}`,
+        };
       }
     }
     try {

@@ -80,7 +80,11 @@ export function createNetfsDriver(opts: NetfsDriverOptions): PoolDriver {
   });
   const layoutRoot = `${NETFS_LAYOUT_ROOT}/${share.host}${share.exportPath}`;
   const toUrl = (p: string) =>
-    p.startsWith(`${layoutRoot}/`) ? `${share.url}/${p.slice(layoutRoot.length + 1)}` : p;
+    p === layoutRoot
+      ? share.url
+      : p.startsWith(`${layoutRoot}/`)
+        ? `${share.url}/${p.slice(layoutRoot.length + 1)}`
+        : p;
   const runner: ToolRunner = {
     run: (tool, argv, runOpts) => opts.runner.run(tool, netfsToolArgv(argv, layoutRoot, share), runOpts),
   };
