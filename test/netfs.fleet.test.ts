@@ -1,12 +1,14 @@
 /**
  * A netfs pool shared by two hosts of a test fleet (issue 12): NFS-Ganesha and its own rpcbind run in the
- * namespace of a fleet host without an agent (h3, 203.0.113.13); h1 and h2 each run a netfs driver on the same
- * export (a short script through `fleet.exec`, so each driver's NFS client and qemu-img really run on that
- * host's network). Volumes are carved from both hosts, a linked clone stands on a base image whose backing
+ * namespace of a fleet host without an agent (h3, 203.0.113.13); h1 and h2 each run a real agent with the
+ * netfs pool in its config (reported healthy, shared, with the export's capacity), and a netfs driver on the
+ * same export driven by a short script through `fleet.exec`, so each driver's NFS client and qemu-img really
+ * run on that host's network. Volumes are carved from both hosts, a linked clone stands on a base image whose backing
  * file is an absolute nfs:// URL on the export, and every volume is read back through nfs:// from the other
  * host with the checksum it was written with. Both hosts see the same share and the same capacity.
  *
- * Needs root, `ip netns`, nfs-ganesha with FSAL_VFS, rpcbind, and qemu's nfs block driver.
+ * Needs root, `ip netns`, nats-server, nfs-ganesha with FSAL_VFS, rpcbind and qemu's nfs block driver; runs
+ * the built packages and apps (npm run build).
  */
 import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
@@ -14,29 +16,31 @@ import { readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { newId } from "@stowage/core";
 import {
-  type Fleet,
   type GaneshaService,
   ganeshaAvailable,
   makeTempDir,
+  natsAvailable,
   netnsAvailable,
-  startFleet,
   startGanesha,
   type TempDir,
 } from "@stowage/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type FleetCluster, startFleetCluster } from "./support/fleet.js";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const net = netnsAvailable();
 const nfs = ganeshaAvailable();
 const skipReason = !net.ok
   ? net.reason
-  : !nfs.ok
-    ? nfs.reason
-    : !existsSync("/usr/lib/x86_64-linux-gnu/qemu/block-nfs.so")
-      ? "qemu's nfs block driver not installed (qemu-block-extra)"
-      : !existsSync(join(ROOT, "packages/drivers/dist/netfs/index.js"))
-        ? "packages/drivers is not built (npm run build)"
-        : undefined;
+  : !natsAvailable()
+    ? "nats-server is not installed"
+    : !nfs.ok
+      ? nfs.reason
+      : !existsSync("/usr/lib/x86_64-linux-gnu/qemu/block-nfs.so")
+        ? "qemu's nfs block driver not installed (qemu-block-extra)"
+        : !existsSync(join(ROOT, "packages/drivers/dist/netfs/index.js"))
+          ? "packages/drivers is not built (npm run build)"
+          : undefined;
 const title = skipReason
   ? `netfs pool shared by two fleet hosts: SKIPPED, ${skipReason}`
   : "netfs pool shared by two fleet hosts";
@@ -69,29 +73,66 @@ process.exit(0);
 `;
 
 describe.skipIf(skipReason !== undefined)(title, () => {
-  let fleet: Fleet;
+  let c: FleetCluster;
   let tmp: TempDir;
   let g: GaneshaService;
   let url: string;
+  const fleet = {
+    exec: (...a: Parameters<FleetCluster["fleet"]["exec"]>) => c.fleet.exec(...a),
+    connect: (...a: Parameters<FleetCluster["fleet"]["connect"]>) => c.fleet.connect(...a),
+  };
 
   beforeAll(async () => {
     tmp = await makeTempDir("stowage-netfs-fleet-");
-    fleet = await startFleet({ prefix, hosts: 3 });
-    const server = fleet.node("h3");
-    g = await startGanesha({
-      dir: join(tmp.path, "ganesha"),
-      netns: server.netns,
-      address: server.address,
-      exportPath: "/vm",
+    c = await startFleetCluster({
+      prefix,
+      hosts: 3,
+      agentHosts: ["h1", "h2"],
+      beforeAgents: async (f, dir) => {
+        const server = f.node("h3");
+        g = await startGanesha({
+          dir: join(dir, "ganesha"),
+          netns: server.netns,
+          address: server.address,
+          exportPath: "/vm",
+        });
+        url = g.url;
+        return [g];
+      },
+      // The same export on both hosts, written differently: the agents keep the canonical URL.
+      agentConfig: (name, { defaultPool }) => ({
+        pools: [defaultPool, { name: "shared", kind: "netfs", url: name === "h1" ? url : `${url}/` }],
+      }),
     });
-    url = g.url;
-  }, 120_000);
+  }, 180_000);
 
   afterAll(async () => {
-    await g?.stop();
-    await fleet?.teardown();
+    await c?.stop();
     await tmp?.cleanup();
   }, 60_000);
+
+  it("both agents report the netfs pool healthy and shared, with the export's capacity", async () => {
+    type PoolJson = {
+      id: string;
+      hostId: string;
+      kind: string;
+      healthy: boolean;
+      shared: boolean;
+      capacity: { totalBytes: string };
+    };
+    let pools: PoolJson[] = [];
+    for (let i = 0; i < 50; i++) {
+      pools = (await c.stowctlJson<PoolJson[]>(["pool", "list"], { on: "h1" })).filter((p) =>
+        /netfs/i.test(p.kind),
+      );
+      if (pools.length === 2 && pools.every((p) => p.healthy)) break;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    expect(pools.map((p) => p.hostId).sort()).toEqual(["h1", "h2"]);
+    for (const p of pools) expect([p.healthy, p.shared]).toEqual([true, true]);
+    expect(BigInt(pools[0]!.capacity.totalBytes)).toBeGreaterThan(0n);
+    expect(pools[1]!.capacity.totalBytes).toBe(pools[0]!.capacity.totalBytes);
+  });
 
   async function driverOn<T>(host: string, req: Record<string, unknown>): Promise<T> {
     const r = await fleet.exec(
