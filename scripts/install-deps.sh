@@ -8,7 +8,8 @@
 #   --check      only report what is missing (exit 1 if anything is)
 #   --no-npm     skip the node_modules step
 #   --no-system  skip the system packages step
-#   --test-backends  also the real backends the test suites run: LVM, Ceph, tgt and libiscsi, qemu-system (kernel VM),
+#   --test-backends  also the real backends the test suites run: LVM, Ceph, tgt and libiscsi, NFS-Ganesha, rpcbind
+#                    and libnfs, qemu-system (kernel VM),
 #                    Prometheus, virt-xml-validate
 # Env: STOWAGE_EXTRA_APT_PACKAGES="lvm2 tgt ..."  more Debian packages to ensure (checked with dpkg -s)
 set -euo pipefail
@@ -21,7 +22,7 @@ for arg in "$@"; do
     --no-npm) DO_NPM=0 ;;
     --no-system) DO_SYSTEM=0 ;;
     --test-backends) TEST_BACKENDS=1 ;;
-    -h | --help) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "install-deps: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -61,7 +62,7 @@ for p in ${STOWAGE_EXTRA_APT_PACKAGES:-}; do have_pkg "$p" || missing+=("$p"); d
 # device-mapper, promtool/prometheus for the observability checks, and virt-xml-validate (libvirt-clients,
 # with the schemas) and the xmllint it runs (libxml2-utils) for the libvirt <disk> elements.
 if [ "${TEST_BACKENDS:-0}" = 1 ]; then
-  for p in qemu-utils qemu-block-extra lvm2 thin-provisioning-tools ceph-mon ceph-osd ceph-common tgt libiscsi-bin qemu-system-x86 busybox-static kmod prometheus libvirt-clients libxml2-utils; do
+  for p in qemu-utils qemu-block-extra lvm2 thin-provisioning-tools ceph-mon ceph-osd ceph-common tgt libiscsi-bin nfs-ganesha nfs-ganesha-vfs libnfs-utils rpcbind qemu-system-x86 busybox-static kmod prometheus libvirt-clients libxml2-utils; do
     have_pkg "$p" || missing+=("$p")
   done
 fi

@@ -60,6 +60,15 @@ const KINDS: Record<string, Record<string, string>> = {
   },
   lvm: LVM,
   lvmthin: { ...LVM, thinPool: "required" },
+  netfs: {
+    url: "required",
+    "qcow2.clusterSize": "unset (qemu-img's default, 65536)",
+    "qcow2.preallocation": "unset (qemu-img's default, off)",
+    "qcow2.lazyRefcounts": "unset (qemu-img's default, false)",
+    "qcow2.compressionType": "unset (qemu-img's default, zlib)",
+    "qcow2.extendedL2": "unset (qemu-img's default, false)",
+    maxChainDepth: "unset (8)",
+  },
   rbd: {
     cephPool: "required",
     namespace: "unset (none)",
@@ -135,6 +144,45 @@ describe("docs/operating.md", () => {
 });
 
 describe("parseAgentConfig", () => {
+  it("reads a netfs pool and keeps its URL canonical (the share's identity on every host)", () => {
+    const c = parseAgentConfig({
+      hostName: "node1",
+      pools: [
+        { name: "shared", kind: "netfs", url: "nfs://NAS1.example/srv/vm/", qcow2: { clusterSize: 131072 } },
+      ],
+    });
+    expect(c.pools[0]).toMatchObject({
+      kind: "netfs",
+      url: "nfs://nas1.example/srv/vm",
+      qcow2: { clusterSize: 131072 },
+    });
+  });
+
+  it("refuses netfs URLs with user info, a port, a query, a relative or dot path, or another scheme", () => {
+    for (const url of [
+      "nfs://user@nas/export",
+      "nfs://user:pw@nas/export",
+      "nfs://nas:2049/export",
+      "nfs://nas/export?version=4",
+      "nfs://nas/export#x",
+      "nfs://nas/../etc",
+      "nfs://nas/a/./b",
+      "nfs://nas/",
+      "nfs://nas",
+      "nfs:///export",
+      "smb://nas/export",
+      "/export",
+      "nfs://na s/export",
+      "nfs://nas/ex port",
+      "nfs://nas/ex;rm -rf",
+    ]) {
+      expect(
+        () => parseAgentConfig({ hostName: "n", pools: [{ name: "p", kind: "netfs", url }] }),
+        url,
+      ).toThrow(/nfs:\/\/server\/path/);
+    }
+  });
+
   it("fills the defaults of a minimal dir config", () => {
     const c = parseAgentConfig({
       hostName: "node1",
@@ -280,7 +328,7 @@ describe("parseAgentConfig", () => {
     const kinds = configs.flatMap((b, i) =>
       parseAgentConfig(JSON.parse(b), `example ${i}`).pools.map((p) => p.kind),
     );
-    expect(new Set(kinds)).toEqual(new Set(["dir", "lvm", "lvmthin", "rbd"]));
+    expect(new Set(kinds)).toEqual(new Set(["dir", "lvm", "lvmthin", "netfs", "rbd"]));
   });
 
   it("reads the example configs in deploy/examples", () => {

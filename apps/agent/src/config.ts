@@ -2,7 +2,7 @@ import { readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { AGENT_MAX_ACK_PENDING } from "@stowage/bus";
 import { NAME_PATTERN } from "@stowage/core";
-import { DEFAULT_MAX_CHAIN_DEPTH } from "@stowage/drivers";
+import { DEFAULT_MAX_CHAIN_DEPTH, parseNetfsUrl } from "@stowage/drivers";
 import { z } from "zod";
 
 /**
@@ -85,6 +85,37 @@ const DirPool = z
   })
   .strict();
 
+/**
+ * An NFS export reached without the kernel client (qemu's nfs:// driver, NFSv3 through the portmapper).
+ * The URL is kept in its canonical form (lower-case host, no trailing slash): it is the share's identity,
+ * the same on every host that configures it.
+ */
+const NetfsPool = z
+  .object({
+    ...poolCommon,
+    kind: z.literal("netfs"),
+    url: setting(
+      z
+        .string()
+        .superRefine((v, ctx) => {
+          try {
+            parseNetfsUrl(v);
+          } catch (e) {
+            ctx.addIssue({ code: "custom", message: (e as Error).message });
+          }
+        })
+        .transform((v) => parseNetfsUrl(v).url),
+      "the NFS export, nfs://server/path (a host name or IPv4 address and an absolute path; no user, port or query)",
+    ),
+    qcow2: setting(qcow2Defaults.default({}), "options of new qcow2 images"),
+    maxChainDepth: setting(
+      z.number().int().min(1).max(64).optional(),
+      "clones deeper than this many backing files are flattened",
+      String(DEFAULT_MAX_CHAIN_DEPTH),
+    ),
+  })
+  .strict();
+
 /** Hosts without udevd (containers, minimal installs) need LVM to manage device nodes itself. */
 const lvmCommon = {
   vg: setting(
@@ -143,7 +174,7 @@ const RbdPool = z
   })
   .strict();
 
-const Pool = z.discriminatedUnion("kind", [DirPool, LvmPool, LvmThinPool, RbdPool]);
+const Pool = z.discriminatedUnion("kind", [DirPool, LvmPool, LvmThinPool, NetfsPool, RbdPool]);
 
 /** The agent's one config: who the host is, where the controller and NATS are, and its pools. */
 export const AgentConfigSchema = z

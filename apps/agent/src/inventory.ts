@@ -98,7 +98,10 @@ function poolReport({ config: p, numaNode }: AgentPool, health: Health, cap: Poo
     reservedPercent: p.reservedPercent,
     maxVolumes: p.maxVolumes,
     maxUsedPercent: p.maxUsedPercent,
-    shared: p.kind === "rbd",
+    // Several hosts reach the same Ceph pool or NFS export; a netfs pool's share is its export's URL
+    // (canonical since the config was read), so the controller keeps it as one pool.
+    shared: p.kind === "rbd" || p.kind === "netfs",
+    ...(p.kind === "netfs" ? { share: p.url } : {}),
   });
 }
 

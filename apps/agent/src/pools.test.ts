@@ -1,11 +1,19 @@
 import { spawnSync } from "node:child_process";
-import { chmodSync, mkdirSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, statfsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { newId } from "@stowage/core";
 import { createToolRunner } from "@stowage/drivers";
-import { addFakeBlockDevice, makeFakeSysfs, makeTempDir } from "@stowage/testkit";
+import {
+  addFakeBlockDevice,
+  ganeshaAvailable,
+  makeFakeSysfs,
+  makeTempDir,
+  startGanesha,
+} from "@stowage/testkit";
 import { describe, expect, it } from "vitest";
-import type { AgentConfig } from "./config.js";
+import { type AgentConfig, parseAgentConfig } from "./config.js";
 import { devicesNumaNode } from "./discovery.js";
+import { poolReports } from "./inventory.js";
 import { openPools } from "./pools.js";
 
 /** Block device nodes with chosen numbers, as the physical volumes a fake `pvs` names. Needs root (mknod). */
@@ -67,5 +75,47 @@ describe.skipIf(!canMknod)(
       expect(pools.get("pinned")?.numaNode).toBe(0);
       await tmp.cleanup();
     });
+  },
+);
+
+const ganesha = ganeshaAvailable();
+describe.skipIf(!ganesha.ok)(
+  `a netfs pool on a real NFS-Ganesha${ganesha.ok ? "" : ` [skipped: ${ganesha.reason}]`}`,
+  () => {
+    it("is opened from its config, makes volumes on the export, and reports itself shared with its canonical URL", async () => {
+      const tmp = await makeTempDir("stowage-agent-netfs-");
+      const g = await startGanesha({ dir: tmp.path, exportPath: "/vm" });
+      try {
+        const config = parseAgentConfig({
+          hostName: "node1",
+          pools: [
+            { name: "shared", kind: "netfs", url: `${g.url.replace("nfs://", "NFS://").toLowerCase()}/` },
+          ],
+        });
+        const pools = await openPools(config, () => createToolRunner());
+        const pool = pools.get("shared")!;
+        expect(pool.numaNode).toBeUndefined();
+        const volumeId = newId("vol");
+        const made = await pool.driver.createVolume({
+          volumeId,
+          operationId: newId("op"),
+          format: "qcow2",
+          sizeBytes: 64n * 1024n * 1024n,
+        });
+        expect(made.artifact.path).toBe(`${g.url}/${volumeId}.qcow2`);
+        expect(existsSync(join(g.exportDir, `${volumeId}.qcow2`))).toBe(true);
+        expect(existsSync(join(g.exportDir, ".stowage", `${volumeId}.json`))).toBe(true);
+
+        const [report] = await poolReports(pools.values());
+        expect(report).toMatchObject({ name: "shared", healthy: true, shared: true, share: g.url });
+        const fs = statfsSync(g.exportDir, { bigint: true });
+        expect(report!.totalBytes).toBe(fs.blocks * fs.bsize);
+        expect(report!.provisionedBytes).toBe(64n * 1024n * 1024n);
+        expect((await pool.driver.deleteVolume(volumeId)).existed).toBe(true);
+      } finally {
+        await g.stop();
+        await tmp.cleanup();
+      }
+    }, 360_000);
   },
 );

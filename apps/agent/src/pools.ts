@@ -2,6 +2,7 @@ import { mkdir } from "node:fs/promises";
 import {
   createDirDriver,
   createLvmDriver,
+  createNetfsDriver,
   createRbdDriver,
   createToolRunner,
   LVM_NO_UDEV_CONFIG,
@@ -66,6 +67,14 @@ async function createPoolDriver(p: PoolConfig, runner: ToolRunnerFactory): Promi
         ...(p.kind === "lvmthin" ? { thinPool: p.thinPool } : {}),
         runner: runner(lvmToolEnv()),
         ...(p.udev ? {} : { lvmConfig: LVM_NO_UDEV_CONFIG }),
+      });
+    case "netfs":
+      return createNetfsDriver({
+        poolName: p.name,
+        url: p.url,
+        runner: runner(),
+        qcow2Defaults: p.qcow2,
+        ...(p.maxChainDepth ? { maxChainDepth: p.maxChainDepth } : {}),
       });
     case "rbd":
       return createRbdDriver({

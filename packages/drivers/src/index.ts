@@ -22,6 +22,14 @@ export {
   lvmToolEnv,
 } from "./lvm/index.js";
 export {
+  createNetfsDriver,
+  type NetfsDriverOptions,
+  type NetfsShare,
+  Nfs3Client,
+  NfsError,
+  parseNetfsUrl,
+} from "./netfs/index.js";
+export {
   type CephAdmin,
   cephMonitorAddresses,
   cephxKeyDigest,

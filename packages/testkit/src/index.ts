@@ -15,6 +15,7 @@
 export * from "./ceph.js";
 export * from "./cleanup.js";
 export * from "./fake-sysfs.js";
+export * from "./ganesha.js";
 export * from "./kernel-vm.js";
 export * from "./lvm.js";
 export * from "./nats.js";

@@ -1,9 +1,7 @@
-import { chmod, mkdir, readdir, rename } from "node:fs/promises";
-import { join, resolve } from "node:path";
 import { mapLimit } from "../async.js";
 import { type QemuImgInfo, qemuImgConvertArgv } from "../qemu-img.js";
 import type { DirImages } from "./images.js";
-import { type DirPool, fsync, kindOf, removeIfExists } from "./layout.js";
+import type { DirPool } from "./layout.js";
 import type { BaseRecord, DirRecords } from "./records.js";
 
 /**
@@ -37,30 +35,30 @@ const LIST_CONCURRENCY = 8;
 const BASE_IMAGE = /^base-(snap-[0-9a-f]{32})\.qcow2$/;
 
 export function createDirBases(pool: DirPool, records: DirRecords, images: DirImages): DirBases {
-  const { metaDir, runner } = pool;
+  const { metaDir, runner, fs } = pool;
 
   async function dependents(snapshotId: string): Promise<string[]> {
     const base = pool.basePath(snapshotId);
-    if ((await kindOf(base)) === "missing") return [];
+    if ((await fs.kindOf(base)) === "missing") return [];
     const candidates: { name: string; path: string }[] = [];
     const { owned } = await records.scanOwned();
     for (const { id, rec } of owned) {
       if (rec.format === "qcow2")
         candidates.push({ name: `clone ${id}`, path: pool.volumePath(id, rec.format) });
     }
-    for (const n of await readdir(metaDir)) {
+    for (const { name: n } of await fs.list(metaDir)) {
       const m = BASE_IMAGE.exec(n);
       if (m && m[1] !== snapshotId) {
-        candidates.push({ name: `the base image of snapshot ${m[1]}`, path: join(metaDir, n) });
+        candidates.push({ name: `the base image of snapshot ${m[1]}`, path: pool.metaPath(n) });
       }
     }
     const hits = await mapLimit(candidates, LIST_CONCURRENCY, async (c) => {
       try {
         const i = await images.imageInfo(c.path, "qcow2");
         const backing = i.fullBackingFilename ?? i.backingFilename;
-        return backing !== undefined && resolve(pool.root, backing) === base ? c.name : undefined;
+        return backing !== undefined && pool.resolveBacking(backing) === base ? c.name : undefined;
       } catch (e) {
-        if ((await kindOf(c.path)) === "missing") return undefined;
+        if ((await fs.kindOf(c.path)) === "missing") return undefined;
         throw e;
       }
     });
@@ -68,11 +66,11 @@ export function createDirBases(pool: DirPool, records: DirRecords, images: DirIm
   }
 
   async function remove(snapshotId: string): Promise<void> {
-    await removeIfExists(pool.baseTempPath(snapshotId));
-    await removeIfExists(pool.basePath(snapshotId));
+    await fs.removeIfExists(pool.baseTempPath(snapshotId));
+    await fs.removeIfExists(pool.basePath(snapshotId));
     // The record last, like volumes: never a base image without its record.
-    await removeIfExists(pool.baseRecordPath(snapshotId));
-    await fsync(metaDir).catch(() => undefined);
+    await fs.removeIfExists(pool.baseRecordPath(snapshotId));
+    await fs.fsync(metaDir).catch(() => undefined);
   }
 
   async function ensure(
@@ -84,11 +82,11 @@ export function createDirBases(pool: DirPool, records: DirRecords, images: DirIm
   ): Promise<string> {
     const path = pool.basePath(snapshotId);
     const existing = await records.readBaseRecord(snapshotId);
-    if (existing && (await kindOf(path)) === "file") return path;
+    if (existing && (await fs.kindOf(path)) === "file") return path;
     const backing = images.backingOf(srcInfo);
-    await mkdir(metaDir, { recursive: true, mode: 0o700 });
+    await fs.mkdir(metaDir, 0o700);
     const tmp = pool.baseTempPath(snapshotId);
-    await removeIfExists(tmp);
+    await fs.removeIfExists(tmp);
     const rec: BaseRecord = existing ?? {
       snapshotId,
       sourceVolumeId: sourceId,
@@ -108,14 +106,14 @@ export function createDirBases(pool: DirPool, records: DirRecords, images: DirIm
         }),
         { timeoutMs: pool.copyTimeoutMs },
       );
-      await fsync(tmp);
+      await fs.fsync(tmp);
       // Read-only: every clone of the snapshot reads it, none may write it.
-      await chmod(tmp, 0o444);
-      await rename(tmp, path);
-      await fsync(metaDir);
+      await fs.chmod(tmp, 0o444);
+      await fs.rename(tmp, path);
+      await fs.fsync(metaDir);
     } catch (e) {
-      await removeIfExists(tmp).catch(() => undefined);
-      if (!existing) await removeIfExists(pool.baseRecordPath(snapshotId)).catch(() => undefined);
+      await fs.removeIfExists(tmp).catch(() => undefined);
+      if (!existing) await fs.removeIfExists(pool.baseRecordPath(snapshotId)).catch(() => undefined);
       throw e;
     }
     return path;

@@ -8,7 +8,7 @@ import {
 } from "../qemu-img.js";
 import type { DirBases } from "./bases.js";
 import type { DirImages } from "./images.js";
-import { type DirPool, fsyncFile, kindOf } from "./layout.js";
+import type { DirPool } from "./layout.js";
 import type { DirBackend, OwnedVolume, Sidecar } from "./records.js";
 import type { DirVolumes } from "./volumes.js";
 
@@ -66,7 +66,7 @@ export function createDirClones(pool: DirPool, images: DirImages, bases: DirBase
       if (linked && snapshotId !== undefined) {
         const base = pool.basePath(snapshotId);
         const below =
-          (await kindOf(base)) === "file"
+          (await pool.fs.kindOf(base)) === "file"
             ? (await images.backingDepth(base, "qcow2")) + 1
             : (await images.backingDepth(srcPath, src.format)) + 1;
         linked = below <= pool.maxChainDepth;
@@ -136,7 +136,7 @@ export function createDirClones(pool: DirPool, images: DirImages, bases: DirBase
     }
     await runner.run("qemu-img", qemuImgFlattenArgv(path), { timeoutMs: copyTimeoutMs });
     // Flattening keeps the virtual size: the artifact is the one read above, with the blocks it holds now.
-    return images.toArtifact(id, rec, { ...image, actualSize: await fsyncFile(path) });
+    return images.toArtifact(id, rec, { ...image, actualSize: await pool.fs.fsyncFile(path) });
   }
 
   return { clone, flatten };

@@ -1,4 +1,3 @@
-import { resolve } from "node:path";
 import { failedPrecondition, type VolumeFormat } from "@stowage/core";
 import type { VolumeArtifact } from "../driver.js";
 import {
@@ -40,7 +39,7 @@ export function createDirImages(pool: DirPool): DirImages {
       sizeBytes: info.virtualSize,
       format: rec.format,
       allocatedBytes: info.actualSize ?? 0n,
-      path: pool.volumePath(id, rec.format),
+      path: pool.artifactPath(pool.volumePath(id, rec.format)),
       operationId: rec.operationId,
     };
   }
@@ -52,7 +51,7 @@ export function createDirImages(pool: DirPool): DirImages {
       sizeBytes: currentSize(rec),
       format: rec.format,
       allocatedBytes,
-      path: pool.volumePath(id, rec.format),
+      path: pool.artifactPath(pool.volumePath(id, rec.format)),
       operationId: rec.operationId,
     };
   }
@@ -76,10 +75,10 @@ export function createDirImages(pool: DirPool): DirImages {
       const format = i.backingFormat ?? "qcow2";
       if (format !== "qcow2" && format !== "raw") {
         throw failedPrecondition(
-          `${i.filename} has a backing file of format ${format}, which dir pools never make`,
+          `${i.filename} has a backing file of format ${format}, which ${pool.label} pools never make`,
         );
       }
-      return { path: resolve(pool.root, name), format };
+      return { path: pool.resolveBacking(name), format };
     },
   };
 }

@@ -5,7 +5,7 @@ import { createDirBases } from "./bases.js";
 import { createDirClones } from "./clones.js";
 import { createDirImages } from "./images.js";
 import { createDirInventory } from "./inventory.js";
-import { createDirPool, type DirDriverOptions } from "./layout.js";
+import { createDirPool, type DirDriverOptions, type DirPool } from "./layout.js";
 import { createDirRecords } from "./records.js";
 import { createDirSnapshots } from "./snapshots.js";
 import { createDirVolumes } from "./volumes.js";
@@ -14,7 +14,11 @@ export { DEFAULT_MAX_CHAIN_DEPTH, DIR_META, type DirDriverOptions } from "./layo
 
 /** A `dir` pool (see layout.ts for how it keeps its files), behind the guard every driver goes through. */
 export function createDirDriver(opts: DirDriverOptions): PoolDriver {
-  const pool = createDirPool(opts);
+  return createFilePoolDriver("dir", createDirPool(opts));
+}
+
+/** The driver of a file pool (dir, or netfs: the same layout and records on another PoolFs). */
+export function createFilePoolDriver(kind: "dir" | "netfs", pool: DirPool): PoolDriver {
   const records = createDirRecords(pool);
   const images = createDirImages(pool);
   const bases = createDirBases(pool, records, images);
@@ -23,7 +27,7 @@ export function createDirDriver(opts: DirDriverOptions): PoolDriver {
   const snapshots = createDirSnapshots(pool, records, images, bases, inventory);
   const clones = createDirClones(pool, images, bases, volumes);
   return guardDriver({
-    kind: "dir",
+    kind,
     poolName: pool.poolName,
     where: pool.where,
     lock: createKeyedLock(),

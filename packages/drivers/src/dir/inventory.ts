@@ -1,8 +1,7 @@
-import { lstat } from "node:fs/promises";
 import { mapLimit } from "../async.js";
 import { byVolumeId, type VolumeArtifact } from "../driver.js";
 import type { DirImages } from "./images.js";
-import { allocatedOf, type DirPool, isNoEnt } from "./layout.js";
+import type { DirPool } from "./layout.js";
 import { currentSize, type DirRecords, type OwnedVolume, type Sidecar } from "./records.js";
 
 /**
@@ -101,10 +100,10 @@ export function createDirInventory(pool: DirPool, records: DirRecords, images: D
       const path = pool.volumePath(id, rec.format);
       let allocatedBytes: bigint;
       try {
-        allocatedBytes = allocatedOf(await lstat(path, { bigint: true }));
+        allocatedBytes = await pool.fs.allocated(path);
       } catch (e) {
         // Deleted between readdir and stat: it is simply gone.
-        if (isNoEnt(e)) return undefined;
+        if (pool.fs.isMissing(e)) return undefined;
         throw e;
       }
       return images.fromRecord(id, rec, allocatedBytes);

@@ -1,4 +1,3 @@
-import { lstat, open, stat, unlink } from "node:fs/promises";
 import { isAbsolute, join, resolve } from "node:path";
 import {
   failedPrecondition,
@@ -9,6 +8,9 @@ import {
 } from "@stowage/core";
 import { assertWipeRate } from "../guard.js";
 import type { ToolRunner } from "../runner.js";
+import { localPoolFs, type PoolFs } from "./fs.js";
+
+export { allocatedOf, isNoEnt, type PathKind } from "./fs.js";
 
 /**
  * `dir` pools: qcow2/raw files in one directory, `<root>/<volumeId>.<qcow2|raw>`, each owned through a sidecar
@@ -65,12 +67,25 @@ export const DEFAULT_MAX_CHAIN_DEPTH = 8;
 const DEFAULT_COPY_TIMEOUT_MS = 6 * 60 * 60_000;
 export const FORMATS: readonly VolumeFormat[] = ["qcow2", "raw"];
 
-/** One dir pool: its settings and where each artefact lives. */
+/**
+ * One file-based pool (dir, or netfs through netfs/index.ts): its settings, where each artefact lives, and
+ * the file operations that reach it.
+ */
 export interface DirPool {
+  /** "dir" or "netfs": the pool kind, as messages name it. */
+  label: string;
   poolName: string;
   where: string;
+  /** The pool directory: an absolute path (dir) or the export's `nfs://` URL (netfs). */
   root: string;
   metaDir: string;
+  fs: PoolFs;
+  /** A file in `.stowage/`. */
+  metaPath(name: string): string;
+  /** A backing file name as qemu-img reports it, made absolute the way qemu resolves it (a layout path). */
+  resolveBacking(name: string): string;
+  /** What a volume's artifact and messages give as a path: the layout path (dir), or what qemu opens (netfs). */
+  artifactPath(path: string): string;
   runner: ToolRunner;
   now: () => Date;
   options: DirDriverOptions;
@@ -94,18 +109,51 @@ export function createDirPool(opts: DirDriverOptions): DirPool {
   if (!isAbsolute(opts.root)) {
     throw invalidArgument(`dir pool ${poolName}: root ${JSON.stringify(opts.root)} must be an absolute path`);
   }
+  const root = resolve(opts.root);
+  return createFilePool(opts, {
+    label: "dir",
+    root,
+    fs: localPoolFs,
+    join,
+    resolveBacking: (name) => resolve(root, name),
+  });
+}
+
+/** Where a file pool keeps its files and how it reaches them: the part that differs between dir and netfs. */
+export interface FilePoolPlace {
+  label: string;
+  root: string;
+  fs: PoolFs;
+  join(dir: string, name: string): string;
+  resolveBacking(name: string): string;
+  /** Default: the layout path itself. */
+  artifactPath?(path: string): string;
+}
+
+/** The layout of a file pool (see the top of this file) on `place`. */
+export function createFilePool(opts: DirDriverOptions, place: FilePoolPlace): DirPool {
+  const { label, root, fs } = place;
+  const shown = place.artifactPath?.(root) ?? root;
+  const poolName = validateName("pool name", opts.poolName);
   const maxChainDepth = opts.maxChainDepth ?? DEFAULT_MAX_CHAIN_DEPTH;
   if (!Number.isInteger(maxChainDepth) || maxChainDepth < 0) {
-    throw invalidArgument(`dir pool ${poolName}: maxChainDepth ${maxChainDepth} must be a whole number ≥ 0`);
+    throw invalidArgument(
+      `${label} pool ${poolName}: maxChainDepth ${maxChainDepth} must be a whole number ≥ 0`,
+    );
   }
   if (opts.wipeBytesPerSecond !== undefined) assertWipeRate(opts.wipeBytesPerSecond);
-  const root = resolve(opts.root);
+  const join = place.join;
   const metaDir = join(root, DIR_META);
   return {
+    label,
     poolName,
     where: `pool ${poolName}`,
     root,
     metaDir,
+    fs,
+    metaPath: (name) => join(metaDir, name),
+    resolveBacking: place.resolveBacking,
+    artifactPath: place.artifactPath ?? ((path) => path),
     runner: opts.runner,
     now: opts.now ?? (() => new Date()),
     options: opts,
@@ -124,65 +172,15 @@ export function createDirPool(opts: DirDriverOptions): DirPool {
       return rest;
     },
     async assertRootUsable() {
-      let st: Awaited<ReturnType<typeof stat>>;
+      let isDir: boolean;
       try {
-        st = await stat(root);
+        isDir = await fs.isDirectory(root);
       } catch (e) {
-        if (isNoEnt(e)) throw failedPrecondition(`dir pool ${poolName}: root ${root} does not exist`);
+        if (fs.isMissing(e))
+          throw failedPrecondition(`${label} pool ${poolName}: root ${shown} does not exist`);
         throw e;
       }
-      if (!st.isDirectory())
-        throw failedPrecondition(`dir pool ${poolName}: root ${root} is not a directory`);
+      if (!isDir) throw failedPrecondition(`${label} pool ${poolName}: root ${shown} is not a directory`);
     },
   };
-}
-
-export type PathKind = "missing" | "file" | "other";
-
-export async function kindOf(path: string): Promise<PathKind> {
-  try {
-    // lstat: a symlink under a volume's name is not a volume we made.
-    return (await lstat(path)).isFile() ? "file" : "other";
-  } catch (e) {
-    if (isNoEnt(e)) return "missing";
-    throw e;
-  }
-}
-
-export function isNoEnt(e: unknown): boolean {
-  return (e as NodeJS.ErrnoException | undefined)?.code === "ENOENT";
-}
-
-export async function removeIfExists(path: string): Promise<void> {
-  try {
-    await unlink(path);
-  } catch (e) {
-    if (!isNoEnt(e)) throw e;
-  }
-}
-
-/** Makes a file's data durable, or (for a directory) a rename or unlink in it. */
-export async function fsync(path: string): Promise<void> {
-  const fh = await open(path, "r");
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
-
-/** fsync of a file that also answers how many bytes it holds on disk (its blocks, as `qemu-img info` counts). */
-export async function fsyncFile(path: string): Promise<bigint> {
-  const fh = await open(path, "r");
-  try {
-    await fh.sync();
-    return allocatedOf(await fh.stat({ bigint: true }));
-  } finally {
-    await fh.close();
-  }
-}
-
-/** Bytes a file holds on disk: st_blocks is in 512-byte units whatever the filesystem's block size. */
-export function allocatedOf(st: { blocks: bigint }): bigint {
-  return st.blocks * 512n;
 }

@@ -1,10 +1,8 @@
-import { open, readdir, readFile, rename } from "node:fs/promises";
-import { join } from "node:path";
 import { failedPrecondition, type VolumeFormat } from "@stowage/core";
 import { z } from "zod";
 import { mapLimit } from "../async.js";
 import type { DriverBackend } from "../guard.js";
-import { type DirPool, fsync, isNoEnt, kindOf } from "./layout.js";
+import type { DirPool } from "./layout.js";
 
 // Ownership records: `.stowage/<volumeId>.json` per volume (its snapshots inside), `.stowage/base-<snapshotId>.json`
 // per base image. Each is written whole (write, flush, rename), so a crash leaves the old record or the new one.
@@ -101,21 +99,16 @@ export interface DirRecords {
 }
 
 export function createDirRecords(pool: DirPool): DirRecords {
-  const { poolName, metaDir } = pool;
+  const { poolName, metaDir, fs, label } = pool;
 
   async function readRecord<S extends z.ZodType>(path: string, schema: S): Promise<z.output<S> | undefined> {
-    let text: string;
-    try {
-      text = await readFile(path, "utf8");
-    } catch (e) {
-      if (isNoEnt(e)) return undefined;
-      throw e;
-    }
+    const text = await fs.readText(path);
+    if (text === undefined) return undefined;
     try {
       return schema.parse(JSON.parse(text));
     } catch (e) {
       throw failedPrecondition(
-        `dir pool ${poolName}: ownership record ${path} is unreadable (${(e as Error).message.split("\n")[0]}); inspect or remove it by hand`,
+        `${label} pool ${poolName}: ownership record ${pool.artifactPath(path)} is unreadable (${(e as Error).message.split("\n")[0]}); inspect or remove it by hand`,
       );
     }
   }
@@ -124,15 +117,9 @@ export function createDirRecords(pool: DirPool): DirRecords {
     const partial = `${path}.partial`;
     const body = `${JSON.stringify(value, null, 2)}\n`;
     // Write, flush, rename: a crash leaves either the old record or the new one, never half of one.
-    const fh = await open(partial, "w", 0o600);
-    try {
-      await fh.writeFile(body, "utf8");
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await rename(partial, path);
-    await fsync(metaDir);
+    await fs.writeDurable(partial, body, 0o600);
+    await fs.rename(partial, path);
+    await fs.fsync(metaDir);
   }
 
   async function readSidecar(id: string): Promise<Sidecar | undefined> {
@@ -141,7 +128,7 @@ export function createDirRecords(pool: DirPool): DirRecords {
     if (!parsed) return undefined;
     if (parsed.volumeId !== id) {
       throw failedPrecondition(
-        `dir pool ${poolName}: ownership record ${path} names ${parsed.volumeId}, not ${id}; inspect it by hand`,
+        `${label} pool ${poolName}: ownership record ${pool.artifactPath(path)} names ${parsed.volumeId}, not ${id}; inspect it by hand`,
       );
     }
     const { snapshots, clone, virtualSizeBytes, ...rest } = parsed;
@@ -171,16 +158,16 @@ export function createDirRecords(pool: DirPool): DirRecords {
   async function findOwned(id: string): Promise<OwnedVolume | undefined> {
     const rec = await readSidecar(id);
     if (!rec) return undefined;
-    return (await kindOf(pool.volumePath(id, rec.format))) === "file" ? { id, rec } : undefined;
+    return (await fs.kindOf(pool.volumePath(id, rec.format))) === "file" ? { id, rec } : undefined;
   }
 
   async function scanOwned(): Promise<{ owned: OwnedVolume[]; foreign: string[] }> {
-    const entries = await readdir(pool.root, { withFileTypes: true });
+    const entries = await fs.list(pool.root);
     // .stowage (records, bases, temp files), lost+found, ...: directories are not volumes.
-    const files = entries.filter((e) => !e.isDirectory());
+    const files = entries.filter((e) => e.kind !== "dir");
     const recs = await mapLimit(files, SCAN_CONCURRENCY, async (e) => {
       const m = OWNED_FILE.exec(e.name);
-      if (!m || !e.isFile()) return undefined;
+      if (!m || e.kind !== "file") return undefined;
       // An unreadable record makes the file unaccounted for: report it rather than fail the inventory.
       const rec = await readSidecar(m[1]!).catch(() => undefined);
       return rec && rec.format === m[2] ? { id: m[1]!, rec } : undefined;
@@ -198,15 +185,15 @@ export function createDirRecords(pool: DirPool): DirRecords {
   async function basesOf(volumeId: string): Promise<BaseRecord[]> {
     let names: string[];
     try {
-      names = await readdir(metaDir);
+      names = (await fs.list(metaDir)).map((e) => e.name);
     } catch (e) {
-      if (isNoEnt(e)) return [];
+      if (fs.isMissing(e)) return [];
       throw e;
     }
     const out: BaseRecord[] = [];
     for (const n of names) {
       if (!BASE_RECORD.test(n)) continue;
-      const rec = await readRecord(join(metaDir, n), baseRecordSchema);
+      const rec = await readRecord(pool.metaPath(n), baseRecordSchema);
       if (rec?.sourceVolumeId === volumeId) out.push(rec);
     }
     return out;

@@ -9,8 +9,6 @@ import { currentSize, type DirRecords, type OwnedVolume, type SnapshotRecord, wi
 
 // qcow2 internal snapshots, tagged with the snapshot id and recorded in the volume's sidecar.
 
-const RAW_SNAPSHOTS = "raw volumes in dir pools cannot be snapshotted; use qcow2";
-
 export function createDirSnapshots(
   pool: DirPool,
   records: DirRecords,
@@ -32,7 +30,10 @@ export function createDirSnapshots(
 
   function assertSnapshottable({ id, rec }: OwnedVolume): void {
     if (rec.format === "raw") {
-      throw failedPrecondition(`volume ${id}: ${RAW_SNAPSHOTS}`, { volumeId: id, format: rec.format });
+      throw failedPrecondition(
+        `volume ${id}: raw volumes in ${pool.label} pools cannot be snapshotted; use qcow2`,
+        { volumeId: id, format: rec.format },
+      );
     }
   }
 

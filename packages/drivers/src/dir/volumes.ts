@@ -1,5 +1,3 @@
-import { constants } from "node:fs";
-import { access, lstat, mkdir, rename, stat, statfs, unlink } from "node:fs/promises";
 import {
   alreadyExists,
   failedPrecondition,
@@ -14,7 +12,7 @@ import { qemuImgCreateArgv, qemuImgResizeArgv } from "../qemu-img.js";
 import type { DirBases } from "./bases.js";
 import type { DirImages } from "./images.js";
 import type { DirInventory } from "./inventory.js";
-import { allocatedOf, type DirPool, FORMATS, fsync, fsyncFile, kindOf, removeIfExists } from "./layout.js";
+import { type DirPool, FORMATS } from "./layout.js";
 import { type DirRecords, type OwnedVolume, type Sidecar, withSize } from "./records.js";
 import { wipeFile } from "./wipe.js";
 
@@ -29,7 +27,7 @@ export function createDirVolumes(
   bases: DirBases,
   inventory: DirInventory,
 ) {
-  const { poolName, root, metaDir, runner, options } = pool;
+  const { poolName, root, metaDir, runner, options, fs, label } = pool;
 
   /**
    * Runs `make(tmp)` to build the image in its temp file, then moves it under its final name, and answers the
@@ -50,40 +48,40 @@ export function createDirVolumes(
     const finalPath = pool.volumePath(id, record.format);
     await ensureMetaDir();
     // A crashed attempt may have left a half-written temp image; qemu-img must start from nothing.
-    await removeIfExists(tmpPath);
+    await fs.removeIfExists(tmpPath);
     let allocatedBytes: bigint;
     try {
       const [wrote, made] = await Promise.allSettled([records.writeSidecar(record), make(tmpPath)]);
       if (wrote.status === "rejected") throw wrote.reason;
       if (made.status === "rejected") throw made.reason;
-      allocatedBytes = await fsyncFile(tmpPath);
+      allocatedBytes = await fs.fsyncFile(tmpPath);
       // The image appears under its final name complete, or not at all.
-      await rename(tmpPath, finalPath);
+      await fs.rename(tmpPath, finalPath);
     } catch (e) {
-      await removeIfExists(tmpPath).catch(() => undefined);
-      await removeIfExists(pool.sidecarPath(id)).catch(() => undefined);
+      await fs.removeIfExists(tmpPath).catch(() => undefined);
+      await fs.removeIfExists(pool.sidecarPath(id)).catch(() => undefined);
       throw e;
     }
-    await fsync(root);
+    await fs.fsync(root);
     inventory.put(record);
     return images.fromRecord(id, record, allocatedBytes);
   }
 
   /** `.stowage/`, its name made durable when this call made it (the record in it must outlive a crash). */
   async function ensureMetaDir(): Promise<void> {
-    if ((await mkdir(metaDir, { recursive: true, mode: 0o700 })) !== undefined) await fsync(root);
+    if (await fs.mkdir(metaDir, 0o700)) await fs.fsync(root);
   }
 
   /** Refuses files under the volume's names that its record does not account for (never taken over). */
   async function assertNoForeignImage(id: string, rec: Sidecar | undefined, format: VolumeFormat) {
     for (const f of FORMATS) {
       const p = pool.volumePath(id, f);
-      const kind = await kindOf(p);
+      const kind = await fs.kindOf(p);
       if (kind === "missing") continue;
       if (!rec || f !== format || kind !== "file") {
         throw alreadyExists(
-          `${p} already exists in pool ${poolName} without a matching Stowage ownership record; refusing to take it over (move it away, or import it)`,
-          { volumeId: id, poolName, path: p },
+          `${pool.artifactPath(p)} already exists in pool ${poolName} without a matching Stowage ownership record; refusing to take it over (move it away, or import it)`,
+          { volumeId: id, poolName, path: pool.artifactPath(p) },
         );
       }
     }
@@ -92,9 +90,9 @@ export function createDirVolumes(
   /** The finished image of `rec` under its final name, adopted (a stale temp file of it removed). */
   async function adopt(id: string, rec: Sidecar | undefined, format: VolumeFormat) {
     await assertNoForeignImage(id, rec, format);
-    if (!rec || (await kindOf(pool.volumePath(id, format))) !== "file") return undefined;
+    if (!rec || (await fs.kindOf(pool.volumePath(id, format))) !== "file") return undefined;
     // Done before: a redelivery, or a crash after the rename but before the result went out.
-    await removeIfExists(pool.tempPath(id, format));
+    await fs.removeIfExists(pool.tempPath(id, format));
     const artifact = await images.inspect({ id, rec });
     inventory.put(rec);
     return { artifact, adopted: true };
@@ -150,9 +148,11 @@ export function createDirVolumes(
     let existed = false;
     if (rec) {
       const p = pool.volumePath(id, rec.format);
-      const kind = await kindOf(p);
+      const kind = await fs.kindOf(p);
       if (kind === "other") {
-        throw failedPrecondition(`${p} is not a regular file; refusing to delete it`, { path: p });
+        throw failedPrecondition(`${pool.artifactPath(p)} is not a regular file; refusing to delete it`, {
+          path: pool.artifactPath(p),
+        });
       }
       // Bases exported from this volume's snapshots outlive it only while nothing stands on them.
       const owned = await records.basesOf(id);
@@ -167,33 +167,33 @@ export function createDirVolumes(
       }
       const trash = pool.trashPath(id, rec.format);
       if (kind === "file") {
-        await rename(p, trash);
-        await fsync(root);
+        await fs.rename(p, trash);
+        await fs.fsync(root);
       }
       // Also finishes the wipe of an earlier attempt that crashed after the rename.
-      if ((await kindOf(trash)) === "file") {
-        await wipeFile(runner, trash, wipe.mode, rate);
-        await unlink(trash);
+      if ((await fs.kindOf(trash)) === "file") {
+        await wipeFile(runner, fs, trash, wipe.mode, rate);
+        await fs.remove(trash);
         existed = true;
       }
       for (const b of owned) await bases.remove(b.snapshotId);
     } else {
       for (const f of FORMATS) {
         const p = pool.volumePath(id, f);
-        if ((await kindOf(p)) !== "missing") {
+        if ((await fs.kindOf(p)) !== "missing") {
           throw failedPrecondition(
-            `${p} has no Stowage ownership record; refusing to delete a file that is not ours`,
-            { path: p },
+            `${pool.artifactPath(p)} has no Stowage ownership record; refusing to delete a file that is not ours`,
+            { path: pool.artifactPath(p) },
           );
         }
       }
     }
-    for (const f of FORMATS) await removeIfExists(pool.tempPath(id, f));
+    for (const f of FORMATS) await fs.removeIfExists(pool.tempPath(id, f));
     // The record goes last: a crash before this line leaves a record without an image, which a retry
     // (of the delete or the create) handles, never an image without a record.
     if (rec) {
-      await removeIfExists(pool.sidecarPath(id));
-      await fsync(metaDir).catch(() => undefined);
+      await fs.removeIfExists(pool.sidecarPath(id));
+      await fs.fsync(metaDir).catch(() => undefined);
     }
     inventory.remove(id);
     return { existed };
@@ -218,7 +218,7 @@ export function createDirVolumes(
       throw e;
     }
     inventory.put(resized);
-    return images.fromRecord(id, resized, allocatedOf(await lstat(path, { bigint: true })));
+    return images.fromRecord(id, resized, await fs.allocated(path));
   }
 
   /**
@@ -231,11 +231,7 @@ export function createDirVolumes(
   async function capacity(): Promise<PoolCapacityReport> {
     await pool.assertRootUsable();
     // Base images are not volumes, but they live on the same filesystem: statfs counts their bytes as used.
-    const s = await statfs(root, { bigint: true });
-    const totalBytes = s.blocks * s.bsize;
-    // bavail, not bfree: blocks reserved for root are not ours to promise.
-    const freeBytes = s.bavail * s.bsize;
-    const usedBytes = totalBytes - s.bfree * s.bsize;
+    const { totalBytes, usedBytes, freeBytes } = await fs.statfs(root);
     const provisionedBytes = await inventory.provisionedBytes();
     return { totalBytes, usedBytes, freeBytes, provisionedBytes };
   }
@@ -244,20 +240,23 @@ export function createDirVolumes(
   let qemuImgVersion: string | undefined;
 
   async function check(): Promise<{ healthy: boolean; message: string }> {
-    const where = `dir pool ${poolName} at ${root}`;
+    const where = `${label} pool ${poolName} at ${pool.artifactPath(root)}`;
     try {
       await pool.assertRootUsable();
-      await access(root, constants.W_OK | constants.X_OK);
+      await fs.assertWritableDir(root);
     } catch (e) {
       const msg = e instanceof StowageError ? e.message : `${where} is not writable: ${(e as Error).message}`;
       return { healthy: false, message: msg };
     }
-    if ((await kindOf(metaDir)) !== "missing") {
+    if ((await fs.kindOf(metaDir)) !== "missing") {
       try {
-        if (!(await stat(metaDir)).isDirectory()) throw new Error("not a directory");
-        await access(metaDir, constants.W_OK | constants.X_OK);
+        if (!(await fs.isDirectory(metaDir))) throw new Error("not a directory");
+        await fs.assertWritableDir(metaDir);
       } catch (e) {
-        return { healthy: false, message: `${where}: ${metaDir} is not usable: ${(e as Error).message}` };
+        return {
+          healthy: false,
+          message: `${where}: ${pool.artifactPath(metaDir)} is not usable: ${(e as Error).message}`,
+        };
       }
     }
     try {

@@ -1,8 +1,8 @@
-import { open } from "node:fs/promises";
 import type { WipeMode } from "@stowage/core";
 import { sleep } from "../async.js";
 import { parseQemuImgMap, qemuImgMapArgv } from "../qemu-img.js";
 import type { ToolRunner } from "../runner.js";
+import type { PoolFs } from "./fs.js";
 
 const WIPE_CHUNK_BYTES = 1024 * 1024;
 
@@ -18,13 +18,14 @@ const WIPE_CHUNK_BYTES = 1024 * 1024;
  */
 export async function wipeFile(
   runner: ToolRunner,
+  fs: PoolFs,
   path: string,
   mode: WipeMode,
   bytesPerSecond: number,
 ): Promise<void> {
   if (mode === "none") return;
   if (mode === "discard") {
-    const fh = await open(path, "r+");
+    const fh = await fs.openForWrite(path);
     try {
       await fh.truncate(0);
       await fh.sync();
@@ -39,14 +40,14 @@ export async function wipeFile(
   const zeros = Buffer.alloc(WIPE_CHUNK_BYTES);
   const started = performance.now();
   let written = 0;
-  const fh = await open(path, "r+");
+  const fh = await fs.openForWrite(path);
   try {
     for (const e of extents) {
       let pos = Number(e.start);
       const end = Number(e.start + e.length);
       while (pos < end) {
         const n = Math.min(WIPE_CHUNK_BYTES, end - pos);
-        await fh.write(zeros, 0, n, pos);
+        await fh.write(zeros, n, pos);
         pos += n;
         written += n;
         if (bytesPerSecond > 0) {
