@@ -15,7 +15,7 @@ const ROOT = resolve(import.meta.dirname, "..");
 const CONFORMANCE_DIR = "packages/drivers/src/conformance";
 const VM_SCRIPT = "scripts/vm-test.sh";
 /** How each kind runs: on this machine, or in the kernel VM (device-mapper is missing from the host kernel). */
-const KINDS = { dir: "host", rbd: "host", lvm: "vm", lvmthin: "vm" };
+const KINDS = { dir: "host", netfs: "host", rbd: "host", lvm: "vm", lvmthin: "vm" };
 
 function usage(message) {
   console.error(`test-conformance: ${message}`);

@@ -201,6 +201,12 @@ export async function startAgent(config: AgentConfig, hooks: AgentHooks = {}): P
                 portal: config.iscsiPortal,
                 backing: async (poolName: string, volumeId: string) => {
                   const pool = pools.get(poolName);
+                  // tgt serves a local file or device; a netfs volume is on a share other hosts reach already.
+                  if (pool?.config.kind === "netfs")
+                    throw new StowageError(
+                      "failed_precondition",
+                      `volume ${volumeId} is on netfs pool ${poolName}: every host attached to the share reaches it without an export`,
+                    );
                   const v = await pool?.driver.info(volumeId);
                   if (!pool || !v)
                     throw new StowageError(
