@@ -6,15 +6,19 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import {
+  CEPH_INSTALL_HINT,
+  type CephCluster,
+  cephAvailable,
   type ExecResult,
   fleetHostAddress,
   netnsAvailable,
+  startCeph,
   startTgtd,
   type TgtdService,
   tgtAvailable,
 } from "@stowage/testkit";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type FleetCluster, startFleetCluster } from "./support/fleet.js";
+import { type FleetCluster, type ProbeResult, startFleetCluster } from "./support/fleet.js";
 
 /**
  * Issue 12's iSCSI Show through the whole stack, on a secure three-host fleet (TLS, tokens, per-agent NATS
@@ -29,6 +33,8 @@ const netns = netnsAvailable();
 const tgt = tgtAvailable();
 const skip = !netns.ok ? netns.reason : !tgt.ok ? tgt.reason : undefined;
 const title = skip ? `exports on the test fleet: SKIPPED, ${skip}` : "exports on the test fleet (secure)";
+// Ceph runs on h1 for the RBD grants; without it those tests say so and the iSCSI ones still run.
+const noCeph = cephAvailable() ? undefined : `no Ceph here (${CEPH_INSTALL_HINT})`;
 const tag = (process.pid % 100_000).toString(36);
 
 const H1 = fleetHostAddress(1);
@@ -51,6 +57,7 @@ interface ExportJson {
 describe.skipIf(skip !== undefined)(title, () => {
   let c: FleetCluster;
   let tgtd: TgtdService;
+  let ceph: CephCluster | undefined;
   const controlPort = 20_000 + (process.pid % 12_000);
   const secretsDir = mkdtempSync(join(tmpdir(), "stowage-export-secrets-"));
   let volumeId = "";
@@ -69,17 +76,21 @@ describe.skipIf(skip !== undefined)(title, () => {
     });
 
   /** The CHAP secret of the export as `host` gets it (its certificate), in a 0600 file; or the refusal. */
-  const credentials = async (host: string) => {
+  const credentials = async (host: string, exportId = exp.id) => {
     const secretFile = join(secretsDir, `${host}-${randomBytes(3).toString("hex")}`);
     const r = await c.probe(host, {
       op: "export-credentials",
       url: c.url,
       ca: c.caFile,
       stateDir: join(c.dir, "hosts", host, "state"),
-      exportId: exp.id,
+      exportId,
       secretFile,
     });
-    return { ...r, secretFile };
+    return { ...r, secretFile } as ProbeResult & {
+      secretFile: string;
+      cephxUser?: string;
+      chapUser?: string;
+    };
   };
 
   /** qemu-io on `host` through libiscsi with its own initiator name and, when given, CHAP from a file. */
@@ -132,11 +143,33 @@ describe.skipIf(skip !== undefined)(title, () => {
           portal: PORTAL,
           controlPort,
         });
+        if (!noCeph)
+          ceph = await startCeph({
+            netns: fleet.node("h1").netns,
+            address: H1,
+            // bluestore: its OSD reports a device size, so the pool has a capacity without a ceph-mgr.
+            osdSizeBytes: 2 * 1024 ** 3,
+          });
         return [tgtd];
       },
-      agentConfig: (name) => ({
+      agentConfig: (name, { defaultPool }) => ({
         initiatorName: iqnOf(name),
         ...(name === "h1" ? { iscsiPortal: PORTAL, tgtControlPort: controlPort } : {}),
+        ...(name === "h1" && ceph
+          ? {
+              pools: [
+                defaultPool,
+                {
+                  name: "ceph",
+                  kind: "rbd",
+                  cephPool: ceph.pool,
+                  cephConf: ceph.conf,
+                  cephUser: ceph.id,
+                  keyring: ceph.keyring,
+                },
+              ],
+            }
+          : {}),
       }),
     });
     const v = await c.stowctlJson<{ volume: { id: string } }>([
@@ -157,6 +190,7 @@ describe.skipIf(skip !== undefined)(title, () => {
   afterAll(async () => {
     await tgtd?.stop(); // the one started again, which the cluster does not know
     await c?.stop();
+    await ceph?.stop({ fast: true });
     rmSync(secretsDir, { recursive: true, force: true });
   });
 
@@ -335,4 +369,100 @@ describe.skipIf(skip !== undefined)(title, () => {
     expect(audit.stdout).toContain("CreateExport");
     expect(audit.stdout).not.toContain(secret);
   });
+
+  describe.skipIf(noCeph !== undefined)(
+    noCeph ? `RBD grants: SKIPPED, ${noCeph}` : "RBD grants through the API",
+    () => {
+      let rbdExp: ExportJson;
+      let image = "";
+      const data = randomBytes(4 * MiB);
+      /** Reads the image on `host` with a cephx user and key (a keyring of its own) and only the monitors. */
+      const readAs = async (host: string, user: string, keyFile: string) => {
+        const dir = mkdtempSync(join(secretsDir, `${host}-`));
+        const m = /^rbd:\/\/([^/]+)\//.exec(rbdExp.uri ?? "")!;
+        const mons = m[1]!
+          .split(",")
+          .map((x) => `v2:${x}`)
+          .join(",");
+        writeFileSync(join(dir, "ceph.conf"), `[global]\nmon host = ${mons}\n`);
+        const key = readFileSync(keyFile, "utf8");
+        writeFileSync(join(dir, "keyring"), `[client.${user}]\n\tkey = ${key}\n`, { mode: 0o600 });
+        const out = join(dir, "image.raw");
+        const spec = `rbd:${image}:id=${user}:keyring=${join(dir, "keyring")}:conf=${join(dir, "ceph.conf")}`;
+        const r = await c.fleet.exec(host, "qemu-img", ["convert", "-f", "raw", "-O", "raw", spec, out], {
+          timeoutMs: 60_000,
+        });
+        if (r.exitCode !== 0) return "";
+        return createHash("sha256").update(readFileSync(out).subarray(0, data.length)).digest("hex");
+      };
+
+      it("grants h2 a cephx key of its own: h2 reads the image with it, h3 gets no key, and the <disk> validates", async () => {
+        // The rbd pool's first health check runs when the agent starts; wait until it is healthy.
+        await waitFor(
+          "the rbd pool healthy",
+          async () =>
+            (await c.stowctlJson<{ healthy?: boolean }>(["pool", "get", "h1/ceph"])).healthy === true,
+          20_000,
+        ).catch(async (err) => {
+          throw new Error(`${err.message}: ${(await c.stowctl(["pool", "get", "h1/ceph"])).stdout}`);
+        });
+        const v = await c.stowctlJson<{ volume: { id: string } }>([
+          "volume",
+          "create",
+          "ceph-disk",
+          "--size",
+          "4M",
+          "--format",
+          "raw",
+          "--pool",
+          "h1/ceph",
+          "--wait",
+        ]);
+        const vol = await c.stowctlJson<{ hostPath: string }>(["volume", "get", v.volume.id]);
+        image = vol.hostPath.replace(/^rbd:/, "").split(":")[0]!;
+        expect(image).toMatch(/^rbd\//);
+        const src = join(secretsDir, "rbd-data");
+        writeFileSync(src, data);
+        const w = await c.fleet.exec("h1", "qemu-img", [
+          ...["convert", "-n", "-f", "raw", "-O", "raw", src],
+          `rbd:${image}:conf=${ceph!.conf}:id=${ceph!.id}:keyring=${ceph!.keyring}`,
+        ]);
+        expect(w.exitCode, w.stderr).toBe(0);
+
+        rbdExp = await c.stowctlJson<ExportJson>([
+          ...["volume", "export", "ceph-disk", "--kind", "rbd", "--allow", "h2", "--wait"],
+        ]);
+        expect(rbdExp).toMatchObject({ kind: "rbd", state: "active", allowedHostIds: ["h2"] });
+        expect(rbdExp.uri).toMatch(new RegExp(`^rbd://${H1}:3300/`));
+        const b = await credentials("h2", rbdExp.id);
+        expect(b).toMatchObject({ ok: true, secretLength: 40 });
+        const want = createHash("sha256").update(data).digest("hex");
+        expect(await readAs("h2", String(b.cephxUser), b.secretFile)).toBe(want);
+        expect(await credentials("h3", rbdExp.id)).toMatchObject({ ok: false, code: "PermissionDenied" });
+        // h3 with h2's user name and a key of its own making is refused by Ceph.
+        const forged = join(secretsDir, "forged-key");
+        writeFileSync(forged, "AQBJ2lJlAAAAABAA1b3Vn3Vn3Vn3Vn3Vn3Vn3Vn3Vn3Vn3Q==", { mode: 0o600 });
+        expect(await readAs("h3", String(b.cephxUser), forged)).toBe("");
+
+        const xml = (await c.stowctl(["volume", "xml", "ceph-disk", "--host", "h2"], { reject: true }))
+          .stdout;
+        expect(xml).toContain(`<auth username="${b.cephxUser}">`);
+        expect(xml).toContain(`<host name="${H1}" port="3300"/>`);
+        expect(xml).not.toContain(readFileSync(b.secretFile, "utf8"));
+        const domain = join(secretsDir, "rbd-domain.xml");
+        writeFileSync(
+          domain,
+          `<domain type='kvm'><name>check</name><memory unit='MiB'>64</memory><os><type arch='x86_64'>hvm</type></os><devices>${xml}</devices></domain>`,
+        );
+        await run("virt-xml-validate", [domain, "domain"]);
+      });
+
+      it("revokes: after unexport h2's key is refused", async () => {
+        const b = await credentials("h2", rbdExp.id);
+        const r = await c.stowctl(["volume", "unexport", "ceph-disk", "--wait"], { reject: true });
+        expect(r.stdout).toMatch(/is deleted/);
+        expect(await readAs("h2", String(b.cephxUser), b.secretFile)).toBe("");
+      });
+    },
+  );
 });
