@@ -41,6 +41,11 @@ import { createTgtExporter, type TgtExporter } from "./exporter.js";
 const MiB = 1024 * 1024;
 const SIZE = 16 * MiB;
 const TIMEOUT = 180_000;
+/**
+ * How long a daemon may take to answer, and a disk to appear after a login: under TCG, with the other VM
+ * suites' workers starting beside this one, tgtd took over 10 s to answer its first tgtadm.
+ */
+const SLOW_START_MS = 60_000;
 
 function onPath(tool: string): boolean {
   const dirs = [...(process.env.PATH ?? "").split(delimiter), "/usr/sbin", "/sbin"];
@@ -176,7 +181,7 @@ describe.skipIf(skip !== undefined)(title, () => {
    */
   async function diskOf(iqn: string): Promise<string> {
     const ls = (dir: string) => readdir(dir).catch(() => [] as string[]);
-    const deadline = Date.now() + 30_000;
+    const deadline = Date.now() + SLOW_START_MS;
     for (;;) {
       for (const s of await sessionsOf(iqn)) {
         const dev = join(s, "device");
@@ -189,7 +194,9 @@ describe.skipIf(skip !== undefined)(title, () => {
           }
         }
       }
-      if (Date.now() > deadline) throw new Error(`no disk attached for ${iqn} within 30 s of the login`);
+      if (Date.now() > deadline) {
+        throw new Error(`no disk attached for ${iqn} within ${SLOW_START_MS / 1000} s of the login`);
+      }
       await sleep(100);
     }
   }
@@ -294,7 +301,12 @@ describe.skipIf(skip !== undefined)(title, () => {
       vol = created.artifact;
     })();
     const target = (async () => {
-      tgtd = await startTgtd({ dir: join(tmp.path, "tgtd"), portal, controlPort });
+      tgtd = await startTgtd({
+        dir: join(tmp.path, "tgtd"),
+        portal,
+        controlPort,
+        startTimeoutMs: SLOW_START_MS,
+      });
       exporter = createTgtExporter({ runner, controlPort });
     })();
     const initiatorDaemon = (async () => {
@@ -307,7 +319,7 @@ describe.skipIf(skip !== undefined)(title, () => {
         stopTimeoutMs: 5_000,
       });
       // Ready when iscsiadm reaches it: 0 (sessions) or 21 (none), not 20 (cannot connect to iscsid).
-      const deadline = Date.now() + 15_000;
+      const deadline = Date.now() + SLOW_START_MS;
       for (;;) {
         const r = await tool("iscsiadm", ["-m", "session"]);
         if (r.exitCode === 0 || r.exitCode === 21) break;
