@@ -246,28 +246,32 @@ describe.skipIf(skip !== undefined)(title, () => {
     const l = await login(iqn());
     expect(l.exitCode, l.stderr).toBe(0);
     expect(l.stdout).toMatch(/Login to .* successful/);
-    expect(await sessionsOf(iqn())).toHaveLength(1);
-    // tgtd's side of the same session: the guest's name, from 127.0.0.1.
-    const target = (await exporter.show()).targets.find((t) => t.iqn === iqn());
-    expect(target?.sessions.map((x) => [x.initiator, x.addresses])).toEqual([[initiator, ["127.0.0.1"]]]);
-    const disk = await diskOf(iqn());
-    expect(await diskBytes(disk)).toBe(SIZE);
+    let disk: string | undefined;
+    try {
+      expect(await sessionsOf(iqn())).toHaveLength(1);
+      // tgtd's side of the same session: the guest's name, from 127.0.0.1.
+      const target = (await exporter.show()).targets.find((t) => t.iqn === iqn());
+      expect(target?.sessions.map((x) => [x.initiator, x.addresses])).toEqual([[initiator, ["127.0.0.1"]]]);
+      disk = await diskOf(iqn());
+      expect(await diskBytes(disk)).toBe(SIZE);
 
-    // Initiator -> LV: 4 MiB at 1 MiB through /dev/sdX, read back on the LV with O_DIRECT. The rest of the LV
-    // must be as it was, so one sha256 over the whole LV checks the data and where it landed.
-    const before = await readDirect(vol.path, 0, SIZE / MiB);
-    const data = randomBytes(4 * MiB);
-    await writeDirect(disk, 1, data);
-    data.copy(before, 1 * MiB);
-    expect(sha256(await readDirect(vol.path, 0, SIZE / MiB))).toBe(sha256(before));
+      // Initiator -> LV: 4 MiB at 1 MiB through /dev/sdX, read back on the LV with O_DIRECT. The rest of the
+      // LV must be as it was, so one sha256 over the whole LV checks the data and where it landed.
+      const before = await readDirect(vol.path, 0, SIZE / MiB);
+      const data = randomBytes(4 * MiB);
+      await writeDirect(disk, 1, data);
+      data.copy(before, 1 * MiB);
+      expect(sha256(await readDirect(vol.path, 0, SIZE / MiB))).toBe(sha256(before));
 
-    // LV -> initiator: 1 MiB written on the LV at 12 MiB is what the disk reads there.
-    const back = randomBytes(MiB);
-    await writeDirect(vol.path, 12, back);
-    expect(sha256(await readDirect(disk, 12, 1))).toBe(sha256(back));
-
-    const out = await logout(iqn());
-    expect(out.exitCode, out.stderr).toBe(0);
+      // LV -> initiator: 1 MiB written on the LV at 12 MiB is what the disk reads there.
+      const back = randomBytes(MiB);
+      await writeDirect(vol.path, 12, back);
+      expect(sha256(await readDirect(disk, 12, 1))).toBe(sha256(back));
+    } finally {
+      // Logged out even when a check failed, so that the next test starts without a session.
+      const out = await logout(iqn());
+      expect(out.exitCode, out.stderr).toBe(0);
+    }
     expect(await sessionsOf(iqn())).toEqual([]);
     expect(existsSync(disk)).toBe(false);
   }
