@@ -34,8 +34,9 @@ import { createTgtExporter, type TgtExporter } from "./exporter.js";
  * session attaches (found through /sys/class/iscsi_session, there is no udev for /dev/disk/by-path), data
  * written through it with O_DIRECT and read on the LV (sha256), and the other way; CHAP added to the live
  * export (no credentials and a wrong secret refused, the secret never in an argv the runner reports nor in a
- * daemon's log); after logout and unexport the login is refused and discovery no longer lists the target.
- * One LV and one boot of everything (beforeAll) for the three steps: each spawn costs 0.1-0.5 s under TCG.
+ * daemon's log); after logout and unexport the login is refused and discovery no longer lists the target,
+ * and a target whose ACL names another host is neither listed to the guest nor open to it.
+ * One LV and one start of everything (beforeAll) for the three steps: each spawn costs 0.1-0.8 s under TCG.
  */
 
 const MiB = 1024 * 1024;
@@ -43,7 +44,8 @@ const SIZE = 16 * MiB;
 const TIMEOUT = 180_000;
 /**
  * How long a daemon may take to answer, and a disk to appear after a login: under TCG, with the other VM
- * suites' workers starting beside this one, tgtd took over 10 s to answer its first tgtadm.
+ * suites' workers starting beside this one, tgtd once did not answer its first tgtadm within startTgtd's
+ * default 10 s.
  */
 const SLOW_START_MS = 60_000;
 
