@@ -9,8 +9,8 @@
 #   --no-npm     skip the node_modules step
 #   --no-system  skip the system packages step
 #   --test-backends  also the real backends the test suites run: LVM, Ceph, tgt and libiscsi, NFS-Ganesha, rpcbind
-#                    and libnfs, qemu-system (kernel VM),
-#                    Prometheus, virt-xml-validate
+#                    and libnfs, qemu-system (kernel VM), open-iscsi (the kernel VM's initiator), Prometheus,
+#                    virt-xml-validate
 # Env: STOWAGE_EXTRA_APT_PACKAGES="lvm2 tgt ..."  more Debian packages to ensure (checked with dpkg -s)
 set -euo pipefail
 
@@ -59,10 +59,12 @@ have_cmd runuser || missing+=(util-linux)
 for p in ${STOWAGE_EXTRA_APT_PACKAGES:-}; do have_pkg "$p" || missing+=("$p"); done
 # Test backends (docs/testkit.md says what runs where): qemu-io and qemu-img's rbd and iscsi drivers, LVM
 # tools, a one-node Ceph, tgtd and the libiscsi tools for the iSCSI exports, the kernel VM for
-# device-mapper, promtool/prometheus for the observability checks, and virt-xml-validate (libvirt-clients,
-# with the schemas) and the xmllint it runs (libxml2-utils) for the libvirt <disk> elements.
+# device-mapper, open-iscsi (iscsid, iscsiadm) for the kernel initiator in that VM (the guest runs the host's
+# packages; the host kernel has no iscsi_tcp, and policy-rc.d below keeps its postinst from starting iscsid or
+# udev), promtool/prometheus for the observability checks, and virt-xml-validate (libvirt-clients, with the
+# schemas) and the xmllint it runs (libxml2-utils) for the libvirt <disk> elements.
 if [ "${TEST_BACKENDS:-0}" = 1 ]; then
-  for p in qemu-utils qemu-block-extra lvm2 thin-provisioning-tools ceph-mon ceph-osd ceph-common tgt libiscsi-bin nfs-ganesha nfs-ganesha-vfs libnfs-utils rpcbind qemu-system-x86 busybox-static kmod prometheus libvirt-clients libxml2-utils; do
+  for p in qemu-utils qemu-block-extra lvm2 thin-provisioning-tools ceph-mon ceph-osd ceph-common tgt libiscsi-bin nfs-ganesha nfs-ganesha-vfs libnfs-utils rpcbind qemu-system-x86 busybox-static kmod open-iscsi prometheus libvirt-clients libxml2-utils; do
     have_pkg "$p" || missing+=("$p")
   done
 fi

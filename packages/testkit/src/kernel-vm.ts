@@ -1,7 +1,7 @@
 /**
  * The kernel VM lab: runs a bash script as root inside a throwaway qemu guest that boots Debian's own kernel,
  * for what this host's kernel cannot do (it has no device-mapper, so no LVM activation, thin pools or
- * snapshots; no configfs, knfsd or krbd either).
+ * snapshots; no configfs, knfsd or krbd, nor the kernel's iSCSI initiator, either).
  *
  * How (docs/testkit.md, "The kernel VM"): the guest kernel comes from `apt-get download` of
  * the package behind `linux-image-amd64`, unpacked into a cache outside the repository ($STOWAGE_VM_CACHE,
