@@ -1,6 +1,6 @@
 import { formatSize } from "@stowage/core";
 import { quotedLimit, room } from "./capacity.js";
-import { type Columns, DRAINING, HEALTHY, HOST_UP, OVER_FLOOR, SCHEDULABLE } from "./columns.js";
+import { ATTACHED, type Columns, DRAINING, HEALTHY, HOST_UP, OVER_FLOOR, SCHEDULABLE } from "./columns.js";
 import { type CompiledRequest, NONE, UNKNOWN } from "./request.js";
 
 /**
@@ -57,8 +57,8 @@ export const FILTER_TABLE: readonly Filter[] = [
   {
     code: "host",
     name: "selector",
-    checks: "the requested host",
-    refuses: (c, r, i) => r.host !== NONE && c.host[i] !== r.host,
+    checks: "the requested host (a shared pool: its owner or a host attached to it)",
+    refuses: (c, r, i) => r.host !== NONE && c.host[i] !== r.host && !c.attachedTo(i, r.host),
     reason: (_c, r) => `not on the requested host ${r.req.constraints.hostId}`,
     admits: (c, r) => poolsOfHost(c, r.host),
   },
@@ -84,22 +84,25 @@ export const FILTER_TABLE: readonly Filter[] = [
     code: "host-down",
     name: "host-up",
     checks: "the host heartbeats",
-    refuses: (c, _r, i) => (c.state[i]! & HOST_UP) === 0,
-    reason: (c, _r, i) => `host ${c.pools[i]!.hostId} is down`,
+    refuses: (c, r, i) => (c.reachState(i, r.host) & HOST_UP) === 0,
+    reason: (c, r, i) => `host ${c.reachHostId(i, r.host)} is down`,
   },
   {
     code: "cordoned",
     name: "host-up",
     checks: "the host is not cordoned",
-    refuses: (c, _r, i) => (c.state[i]! & SCHEDULABLE) === 0,
-    reason: (c, _r, i) => `host ${c.pools[i]!.hostId} is cordoned`,
+    refuses: (c, r, i) => (c.reachState(i, r.host) & SCHEDULABLE) === 0,
+    reason: (c, r, i) => `host ${c.reachHostId(i, r.host)} is cordoned`,
   },
   {
     code: "unhealthy",
     name: "pool-healthy",
     checks: "the pool passes its health check",
-    refuses: (c, _r, i) => (c.state[i]! & HEALTHY) === 0,
-    reason: () => "pool is unhealthy",
+    refuses: (c, r, i) => (c.reachState(i, r.host) & HEALTHY) === 0,
+    reason: (c, r, i) =>
+      (c.state[i]! & ATTACHED) === 0
+        ? "pool is unhealthy"
+        : `pool is unhealthy on host ${c.reachHostId(i, r.host)}`,
   },
   {
     code: "draining",
