@@ -23,6 +23,7 @@ import {
   insertPlacedVolume,
   liveSnapshotCount,
   type OperationRow,
+  poolId,
   type Queryable,
   type VolumeRow,
   writeAudit,
@@ -97,6 +98,10 @@ async function writeCreate(
 ) {
   const volumeId = newId("vol");
   const operationId = newId("op");
+  // The command names the pool as the volume's host knows it: a shared pool may be another host's row.
+  const name = liveView(ctx).poolNameOn(decision.poolId, decision.hostId);
+  const target =
+    name === undefined ? decision : { hostId: decision.hostId, poolId: poolId(decision.hostId, name) };
   const written = await insertPlacedVolume(tx, {
     volume: {
       id: volumeId,
@@ -120,7 +125,7 @@ async function writeCreate(
       command: agentCommand(
         operationId,
         "create_volume",
-        decision,
+        target,
         {
           case: "createVolume",
           value: {
