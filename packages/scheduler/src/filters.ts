@@ -27,6 +27,15 @@ export interface Filter {
   admits?(c: Columns, r: CompiledRequest): readonly number[] | undefined;
 }
 
+/**
+ * Pool i's state bits through the host a placement would use: its own for a pool of one host (an array read and
+ * a bit test, inlined into the select loop), `Columns.reachState` only for a shared pool with attached hosts.
+ */
+const reach = (c: Columns, r: CompiledRequest, i: number): number => {
+  const s = c.state[i]!;
+  return (s & ATTACHED) === 0 ? s : c.reachState(i, r.host);
+};
+
 const poolsOfHost = (c: Columns, host: number): readonly number[] | undefined =>
   host === NONE ? undefined : host === UNKNOWN ? [] : c.poolsOfHost[host]!;
 
@@ -84,21 +93,21 @@ export const FILTER_TABLE: readonly Filter[] = [
     code: "host-down",
     name: "host-up",
     checks: "the host heartbeats",
-    refuses: (c, r, i) => (c.reachState(i, r.host) & HOST_UP) === 0,
+    refuses: (c, r, i) => (reach(c, r, i) & HOST_UP) === 0,
     reason: (c, r, i) => `host ${c.reachHostId(i, r.host)} is down`,
   },
   {
     code: "cordoned",
     name: "host-up",
     checks: "the host is not cordoned",
-    refuses: (c, r, i) => (c.reachState(i, r.host) & SCHEDULABLE) === 0,
+    refuses: (c, r, i) => (reach(c, r, i) & SCHEDULABLE) === 0,
     reason: (c, r, i) => `host ${c.reachHostId(i, r.host)} is cordoned`,
   },
   {
     code: "unhealthy",
     name: "pool-healthy",
     checks: "the pool passes its health check",
-    refuses: (c, r, i) => (c.reachState(i, r.host) & HEALTHY) === 0,
+    refuses: (c, r, i) => (reach(c, r, i) & HEALTHY) === 0,
     reason: (c, r, i) =>
       (c.state[i]! & ATTACHED) === 0
         ? "pool is unhealthy"
