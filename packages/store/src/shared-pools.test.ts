@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { upsertHost } from "./hosts.js";
+import { countsByHost, upsertHost } from "./hosts.js";
 import { confirmReservation, ledgerDiscrepancies, reserveCapacity } from "./ledger.js";
 import {
   applyPoolReportDeltas,
@@ -73,6 +73,8 @@ describe.each(backends)("shared pools on %s", (_name, makeBackend) => {
     expect(await ids("b")).toEqual(["a/vms"]);
     expect(await ids("c")).toEqual(["c/vms"]);
     expect(await ids("")).toEqual(["a/local", "a/vms", "c/vms"]);
+    // A host's pool count includes the shared pool it is attached to.
+    expect((await countsByHost(sql, ["a", "b"])).get("b")).toEqual({ pools: 1, volumes: 0 });
 
     // Volumes carved from both hosts land in the one pool's ledger, to the byte.
     const carve = async (id: string, hostId: string, bytes: bigint) => {
