@@ -128,7 +128,8 @@ async function handOverAbandoned(sql: Queryable, hostId: string, keep: readonly 
  * Otherwise the host's own row `<host>/<name>` is written, as always. The ledger columns (allocated, reserved,
  * volume_count) are never touched here. Pools the agent no longer reports are kept (volumes may live in them)
  * but marked absent, and attachments it no longer reports detached; a shared pool whose owner stops reporting
- * it moves to a host still attached (`handOverAbandoned`). Returns where each report landed, by name.
+ * it moves to a host still attached (`handOverAbandoned`), and the host's settled volumes in the shared pools it
+ * no longer reaches move to their owner (`rehomeVolumes`). Returns where each report landed, by name.
  */
 export async function applyPoolReports(
   sql: Queryable,
@@ -183,7 +184,25 @@ export async function applyPoolReports(
   await sql`update pool_attachments set present = false, healthy = false, health_message = 'not reported by the agent',
       updated_at = now()
     where host_id = ${hostId} and present and not (pool_id = any(${attached}))`;
+  await rehomeVolumes(sql, hostId);
   return landed;
+}
+
+/**
+ * The settled volumes (available, or in error) this host carries in shared pools it no longer reaches (detached,
+ * or handed over) move to the pool's owner, which reaches the same files: their later operations run there.
+ * Volumes with an operation in flight stay, so its result still comes from the host that runs it. Returns the
+ * ids moved.
+ */
+async function rehomeVolumes(sql: Queryable, hostId: string): Promise<string[]> {
+  const rows = await sql<{ id: string }[]>`
+    update volumes v set host_id = p.host_id, updated_at = now()
+    from pools p
+    where v.pool_id = p.id and v.host_id = ${hostId} and v.state in ('available', 'error')
+      and p.share <> '' and p.present and p.host_id <> ${hostId}
+      and not exists (select 1 from pool_attachments a where a.pool_id = p.id and a.host_id = ${hostId} and a.present)
+    returning v.id`;
+  return rows.map((r) => r.id);
 }
 
 /**

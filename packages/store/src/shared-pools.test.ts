@@ -30,6 +30,13 @@ const nfs = (name: string, share: string, usedGiB = 0n, over = {}) =>
     ...over,
   });
 
+/** Which host carries each volume of the shared pool (its operations run there). */
+async function hostsOfVolumes(sql: Parameters<typeof getPool>[0]): Promise<Record<string, string>> {
+  const rows = await sql<{ id: string; hostId: string }[]>`
+    select id, host_id from volumes where pool_id = 'a/vms' order by id`;
+  return Object.fromEntries(rows.map((r) => [r.id, r.hostId]));
+}
+
 describe.each(backends)("shared pools on %s", (_name, makeBackend) => {
   const db = migratedDatabase(makeBackend);
 
@@ -128,6 +135,8 @@ describe.each(backends)("shared pools on %s", (_name, makeBackend) => {
     expect((await getPool(sql, "a/vms"))!.usedBytes).toBe(21n * GiB);
     const [row] = await loadSchedulingView(sql, { poolIds: ["a/vms"] });
     expect(row!.attached).toEqual([]);
+    // b's settled volume in the share is a's now: a reaches the same file, and runs its operations.
+    expect(await hostsOfVolumes(sql)).toEqual({ "vol-sa1": "a", "vol-sb1": "a" });
     await applyPoolReports(sql, "b", [nfs("shared-vms", SHARE, 21n)]);
     expect(await attachedHostsOf(sql, ["a/vms"])).toEqual(new Map([["a/vms", ["b"]]]));
     expect(await sql`select id from pools where host_id = 'b'`).toEqual([]);
@@ -135,6 +144,7 @@ describe.each(backends)("shared pools on %s", (_name, makeBackend) => {
 
   it("moves a shared pool to an attached host when its owner stops reporting it, keeping its id and ledger", async () => {
     const { sql } = db();
+    await volumeInState(sql, newVolume("vol-sa2", "a/vms", GiB, { hostId: "a" }), "deleting");
     await applyPoolReports(sql, "a", [poolReport("local", 100n * GiB)]);
     const pool = (await getPool(sql, "a/vms"))!;
     expect([pool.hostId, pool.name, pool.present, pool.allocatedBytes, pool.volumeCount]).toEqual([
@@ -150,6 +160,8 @@ describe.each(backends)("shared pools on %s", (_name, makeBackend) => {
     ]);
     expect((await listPools(sql, { hostId: "b", limit: 10 })).map((p) => p.id)).toEqual(["a/vms"]);
     expect(await ledgerDiscrepancies(sql)).toEqual([]);
+    // The volumes a carried follow the pool to b; one with an operation in flight stays until it is done.
+    expect(await hostsOfVolumes(sql)).toEqual({ "vol-sa1": "b", "vol-sb1": "b", "vol-sa2": "a" });
     // b's reports now write the pool as its owner; a reporting the share again attaches to it.
     await applyPoolReports(sql, "b", [nfs("shared-vms", SHARE, 22n)]);
     expect((await getPool(sql, "a/vms"))!.usedBytes).toBe(22n * GiB);
