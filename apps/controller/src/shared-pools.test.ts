@@ -252,6 +252,10 @@ describe("shared pools in the controller (on PGlite)", () => {
     await applyInventory(f.ctx, full("h2", 4n, []));
     await liveView(f.ctx).sync();
     await expect(carve("after-detach", GiB, "h2")).rejects.toMatchObject({ code: "failed_precondition" });
+    // The volumes h2 carried in the share are h1's now: their operations run on a host that reaches the share.
+    const [left] = await f.sql<{ n: number }[]>`
+      select count(*)::int as n from volumes where pool_id = 'h1/vms' and host_id = 'h2' and state <> 'deleted'`;
+    expect(left!.n).toBe(0);
     expect((await describePool(f.ctx, "h1/vms")).pool.attachedHostIds).toEqual([]);
     await applyInventory(f.ctx, full("h2", 5n, [nfs("shared-vms")]));
     await liveView(f.ctx).sync();
