@@ -156,9 +156,10 @@ export async function applyPoolReports(
         continue;
       }
     }
-    // The host's own pool: the share's row when the host owns it already (under the id it was made with).
+    // The host's own pool: the share's row when the host owns it already (under the id it was made with). An id
+    // that a shared pool handed over to another host still holds is that host's row: never written here.
     const id = owner ? owner.id : poolId(hostId, r.name);
-    await sql`
+    const written = await sql`
       insert into pools (id, host_id, name, kind, numa_node, healthy, health_message, total_bytes, used_bytes, free_bytes,
         reported_provisioned_bytes, data_percent, metadata_percent, overcommit_ratio, max_used_percent, reserved_percent,
         max_volumes, labels, formats, shared, share, present)
@@ -173,8 +174,10 @@ export async function applyPoolReports(
         overcommit_ratio = excluded.overcommit_ratio, max_used_percent = excluded.max_used_percent,
         reserved_percent = excluded.reserved_percent, max_volumes = excluded.max_volumes,
         labels = excluded.labels, formats = excluded.formats,
-        shared = excluded.shared, share = excluded.share, present = true, updated_at = now()`;
-    landed.set(r.name, { poolId: id, attached: false });
+        shared = excluded.shared, share = excluded.share, present = true, updated_at = now()
+      where pools.host_id = ${hostId}
+      returning id`;
+    if (written.length > 0) landed.set(r.name, { poolId: id, attached: false });
   }
   const own = [...landed.values()].filter((p) => !p.attached).map((p) => p.poolId);
   const attached = [...landed.values()].filter((p) => p.attached).map((p) => p.poolId);

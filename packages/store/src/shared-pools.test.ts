@@ -172,6 +172,16 @@ describe.each(backends)("shared pools on %s", (_name, makeBackend) => {
       { hostId: "a", name: "vms", owner: false, present: true },
     ]);
     expect(await sql`select count(*)::int as n from pools where share = ${SHARE}`).toEqual([{ n: 1 }]);
+    // The pool id a handed over stays b's row: a's report of another pool under that name does not write it.
+    const other = await applyPoolReports(sql, "a", [
+      poolReport("local", 100n * GiB),
+      nfs("vms-2", SHARE, 22n),
+      poolReport("vms", 10n * GiB),
+    ]);
+    expect(other.has("vms")).toBe(false);
+    const kept = (await getPool(sql, "a/vms"))!;
+    expect([kept.hostId, kept.kind, kept.share, kept.totalBytes]).toEqual(["b", "netfs", SHARE, 500n * GiB]);
+    await applyPoolReports(sql, "a", [poolReport("local", 100n * GiB), nfs("vms", SHARE, 22n)]);
   });
 
   it("marks a shared pool absent when its last host stops reporting it, and the next host to report it takes it", async () => {
