@@ -1,4 +1,4 @@
-import { create, fromBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, type MessageInitShape } from "@bufbuild/protobuf";
 import {
   AgentCommandSchema,
   CreateVolumeRequestSchema,
@@ -7,7 +7,7 @@ import {
   PoolKind,
   type PoolReport,
   PoolReportSchema,
-  type VolumeArtifact,
+  type VolumeArtifactSchema,
   VolumeFormat,
 } from "@stowage/proto";
 import {
@@ -50,7 +50,7 @@ const full = (
   hostId: string,
   sequence: bigint,
   pools: PoolReport[],
-  volumes: Partial<VolumeArtifact>[] = [],
+  volumes: MessageInitShape<typeof VolumeArtifactSchema>[] = [],
 ) => create(InventorySchema, { hostId, sequence, host: { name: hostId }, pools, volumes });
 
 describe("shared pools in the controller (on PGlite)", () => {

@@ -55,6 +55,43 @@ async function updateSharedCapacity(sql: Queryable, id: string, r: PoolReportRec
     where id = ${id}`;
 }
 
+/**
+ * Writes a host's own pool row from its report: `insert` only when nothing holds the id or the share (nothing
+ * written otherwise), or `upsert` the row. An id that a shared pool handed over to another host still holds is
+ * that host's row, never written here. Returns the ids written (none or one).
+ */
+async function writeOwnPool(
+  sql: Queryable,
+  id: string,
+  hostId: string,
+  r: PoolReportRecord,
+  share: string,
+  mode: "insert" | "upsert",
+): Promise<{ id: string }[]> {
+  const onConflict =
+    mode === "insert"
+      ? sql`on conflict do nothing`
+      : sql`on conflict (id) do update set kind = excluded.kind, numa_node = excluded.numa_node,
+        healthy = excluded.healthy, health_message = excluded.health_message, total_bytes = excluded.total_bytes,
+        used_bytes = excluded.used_bytes, free_bytes = excluded.free_bytes,
+        reported_provisioned_bytes = excluded.reported_provisioned_bytes, data_percent = excluded.data_percent,
+        metadata_percent = excluded.metadata_percent, overcommit_ratio = excluded.overcommit_ratio,
+        max_used_percent = excluded.max_used_percent, reserved_percent = excluded.reserved_percent,
+        max_volumes = excluded.max_volumes, labels = excluded.labels, formats = excluded.formats,
+        shared = excluded.shared, share = excluded.share, present = true, updated_at = now()
+      where pools.host_id = ${hostId}`;
+  return sql<{ id: string }[]>`
+    insert into pools (id, host_id, name, kind, numa_node, healthy, health_message, total_bytes, used_bytes, free_bytes,
+      reported_provisioned_bytes, data_percent, metadata_percent, overcommit_ratio, max_used_percent, reserved_percent,
+      max_volumes, labels, formats, shared, share, present)
+    values (${id}, ${hostId}, ${r.name}, ${r.kind}, ${r.numaNode}, ${r.healthy}, ${r.healthMessage},
+      ${r.totalBytes}, ${r.usedBytes}, ${r.freeBytes}, ${r.provisionedBytes}, ${r.dataPercent}, ${r.metadataPercent},
+      ${r.overcommitRatio}, ${r.maxUsedPercent}, ${r.reservedPercent}, ${r.maxVolumes}, ${sql.json(r.labels)},
+      ${sql.json(r.formats)}, ${r.shared || share !== ""}, ${share}, true)
+    ${onConflict}
+    returning id`;
+}
+
 /** Records (or refreshes) a host's attachment to a shared pool it does not own, under its own name for it. */
 async function attach(sql: Queryable, id: string, hostId: string, r: PoolReportRecord): Promise<void> {
   // A host's name is one pool's: an older attachment under this name (a share the host no longer reports) goes.
@@ -156,28 +193,24 @@ export async function applyPoolReports(
         continue;
       }
     }
-    // The host's own pool: the share's row when the host owns it already (under the id it was made with). An id
-    // that a shared pool handed over to another host still holds is that host's row: never written here.
+    // The host's own pool: the share's row when the host owns it already (under the id it was made with).
     const id = owner ? owner.id : poolId(hostId, r.name);
-    const written = await sql`
-      insert into pools (id, host_id, name, kind, numa_node, healthy, health_message, total_bytes, used_bytes, free_bytes,
-        reported_provisioned_bytes, data_percent, metadata_percent, overcommit_ratio, max_used_percent, reserved_percent,
-        max_volumes, labels, formats, shared, share, present)
-      values (${id}, ${hostId}, ${r.name}, ${r.kind}, ${r.numaNode}, ${r.healthy}, ${r.healthMessage},
-        ${r.totalBytes}, ${r.usedBytes}, ${r.freeBytes}, ${r.provisionedBytes}, ${r.dataPercent}, ${r.metadataPercent},
-        ${r.overcommitRatio}, ${r.maxUsedPercent}, ${r.reservedPercent}, ${r.maxVolumes}, ${sql.json(r.labels)},
-        ${sql.json(r.formats)}, ${r.shared || share !== ""}, ${share}, true)
-      on conflict (id) do update set kind = excluded.kind, numa_node = excluded.numa_node, healthy = excluded.healthy,
-        health_message = excluded.health_message, total_bytes = excluded.total_bytes, used_bytes = excluded.used_bytes,
-        free_bytes = excluded.free_bytes, reported_provisioned_bytes = excluded.reported_provisioned_bytes,
-        data_percent = excluded.data_percent, metadata_percent = excluded.metadata_percent,
-        overcommit_ratio = excluded.overcommit_ratio, max_used_percent = excluded.max_used_percent,
-        reserved_percent = excluded.reserved_percent, max_volumes = excluded.max_volumes,
-        labels = excluded.labels, formats = excluded.formats,
-        shared = excluded.shared, share = excluded.share, present = true, updated_at = now()
-      where pools.host_id = ${hostId}
-      returning id`;
-    if (written.length > 0) landed.set(r.name, { poolId: id, attached: false });
+    if (share && !owner) {
+      // A new share: another host may be reporting it in a concurrent transaction. The insert waits for that one
+      // and does nothing if it made the share's row; the host then attaches to it.
+      if ((await writeOwnPool(sql, id, hostId, r, share, "insert")).length > 0) {
+        landed.set(r.name, { poolId: id, attached: false });
+        continue;
+      }
+      const made = await poolOfShare(sql, r.kind, share);
+      if (made && made.hostId !== hostId) {
+        await attach(sql, made.id, hostId, r);
+        landed.set(r.name, { poolId: made.id, attached: true });
+        continue;
+      }
+    }
+    if ((await writeOwnPool(sql, id, hostId, r, share, "upsert")).length > 0)
+      landed.set(r.name, { poolId: id, attached: false });
   }
   const own = [...landed.values()].filter((p) => !p.attached).map((p) => p.poolId);
   const attached = [...landed.values()].filter((p) => p.attached).map((p) => p.poolId);

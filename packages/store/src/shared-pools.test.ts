@@ -201,4 +201,26 @@ describe.each(backends)("shared pools on %s", (_name, makeBackend) => {
       { hostId: "c", name: "vms", owner: false, present: false },
     ]);
   });
+
+  it("makes one pool when two hosts report a new share in concurrent transactions", async () => {
+    const { sql } = db();
+    const share = "nfs://203.0.113.12/export/race";
+    for (const h of ["r1", "r2"]) await upsertHost(sql, hostRegistration(h));
+    // r1's transaction writes the share's row and holds it uncommitted while r2's reports the same share.
+    let wrote!: () => void;
+    const written = new Promise<void>((resolve) => {
+      wrote = resolve;
+    });
+    const first = sql.begin(async (tx) => {
+      await applyPoolReports(tx, "r1", [nfs("race", share)]);
+      wrote();
+      await new Promise((resolve) => setTimeout(resolve, 300));
+    });
+    await written;
+    const second = sql.begin((tx) => applyPoolReports(tx, "r2", [nfs("race", share)]));
+    const [, landed] = await Promise.all([first, second]);
+    expect(landed.get("race")).toEqual({ poolId: "r1/race", attached: true });
+    expect(await sql`select id from pools where share = ${share}`).toEqual([{ id: "r1/race" }]);
+    expect(await attachedHostsOf(sql, ["r1/race"])).toEqual(new Map([["r1/race", ["r2"]]]));
+  });
 });
