@@ -132,9 +132,20 @@ function percent(v: number | undefined): string {
   return v === undefined ? "-" : `${v.toFixed(1)}%`;
 }
 
+/** The hosts a shared pool is attached to besides its owner, comma-separated ("-" for none). */
+function attachedHosts(p: Pool): string {
+  return orDash(p.attachedHostIds.join(","));
+}
+
+/**
+ * The pools as a table. A shared pool is one row whatever the number of hosts that reach it: the ATTACHED
+ * column (shown when a listed pool has attached hosts, and always with `-o wide`) names the others.
+ */
 export function poolTable(pools: readonly Pool[], o: ViewOptions): string {
   const wide = o.format === "wide";
+  const attached = wide || pools.some((p) => p.attachedHostIds.length > 0);
   const headers = ["POOL", "KIND", "STATUS", "NUMA", "SIZE", "FREE", "PROVISIONED", "RESERVED", "VOLUMES"];
+  if (attached) headers.push("ATTACHED");
   if (wide) headers.push("ZONE", "OVERCOMMIT", "FORMATS", "SHARED", "DATA%", "LABELS");
   const rows = pools.map((p) => {
     const c = p.capacity;
@@ -149,6 +160,7 @@ export function poolTable(pools: readonly Pool[], o: ViewOptions): string {
       formatBytes(c?.reservedBytes),
       String(p.volumeCount),
     ];
+    if (attached) row.push(attachedHosts(p));
     if (wide) {
       row.push(
         orDash(p.zone),
@@ -175,6 +187,8 @@ export function poolDetails(p: Pool, o: ViewOptions): string {
     ["Status", p.healthy ? "healthy" : `unhealthy${p.healthMessage ? `: ${p.healthMessage}` : ""}`],
     ["Draining", p.draining ? "yes (no new volumes are placed here)" : "no"],
     ["Shared", yesNo(p.shared)],
+    ["Share", p.share || undefined],
+    ["Attached hosts", p.shared ? attachedHosts(p) : undefined],
     ["NUMA node", orDash(p.numaNode)],
     ["Formats", orDash(p.formats.map((f) => enumName(VolumeFormatSchema, f)).join(", "))],
     ["Overcommit", `${p.overcommitRatio || 1}x`],

@@ -25,7 +25,7 @@ import {
   RegisterAgentResponseSchema,
 } from "@stowage/proto";
 import {
-  applyPoolDeltas,
+  applyPoolReportDeltas,
   applyPoolReports,
   dropVolumeFindings,
   type Finding,
@@ -36,8 +36,10 @@ import {
   type PoolReportRecord,
   poolId,
   type Queryable,
+  type ReportedPool,
   recordHeartbeat,
   replaceFindings,
+  sharedPoolVolumesOfOwner,
   upsertFindings,
   upsertHost,
   volumesInFluxOnHost,
@@ -85,7 +87,23 @@ function poolReportFromWire(ctx: ControllerContext, p: PoolReport): PoolReportRe
     labels: validateLabels(p.labels),
     formats: p.formats.map((f) => formats.domain(f)).filter((f) => f !== undefined),
     shared: p.shared,
+    share: shareFromWire(p.name, p.share),
   };
+}
+
+/**
+ * A shared pool's identity as an agent reports it (netfs: nfs://server/path): compared, stored and shown, never
+ * parsed here; at most 1,024 characters, no control characters.
+ */
+function shareFromWire(pool: string, share: string): string {
+  if (share.length > 1024 || [...share].some((ch) => ch.charCodeAt(0) < 0x20 || ch.charCodeAt(0) === 0x7f))
+    throw invalidArgument(
+      `pool ${pool}'s share is not valid: at most 1024 characters, no control characters`,
+      {
+        field: "share",
+      },
+    );
+  return share;
 }
 
 /** The host as the store keeps it, every field checked (before anything is written, NATS included). */
@@ -191,16 +209,21 @@ function orphanReason(path: string, v: JudgedVolume | undefined): string | undef
  * Compares a host's inventory with the database. What the host has and the database does not count is an orphan
  * (reported, never deleted; with what the agent said of its artefact, so that it can be adopted): no volume, a
  * deleted one, or one in error holding nothing (`orphanReason`); what the database has and the host lacks is
- * missing; unmarked artefacts are foreign.
+ * missing; unmarked artefacts are foreign. `landed` says which pool each of the host's pool names is (a shared
+ * pool may be another host's row): only the host's own pools are judged for missing volumes.
  */
 export function diffInventory(
   inv: Pick<Inventory, "volumes" | "foreignArtifacts" | "pools">,
   hostId: string,
   live: JudgedVolume[],
+  landed?: ReadonlyMap<string, ReportedPool>,
 ): Finding[] {
   const findings: Finding[] = [];
   const known = new Map(live.map((v) => [v.id, v]));
-  const reportedPools = new Set(inv.pools.map((p) => poolId(hostId, p.name)));
+  const poolIdOf = (name: string) => landed?.get(name)?.poolId ?? poolId(hostId, name);
+  const reportedPools = new Set(
+    inv.pools.filter((p) => !landed?.get(p.name)?.attached).map((p) => poolIdOf(p.name)),
+  );
   const present = new Set<string>();
   for (const a of inv.volumes) {
     present.add(a.volumeId);
@@ -210,7 +233,7 @@ export function diffInventory(
         hostId,
         kind: "orphan",
         subject: a.volumeId,
-        poolId: poolId(hostId, a.poolName),
+        poolId: poolIdOf(a.poolName),
         detail: reason,
         artefact: {
           sizeBytes: a.sizeBytes,
@@ -253,15 +276,16 @@ async function applyFullInventory(ctx: ControllerContext, inv: Inventory): Promi
   const findings = await ctx.sql.begin(async (tx) => {
     if (!(await markInventoryReceived(tx, hostId))) return undefined;
     await applyHostInfo(tx, host);
-    await applyPoolReports(tx, hostId, pools);
-    // Volumes being created or deleted are in flux: judge only the settled ones.
+    const landed = await applyPoolReports(tx, hostId, pools);
+    // Volumes being created or deleted are in flux: judge only the settled ones. A shared pool's listing is
+    // judged in its owner's inventory, against every host's volumes in it; an attached host's is not judged.
     const live = await inventoryVolumesOnHost(tx, hostId);
     const inFlux = await volumesInFluxOnHost(tx, hostId);
-    const found = diffInventory(
-      { ...inv, volumes: inv.volumes.filter((a) => !inFlux.has(a.volumeId)) },
-      hostId,
-      live,
+    const shared = await sharedPoolVolumesOfOwner(tx, hostId);
+    const judged = inv.volumes.filter(
+      (a) => !inFlux.has(a.volumeId) && !shared.inFlux.has(a.volumeId) && !landed.get(a.poolName)?.attached,
     );
+    const found = diffInventory({ ...inv, volumes: judged }, hostId, [...live, ...shared.volumes], landed);
     await replaceFindings(tx, hostId, found);
     return found;
   });
@@ -279,7 +303,7 @@ async function applyInventoryDelta(ctx: ControllerContext, inv: Inventory): Prom
   const pools = inv.pools.map((p) => poolReportFromWire(ctx, p));
   const touched = [...inv.volumes.map((a) => a.volumeId), ...inv.removedVolumeIds];
   await ctx.sql.begin(async (tx) => {
-    await applyPoolDeltas(tx, hostId, pools);
+    const landed = await applyPoolReportDeltas(tx, hostId, pools);
     // The touched artefacts are judged again (as a full inventory would, in flux excepted): an artefact of a
     // volume that is deleted or in error holding nothing stays an orphan.
     const rows = await inventoryVolumesById(
@@ -295,6 +319,7 @@ async function applyInventoryDelta(ctx: ControllerContext, inv: Inventory): Prom
       },
       hostId,
       rows,
+      landed,
     );
     const still = new Set(found.map((f) => f.subject));
     await dropVolumeFindings(

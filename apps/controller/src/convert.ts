@@ -61,7 +61,8 @@ export function hostToWire(h: HostRow, counts?: { pools: number; volumes: number
   });
 }
 
-export function poolToWire(p: PoolRow, zone = ""): Pool {
+/** A pool as the API answers it, a shared pool with the hosts attached to it besides its owner (`attachedHostIds`). */
+export function poolToWire(p: PoolRow & { attachedHostIds?: readonly string[] }, zone = ""): Pool {
   return create(PoolSchema, {
     id: p.id,
     name: p.name,
@@ -90,6 +91,8 @@ export function poolToWire(p: PoolRow, zone = ""): Pool {
     reservedPercent: p.reservedPercent,
     maxVolumes: p.maxVolumes,
     maxUsedPercent: p.maxUsedPercent,
+    share: p.share,
+    attachedHostIds: [...(p.attachedHostIds ?? [])],
   });
 }
 

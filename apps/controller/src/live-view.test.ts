@@ -168,4 +168,29 @@ describe.each(backends)("the live placement view (%s)", (_name, makeBackend) => 
       checkConstraintTargets(db.sql, req({ constraints: { hostId: "h6" } }), view),
     ).rejects.toThrow(/host h6 not found/);
   });
+
+  it("follows a shared pool's attachments written by another writer: a host attaching, going down, detaching", async () => {
+    const share = "nfs://203.0.113.10/export/vms";
+    const nfs = (name: string) =>
+      poolReport(name, 300n * GiB, { kind: "netfs", formats: ["raw", "qcow2"], shared: true, share });
+    const pinned = req({ constraints: { hostId: "h2", poolKinds: ["netfs"] } });
+    await applyPoolReports(writer(), "h1", [poolReport("p", 100n * GiB), nfs("vms")]);
+    await applyPoolReports(writer(), "h2", [poolReport("p", 100n * GiB), nfs("shared")]);
+    await eventually(() => view.poolView("h1/vms")?.attached?.length === 1, view);
+    const d = view.place(pinned, none).decision;
+    expect([d.poolId, d.hostId]).toEqual(["h1/vms", "h2"]);
+    expect(view.poolNameOn("h1/vms", "h2")).toBe("shared");
+    expect(view.poolNameOn("h1/vms", "h1")).toBe("vms");
+    // The attached host goes down: the shared pool is re-read with the host (it is not the pool's owner).
+    await writer()`update hosts set state = 'down' where id = 'h2'`;
+    await eventually(() => view.poolView("h1/vms")?.attached?.[0]?.hostUp === false, view);
+    expect(view.place(pinned, none).decision.feasible).toBe(false);
+    await writer()`update hosts set state = 'up' where id = 'h2'`;
+    await eventually(() => view.poolView("h1/vms")?.attached?.[0]?.hostUp === true, view);
+    // Detached: only the attachment row changes, and its trigger tells the view.
+    await applyPoolReports(writer(), "h2", [poolReport("p", 100n * GiB)]);
+    await eventually(() => view.poolView("h1/vms")?.attached === undefined, view);
+    expect(view.place(pinned, none).decision.feasible).toBe(false);
+    expect(view.poolNameOn("h1/vms", "h2")).toBeUndefined();
+  });
 });

@@ -139,6 +139,17 @@ export class LiveView {
     return this.columns?.n ?? 0;
   }
 
+  /**
+   * The pool's name in this host's config, which the host's commands name: the owner's row name, or an
+   * attached host's own name for a shared pool; undefined when the view does not know the host reaches it.
+   */
+  poolNameOn(poolId: string, hostId: string): string | undefined {
+    const p = this.base.get(poolId) as LiveCandidate | undefined;
+    if (!p) return undefined;
+    if (p.hostId === hostId) return p.name;
+    return p.attached?.find((a) => a.hostId === hostId)?.name;
+  }
+
   /** Whether the view holds the pool or the host (so a constraint naming it needs no query). */
   knowsPool(id: string): boolean {
     return this.columns?.poolIndex.has(id) ?? false;
@@ -428,10 +439,24 @@ export class LiveView {
   }
 }
 
-/** A pool as the scheduler sees it, from its row, its host's state and its operations in flight. */
-export function candidateOf({ pool, hostState, hostSchedulable, zone, load }: SchedulingRow): PoolCandidate {
+/** A pool as the live view keeps it: the scheduler's candidate and the pool's name on its owner. */
+export type LiveCandidate = PoolCandidate & { name: string };
+
+/**
+ * A pool as the scheduler sees it, from its row, its host's state and its operations in flight; a shared pool
+ * with its attached hosts (each with its state and its name for the pool).
+ */
+export function candidateOf({
+  pool,
+  hostState,
+  hostSchedulable,
+  zone,
+  load,
+  attached,
+}: SchedulingRow): LiveCandidate {
   return {
     id: pool.id,
+    name: pool.name,
     hostId: pool.hostId,
     kind: pool.kind,
     zone,
@@ -453,5 +478,16 @@ export function candidateOf({ pool, hostState, hostSchedulable, zone, load }: Sc
     volumeCount: pool.volumeCount,
     maxVolumes: pool.maxVolumes,
     load,
+    ...(attached.length > 0
+      ? {
+          attached: attached.map((a) => ({
+            hostId: a.hostId,
+            name: a.name,
+            hostUp: a.up,
+            hostSchedulable: a.schedulable,
+            healthy: a.healthy,
+          })),
+        }
+      : {}),
   };
 }

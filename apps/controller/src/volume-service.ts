@@ -24,6 +24,7 @@ import {
   liveExportsOfVolume,
   liveSnapshotCount,
   type OperationRow,
+  poolId,
   type Queryable,
   type VolumeRow,
   writeAudit,
@@ -98,6 +99,10 @@ async function writeCreate(
 ) {
   const volumeId = newId("vol");
   const operationId = newId("op");
+  // The command names the pool as the volume's host knows it: a shared pool may be another host's row.
+  const name = liveView(ctx).poolNameOn(decision.poolId, decision.hostId);
+  const target =
+    name === undefined ? decision : { hostId: decision.hostId, poolId: poolId(decision.hostId, name) };
   const written = await insertPlacedVolume(tx, {
     volume: {
       id: volumeId,
@@ -121,7 +126,7 @@ async function writeCreate(
       command: agentCommand(
         operationId,
         "create_volume",
-        decision,
+        target,
         {
           case: "createVolume",
           value: {

@@ -23,6 +23,17 @@ export const DRAINING = 2;
 export const HOST_UP = 4;
 export const SCHEDULABLE = 8;
 export const OVER_FLOOR = 16;
+/** A shared pool with attached hosts (`Columns.attachedOf`): reached through its owner or one of them. */
+export const ATTACHED = 32;
+/** The bits a host must give a pool for a placement through it: healthy there, host up and schedulable. */
+const REACHABLE = HEALTHY | HOST_UP | SCHEDULABLE;
+
+/** An attached host of a shared pool: its index, id, and its HEALTHY, HOST_UP and SCHEDULABLE bits. */
+export interface AttachedEntry {
+  host: number;
+  hostId: string;
+  bits: number;
+}
 
 /** Where the live volumes of one anti-affinity group are: host and zone indexes (-1: not in the view). */
 export type GroupMembers = { host: number; zone: number }[];
@@ -52,7 +63,9 @@ export class Columns {
   readonly zoneCount: number;
   readonly hostIndex = new Map<string, number>();
   readonly zoneIndex = new Map<string, number>();
-  /** The pools of each host and of each zone, by host or zone index. */
+  /** The attached hosts of each shared pool that has some (the ATTACHED bit), by pool index. */
+  readonly attachedOf = new Map<number, AttachedEntry[]>();
+  /** The pools of each host and of each zone, by host or zone index (a host's include the shared pools it is attached to). */
   readonly poolsOfHost: number[][] = [];
   readonly poolsOfZone: number[][] = [];
   readonly kindBit: Uint8Array;
@@ -110,6 +123,10 @@ export class Columns {
       this.zone[i] = intern(p.zone, this.zoneIndex, this.poolsOfZone);
       this.poolsOfHost[this.host[i]!]!.push(i);
       this.poolsOfZone[this.zone[i]!]!.push(i);
+      for (const a of p.attached ?? []) {
+        const k = intern(a.hostId, this.hostIndex, this.poolsOfHost);
+        if (k !== this.host[i]) this.poolsOfHost[k]!.push(i);
+      }
       this.fill(i, p);
       bump(this.countHistogram, this.count[i]!, 1);
       bump(this.loadHistogram, this.load[i]!, 1);
@@ -149,7 +166,18 @@ export class Columns {
       (p.draining ? DRAINING : 0) |
       (p.hostUp ? HOST_UP : 0) |
       (p.hostSchedulable ? SCHEDULABLE : 0) |
-      (overPhysicalFloor(p) ? OVER_FLOOR : 0);
+      (overPhysicalFloor(p) ? OVER_FLOOR : 0) |
+      (p.attached?.length ? ATTACHED : 0);
+    if (p.attached?.length)
+      this.attachedOf.set(
+        i,
+        p.attached.map((a) => ({
+          host: this.hostIndex.get(a.hostId)!,
+          hostId: a.hostId,
+          bits: (a.healthy ? HEALTHY : 0) | (a.hostUp ? HOST_UP : 0) | (a.hostSchedulable ? SCHEDULABLE : 0),
+        })),
+      );
+    else this.attachedOf.delete(i);
     this.numaNode[i] = p.numaNode ?? -1;
     this.headroom[i] = headroom(p);
     const limit = provisionLimit(p);
@@ -167,6 +195,7 @@ export class Columns {
   update(i: number, p: PoolCandidate): boolean {
     const before = this.pools[i]!;
     if (p.id !== before.id || p.hostId !== before.hostId || p.zone !== before.zone) return false;
+    if (attachedKey(p) !== attachedKey(before)) return false;
     const oldCount = this.count[i]!;
     const oldLoad = this.load[i]!;
     this.pools[i] = p;
@@ -180,6 +209,48 @@ export class Columns {
     this.maxLoad = moved(this.loadHistogram, this.maxLoad, oldLoad, this.load[i]!);
     this.invMaxLoad = this.maxLoad === 0 ? 0 : 1 / this.maxLoad;
     return true;
+  }
+
+  /** Whether host index `host` is attached to shared pool i (not its owner). */
+  attachedTo(i: number, host: number): boolean {
+    if ((this.state[i]! & ATTACHED) === 0) return false;
+    for (const a of this.attachedOf.get(i)!) if (a.host === host) return true;
+    return false;
+  }
+
+  /**
+   * Which of pool i's hosts a placement goes through, for a request pinned to host index `pinned` (negative:
+   * not pinned): -1 for the owner, else the index of the attached host in `attachedOf`. Pinned to an attached
+   * host: that one. Not pinned: the owner when it is reachable (REACHABLE bits), else the first attached host
+   * that is, else the owner (whose state refuses it).
+   */
+  via(i: number, pinned: number): number {
+    const list = this.attachedOf.get(i);
+    if (!list) return -1;
+    if (pinned >= 0 && pinned !== this.host[i]) {
+      for (let k = 0; k < list.length; k++) if (list[k]!.host === pinned) return k;
+      return -1;
+    }
+    if ((this.state[i]! & REACHABLE) === REACHABLE) return -1;
+    for (let k = 0; k < list.length; k++) if ((list[k]!.bits & REACHABLE) === REACHABLE) return k;
+    return -1;
+  }
+
+  /**
+   * Pool i's state bits as seen through the host a placement would use (`via`): the pool's own (draining,
+   * physical floor) with that host's health, up and schedulable bits. One bit test for a pool of one host.
+   */
+  reachState(i: number, pinned: number): number {
+    const s = this.state[i]!;
+    if ((s & ATTACHED) === 0) return s;
+    const k = this.via(i, pinned);
+    return k < 0 ? s : (s & ~REACHABLE) | this.attachedOf.get(i)![k]!.bits;
+  }
+
+  /** The id of the host a placement in pool i goes through (`via`). */
+  reachHostId(i: number, pinned: number): string {
+    const k = this.via(i, pinned);
+    return k < 0 ? this.pools[i]!.hostId : this.attachedOf.get(i)![k]!.hostId;
   }
 
   /** Sets where the live volumes of one anti-affinity group are (a live view loads only the request's groups). */
@@ -244,6 +315,11 @@ function moved(histogram: Map<number, number>, max: number, from: number, to: nu
   let next = 0;
   for (const v of histogram.keys()) if (v > next) next = v;
   return next;
+}
+
+/** The attached hosts of a pool, as a key: a change of them moves the pool in `poolsOfHost` (a rebuild). */
+function attachedKey(p: PoolCandidate): string {
+  return p.attached?.length ? p.attached.map((a) => a.hostId).join(" ") : "";
 }
 
 /** The index of `name`, adding it (with an empty pool list) the first time it is seen. */

@@ -31,7 +31,7 @@ export function explain(
   for (let i = 0; i < c.n; i++) {
     // Each verdict is one literal (not a spread of a shared part): V8 keeps them all of one fast shape.
     const poolId = c.ids[i]!;
-    const hostId = c.pools[i]!.hostId;
+    const hostId = c.reachHostId(i, r.host);
     const code = codes[i]!;
     if (code !== 0) {
       const f = filterOf(code);
@@ -90,9 +90,10 @@ export function decision(
       poolsConsidered: c.n,
     };
   }
-  const node = c.numaNode[s.best]!;
   const poolId = c.ids[s.best]!;
-  const hostId = c.pools[s.best]!.hostId;
+  // A shared pool is reached through its owner or an attached host; the pool's NUMA node is its owner's.
+  const hostId = c.reachHostId(s.best, r.host);
+  const node = hostId === c.pools[s.best]!.hostId ? c.numaNode[s.best]! : -1;
   const cpuSet = node < 0 ? "" : (c.numa.get(hostId)?.find((x) => x.id === node)?.cpuList ?? "");
   return {
     feasible: true,

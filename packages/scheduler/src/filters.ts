@@ -1,6 +1,6 @@
 import { formatSize } from "@stowage/core";
 import { quotedLimit, room } from "./capacity.js";
-import { type Columns, DRAINING, HEALTHY, HOST_UP, OVER_FLOOR, SCHEDULABLE } from "./columns.js";
+import { ATTACHED, type Columns, DRAINING, HEALTHY, HOST_UP, OVER_FLOOR, SCHEDULABLE } from "./columns.js";
 import { type CompiledRequest, NONE, UNKNOWN } from "./request.js";
 
 /**
@@ -26,6 +26,15 @@ export interface Filter {
    */
   admits?(c: Columns, r: CompiledRequest): readonly number[] | undefined;
 }
+
+/**
+ * Pool i's state bits through the host a placement would use: its own for a pool of one host (an array read and
+ * a bit test, inlined into the select loop), `Columns.reachState` only for a shared pool with attached hosts.
+ */
+const reach = (c: Columns, r: CompiledRequest, i: number): number => {
+  const s = c.state[i]!;
+  return (s & ATTACHED) === 0 ? s : c.reachState(i, r.host);
+};
 
 const poolsOfHost = (c: Columns, host: number): readonly number[] | undefined =>
   host === NONE ? undefined : host === UNKNOWN ? [] : c.poolsOfHost[host]!;
@@ -57,8 +66,8 @@ export const FILTER_TABLE: readonly Filter[] = [
   {
     code: "host",
     name: "selector",
-    checks: "the requested host",
-    refuses: (c, r, i) => r.host !== NONE && c.host[i] !== r.host,
+    checks: "the requested host (a shared pool: its owner or a host attached to it)",
+    refuses: (c, r, i) => r.host !== NONE && c.host[i] !== r.host && !c.attachedTo(i, r.host),
     reason: (_c, r) => `not on the requested host ${r.req.constraints.hostId}`,
     admits: (c, r) => poolsOfHost(c, r.host),
   },
@@ -84,22 +93,25 @@ export const FILTER_TABLE: readonly Filter[] = [
     code: "host-down",
     name: "host-up",
     checks: "the host heartbeats",
-    refuses: (c, _r, i) => (c.state[i]! & HOST_UP) === 0,
-    reason: (c, _r, i) => `host ${c.pools[i]!.hostId} is down`,
+    refuses: (c, r, i) => (reach(c, r, i) & HOST_UP) === 0,
+    reason: (c, r, i) => `host ${c.reachHostId(i, r.host)} is down`,
   },
   {
     code: "cordoned",
     name: "host-up",
     checks: "the host is not cordoned",
-    refuses: (c, _r, i) => (c.state[i]! & SCHEDULABLE) === 0,
-    reason: (c, _r, i) => `host ${c.pools[i]!.hostId} is cordoned`,
+    refuses: (c, r, i) => (reach(c, r, i) & SCHEDULABLE) === 0,
+    reason: (c, r, i) => `host ${c.reachHostId(i, r.host)} is cordoned`,
   },
   {
     code: "unhealthy",
     name: "pool-healthy",
     checks: "the pool passes its health check",
-    refuses: (c, _r, i) => (c.state[i]! & HEALTHY) === 0,
-    reason: () => "pool is unhealthy",
+    refuses: (c, r, i) => (reach(c, r, i) & HEALTHY) === 0,
+    reason: (c, r, i) =>
+      (c.state[i]! & ATTACHED) === 0
+        ? "pool is unhealthy"
+        : `pool is unhealthy on host ${c.reachHostId(i, r.host)}`,
   },
   {
     code: "draining",

@@ -100,7 +100,7 @@ function topCandidates(
     const i = top.pools[k]!;
     out.push({
       poolId: c.ids[i]!,
-      hostId: c.pools[i]!.hostId,
+      hostId: c.reachHostId(i, r.host),
       feasible: true,
       refusedBy: "",
       reason: "",

@@ -28,6 +28,23 @@ export interface PoolCandidate {
   maxVolumes?: number;
   /** Operations in flight on the pool (pending or sent), for the pool-load scorer. */
   load?: number;
+  /**
+   * A shared pool's other hosts (netfs: the hosts attached to the same share), each with its own state: a
+   * request pinned to one of them may land here, through that host; an unpinned one goes through the owner, or
+   * through an attached host that is up when the owner is not.
+   */
+  attached?: readonly AttachedHost[];
+}
+
+/** A host that reaches a shared pool besides its owner, as placement judges it. */
+export interface AttachedHost {
+  hostId: string;
+  hostUp: boolean;
+  hostSchedulable: boolean;
+  /** The host's own health check of the pool. */
+  healthy: boolean;
+  /** The pool's name in that host's config (what its commands name); the scheduler does not read it. */
+  name?: string;
 }
 
 export interface NumaNodeInfo {

@@ -89,7 +89,10 @@ export async function setHostSchedulable(
   return row;
 }
 
-/** The present pools and live volumes of each of these hosts (a page of ListHosts, or one host). */
+/**
+ * The present pools and live volumes of each of these hosts (a page of ListHosts, or one host); a host's pools
+ * include the shared pools it is attached to.
+ */
 export async function countsByHost(
   sql: Queryable,
   ids: readonly string[],
@@ -97,7 +100,8 @@ export async function countsByHost(
   if (ids.length === 0) return new Map();
   const rows = await sql<{ hostId: string; pools: number; volumes: number }[]>`
     select h.id as host_id,
-      (select count(*)::int from pools p where p.host_id = h.id and p.present) as pools,
+      (select count(*)::int from pools p where p.host_id = h.id and p.present)
+        + (select count(*)::int from pool_attachments a where a.host_id = h.id and a.present) as pools,
       (select count(*)::int from volumes v where v.host_id = h.id and v.state <> 'deleted') as volumes
     from hosts h where h.id = any(${[...new Set(ids)]})`;
   return new Map(rows.map((r) => [r.hostId, { pools: r.pools, volumes: r.volumes }]));

@@ -58,6 +58,8 @@ export interface PoolRow {
   labels: Record<string, string>;
   formats: VolumeFormat[];
   shared: boolean;
+  /** A shared pool's identity as its agents report it (netfs: nfs://server/path); '' for a pool of one host. */
+  share: string;
   draining: boolean;
   present: boolean;
   allocatedBytes: bigint;
