@@ -11,6 +11,7 @@ import {
   getOperationByRequestId,
   insertOperation,
   type OperationRow,
+  poolNameOnHost,
   type Queryable,
   transitionVolume,
   type VolumeRow,
@@ -42,6 +43,7 @@ export async function enqueueOperation(
 ): Promise<OperationRow> {
   const operationId = o.operationId ?? newId("op");
   const collected = writtenIn.get(tx);
+  const poolName = await poolNameFor(tx, o.volume);
   const row = await insertOperation(tx, {
     id: operationId,
     kind: o.kind,
@@ -50,7 +52,7 @@ export async function enqueueOperation(
     volumeId: o.volume.id,
     ...(o.snapshotId ? { snapshotId: o.snapshotId } : {}),
     ...(o.exportId ? { exportId: o.exportId } : {}),
-    command: agentCommand(operationId, o.kind, o.volume, o.payload, collected?.deadlineMs),
+    command: agentCommand(operationId, o.kind, { ...o.volume, poolName }, o.payload, collected?.deadlineMs),
     requestedBy: o.actor,
     requestId: o.requestId ?? null,
   });
@@ -63,6 +65,16 @@ export async function enqueueOperation(
  * deadline its controller gives their commands.
  */
 const writtenIn = new WeakMap<object, { ops: OperationRow[]; deadlineMs: number }>();
+
+/**
+ * The name the volume's host knows its pool by. A pool's id is `<host>/<name>` of the host that made it, which
+ * is the answer for every volume of a host's own pool; a shared pool (netfs) reached through another host, or
+ * handed over to one, is named by that host's attachment (one query, only then).
+ */
+async function poolNameFor(tx: Queryable, v: Pick<VolumeRow, "hostId" | "poolId">): Promise<string> {
+  if (v.poolId.startsWith(`${v.hostId}/`)) return v.poolId.slice(v.hostId.length + 1);
+  return (await poolNameOnHost(tx, v.poolId, v.hostId)) ?? v.poolId.slice(v.poolId.indexOf("/") + 1);
+}
 
 /**
  * Starts collecting the operations written in this transaction (`enqueueOperation`), whose commands get
@@ -81,7 +93,7 @@ export function collectOperations(tx: object, deadlineMs?: number): OperationRow
 export function agentCommand(
   operationId: string,
   kind: DomainOperationKind,
-  volume: Pick<VolumeRow, "hostId" | "poolId">,
+  volume: Pick<VolumeRow, "hostId" | "poolId"> & { poolName?: string },
   payload: MessageInitShape<typeof AgentCommandSchema>["payload"],
   deadlineMs = commandDeadlineMs(DEFAULT_OPERATION_TTL_MS),
 ): Uint8Array {
@@ -90,7 +102,7 @@ export function agentCommand(
     operationId,
     kind: operationKinds.wire(kind),
     hostId: volume.hostId,
-    poolName: volume.poolId.slice(volume.hostId.length + 1),
+    poolName: volume.poolName ?? volume.poolId.slice(volume.hostId.length + 1),
     attempt: 1,
     issuedAt: timestampFromMs(now),
     deadline: timestampFromMs(now + deadlineMs),
