@@ -11,8 +11,8 @@ import {
   GetDiskXmlRequestSchema,
   OperationResultSchema,
 } from "@stowage/proto";
-import { upsertHost } from "@stowage/store";
-import { hostRegistration } from "@stowage/store/testing";
+import { applyPoolReports, upsertHost } from "@stowage/store";
+import { GiB, hostRegistration, poolReport } from "@stowage/store/testing";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { getDiskXml } from "./disk-xml.js";
 import { createExport } from "./export-service.js";
@@ -158,6 +158,26 @@ describe("GetDiskXml (on PGlite)", () => {
     validate(res.diskXml);
     await expect(getDiskXml(f.ctx, req({ volume: v.id, hostId: "h3" }))).rejects.toThrow(
       /no active rbd export allows host h3/,
+    );
+  });
+
+  it("gives a host attached to a netfs share the nfs network disk of the volume's file, and refuses one that is not", async () => {
+    const share = "nfs://203.0.113.20/srv/stowage";
+    await f.addPool("shared", "netfs", ["qcow2", "raw"], { shared: true, share });
+    await applyPoolReports(f.sql, "h2", [
+      poolReport("shared", 100n * GiB, { kind: "netfs", formats: ["qcow2", "raw"], shared: true, share }),
+    ]);
+    const v = await volume("nfs-disk", "h1/shared", "qcow2", `${share}/vol-nfs.qcow2`);
+    for (const host of ["h1", "h2"]) {
+      const res = await getDiskXml(f.ctx, req({ volume: v.id, hostId: host }));
+      expect(res.diskXml).toContain('<disk type="network" device="disk">');
+      expect(res.diskXml).toContain('<source protocol="nfs" name="/srv/stowage/vol-nfs.qcow2">');
+      expect(res.diskXml).toContain('<host name="203.0.113.20"/>');
+      expect(res.diskXml).toMatch(/<driver name="qemu" type="qcow2"/);
+      validate(res.diskXml);
+    }
+    await expect(getDiskXml(f.ctx, req({ volume: v.id, hostId: "h3" }))).rejects.toThrow(
+      /whose share host h3 is not attached to/,
     );
   });
 

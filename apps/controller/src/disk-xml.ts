@@ -12,10 +12,19 @@ import {
   diskXml,
   type IscsiDiskSpec,
   iothreadPinXml,
+  type NfsDiskSpec,
   type RbdDiskSpec,
 } from "@stowage/libvirt";
 import { type GetDiskXmlRequest, type GetDiskXmlResponse, GetDiskXmlResponseSchema } from "@stowage/proto";
-import { exportsAllowing, getHost, getPool, type HostRow, type VolumeRow } from "@stowage/store";
+import {
+  exportsAllowing,
+  getHost,
+  getPool,
+  type HostRow,
+  type PoolRow,
+  poolHosts,
+  type VolumeRow,
+} from "@stowage/store";
 import type { ControllerContext } from "./context.js";
 import { resolveVolume } from "./volume-service.js";
 
@@ -28,7 +37,8 @@ const ATTACHABLE = new Set(["available", "resizing", "reverting"]);
  * for a dir volume, `type='block'` for an LVM volume (`cache='none' io='native'`, `discard='unmap'` when thin).
  * From another host, the network source of the live export that allows that host: `type='network'` iSCSI
  * (portal, IQN/LUN, the host's initiator name, CHAP by secret usage) or RBD (monitors, the host's own cephx user
- * by secret usage). Without one, FAILED_PRECONDITION says how to make it. Nothing is written.
+ * by secret usage). Without one, FAILED_PRECONDITION says how to make it. A netfs volume, on any host attached
+ * to its share: `type='network'` NFS (the server, the export and the file). Nothing is written.
  */
 export async function getDiskXml(
   ctx: ControllerContext,
@@ -65,6 +75,7 @@ export async function getDiskXml(
       cpuSet: volume.cpuSet,
     });
   if (hostId !== volume.hostId || pool.kind === "rbd" || pool.kind === "netfs") {
+    if (pool.kind === "netfs") return answer({ ...(await netfsSpec(ctx, volume, pool, host)), ...common });
     return answer({ ...(await networkSpec(ctx, volume, pool.kind, host)), ...common });
   }
   if (!volume.hostPath)
@@ -81,6 +92,36 @@ export async function getDiskXml(
         }
       : { kind: "block", path: volume.hostPath, format: "raw", thin: pool.kind === "lvmthin", ...common };
   return answer(spec);
+}
+
+/**
+ * A netfs volume on a host attached to its share (the pool's owner or an attached host, present): the NFS network
+ * source qemu opens through libnfs, `nfs://server/export/<volume file>` split into the server, the export and
+ * the file inside it.
+ */
+async function netfsSpec(
+  ctx: ControllerContext,
+  volume: VolumeRow,
+  pool: PoolRow,
+  host: HostRow,
+): Promise<Omit<NfsDiskSpec, "target" | "serial" | "alias">> {
+  const reaches = (await poolHosts(ctx.sql, pool.id)).some((h) => h.hostId === host.id && h.present);
+  if (!reaches)
+    throw failedPrecondition(
+      `volume ${volume.name} is on netfs pool ${pool.id}, whose share host ${host.id} is not attached to: add the pool (url ${pool.share || "nfs://..."}) to its agent config`,
+    );
+  const share = /^nfs:\/\/([^/]+)(\/.*)$/.exec(pool.share);
+  if (!share || !volume.hostPath.startsWith(`${pool.share}/`))
+    throw failedPrecondition(
+      `volume ${volume.name} has no file on share ${pool.share || "(none reported)"} yet (its agent has not reported it)`,
+    );
+  return {
+    kind: "nfs",
+    host: share[1]!,
+    exportPath: share[2]!,
+    file: volume.hostPath.slice(pool.share.length + 1),
+    format: volume.format === "qcow2" ? "qcow2" : "raw",
+  };
 }
 
 type NetworkSpec =

@@ -27,7 +27,12 @@ export interface ServiceFixture {
   ctx: ControllerContext;
   sql: Sql;
   /** Adds a healthy pool `h1/<name>` of this kind with 100 GiB free (the pools added before stay). */
-  addPool(name: string, kind: PoolKind, formats: VolumeFormat[]): Promise<string>;
+  addPool(
+    name: string,
+    kind: PoolKind,
+    formats: VolumeFormat[],
+    over?: Partial<PoolReportRecord>,
+  ): Promise<string>;
   close(): Promise<void>;
 }
 
@@ -52,8 +57,8 @@ export async function openServiceFixture(config: Partial<ControllerConfig> = {})
   return {
     ctx,
     sql: db.sql,
-    async addPool(name, kind, formats) {
-      pools.push(poolReport(name, 100n * GiB, { kind, formats }));
+    async addPool(name, kind, formats, over = {}) {
+      pools.push(poolReport(name, 100n * GiB, { kind, formats, ...over }));
       await applyPoolReports(db.sql, "h1", pools);
       return `h1/${name}`;
     },
