@@ -121,6 +121,15 @@ describe.skipIf(skip !== undefined)(title, () => {
     const r = await tgtd.tgtadm(["--lld", "iscsi", "--mode", "target", "--op", "show"]);
     return [...r.stdout.matchAll(/^Target \d+: (\S+)$/gm)].map((m) => m[1]);
   };
+  /** virt-xml-validate on a <disk> element inside a minimal domain (libvirt-clients with its schemas). */
+  const validateDisk = async (xml: string, file: string) => {
+    const domain = join(secretsDir, file);
+    writeFileSync(
+      domain,
+      `<domain type='kvm'><name>check</name><memory unit='MiB'>64</memory><os><type arch='x86_64'>hvm</type></os><devices>${xml}</devices></domain>`,
+    );
+    await run("virt-xml-validate", [domain, "domain"]);
+  };
   const getExport = () => c.stowctlJson<ExportJson>(["export", "get", exp.id]);
   const waitFor = async (what: string, ok: () => Promise<boolean>, ms: number) => {
     const until = Date.now() + ms;
@@ -250,12 +259,7 @@ describe.skipIf(skip !== undefined)(title, () => {
     expect(xml).toContain(`<iqn name="${iqnOf("h2")}"/>`);
     expect(xml).toContain(`usage="stowage-${exp.id}"`);
     expect(xml).not.toContain(readFileSync(chap.secretFile, "utf8"));
-    const domain = join(secretsDir, "domain.xml");
-    writeFileSync(
-      domain,
-      `<domain type='kvm'><name>check</name><memory unit='MiB'>64</memory><os><type arch='x86_64'>hvm</type></os><devices>${xml}</devices></domain>`,
-    );
-    await run("virt-xml-validate", [domain, "domain"]);
+    await validateDisk(xml, "domain.xml");
   });
 
   it("refuses h3 (not on the ACL, no credentials) and a wrong CHAP secret", async () => {
@@ -449,12 +453,7 @@ describe.skipIf(skip !== undefined)(title, () => {
         expect(xml).toContain(`<auth username="${b.cephxUser}">`);
         expect(xml).toContain(`<host name="${H1}" port="3300"/>`);
         expect(xml).not.toContain(readFileSync(b.secretFile, "utf8"));
-        const domain = join(secretsDir, "rbd-domain.xml");
-        writeFileSync(
-          domain,
-          `<domain type='kvm'><name>check</name><memory unit='MiB'>64</memory><os><type arch='x86_64'>hvm</type></os><devices>${xml}</devices></domain>`,
-        );
-        await run("virt-xml-validate", [domain, "domain"]);
+        await validateDisk(xml, "rbd-domain.xml");
       });
 
       it("revokes: after unexport h2's key is refused", async () => {

@@ -27,16 +27,14 @@ import {
 import { createControllerMetrics } from "./metrics.js";
 import { applyResult } from "./results.js";
 import { SECRET_KEY_FILE, secretBox, secretBoxFromKey } from "./secret-box.js";
-import { addVolume, countRows, openServiceFixture, type ServiceFixture } from "./testing/service-fixture.js";
+import {
+  addVolume,
+  codeOf,
+  countRows,
+  openServiceFixture,
+  type ServiceFixture,
+} from "./testing/service-fixture.js";
 import { deleteVolume } from "./volume-service.js";
-
-async function codeOf(p: Promise<unknown>): Promise<string> {
-  const err = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  return err instanceof StowageError ? err.code : `not refused (${String(err)})`;
-}
 
 const iscsi = (volume: string, allowedHostIds: string[], o: { chap?: boolean; requestId?: string } = {}) =>
   create(CreateExportRequestSchema, {

@@ -1,5 +1,5 @@
 import { create } from "@bufbuild/protobuf";
-import { CAPABILITIES, StowageError } from "@stowage/core";
+import { CAPABILITIES } from "@stowage/core";
 import {
   CloneVolumeRequestSchema,
   CreateSnapshotRequestSchema,
@@ -30,21 +30,13 @@ import { reconcileOnce } from "./reconciler.js";
 import { applyResult } from "./results.js";
 import {
   addVolume,
+  codeOf,
   countRows,
   GiB,
   openServiceFixture,
   type ServiceFixture,
 } from "./testing/service-fixture.js";
 import { deleteVolume } from "./volume-service.js";
-
-/** The code of what `p` was rejected with. */
-async function codeOf(p: Promise<unknown>): Promise<string> {
-  const err = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  return err instanceof StowageError ? err.code : `not refused (${String(err)})`;
-}
 
 describe("lifecycle service (on PGlite)", () => {
   let f: ServiceFixture;

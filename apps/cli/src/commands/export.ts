@@ -97,6 +97,19 @@ async function waitForExport(
   return current;
 }
 
+/** With --wait, the export once its operation is done (waitForExport); without, as the controller answered. */
+function settled(
+  ctx: Context,
+  res: { export?: Export; operation?: { id: string } },
+  want: ExportState,
+  opts: OptionValues,
+): Promise<Export> {
+  if (!res.export) throw new CliError(Code.Internal, "the controller answered no export");
+  return opts.wait
+    ? waitForExport(ctx, res.export, res.operation?.id, want, opts)
+    : Promise.resolve(res.export);
+}
+
 const waitOptions = (c: Command) =>
   c
     .option("--wait", "wait until the serving agent has done it")
@@ -146,9 +159,7 @@ export function registerVolumeExportCommands(volume: Command, act: Act): void {
         },
         ctx.call(),
       );
-      const e = opts.wait
-        ? await waitForExport(ctx, res.export!, res.operation?.id, ExportState.ACTIVE, opts)
-        : res.export!;
+      const e = await settled(ctx, res, ExportState.ACTIVE, opts);
       print(ctx, e);
     }),
   );
@@ -186,9 +197,7 @@ export function registerVolumeExportCommands(volume: Command, act: Act): void {
           `volume ${volume} has ${live.length} exports (${live.map((e) => kindName(e.kind)).join(", ")}): say which with --kind`,
         );
       const res = await ctx.clients.exports.deleteExport({ exportId: live[0]!.id }, ctx.call());
-      const e = opts.wait
-        ? await waitForExport(ctx, res.export!, res.operation?.id, ExportState.DELETED, opts)
-        : res.export!;
+      const e = await settled(ctx, res, ExportState.DELETED, opts);
       if (ctx.json) ctx.printJson(toPlain(ExportSchema, e));
       else ctx.print(`export ${e.id} of ${volume} is ${stateName(e.state)}`);
     }),
@@ -267,9 +276,7 @@ export function registerExportCommands(program: Command, act: Act): void {
         { exportId: parseName("export", id!), addAllowedHostIds: add, removeAllowedHostIds: remove },
         ctx.call(),
       );
-      const e = opts.wait
-        ? await waitForExport(ctx, res.export!, res.operation?.id, ExportState.ACTIVE, opts)
-        : res.export!;
+      const e = await settled(ctx, res, ExportState.ACTIVE, opts);
       print(ctx, e);
     }),
   );
@@ -283,9 +290,7 @@ export function registerExportCommands(program: Command, act: Act): void {
   ).action(
     act(hints, async (ctx, [id], opts) => {
       const res = await ctx.clients.exports.deleteExport({ exportId: parseName("export", id!) }, ctx.call());
-      const e = opts.wait
-        ? await waitForExport(ctx, res.export!, res.operation?.id, ExportState.DELETED, opts)
-        : res.export!;
+      const e = await settled(ctx, res, ExportState.DELETED, opts);
       if (ctx.json) ctx.printJson(toPlain(ExportSchema, e));
       else ctx.print(`export ${e.id} is ${stateName(e.state)}`);
     }),

@@ -1,4 +1,4 @@
-import { CAPABILITIES, newId, type PoolKind, type VolumeFormat } from "@stowage/core";
+import { CAPABILITIES, newId, type PoolKind, StowageError, type VolumeFormat } from "@stowage/core";
 import {
   applyPoolReports,
   confirmReservation,
@@ -94,4 +94,13 @@ export async function countRows(
 ): Promise<number> {
   const [row] = await sql<{ n: number }[]>`select count(*)::int as n from ${sql(table)}`;
   return row!.n;
+}
+
+/** The code of what `p` was rejected with (a StowageError's), or a text saying it was not refused. */
+export async function codeOf(p: Promise<unknown>): Promise<string> {
+  const err = await p.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  return err instanceof StowageError ? err.code : `not refused (${String(err)})`;
 }
