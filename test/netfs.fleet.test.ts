@@ -111,27 +111,68 @@ describe.skipIf(skipReason !== undefined)(title, () => {
     await tmp?.cleanup();
   }, 60_000);
 
-  it("both agents report the netfs pool healthy and shared, with the export's capacity", async () => {
-    type PoolJson = {
-      id: string;
-      hostId: string;
-      kind: string;
-      healthy: boolean;
-      shared: boolean;
-      capacity: { totalBytes: string };
-    };
+  type PoolJson = {
+    id: string;
+    hostId: string;
+    kind: string;
+    healthy: boolean;
+    shared: boolean;
+    share?: string;
+    attachedHostIds?: string[];
+    capacity: { totalBytes: string; provisionedBytes?: string; reservedBytes?: string };
+  };
+  const netfsPools = async () =>
+    (await c.stowctlJson<PoolJson[]>(["pool", "list"], { on: "h1" })).filter((p) => /netfs/i.test(p.kind));
+  let pool: PoolJson;
+
+  it("keeps the share both agents report as one pool, healthy, with the export's capacity counted once", async () => {
     let pools: PoolJson[] = [];
     for (let i = 0; i < 50; i++) {
-      pools = (await c.stowctlJson<PoolJson[]>(["pool", "list"], { on: "h1" })).filter((p) =>
-        /netfs/i.test(p.kind),
-      );
-      if (pools.length === 2 && pools.every((p) => p.healthy)) break;
+      pools = await netfsPools();
+      if (pools.length === 1 && pools[0]!.healthy && pools[0]!.attachedHostIds?.length === 1) break;
       await new Promise((r) => setTimeout(r, 200));
     }
-    expect(pools.map((p) => p.hostId).sort()).toEqual(["h1", "h2"]);
-    for (const p of pools) expect([p.healthy, p.shared]).toEqual([true, true]);
-    expect(BigInt(pools[0]!.capacity.totalBytes)).toBeGreaterThan(0n);
-    expect(pools[1]!.capacity.totalBytes).toBe(pools[0]!.capacity.totalBytes);
+    expect(pools).toHaveLength(1);
+    pool = pools[0]!;
+    // Whichever host reported it first owns the row; the other is attached.
+    expect([pool.hostId, ...(pool.attachedHostIds ?? [])].sort()).toEqual(["h1", "h2"]);
+    expect(pool).toMatchObject({ healthy: true, shared: true, share: url });
+    expect(BigInt(pool.capacity.totalBytes)).toBeGreaterThan(0n);
+  });
+
+  it("places volumes through the API on either host of the share; the one ledger holds both, and each host's <disk> is NFS", async () => {
+    const ids: string[] = [];
+    for (const host of ["h1", "h2"]) {
+      const v = await c.stowctlJson<{ volume: { id: string; hostId: string; poolId: string } }>([
+        ...["volume", "create", `api-${host}`, "--size", "8M", "--format", "qcow2"],
+        ...["--pool", pool.id, "--host", host, "--wait"],
+      ]);
+      expect(v.volume).toMatchObject({ hostId: host, poolId: pool.id });
+      ids.push(v.volume.id);
+    }
+    const [after] = await netfsPools();
+    expect(
+      BigInt(after!.capacity.provisionedBytes ?? "0") + BigInt(after!.capacity.reservedBytes ?? "0"),
+    ).toBe(16n * MiB);
+    // The volume made through h2's agent, read through nfs:// on h1, and the other way round.
+    for (const [i, other] of [
+      [0, "h2"],
+      [1, "h1"],
+    ] as const) {
+      const { hostPath } = await c.stowctlJson<{ hostPath: string }>(["volume", "get", ids[i]!]);
+      expect(hostPath.startsWith(`${url}/`)).toBe(true);
+      const info = JSON.parse(await onHost(other, "qemu-img", ["info", "-U", "--output=json", hostPath]));
+      expect(info).toMatchObject({ format: "qcow2", "virtual-size": Number(8n * MiB) });
+      const xml = (await c.stowctl(["volume", "xml", ids[i]!, "--host", other], { reject: true })).stdout;
+      const exportPath = new URL(url).pathname;
+      expect(xml).toContain(`<source protocol="nfs" name="${exportPath}/${hostPath.slice(url.length + 1)}">`);
+      expect(xml).toContain(`<host name="${new URL(url).hostname}"/>`);
+    }
+    for (const id of ids) await c.stowctl(["volume", "delete", id, "--wait"], { reject: true });
+    const [empty] = await netfsPools();
+    expect(
+      BigInt(empty!.capacity.provisionedBytes ?? "0") + BigInt(empty!.capacity.reservedBytes ?? "0"),
+    ).toBe(0n);
   });
 
   async function driverOn<T>(host: string, req: Record<string, unknown>): Promise<T> {

@@ -434,10 +434,6 @@ describe("volume create", () => {
     ],
     [["volume", "create", "vm1", "--size", "10G", "--numa-node", "0"], /--numa-node needs --numa-host/],
     [["volume", "create", "vm1", "--size", "10G", "--label", "novalue"], /key=value/],
-    [
-      ["volume", "create", "vm1", "--size", "10G", "--pool", "node1/default", "--host", "node2"],
-      /not on --host/,
-    ],
     [["volume", "create", "vm1", "--size", "10G", "--wait-timeout", "soon"], /duration like 30s/],
     [["volume", "create", "vm1"], /required option '--size <size>' not specified/],
     [["volume", "create", "vm1", "--size", "10G", "--bogus"], /unknown option '--bogus'/],

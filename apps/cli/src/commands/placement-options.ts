@@ -41,9 +41,8 @@ export function placementConstraints(o: OptionValues): MessageInitShape<typeof P
   const c: MessageInitShape<typeof PlacementConstraintsSchema> = {};
   if (o.pool !== undefined) c.poolId = parsePoolId(o.pool, "--pool");
   if (o.host !== undefined) c.hostId = parseName("--host", o.host);
-  if (c.poolId && c.hostId && !c.poolId.startsWith(`${c.hostId}/`)) {
-    throw usageError(`--pool ${c.poolId} is not on --host ${c.hostId}: drop one of them`);
-  }
+  // --pool with --host of another host is not refused here: a shared pool (netfs) is reached from every host
+  // attached to its share, and only the controller knows which those are.
   if (o.zone !== undefined) {
     if (!ZONE.test(o.zone)) throw usageError(`--zone ${JSON.stringify(o.zone)} is not a valid zone name`);
     c.zone = o.zone;
