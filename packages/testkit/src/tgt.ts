@@ -108,9 +108,11 @@ export async function startTgtd(opts: StartTgtdOptions): Promise<TgtdService> {
     const r = await runTgtadm(controlPort, ["--mode", "system", "--op", "show"]);
     if (r.exitCode === 0) break;
     if (!service.running || Date.now() > deadline) {
+      // Why, before the kill (after it the daemon has always exited).
+      const why = service.running ? "timeout" : "exited";
       await service.kill();
       throw new Error(
-        `tgtd on control port ${controlPort} did not come up (${service.running ? "timeout" : "exited"}): ${service.logTail(20)} ${r.stderr}`,
+        `tgtd on control port ${controlPort} did not come up (${why}): ${service.logTail(20)} ${r.stderr}`,
       );
     }
     await sleep(50);
