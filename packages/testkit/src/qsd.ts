@@ -145,7 +145,11 @@ export interface QsdService extends Service {
     jobId: string;
     /** Bytes per second; 0 (default) is unlimited. */
     speed?: number;
+    /** The copy buffer (QEMU's default 16 MiB); smaller makes a rate-limited job act sooner on what happens. */
+    bufSize?: number;
   }): Promise<void>;
+  /** `block-job-set-speed`: a new rate limit for a running job (0: unlimited). */
+  setJobSpeed(jobId: string, speed: number): Promise<void>;
   queryJobs(): Promise<QemuJob[]>;
   /** Waits until job `jobId` is ready (mirror: in sync); throws if it concludes or vanishes first, or after `timeoutMs` (default 30 s). */
   waitJobReady(jobId: string, timeoutMs?: number): Promise<QemuJob>;
@@ -477,7 +481,7 @@ export async function startQemuStorageDaemon(opts: StartQsdOptions): Promise<Qsd
       checkId("export id", id);
       await qmp("block-export-del", { id, mode: "hard" });
     },
-    async blockdevMirror({ device, target, sync, jobId, speed }) {
+    async blockdevMirror({ device, target, sync, jobId, speed, bufSize }) {
       checkId("mirror device", device);
       checkId("mirror target", target);
       checkId("job id", jobId);
@@ -488,7 +492,12 @@ export async function startQemuStorageDaemon(opts: StartQsdOptions): Promise<Qsd
         sync,
         "auto-dismiss": false,
         ...(speed ? { speed } : {}),
+        ...(bufSize ? { "buf-size": bufSize } : {}),
       });
+    },
+    async setJobSpeed(jobId, speed) {
+      checkId("job id", jobId);
+      await qmp("block-job-set-speed", { device: jobId, speed });
     },
     queryJobs,
     waitJobReady: (jobId, ms = 30_000) =>
