@@ -259,7 +259,12 @@ class QmpClient {
     const greeted = new Promise<"ok">((resolve) => {
       client.greeting = () => resolve("ok");
     });
-    const outcome = await Promise.race([greeted, sleep(timeoutMs).then(() => "timeout" as const)]);
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<"timeout">((resolve) => {
+      timer = setTimeout(() => resolve("timeout"), timeoutMs);
+    });
+    const outcome = await Promise.race([greeted, timeout]);
+    clearTimeout(timer);
     if (outcome !== "ok") {
       socket.destroy();
       throw new Error(`${label}: no QMP greeting within ${timeoutMs} ms`);
