@@ -23,5 +23,6 @@ export * from "./netns.js";
 export * from "./ports.js";
 export * from "./postgres.js";
 export * from "./process.js";
+export * from "./qsd.js";
 export * from "./temp.js";
 export * from "./tgt.js";
