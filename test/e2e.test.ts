@@ -171,7 +171,9 @@ describe.skipIf(!natsAvailable())("end to end", () => {
         c.agents.find((a) => a.name !== v.hostId)!.name,
       ]);
       expect(elsewhere.exitCode).toBe(6);
-      expect(elsewhere.stderr).toMatch(/only through an export/);
+      expect(elsewhere.stderr).toMatch(
+        /no active iscsi export allows host .*stowctl volume export vm1-disk0 --allow/,
+      );
     });
 
     it("makes one volume when the same CreateVolume is sent twice", async () => {

@@ -189,8 +189,9 @@ describe.skipIf(skip !== undefined)(title, () => {
       "8M",
       "--format",
       "raw",
-      "--host",
-      "h1",
+      // h1's dir pool, beside its rbd pool
+      "--pool",
+      "h1/default",
       "--wait",
     ]);
     volumeId = v.volume.id;

@@ -20,11 +20,17 @@ describe.skipIf(!natsAvailable())("the public API through a plain @grpc/grpc-js 
   let volumes: Client;
   let hosts: Client;
   let exports: Client;
+  let migrations: Client;
 
   beforeAll(async () => {
     c = await startCluster({ database: "pglite", agents: ["gnode1"] });
     const def = protoLoader.loadSync(
-      ["stowage/v1/volume.proto", "stowage/v1/host.proto", "stowage/v1/export.proto"],
+      [
+        "stowage/v1/volume.proto",
+        "stowage/v1/host.proto",
+        "stowage/v1/export.proto",
+        "stowage/v1/migration.proto",
+      ],
       {
         includeDirs: [join(ROOT, "proto")],
         longs: String,
@@ -39,11 +45,13 @@ describe.skipIf(!natsAvailable())("the public API through a plain @grpc/grpc-js 
     volumes = new pkg.stowage.v1.VolumeService(address, grpc.credentials.createInsecure());
     hosts = new pkg.stowage.v1.HostService(address, grpc.credentials.createInsecure());
     exports = new pkg.stowage.v1.ExportService(address, grpc.credentials.createInsecure());
+    migrations = new pkg.stowage.v1.MigrationService(address, grpc.credentials.createInsecure());
   }, 180_000);
   afterAll(async () => {
     volumes?.close();
     hosts?.close();
     exports?.close();
+    migrations?.close();
     await c?.stop();
   });
 
@@ -142,7 +150,13 @@ describe.skipIf(!natsAvailable())("the public API through a plain @grpc/grpc-js 
     });
   });
 
+  it("lists exports (none yet)", async () => {
+    await expect(call(exports, "ListExports", {})).resolves.toMatchObject({ exports: [] });
+  });
+
   it("reports what is not built yet as UNIMPLEMENTED", async () => {
-    await expect(call(exports, "ListExports", {})).rejects.toMatchObject({ code: grpc.status.UNIMPLEMENTED });
+    await expect(call(migrations, "ListMigrations", {})).rejects.toMatchObject({
+      code: grpc.status.UNIMPLEMENTED,
+    });
   });
 });
