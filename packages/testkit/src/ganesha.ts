@@ -26,7 +26,7 @@ import { mkdir } from "node:fs/promises";
 import { delimiter, join } from "node:path";
 import { trackDir } from "./cleanup.js";
 import { freePort, sleep } from "./ports.js";
-import { type Service, spawnService } from "./process.js";
+import { type Service, serviceView, spawnService } from "./process.js";
 
 export interface StartGaneshaOptions {
   /** Its configuration, log and the exported directory (DIR/export) go here; made if missing, and kept. */
@@ -267,22 +267,7 @@ export async function startGanesha(opts: StartGaneshaOptions): Promise<GaneshaSe
       stopping ??= service.stop(signal).finally(release);
       return stopping;
     };
-    return {
-      get name() {
-        return service.name;
-      },
-      get pid() {
-        return service.pid;
-      },
-      get exited() {
-        return service.exited;
-      },
-      get signalCode() {
-        return service.signalCode;
-      },
-      get running() {
-        return service.running;
-      },
+    return serviceView<GaneshaService>(service, {
       address,
       exportPath: opts.exportPath,
       exportDir,
@@ -291,9 +276,7 @@ export async function startGanesha(opts: StartGaneshaOptions): Promise<GaneshaSe
       mountPort,
       stop,
       kill: () => service.kill().finally(release),
-      logs: () => service.logs(),
-      logTail: (n) => service.logTail(n),
-    };
+    });
   } catch (e) {
     release();
     throw e;

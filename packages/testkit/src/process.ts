@@ -311,3 +311,18 @@ async function pollUrl(url: string, keepGoing: () => boolean): Promise<void> {
   }
   return new Promise(() => {});
 }
+
+/** What serviceView fills in from the spawned process. */
+type ServiceState = "name" | "pid" | "exited" | "signalCode" | "running" | "logs" | "logTail";
+
+/**
+ * A service the test kit builds over a spawned one (tgtd, Ganesha, qemu-storage-daemon): `extra` (its own stop,
+ * kill and whatever it adds) with the spawned process's live state (name, pid, exited, signalCode, running)
+ * and its logs.
+ */
+export function serviceView<S extends Service>(service: Service, extra: Omit<S, ServiceState>): S {
+  const view = { logs: () => service.logs(), logTail: (n?: number) => service.logTail(n), ...extra };
+  for (const key of ["name", "pid", "exited", "signalCode", "running"] as const)
+    Object.defineProperty(view, key, { get: () => service[key], enumerable: true });
+  return view as unknown as S;
+}

@@ -20,7 +20,7 @@ import { mkdir, rm } from "node:fs/promises";
 import { createConnection, type Socket } from "node:net";
 import { delimiter, join } from "node:path";
 import { sleep } from "./ports.js";
-import { type Service, spawnService } from "./process.js";
+import { type Service, serviceView, spawnService } from "./process.js";
 
 export const QSD_INSTALL_HINT =
   "apt-get install -y qemu-system-common qemu-utils (qemu-system-x86 pulls qemu-system-common in)";
@@ -431,27 +431,10 @@ export async function startQemuStorageDaemon(opts: StartQsdOptions): Promise<Qsd
     return stopping;
   };
 
-  return {
-    get name() {
-      return service.name;
-    },
-    get pid() {
-      return service.pid;
-    },
-    get exited() {
-      return service.exited;
-    },
-    get signalCode() {
-      return service.signalCode;
-    },
-    get running() {
-      return service.running;
-    },
+  return serviceView<QsdService>(service, {
     socketPath,
     stop,
     kill: () => stop("SIGKILL"),
-    logs: () => service.logs(),
-    logTail: (n) => service.logTail(n),
     qmp,
     events: (name) => qmpClient.events(name),
     async addImage(dev) {
@@ -523,5 +506,5 @@ export async function startQemuStorageDaemon(opts: StartQsdOptions): Promise<Qsd
       await qmp("job-dismiss", { id: jobId });
       return j;
     },
-  };
+  });
 }

@@ -14,7 +14,7 @@ import { accessSync, constants, rmSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import { delimiter, join } from "node:path";
 import { sleep } from "./ports.js";
-import { type Service, spawnService } from "./process.js";
+import { type Service, serviceView, spawnService } from "./process.js";
 
 export interface StartTgtdOptions {
   /** Its log (DIR/tgtd.log) goes here; the directory is made if missing and kept. */
@@ -155,28 +155,11 @@ export async function startTgtd(opts: StartTgtdOptions): Promise<TgtdService> {
     return stopping;
   };
 
-  return {
-    get name() {
-      return service.name;
-    },
-    get pid() {
-      return service.pid;
-    },
-    get exited() {
-      return service.exited;
-    },
-    get signalCode() {
-      return service.signalCode;
-    },
-    get running() {
-      return service.running;
-    },
+  return serviceView<TgtdService>(service, {
     controlPort,
     portal,
     stop,
     kill: () => service.kill(),
-    logs: () => service.logs(),
-    logTail: (n) => service.logTail(n),
     tgtadm: (args) => runTgtadm(controlPort, args),
-  };
+  });
 }
