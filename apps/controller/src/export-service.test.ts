@@ -141,6 +141,15 @@ describe("export service (on PGlite)", () => {
       "alice",
     ).catch((e: StowageError) => e.code);
     expect(byRequest).toBe("already_exists");
+    // A request id answers its own export again, and is refused for another volume.
+    const other = await volume();
+    const withId = await createExport(f.ctx, iscsi(other.id, ["h3"], { requestId: "req-exp-2" }), "alice");
+    expect(
+      (await createExport(f.ctx, iscsi(other.id, ["h3"], { requestId: "req-exp-2" }), "alice")).export.id,
+    ).toBe(withId.export.id);
+    expect(
+      await codeOf(createExport(f.ctx, iscsi(v.id, ["h2", "h3"], { requestId: "req-exp-2" }), "alice")),
+    ).toBe("already_exists");
   });
 
   it("refuses bad input with a clear error and writes nothing", async () => {
@@ -213,10 +222,20 @@ describe("export service (on PGlite)", () => {
       uri: "iscsi://203.0.113.11:3260/iqn.x:y/1",
       error: null,
     });
-    const bad = await createExport(f.ctx, iscsi((await volume()).id, ["h2"]), "a");
+    const badVolume = (await volume()).id;
+    const bad = await createExport(f.ctx, iscsi(badVolume, ["h2"]), "a");
     await applyResult(f.ctx, result(bad.operation!.id, false));
     expect(await getExport(f.sql, bad.export.id)).toMatchObject({ state: "error" });
     expect((await getExport(f.sql, bad.export.id))!.error?.message).toMatch(/tgtadm failed/);
+    // The same call again retries it: one new operation, the same export, and it becomes active.
+    const retry = await createExport(f.ctx, iscsi(badVolume, ["h2"]), "a");
+    expect(retry.export).toMatchObject({ id: bad.export.id, state: "creating", error: null });
+    expect(retry.operation!.id).not.toBe(bad.operation!.id);
+    await applyResult(f.ctx, result(retry.operation!.id, true, "iscsi://p/iqn/1"));
+    expect(await getExport(f.sql, bad.export.id)).toMatchObject({ state: "active" });
+    // A late result of the failed attempt changes nothing now.
+    await applyResult(f.ctx, result(bad.operation!.id, false));
+    expect(await getExport(f.sql, bad.export.id)).toMatchObject({ state: "active" });
   });
 
   it("adds and removes hosts on a live export with one new command; a call that changes nothing sends none", async () => {

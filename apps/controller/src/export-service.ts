@@ -215,17 +215,42 @@ export async function createExport(
   const requestId = validateRequestId(req.requestId);
   const box = await secretBox(ctx.config);
   return mutate(ctx, async (tx) => {
+    const v = await lockVolumeFor(tx, req.volume);
     if (requestId) {
       const before = await getExportByRequestId(tx, requestId);
+      if (before && (before.volumeId !== v.id || before.kind !== kind))
+        throw alreadyExists(
+          `request id ${requestId} was already used for the ${before.kind} export ${before.id} of volume ${before.volumeId}: use a new request id for a new call`,
+          { field: "request_id" },
+        );
       if (before) return outcomeOf(tx, before);
     }
-    const v = await lockVolumeFor(tx, req.volume);
     const hosts = await clientHosts(tx, kind, v.hostId, hostIds);
     const existing = await liveExportOf(tx, v.id, kind);
     if (existing) {
       const same =
         existing.allowedHostIds.join(",") === hostIds.join(",") && (existing.chapUser !== "") === req.chap;
       if (same && existing.state !== "error") return outcomeOf(tx, existing);
+      // The same call for an export the agent failed to make: try again (the agent converges either way).
+      if (same && existing.operationId) {
+        const lastOp = await getOperation(tx, existing.operationId);
+        if (lastOp?.kind === "create_export") {
+          const retry = await enqueueApply(tx, existing, v, hosts, actor);
+          const again = await updateExport(tx, existing.id, {
+            state: "creating",
+            error: null,
+            operationId: retry.id,
+          });
+          await writeAudit(tx, {
+            ...callerOf(actor),
+            action: "CreateExport",
+            target: existing.id,
+            request: { volume: v.id, kind, allowedHostIds: hostIds, chap: req.chap, retry: true },
+            outcome: "ok",
+          });
+          return { export: again!, operation: retry };
+        }
+      }
       throw alreadyExists(
         `volume ${v.name} already has ${kind} export ${existing.id} (${existing.state}, allowing ${existing.allowedHostIds.join(", ") || "nobody"}): change its hosts with \`stowctl export update ${existing.id} --allow H --disallow H\`, or unexport it first`,
         { field: "volume" },
