@@ -23,10 +23,10 @@
  */
 import { accessSync, constants, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
-import { delimiter, join } from "node:path";
+import { join } from "node:path";
 import { trackDir } from "./cleanup.js";
 import { freePort, sleep } from "./ports.js";
-import { type Service, serviceView, spawnService } from "./process.js";
+import { type Service, serviceView, spawnService, toolPath } from "./process.js";
 
 export interface StartGaneshaOptions {
   /** Its configuration, log and the exported directory (DIR/export) go here; made if missing, and kept. */
@@ -62,22 +62,7 @@ export const GANESHA_ROOT_LOCK = "/run/stowage-testkit/ganesha-v3.lock";
 export const GANESHA_INSTALL_HINT =
   "apt-get install -y --no-install-recommends nfs-ganesha nfs-ganesha-vfs libnfs-utils rpcbind";
 const READY_LINE = "NFS SERVER INITIALIZED";
-const SBIN = ["/usr/sbin", "/sbin", "/usr/local/sbin", "/usr/bin", "/bin"];
 const PLUGINS_DIR = "/usr/lib/x86_64-linux-gnu/ganesha";
-
-function toolPath(tool: string): string | undefined {
-  const dirs = [...(process.env.PATH ?? "").split(delimiter).filter(Boolean), ...SBIN];
-  return dirs
-    .map((d) => join(d, tool))
-    .find((p) => {
-      try {
-        accessSync(p, constants.X_OK);
-        return true;
-      } catch {
-        return false;
-      }
-    });
-}
 
 /** Whether Ganesha suites can run here: root, ganesha.nfsd with FSAL_VFS, rpcbind, rpcinfo, unshare; else the reason. */
 export function ganeshaAvailable(): { ok: true } | { ok: false; reason: string } {

@@ -7,7 +7,8 @@
  * children it spawned too, and they are killed when the test process exits.
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { createWriteStream, type WriteStream } from "node:fs";
+import { accessSync, constants, createWriteStream, type WriteStream } from "node:fs";
+import { delimiter, join } from "node:path";
 import { trackProcess } from "./cleanup.js";
 import { sleep } from "./ports.js";
 
@@ -325,4 +326,22 @@ export function serviceView<S extends Service>(service: Service, extra: Omit<S, 
   for (const key of ["name", "pid", "exited", "signalCode", "running"] as const)
     Object.defineProperty(view, key, { get: () => service[key], enumerable: true });
   return view as unknown as S;
+}
+
+/** Where a tool usually lives when $PATH (a non-login root shell's, say) leaves these out. */
+const TOOL_DIRS = ["/usr/sbin", "/sbin", "/usr/local/sbin", "/usr/bin", "/bin", "/usr/local/bin"];
+
+/** The executable `tool` on $PATH or in the usual bin and sbin directories, or undefined. */
+export function toolPath(tool: string): string | undefined {
+  const dirs = [...(process.env.PATH ?? "").split(delimiter).filter(Boolean), ...TOOL_DIRS];
+  return dirs
+    .map((d) => join(d, tool))
+    .find((p) => {
+      try {
+        accessSync(p, constants.X_OK);
+        return true;
+      } catch {
+        return false;
+      }
+    });
 }

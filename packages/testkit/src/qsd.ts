@@ -15,29 +15,14 @@
  * Node names are built here from the test's ids: blockdev `ID` is the format node `ID` on the protocol node
  * `ID-file`. Everything reaches the daemon as argv or as JSON over QMP; nothing passes through a shell.
  */
-import { accessSync, constants } from "node:fs";
 import { mkdir, rm } from "node:fs/promises";
 import { createConnection, type Socket } from "node:net";
-import { delimiter, join } from "node:path";
+import { join } from "node:path";
 import { sleep } from "./ports.js";
-import { type Service, serviceView, spawnService } from "./process.js";
+import { type Service, serviceView, spawnService, toolPath } from "./process.js";
 
 export const QSD_INSTALL_HINT =
   "apt-get install -y qemu-system-common qemu-utils (qemu-system-x86 pulls qemu-system-common in)";
-
-function toolPath(tool: string): string | undefined {
-  const dirs = [...(process.env.PATH ?? "").split(delimiter).filter(Boolean), "/usr/bin", "/usr/local/bin"];
-  return dirs
-    .map((d) => join(d, tool))
-    .find((p) => {
-      try {
-        accessSync(p, constants.X_OK);
-        return true;
-      } catch {
-        return false;
-      }
-    });
-}
 
 /** Whether qemu-storage-daemon suites can run: the daemon, qemu-img and qemu-io installed; else the reason. */
 export function qsdAvailable(): { ok: true } | { ok: false; reason: string } {

@@ -10,11 +10,11 @@
  * adjust oom-killer's pardon".
  */
 import { execFile } from "node:child_process";
-import { accessSync, constants, rmSync } from "node:fs";
+import { rmSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
-import { delimiter, join } from "node:path";
+import { join } from "node:path";
 import { sleep } from "./ports.js";
-import { type Service, serviceView, spawnService } from "./process.js";
+import { type Service, serviceView, spawnService, toolPath } from "./process.js";
 
 export interface StartTgtdOptions {
   /** Its log (DIR/tgtd.log) goes here; the directory is made if missing and kept. */
@@ -34,22 +34,6 @@ export interface TgtdService extends Service {
   readonly portal: string;
   /** Runs tgtadm against this daemon (adds `-C N`); resolves with the exit code and output. */
   tgtadm(args: readonly string[]): Promise<{ exitCode: number; stdout: string; stderr: string }>;
-}
-
-const SBIN = ["/usr/sbin", "/sbin", "/usr/local/sbin"];
-
-function toolPath(tool: string): string | undefined {
-  const dirs = [...(process.env.PATH ?? "").split(delimiter).filter(Boolean), ...SBIN];
-  return dirs
-    .map((d) => join(d, tool))
-    .find((p) => {
-      try {
-        accessSync(p, constants.X_OK);
-        return true;
-      } catch {
-        return false;
-      }
-    });
 }
 
 export const TGT_INSTALL_HINT = "apt-get install -y tgt";
